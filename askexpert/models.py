@@ -1,0 +1,112 @@
+"""Model definitions shared by the trainer and the runtime.
+
+Every model is timm's VisionTransformer in one of the paper's DeiT shapes (Table 2). An expert is
+either a full ViT or a *tail*: the last blocks, norm and head of a ViT that runs on the tokens of a
+frozen trunk shared with the 4H generalist, so the hub runs the trunk once for a mixed batch and
+ten experts cost little more than one in memory and in the pack.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass
+
+import torch
+from timm.models.vision_transformer import Block, VisionTransformer
+from torch import nn
+
+# name -> (embed dim, heads); head dim is 64 for all, MLP ratio 4 (the paper's Table 2).
+SHAPES: dict[str, tuple[int, int]] = {"3H": (192, 3), "4H": (256, 4), "6H": (384, 6), "12H": (768, 12)}
+
+
+@dataclass(frozen=True)
+class ViTArch:
+    """Everything needed to rebuild a ViT (stored in the pack manifest)."""
+
+    embed_dim: int
+    depth: int
+    num_heads: int
+    mlp_ratio: float
+    patch_size: int
+    img_size: int
+    in_chans: int
+    num_classes: int
+
+    @classmethod
+    def from_shape(
+        cls, shape: str, *, depth: int, patch_size: int, img_size: int, in_chans: int, num_classes: int
+    ) -> "ViTArch":
+        if shape not in SHAPES:
+            raise ValueError(f"unknown shape {shape!r}; choose from {sorted(SHAPES)}")
+        dim, heads = SHAPES[shape]
+        return cls(dim, depth, heads, 4.0, patch_size, img_size, in_chans, num_classes)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTArch":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+
+
+def build_vit(arch: ViTArch, drop_path_rate: float = 0.0) -> VisionTransformer:
+    """A timm VisionTransformer with a class token, as DeiT (without the distillation token)."""
+    return VisionTransformer(
+        img_size=arch.img_size,
+        patch_size=arch.patch_size,
+        in_chans=arch.in_chans,
+        num_classes=arch.num_classes,
+        embed_dim=arch.embed_dim,
+        depth=arch.depth,
+        num_heads=arch.num_heads,
+        mlp_ratio=arch.mlp_ratio,
+        drop_path_rate=drop_path_rate,
+    )
+
+
+def trunk_tokens(vit: VisionTransformer, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+    """Tokens after the first `n_blocks` blocks (what a shared trunk hands to expert tails)."""
+    x = vit.patch_embed(x)
+    x = vit._pos_embed(x)
+    x = vit.patch_drop(x)
+    x = vit.norm_pre(x)
+    for blk in vit.blocks[:n_blocks]:
+        x = blk(x)
+    return x
+
+
+class ExpertTail(nn.Module):
+    """The last blocks, final norm and classifier of a ViT, run on trunk tokens."""
+
+    def __init__(self, arch: ViTArch, n_blocks: int) -> None:
+        super().__init__()
+        self.blocks = nn.Sequential(
+            *[Block(arch.embed_dim, arch.num_heads, arch.mlp_ratio, qkv_bias=True) for _ in range(n_blocks)]
+        )
+        self.norm = nn.LayerNorm(arch.embed_dim, eps=1e-6)
+        self.head = nn.Linear(arch.embed_dim, arch.num_classes)
+
+    @classmethod
+    def from_vit(cls, vit: VisionTransformer, arch: ViTArch, n_blocks: int) -> "ExpertTail":
+        """A tail initialised from the last `n_blocks` of `vit` (a copy: the trunk stays untouched)."""
+        tail = cls(arch, n_blocks)
+        tail.blocks = copy.deepcopy(nn.Sequential(*list(vit.blocks)[arch.depth - n_blocks :]))
+        tail.norm.load_state_dict(vit.norm.state_dict())
+        tail.head.load_state_dict(vit.head.state_dict())
+        return tail
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        x = self.norm(self.blocks(tokens))
+        return self.head(x[:, 0])
+
+
+class SharedTrunk(nn.Module):
+    """The first blocks of a ViT, frozen; the part every tail expert shares."""
+
+    def __init__(self, vit: VisionTransformer, n_blocks: int) -> None:
+        super().__init__()
+        self.vit = vit
+        self.n_blocks = n_blocks
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return trunk_tokens(self.vit, x, self.n_blocks)

@@ -1,0 +1,202 @@
+"""The model pack: a folder with manifest.json and safetensors checkpoints.
+
+The trainer writes packs, the edge node and the expert hub load them. Nothing here unpickles:
+weights come from safetensors and are checked against the sha256 in the manifest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from functools import cached_property
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, Field, ValidationError, model_validator
+from safetensors.torch import load_file, save_file
+
+from askexpert.models import ExpertTail, SharedTrunk, ViTArch, build_vit
+from askexpert.routing import expert_key, required_experts
+
+MANIFEST = "manifest.json"
+FORMAT_VERSION = 1
+
+
+class PackError(RuntimeError):
+    """A pack that cannot be used: missing, malformed, inconsistent or corrupt."""
+
+
+class InputSpec(BaseModel):
+    size: int = Field(gt=0)
+    channels: Literal[1, 3]
+    mean: list[float]
+    std: list[float]
+
+
+class ModelEntry(BaseModel):
+    """One checkpoint: a full ViT, or an expert tail that runs on the shared trunk."""
+
+    file: str
+    sha256: str
+    arch: dict
+    kind: Literal["vit", "tail"] = "vit"
+    tail_blocks: int | None = None
+    metrics: dict = Field(default_factory=dict)
+
+    @property
+    def vit_arch(self) -> ViTArch:
+        return ViTArch.from_dict(self.arch)
+
+
+class TrunkEntry(ModelEntry):
+    blocks: int = Field(gt=0, description="how many leading blocks of this ViT the tails share")
+
+
+class ExpertEntry(ModelEntry):
+    subset: list[int]
+
+    @property
+    def key(self) -> str:
+        return expert_key(self.subset)
+
+
+class Manifest(BaseModel):
+    format_version: int = FORMAT_VERSION
+    name: str
+    dataset: str
+    classes: list[str]
+    partition: list[int] = Field(description="subset index (0-based) for each class")
+    subset_names: list[str]
+    k: int = Field(ge=1)
+    tau: float = Field(ge=0.0, le=1.0)
+    input: InputSpec
+    generalist: ModelEntry
+    trunk: TrunkEntry | None = None
+    experts: list[ExpertEntry]
+    baselines: dict[str, ModelEntry] = Field(default_factory=dict)
+    full_experts: list[ExpertEntry] = Field(default_factory=list)
+    training: dict = Field(default_factory=dict)
+    reports: dict = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Manifest":
+        if len(self.partition) != len(self.classes):
+            raise ValueError("partition must give one subset index per class")
+        n = len(self.subset_names)
+        if any(not 0 <= s < n for s in self.partition):
+            raise ValueError(f"partition indices must lie in 0..{n - 1}")
+        for e in self.experts + self.full_experts:
+            if not e.subset or any(not 0 <= s < n for s in e.subset):
+                raise ValueError(f"expert subset {e.subset} out of range")
+            if e.kind == "tail" and self.trunk is None:
+                raise ValueError("tail experts need a trunk")
+        keys = [e.key for e in self.experts]
+        if len(set(keys)) != len(keys):
+            raise ValueError("duplicate experts")
+        return self
+
+    @property
+    def n_subsets(self) -> int:
+        return len(self.subset_names)
+
+    @property
+    def pack_id(self) -> str:
+        """Hash of classes and partition: an edge and a hub agree on routing iff these match."""
+        blob = json.dumps({"classes": self.classes, "partition": self.partition}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    def missing_experts(self) -> list[str]:
+        have = {e.key for e in self.experts}
+        return [expert_key(c) for c in required_experts(self.n_subsets, self.k) if expert_key(c) not in have]
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class Pack:
+    """A loaded, validated pack folder. Weights load lazily, per model."""
+
+    def __init__(self, root: Path, manifest: Manifest) -> None:
+        self.root = root
+        self.manifest = manifest
+
+    @classmethod
+    def load(cls, root: str | Path) -> "Pack":
+        root = Path(root)
+        path = root / MANIFEST
+        if not path.is_file():
+            raise PackError(f"no {MANIFEST} in {root}: not a model pack")
+        try:
+            manifest = Manifest.model_validate_json(path.read_text())
+        except ValidationError as exc:
+            raise PackError(f"invalid manifest {path}: {exc}") from exc
+        if manifest.format_version != FORMAT_VERSION:
+            raise PackError(f"pack format {manifest.format_version} is not supported (want {FORMAT_VERSION})")
+        for entry in cls._entries(manifest):
+            if not (root / entry.file).is_file():
+                raise PackError(f"pack {root} lacks {entry.file}")
+        return cls(root, manifest)
+
+    @staticmethod
+    def _entries(m: Manifest) -> list[ModelEntry]:
+        return [m.generalist, *([m.trunk] if m.trunk else []), *m.experts, *m.baselines.values(), *m.full_experts]
+
+    @property
+    def pack_id(self) -> str:
+        return self.manifest.pack_id
+
+    @cached_property
+    def experts(self) -> dict[str, ExpertEntry]:
+        return {e.key: e for e in self.manifest.experts}
+
+    def state_dict(self, entry: ModelEntry) -> dict[str, torch.Tensor]:
+        """Weights of one entry, checked against the manifest's sha256, as float32."""
+        path = self.root / entry.file
+        digest = sha256_file(path)
+        if digest != entry.sha256:
+            raise PackError(f"{path} is corrupt: sha256 {digest[:12]} != manifest {entry.sha256[:12]}")
+        return {k: v.float() for k, v in load_file(path).items()}
+
+    def load_vit(self, entry: ModelEntry) -> torch.nn.Module:
+        model = build_vit(entry.vit_arch)
+        self._load_into(model, entry)
+        return model.eval()
+
+    def load_generalist(self) -> torch.nn.Module:
+        return self.load_vit(self.manifest.generalist)
+
+    def load_trunk(self) -> SharedTrunk:
+        if self.manifest.trunk is None:
+            raise PackError("this pack has no shared trunk")
+        return SharedTrunk(self.load_vit(self.manifest.trunk), self.manifest.trunk.blocks).eval()
+
+    def load_expert(self, entry: ExpertEntry) -> torch.nn.Module:
+        """A full ViT expert, or a tail (run it on load_trunk()'s tokens)."""
+        if entry.kind == "vit":
+            return self.load_vit(entry)
+        tail = ExpertTail(entry.vit_arch, int(entry.tail_blocks or 0))
+        self._load_into(tail, entry)
+        return tail.eval()
+
+    def _load_into(self, model: torch.nn.Module, entry: ModelEntry) -> None:
+        try:
+            model.load_state_dict(self.state_dict(entry))
+        except RuntimeError as exc:
+            raise PackError(f"{entry.file} does not match its arch in the manifest: {exc}") from exc
+
+
+def save_weights(model: torch.nn.Module, path: Path, dtype: torch.dtype = torch.float16) -> str:
+    """Write a state dict as safetensors (fp16 by default, to fit the pack budget); return sha256."""
+    tensors = {k: v.detach().to("cpu", dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(tensors, str(path))
+    return sha256_file(path)
+
+
+def write_manifest(root: Path, manifest: Manifest) -> None:
+    (root / MANIFEST).write_text(manifest.model_dump_json(indent=2) + "\n")
