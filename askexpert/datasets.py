@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import pickle
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -67,7 +68,149 @@ def load_fashion_mnist(split: str, root: Path | None = None) -> LabelledImages:
     return LabelledImages(images, labels, list(FASHION_MNIST_CLASSES))
 
 
-LOADERS = {"fashion-mnist": load_fashion_mnist}
+CIFAR100_DIR = Path(os.environ.get("ATE_CIFAR100_DIR", "cifar-100-python"))
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    """Unpickles CIFAR's python-format batches and nothing else: only numpy array globals resolve."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+        if (module, name) not in self._ALLOWED:
+            raise DatasetError(f"refusing to unpickle {module}.{name}: not a CIFAR-100 data file")
+        return super().find_class(module, name)
+
+
+def _restricted_load(path: Path) -> dict:
+    with open(path, "rb") as f:
+        obj = _NumpyOnlyUnpickler(f, encoding="latin1").load()
+    if not isinstance(obj, dict):
+        raise DatasetError(f"{path} is not a CIFAR-100 batch (a dict)")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+
+def _cifar_names(raw) -> list[str]:
+    return [n.decode() if isinstance(n, bytes) else str(n) for n in raw]
+
+
+def load_cifar100(split: str, root: Path | None = None) -> LabelledImages:
+    """CIFAR-100, fine labels with the 20 coarse superclasses.
+
+    Reads the python-format folder (`cifar-100-python/` with `train`, `test`, `meta`) through a
+    restricted unpickler that resolves numpy array globals only, or the binary format
+    (`cifar-100-binary/` with `train.bin`, `test.bin`, `fine_label_names.txt`,
+    `coarse_label_names.txt`), which needs no unpickling at all.
+    """
+    root = Path(root or CIFAR100_DIR)
+    if split not in ("train", "test"):
+        raise DatasetError(f"CIFAR-100 has splits train and test, not {split!r}")
+    if (root / f"{split}.bin").is_file():
+        raw = np.fromfile(root / f"{split}.bin", dtype=np.uint8)
+        if raw.size % 3074:
+            raise DatasetError(f"{root / f'{split}.bin'} is truncated")
+        raw = raw.reshape(-1, 3074)
+        coarse, fine = raw[:, 0].astype(np.int64), raw[:, 1].astype(np.int64)
+        images = raw[:, 2:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+        classes = (root / "fine_label_names.txt").read_text().split()
+        super_names = (root / "coarse_label_names.txt").read_text().split()
+    elif (root / split).is_file() and (root / "meta").is_file():
+        batch, meta = _restricted_load(root / split), _restricted_load(root / "meta")
+        data = np.asarray(batch["data"], dtype=np.uint8)
+        images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1).copy()
+        fine = np.asarray(batch["fine_labels"], dtype=np.int64)
+        coarse = np.asarray(batch["coarse_labels"], dtype=np.int64)
+        classes, super_names = _cifar_names(meta["fine_label_names"]), _cifar_names(meta["coarse_label_names"])
+    else:
+        raise DatasetError(
+            f"CIFAR-100 not found in {root}: give the extracted cifar-100-python or cifar-100-binary folder"
+        )
+    superclass = np.zeros(len(classes), dtype=np.int64)
+    superclass[fine] = coarse
+    return LabelledImages(images, fine, classes, superclass, super_names)
+
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+SUPERCLASS_MAP = "superclasses.txt"
+
+
+def load_image_folder(split: str, root: Path | None = None, size: int | None = None) -> LabelledImages:
+    """An image folder: `ROOT/SPLIT/CLASS/*.png` (or `ROOT/CLASS/*` when there are no split folders).
+
+    Classes are the sorted folder names. An optional `ROOT/superclasses.txt` maps classes to
+    superclasses, one `class superclass` pair per line. Images are resized to `size` (default: the
+    first image's shape, square) and kept grey if every image is grey, else RGB.
+    """
+    import cv2  # only needed for folders
+
+    if root is None:
+        raise DatasetError("an image folder data set needs a path: folder:PATH")
+    root = Path(root)
+    base = root / split if (root / split).is_dir() else root
+    if not base.is_dir():
+        raise DatasetError(f"image folder {base} not found")
+    classes = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name not in ("train", "test", "val"))
+    if not classes:
+        raise DatasetError(f"{base} has no class folders")
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((base / name).iterdir())
+             if f.suffix.lower() in IMAGE_SUFFIXES]  # fmt: skip
+    if not files:
+        raise DatasetError(f"{base} has no images")
+    raw = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f, _ in files]
+    bad = [str(f) for (f, _), im in zip(files, raw) if im is None]
+    if bad:
+        raise DatasetError(f"unreadable images: {bad[:3]}")
+    grey = all(im.ndim == 2 for im in raw)
+    size = size or raw[0].shape[0]
+    out = np.empty((len(raw), size, size, 1 if grey else 3), dtype=np.uint8)
+    for i, im in enumerate(raw):
+        if im.dtype != np.uint8:
+            im = cv2.normalize(im, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+        if not grey:
+            im = cv2.cvtColor(im, cv2.COLOR_GRAY2RGB) if im.ndim == 2 else cv2.cvtColor(im[..., :3], cv2.COLOR_BGR2RGB)
+        im = cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
+        out[i] = im.reshape(size, size, -1)
+    labels = np.array([c for _, c in files], dtype=np.int64)
+    superclass, super_names = None, []
+    map_file = root / SUPERCLASS_MAP
+    if map_file.is_file():
+        pairs = dict(line.split()[:2] for line in map_file.read_text().splitlines() if line.strip() and not line.startswith("#"))
+        missing = [c for c in classes if c not in pairs]
+        if missing:
+            raise DatasetError(f"{map_file} has no superclass for {missing[:5]}")
+        super_names = sorted(set(pairs[c] for c in classes))
+        superclass = np.array([super_names.index(pairs[c]) for c in classes], dtype=np.int64)
+    return LabelledImages(out, labels, classes, superclass, super_names)
+
+
+def train_val_split(data: LabelledImages, val_fraction: float = 0.1, seed: int = 0) -> tuple[LabelledImages, LabelledImages]:
+    """Hold out a seeded, class-stratified validation split from a training split."""
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError("val_fraction must lie in (0, 1)")
+    rng = np.random.default_rng(seed)
+    val_idx = []
+    for c in np.unique(data.labels):
+        idx = np.flatnonzero(data.labels == c)
+        rng.shuffle(idx)
+        val_idx.append(idx[: max(1, int(round(len(idx) * val_fraction)))])
+    val = np.zeros(len(data), dtype=bool)
+    val[np.concatenate(val_idx)] = True
+
+    def take(mask: np.ndarray) -> LabelledImages:
+        return LabelledImages(data.images[mask], data.labels[mask], data.classes, data.superclass, data.superclass_names)
+
+    return take(~val), take(val)
+
+
+LOADERS = {"fashion-mnist": load_fashion_mnist, "cifar100": load_cifar100, "folder": load_image_folder}
 
 
 def load_dataset(name: str, split: str) -> LabelledImages:

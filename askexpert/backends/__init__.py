@@ -1,0 +1,30 @@
+"""Inference backends behind one interface: a classifier for the edge, an expert library for the hub.
+
+Both take uint8 frames (N, H, W, C) at the pack's input size and return float32 logits, so the
+edge and the hub never see framework types. Backends: torch (CPU; CUDA with fp16), onnx (ONNX
+Runtime, CPU), tensorrt (Jetson / CUDA; imported only when chosen).
+"""
+
+from __future__ import annotations
+
+from askexpert.backends.base import Backend, Classifier, ExpertLibrary, to_input
+
+
+def open_backend(name: str, device: str = "cpu") -> Backend:
+    """The backend called `name`; an import error names what is missing."""
+    if name == "torch":
+        from askexpert.backends.torch_backend import TorchBackend
+
+        return TorchBackend(device)
+    if name == "onnx":
+        from askexpert.backends.onnx_backend import OnnxBackend
+
+        return OnnxBackend(device)
+    if name == "tensorrt":
+        from askexpert.backends.tensorrt_backend import TensorRTBackend
+
+        return TensorRTBackend(device)
+    raise ValueError(f"unknown backend {name!r}: choose torch, onnx or tensorrt")
+
+
+__all__ = ["Backend", "Classifier", "ExpertLibrary", "open_backend", "to_input"]

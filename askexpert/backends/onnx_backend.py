@@ -1,0 +1,60 @@
+"""ONNX Runtime backend (CPU): models exported from the pack once, then cached."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from askexpert.backends.base import Backend, Classifier, ExpertLibrary, group_rows, to_input
+from askexpert.onnx_export import onnx_for
+from askexpert.pack import ExpertEntry, ModelEntry, Pack
+
+
+def _session(path, device: str):
+    import onnxruntime as ort
+
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
+    return ort.InferenceSession(str(path), providers=providers)
+
+
+class OnnxBackend(Backend):
+    name = "onnx"
+
+    def __init__(self, device: str = "cpu") -> None:
+        self.device = device
+
+    def classifier(self, pack: Pack, entry: ModelEntry) -> Classifier:
+        return _OnnxClassifier(pack, _session(onnx_for(pack, entry, "vit"), self.device))
+
+    def experts(self, pack: Pack, entries: Sequence[ExpertEntry]) -> ExpertLibrary:
+        trunk = None
+        if any(e.kind == "tail" for e in entries):
+            trunk = _session(onnx_for(pack, pack.manifest.trunk, "trunk"), self.device)
+        sessions = {e.key: _session(onnx_for(pack, e, "tail" if e.kind == "tail" else "vit"), self.device) for e in entries}
+        return _OnnxExperts(pack, trunk, sessions, {e.key for e in entries if e.kind == "tail"})
+
+
+class _OnnxClassifier(Classifier):
+    def __init__(self, pack: Pack, session) -> None:
+        self.spec, self.session = pack.manifest.input, session
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {"images": to_input(images, self.spec.mean, self.spec.std)})[0]
+
+
+class _OnnxExperts(ExpertLibrary):
+    def __init__(self, pack: Pack, trunk, sessions: dict, tails: set[str]) -> None:
+        self.spec, self.trunk, self.sessions, self.tails = pack.manifest.input, trunk, sessions, tails
+        self.n_classes = len(pack.manifest.classes)
+        self.keys = list(sessions)
+
+    def __call__(self, images: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+        x = to_input(images, self.spec.mean, self.spec.std)
+        groups = group_rows(keys)
+        tokens = self.trunk.run(None, {"images": x})[0] if self.trunk and self.tails & groups.keys() else None
+        out = np.empty((len(keys), self.n_classes), dtype=np.float32)
+        for key, rows in groups.items():
+            feed = {"tokens": tokens[rows]} if key in self.tails else {"images": x[rows]}
+            out[rows] = self.sessions[key].run(None, feed)[0]
+        return out

@@ -1,0 +1,23 @@
+"""Prometheus metrics for both components (one registry per process, labelled by role)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+FRAMES = Counter("ate_frames_total", "Frames read from the source", ["node"])
+LABELS = Counter("ate_labels_total", "Final labels published, by source", ["node", "source"])
+OFFLOADS = Counter("ate_offloads_total", "Frames offloaded, by expert", ["node", "expert"])
+LATE_REPLIES = Counter("ate_late_replies_total", "Expert replies after the deadline or unknown", ["node"])
+DROPS = Counter("ate_dropped_frames_total", "Frames dropped, by reason", ["component", "reason"])
+REJECTED = Counter("ate_rejected_messages_total", "Messages rejected, by reason", ["component", "reason"])
+QUEUE_DEPTH = Gauge("ate_queue_depth", "Items waiting in a queue", ["component", "queue"])
+BATCH_SIZE = Histogram("ate_batch_size", "Inference batch sizes", ["component", "model"], buckets=BATCH_BUCKETS)
+INFER_MS = Histogram("ate_inference_ms", "Inference time per batch", ["component", "model"], buckets=LATENCY_BUCKETS_MS)
+LABEL_LATENCY_MS = Histogram(
+    "ate_label_latency_ms", "Capture to final label, by source", ["node", "source"], buckets=LATENCY_BUCKETS_MS
+)
+HUB_FRAMES = Counter("ate_hub_frames_total", "Frames answered by the hub, by expert", ["hub", "expert"])
+TAU = Gauge("ate_tau", "Current confidence threshold", ["node"])

@@ -1,0 +1,240 @@
+"""Wire protocol v1: topics and payloads between edge nodes, expert hubs and label consumers.
+
+Frames and replies are msgpack (compact, binary-safe); final labels, status and stats are JSON so
+that any MQTT subscriber can read them. Decoding validates everything and raises ProtocolError,
+so a bad message is counted and dropped by the caller, never crashes it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import cv2
+import msgpack
+import numpy as np
+
+from askexpert.routing import parse_expert_key
+
+VERSION = 1
+DEFAULT_PREFIX = "ate/v1"
+MAX_FRAME_BYTES = 4 * 1024 * 1024  # a frame payload larger than this is rejected unread
+RAW_LIMIT_BYTES = 16 * 1024  # images up to this many bytes travel raw, larger ones as JPEG
+LABEL_SOURCES = ("edge", "expert", "edge-fallback")
+
+
+class ProtocolError(ValueError):
+    """A payload that does not follow this protocol (malformed, oversized, wrong version)."""
+
+
+# ---------------------------------------------------------------- topics
+def frames_topic(prefix: str, expert: str) -> str:
+    return f"{prefix}/experts/{expert}/frames"
+
+
+def frames_filter(prefix: str, expert: str, share_group: str | None = None) -> str:
+    """The hub's subscription for one expert, shared across hubs when a group is given."""
+    topic = frames_topic(prefix, expert)
+    return f"$share/{share_group}/{topic}" if share_group else topic
+
+
+def expert_from_topic(prefix: str, topic: str) -> str:
+    """'<prefix>/experts/0-2/frames' -> '0-2' (ProtocolError for anything else)."""
+    head, tail = f"{prefix}/experts/", "/frames"
+    if not (topic.startswith(head) and topic.endswith(tail)):
+        raise ProtocolError(f"not a frames topic: {topic}")
+    key = topic[len(head) : -len(tail)]
+    try:
+        parse_expert_key(key)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
+    return key
+
+
+def replies_topic(prefix: str, node: str) -> str:
+    return f"{prefix}/nodes/{node}/replies"
+
+
+def labels_topic(prefix: str, node: str) -> str:
+    return f"{prefix}/nodes/{node}/labels"
+
+
+def status_topic(prefix: str, role: str, ident: str) -> str:
+    return f"{prefix}/status/{role}/{ident}"
+
+
+def stats_topic(prefix: str, role: str, ident: str) -> str:
+    return f"{prefix}/stats/{role}/{ident}"
+
+
+# ---------------------------------------------------------------- images
+def encode_image(image: np.ndarray, jpeg_quality: int = 95) -> tuple[str, bytes]:
+    """uint8 (H, W, C) -> (encoding, bytes): raw when small, JPEG when large."""
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError("images are uint8 (H, W, C)")
+    if image.nbytes <= RAW_LIMIT_BYTES:
+        return "raw", np.ascontiguousarray(image).tobytes()
+    ok, buf = cv2.imencode(".jpg", image, [cv2.IMWRITE_JPEG_QUALITY, jpeg_quality])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return "jpeg", buf.tobytes()
+
+
+def decode_image(enc: str, data: bytes, shape: tuple[int, int, int]) -> np.ndarray:
+    h, w, c = shape
+    if enc == "raw":
+        if len(data) != h * w * c:
+            raise ProtocolError(f"raw image has {len(data)} bytes, shape {shape} needs {h * w * c}")
+        return np.frombuffer(data, dtype=np.uint8).reshape(h, w, c)
+    if enc == "jpeg":
+        flag = cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
+        if img is None:
+            raise ProtocolError("corrupt JPEG")
+        img = img.reshape(img.shape[0], img.shape[1], -1)
+        if img.shape != (h, w, c):
+            raise ProtocolError(f"JPEG image is {img.shape}, payload says {shape}")
+        return img
+    raise ProtocolError(f"unknown image encoding {enc!r}")
+
+
+# ---------------------------------------------------------------- frames (edge -> hub)
+@dataclass
+class FrameMsg:
+    node: str
+    frame_id: int
+    t_capture: float  # unix seconds at capture
+    pack: str  # pack id: the hub answers only frames of its own pack
+    topk: list[int]
+    topk_p: list[float]
+    image: np.ndarray  # uint8 (H, W, C) at the expert's input size
+    t_sent: float = field(default_factory=time.time)
+
+    def encode(self) -> bytes:
+        enc, data = encode_image(self.image)
+        return msgpack.packb(
+            {
+                "v": VERSION,
+                "node": self.node,
+                "fid": int(self.frame_id),
+                "tc": self.t_capture,
+                "ts": self.t_sent,
+                "pack": self.pack,
+                "topk": [int(c) for c in self.topk],
+                "topk_p": [float(p) for p in self.topk_p],
+                "enc": enc,
+                "shape": list(self.image.shape),
+                "img": data,
+            },
+            use_bin_type=True,
+        )
+
+
+def _unpack(payload: bytes, max_bytes: int) -> dict[str, Any]:
+    if len(payload) > max_bytes:
+        raise ProtocolError(f"payload of {len(payload)} bytes exceeds {max_bytes}")
+    try:
+        msg = msgpack.unpackb(payload, raw=False, strict_map_key=True, max_bin_len=max_bytes)
+    except Exception as exc:  # msgpack raises several unrelated types on garbage
+        raise ProtocolError(f"not msgpack: {exc}") from exc
+    if not isinstance(msg, dict):
+        raise ProtocolError("payload is not a map")
+    if msg.get("v") != VERSION:
+        raise ProtocolError(f"protocol version {msg.get('v')!r} is not {VERSION}")
+    return msg
+
+
+def _field(msg: dict, name: str, kind: type | tuple[type, ...]) -> Any:
+    value = msg.get(name)
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ProtocolError(f"field {name!r} missing or not {kind}")
+    return value
+
+
+def decode_frame(payload: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> FrameMsg:
+    msg = _unpack(payload, max_bytes)
+    shape = _field(msg, "shape", list)
+    if len(shape) != 3 or not all(isinstance(s, int) and 0 < s <= 4096 for s in shape) or shape[2] not in (1, 3):
+        raise ProtocolError(f"bad image shape {shape}")
+    topk = _field(msg, "topk", list)
+    topk_p = _field(msg, "topk_p", list)
+    if not topk or len(topk) != len(topk_p) or not all(isinstance(c, int) and c >= 0 for c in topk):
+        raise ProtocolError("bad top-k")
+    return FrameMsg(
+        node=_field(msg, "node", str),
+        frame_id=_field(msg, "fid", int),
+        t_capture=float(_field(msg, "tc", (int, float))),
+        pack=_field(msg, "pack", str),
+        topk=topk,
+        topk_p=[float(p) for p in topk_p],
+        image=decode_image(_field(msg, "enc", str), _field(msg, "img", bytes), tuple(shape)),
+        t_sent=float(_field(msg, "ts", (int, float))),
+    )
+
+
+# ---------------------------------------------------------------- replies (hub -> edge)
+@dataclass
+class ReplyMsg:
+    node: str
+    frame_id: int
+    label: int
+    conf: float
+    expert: str
+    hub: str
+    queue_ms: float  # arrival at the hub -> start of its batch
+    infer_ms: float  # the batch's inference time
+    batch: int
+
+    def encode(self) -> bytes:
+        return msgpack.packb({"v": VERSION, **asdict(self)}, use_bin_type=True)
+
+
+def decode_reply(payload: bytes, *, max_bytes: int = 64 * 1024) -> ReplyMsg:
+    msg = _unpack(payload, max_bytes)
+    return ReplyMsg(
+        node=_field(msg, "node", str),
+        frame_id=_field(msg, "frame_id", int),
+        label=_field(msg, "label", int),
+        conf=float(_field(msg, "conf", (int, float))),
+        expert=_field(msg, "expert", str),
+        hub=_field(msg, "hub", str),
+        queue_ms=float(_field(msg, "queue_ms", (int, float))),
+        infer_ms=float(_field(msg, "infer_ms", (int, float))),
+        batch=_field(msg, "batch", int),
+    )
+
+
+def correlation_id(node: str, frame_id: int) -> bytes:
+    return f"{node}/{frame_id}".encode()
+
+
+# ---------------------------------------------------------------- final labels (edge -> anyone)
+@dataclass
+class LabelMsg:
+    """One final label per frame, JSON on <prefix>/nodes/<node>/labels."""
+
+    node: str
+    frame_id: int
+    label: int
+    label_name: str
+    conf: float
+    source: str  # edge | expert | edge-fallback
+    expert: str | None  # the subset key the frame was offloaded to, else None
+    latency_ms: float  # capture -> this label
+    t_capture: float
+    edge_label: int  # the edge's own top-1, kept for evaluation
+    edge_conf: float
+    pack: str
+
+    def encode(self) -> bytes:
+        return json.dumps(asdict(self), separators=(",", ":")).encode()
+
+
+def decode_label(payload: bytes) -> LabelMsg:
+    try:
+        data = json.loads(payload)
+        return LabelMsg(**data)
+    except (ValueError, TypeError) as exc:
+        raise ProtocolError(f"bad label payload: {exc}") from exc

@@ -1,0 +1,100 @@
+"""Settings from flags, ATE_* environment variables or a YAML/JSON config file, same names.
+
+Precedence: command-line flag > environment > config file > default. A flag `--deadline-ms`,
+the variable `ATE_DEADLINE_MS` and the config key `deadline_ms` are the same setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any, TypeVar, get_args, get_origin
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, YamlConfigSettingsSource
+
+from askexpert.protocol import DEFAULT_PREFIX
+
+
+class CommonSettings(BaseSettings):
+    """What every component needs: the broker, the topic prefix, logging and the ops port."""
+
+    model_config = SettingsConfigDict(env_prefix="ATE_", extra="forbid")
+
+    broker: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port (TLS)")
+    prefix: str = Field(DEFAULT_PREFIX, description="topic prefix")
+    username: str | None = Field(None, description="broker user name")
+    password: str | None = Field(None, description="broker password")
+    tls_ca: Path | None = Field(None, description="CA bundle for mqtts:// (system CAs when unset)")
+    tls_cert: Path | None = Field(None, description="client certificate for mutual TLS")
+    tls_key: Path | None = Field(None, description="client key for mutual TLS")
+    pack: Path = Field(Path("packs/fashion-mnist"), description="model pack folder")
+    backend: str = Field("torch", description="torch | onnx | tensorrt")
+    device: str = Field("cpu", description="cpu | cuda (torch backend; fp16 on cuda)")
+    log_level: str = Field("info", description="debug | info | warning | error")
+    metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off")
+    stats_interval_s: float = Field(10.0, ge=0, description="period of the stats message on MQTT; 0 = off")
+
+    @field_validator("broker")
+    @classmethod
+    def _broker_url(cls, v: str) -> str:
+        u = urlparse(v)
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
+            raise ValueError(f"broker must look like mqtt://host:port, got {v!r}")
+        return v
+
+    @property
+    def broker_host(self) -> str:
+        return urlparse(self.broker).hostname or "127.0.0.1"
+
+    @property
+    def broker_port(self) -> int:
+        u = urlparse(self.broker)
+        return u.port or (8883 if self.broker_tls else 1883)
+
+    @property
+    def broker_tls(self) -> bool:
+        return urlparse(self.broker).scheme in ("mqtts", "ssl")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        config = os.environ.get("ATE_CONFIG")
+        if config:
+            if not Path(config).is_file():
+                raise FileNotFoundError(f"config file {config} (ATE_CONFIG / --config) does not exist")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config))  # YAML is a JSON superset
+        return tuple(sources)
+
+
+S = TypeVar("S", bound=CommonSettings)
+
+
+def add_settings_arguments(parser: argparse.ArgumentParser, cls: type[CommonSettings]) -> None:
+    """One flag per settings field (`--deadline-ms` for deadline_ms); unset flags stay unset."""
+    parser.add_argument("--config", help="YAML or JSON config file (same names as the flags)")
+    for name, info in cls.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        kind = info.annotation
+        is_bool = kind is bool or (get_origin(kind) is not None and bool in get_args(kind))
+        help_text = f"{info.description or name} (env ATE_{name.upper()}; default {info.default!r})"
+        if is_bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text)
+
+
+def settings_from_args(cls: type[S], args: argparse.Namespace) -> S:
+    if getattr(args, "config", None):
+        os.environ["ATE_CONFIG"] = args.config
+    given: dict[str, Any] = {k: v for k, v in vars(args).items() if k in cls.model_fields and v is not None}
+    return cls(**given)

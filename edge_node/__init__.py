@@ -1,0 +1,1 @@
+"""Edge node: reads a stream, classifies with the generalist, offloads uncertain frames to experts."""

@@ -1,0 +1,154 @@
+"""Frame sources: camera, video file, RTSP/GStreamer URL, image folder, dataset split, replay.
+
+Every source yields Frame objects in order. A *live* source (camera, network stream) runs ahead
+of the pipeline and only its newest frames matter; a *lossless* one (file, folder, dataset,
+recording) must never lose a frame, so the pipeline applies backpressure to it instead.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+import cv2
+import numpy as np
+
+from askexpert.datasets import load_dataset
+from askexpert.log import get_logger
+
+log = get_logger("edge_node.sources")
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
+
+
+class SourceError(RuntimeError):
+    """A source that cannot be opened."""
+
+
+@dataclass
+class Frame:
+    frame_id: int
+    image: np.ndarray  # uint8 (H, W) or (H, W, C); BGR when colour, as OpenCV reads it
+    t_capture: float  # unix seconds
+    label: int | None = None  # ground truth where the source knows it (datasets, recordings)
+
+
+class Source(ABC):
+    live: bool = False
+    description: str = ""
+
+    @abstractmethod
+    def frames(self) -> Iterator[Frame]: ...
+
+    def close(self) -> None:
+        """Release devices and files."""
+
+
+class Pacer:
+    """Sleeps so that frames leave at `fps` (None: as fast as the consumer takes them)."""
+
+    def __init__(self, fps: float | None) -> None:
+        self.period = 1.0 / fps if fps else 0.0
+        self.next = time.monotonic()
+
+    def wait(self) -> None:
+        if self.period:
+            delay = self.next - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            self.next = max(self.next + self.period, time.monotonic() - self.period)
+
+
+class DatasetSource(Source):
+    """`dataset:NAME:SPLIT`: the split in order; frame id = index in the split."""
+
+    def __init__(self, name: str, split: str, fps: float | None) -> None:
+        self.data = load_dataset(name, split)
+        self.fps = fps
+        self.description = f"dataset:{name}:{split}"
+
+    def frames(self) -> Iterator[Frame]:
+        pacer = Pacer(self.fps)
+        for i in range(len(self.data)):
+            pacer.wait()
+            yield Frame(i, self.data.images[i], time.time(), int(self.data.labels[i]))
+
+
+class FolderSource(Source):
+    """`dir:PATH`: every image in the folder, sorted by name; unreadable files are skipped, logged."""
+
+    def __init__(self, path: Path, fps: float | None, on_bad: Callable[[str], None] | None = None) -> None:
+        if not path.is_dir():
+            raise SourceError(f"{path} is not a folder")
+        self.files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        self.fps, self.on_bad = fps, on_bad
+        self.description = f"dir:{path}"
+
+    def frames(self) -> Iterator[Frame]:
+        pacer = Pacer(self.fps)
+        for i, path in enumerate(self.files):
+            image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if image is None or image.dtype != np.uint8:
+                log.warning("unreadable image skipped", path=str(path))
+                if self.on_bad:
+                    self.on_bad("unreadable-image")
+                continue
+            if image.ndim == 3 and image.shape[2] == 4:
+                image = cv2.cvtColor(image, cv2.COLOR_BGRA2BGR)
+            pacer.wait()
+            yield Frame(i, image, time.time())
+
+
+class CaptureSource(Source):
+    """OpenCV VideoCapture: a camera index, a video file, an RTSP/HTTP URL or a GStreamer pipeline."""
+
+    def __init__(self, spec: str, fps: float | None) -> None:
+        self.spec = spec
+        target: int | str = int(spec) if spec.isdigit() else spec
+        api = cv2.CAP_GSTREAMER if "!" in spec else cv2.CAP_ANY
+        self.cap = cv2.VideoCapture(target, api)
+        if not self.cap.isOpened():
+            raise SourceError(f"OpenCV cannot open {spec!r}")
+        self.live = spec.isdigit() or "://" in spec or "!" in spec
+        self.fps = None if self.live else fps
+        self.description = spec
+
+    def frames(self) -> Iterator[Frame]:
+        pacer = Pacer(self.fps)
+        i = 0
+        while True:
+            ok, image = self.cap.read()
+            if not ok:
+                if self.live:
+                    log.warning("capture ended or failed", source=self.spec)
+                return
+            pacer.wait()
+            yield Frame(i, image, time.time())
+            i += 1
+
+    def close(self) -> None:
+        self.cap.release()
+
+
+# Extra source kinds register here by prefix ("replay" is added by the recording module).
+SOURCE_KINDS: dict[str, Callable[[str, float | None], Source]] = {
+    "dataset": lambda arg, fps: DatasetSource(*_split_dataset(arg), fps),
+    "dir": lambda arg, fps: FolderSource(Path(arg), fps),
+}
+
+
+def _split_dataset(arg: str) -> tuple[str, str]:
+    name, _, split = arg.rpartition(":")
+    if not name:
+        raise SourceError(f"dataset source needs NAME:SPLIT, got {arg!r}")
+    return name, split
+
+
+def open_source(spec: str, fps: float | None = None) -> Source:
+    """Parse a --source value."""
+    kind, sep, arg = spec.partition(":")
+    if sep and kind in SOURCE_KINDS:
+        return SOURCE_KINDS[kind](arg, fps)
+    return CaptureSource(spec, fps)

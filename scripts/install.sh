@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs what a fresh machine lacks: Mosquitto and Fashion-MNIST from Debian, then the package.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-python3}
+SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+
+need_apt=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto mosquitto-clients)
+[ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || [ -n "${ATE_FASHION_MNIST_DIR:-}" ] \
+  || need_apt+=(dataset-fashion-mnist)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "installing from Debian: ${need_apt[*]}"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_apt[@]}"
+fi
+
+# timm needs torchvision, and torchvision must match torch exactly: install the pair together.
+if ! $PY -c "import torch, torchvision, timm" >/dev/null 2>&1; then
+  echo "installing torch + torchvision"
+  $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
+fi
+if ! $PY -c "import askexpert, edge_node, expert_hub, trainer, pytest_timeout" >/dev/null 2>&1 \
+   || [ pyproject.toml -nt .install-stamp ]; then
+  $PY -m pip install -q -e ".[dev]"
+  touch .install-stamp
+fi
