@@ -61,6 +61,16 @@ def labels_topic(prefix: str, node: str) -> str:
     return f"{prefix}/nodes/{node}/labels"
 
 
+def tau_set_topic(prefix: str, node: str) -> str:
+    """Where an operator sends a new confidence threshold for one edge node."""
+    return f"{prefix}/nodes/{node}/tau/set"
+
+
+def tau_topic(prefix: str, node: str) -> str:
+    """The node's current threshold, retained."""
+    return f"{prefix}/nodes/{node}/tau"
+
+
 def status_topic(prefix: str, role: str, ident: str) -> str:
     return f"{prefix}/status/{role}/{ident}"
 
