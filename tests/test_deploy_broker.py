@@ -1,0 +1,187 @@
+"""The shipped Mosquitto config (docker/mosquitto) with a real broker: password file and ACL work.
+
+The config is copied to a temp dir with a free port and temp paths; everything else (auth, ACL,
+set_tcp_nodelay, limits) is exactly what the broker container runs.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import re
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from brokers import MOSQUITTO, free_port, wait_port
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "docker" / "mosquitto"
+USERS = {"hub": "hub-pw", "ops": "ops-pw", "cam1": "cam1-pw", "cam2": "cam2-pw"}
+
+pytestmark = pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mosquitto_passwd not installed")
+
+
+@pytest.fixture(scope="module")
+def shipped_broker(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("shipped-mosquitto")
+    port = free_port()
+    conf = (CONF_DIR / "mosquitto.conf").read_text()
+    assert re.search(r"^listener 1883$", conf, re.M), "the shipped config listens on 1883"
+    conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
+    conf = conf.replace("/mosquitto/data/", f"{tmp}/data/")
+    conf = conf.replace("/mosquitto/config/passwd", f"{tmp}/passwd").replace("/mosquitto/config/acl", str(CONF_DIR / "acl"))
+    conf = re.sub(r"^log_dest .*$", "log_dest stderr", conf, flags=re.M)
+    if os.geteuid() == 0:  # as root Mosquitto drops to user `mosquitto`, which cannot read our 0600 files
+        conf += "\nuser root\n"
+    (tmp / "data").mkdir()
+    (tmp / "mosquitto.conf").write_text(conf)
+    env = {f"ATE_PW_{u}": pw for u, pw in USERS.items()}
+    subprocess.run(
+        ["bash", str(CONF_DIR / "make-passwords.sh"), *USERS],
+        env={"PATH": "/usr/bin:/bin:/usr/sbin:/usr/local/bin", "NO_CHOWN": "1", "PASSWD_FILE": str(tmp / "passwd"), **env},
+        check=True,
+        capture_output=True,
+    )
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        for _ in range(100):
+            if proc.poll() is not None:
+                raise TimeoutError
+            try:
+                wait_port(port, timeout=0.1)
+                break
+            except TimeoutError:
+                pass
+        else:
+            raise TimeoutError
+    except TimeoutError:
+        proc.kill()
+        pytest.fail(f"mosquitto did not start with the shipped config: {proc.stderr.read().decode()}")
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+class Client:
+    """A paho v5 client that records its CONNACK, SUBACKs and messages."""
+
+    def __init__(self, port: int, user: str | None, name: str) -> None:
+        self.msgs: queue.Queue = queue.Queue()
+        self.subacks: queue.Queue = queue.Queue()
+        self.connack: queue.Queue = queue.Queue()
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"t-{name}", protocol=mqtt.MQTTv5)
+        if user:
+            c.username_pw_set(user, USERS.get(user, "wrong"))
+        c.on_connect = lambda cl, u, f, rc, p: self.connack.put(rc)
+        c.on_subscribe = lambda cl, u, mid, rcs, p: self.subacks.put(rcs)
+        c.on_message = lambda cl, u, m: self.msgs.put((m.topic, m.payload))
+        c.reconnect_delay_set(60, 60)
+        self.c = c
+        c.connect("127.0.0.1", port)
+        c.loop_start()
+        self.rc = self.connack.get(timeout=5)
+
+    def subscribe(self, topic: str):
+        self.c.subscribe(topic, qos=1)
+        return self.subacks.get(timeout=5)[0]
+
+    def publish(self, topic: str, payload: bytes) -> None:
+        self.c.publish(topic, payload, qos=1).wait_for_publish(5)
+
+    def got(self, timeout: float = 1.0, n: int | None = None) -> list[tuple[str, bytes]]:
+        """Messages received within `timeout` (sooner once `n` have come)."""
+        out, end = [], time.monotonic() + timeout
+        while n is None or len(out) < n:
+            try:
+                out.append(self.msgs.get(timeout=max(0.0, end - time.monotonic())))
+            except queue.Empty:
+                return out
+        return out
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+@pytest.fixture
+def clients(shipped_broker):
+    made: list[Client] = []
+
+    def make(user: str | None, name: str) -> Client:
+        made.append(Client(shipped_broker, user, name))
+        return made[-1]
+
+    yield make
+    for c in made:
+        c.close()
+
+
+def test_anonymous_and_wrong_password_are_refused(clients):
+    anon = clients(None, "anon")
+    assert anon.rc.is_failure and anon.rc.value in (0x86, 0x87)  # bad user/password or not authorized
+    wrong = clients("mallory", "wrong")
+    assert wrong.rc.is_failure
+
+
+def test_edge_cannot_read_another_nodes_replies(clients):
+    hub, cam1, cam2 = clients("hub", "hub"), clients("cam1", "cam1"), clients("cam2", "cam2")
+    assert not (hub.rc.is_failure or cam1.rc.is_failure or cam2.rc.is_failure)
+    # cam2 tries to eavesdrop on cam1's replies, frames and tau/set: refused or never delivered
+    snoop = [cam2.subscribe(t) for t in ("ate/v1/nodes/cam1/replies", "ate/v1/experts/+/frames", "ate/v1/nodes/cam1/tau/set", "ate/v1/#")]
+    assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1  # granted QoS 1
+    hub.publish("ate/v1/nodes/cam1/replies", b"reply-for-cam1")
+    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies", b"reply-for-cam1")]
+    # Mosquitto 2.0.11 grants the SUBACK and filters on delivery (newer ones may answer 0x87):
+    # either way, nothing reaches cam2.
+    assert all(rc.is_failure or rc.value <= 2 for rc in snoop)
+    cam1.publish("ate/v1/experts/0/frames", b"cam1-frame")
+    assert cam2.got(0.5) == []
+
+
+def test_edge_publishes_frames_hub_receives_and_replies(clients):
+    hub, cam1 = clients("hub", "hub2"), clients("cam1", "cam1b")
+    assert hub.subscribe("ate/v1/experts/+/frames").value == 1
+    assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1
+    cam1.publish("ate/v1/experts/0-2/frames", b"frame")
+    assert hub.got(2.0, n=1) == [("ate/v1/experts/0-2/frames", b"frame")]
+    hub.publish("ate/v1/nodes/cam1/replies", b"label")
+    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies", b"label")]
+
+
+def test_edge_may_publish_only_its_own_topics(clients):
+    ops, cam1, cam2 = clients("ops", "ops"), clients("cam1", "cam1c"), clients("cam2", "cam2c")
+    assert ops.subscribe("ate/v1/#").value == 1
+    cam1.publish("ate/v1/nodes/cam1/labels", b"own-label")
+    cam1.publish("ate/v1/stats/edge/cam1", b"own-stats")
+    cam2.publish("ate/v1/nodes/cam1/labels", b"forged-label")  # dropped by the broker
+    cam2.publish("ate/v1/nodes/cam1/replies", b"forged-reply")
+    cam2.publish("ate/v1/nodes/cam1/tau/set", b"0.1")
+    cam2.publish("ate/v1/stats/edge/cam2", b"cam2-last")  # allowed; the broker handles it after the forgeries
+    got = ops.got(2.0, n=3)
+    got += ops.got(0.3)
+    payloads = [p for _, p in got]
+    assert b"own-label" in payloads and b"own-stats" in payloads and b"cam2-last" in payloads
+    assert not {b"forged-label", b"forged-reply", b"0.1"} & set(payloads)
+
+
+def test_ops_sets_tau_and_only_that_node_reads_it(clients):
+    ops, cam1, cam2 = clients("ops", "ops2"), clients("cam1", "cam1d"), clients("cam2", "cam2d")
+    assert cam1.subscribe("ate/v1/nodes/cam1/tau/set").value == 1
+    ops.publish("ate/v1/nodes/cam1/tau/set", b"0.6")
+    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/tau/set", b"0.6")]
+    assert cam2.subscribe("ate/v1/nodes/cam1/tau") is not None
+    assert cam2.got(0.3) == []  # not even the retained current value of another node
+
+
+def test_hub_shared_subscription_passes_the_acl(clients):
+    """`expert-hub --share-group` subscribes as $share/<group>/...: the ACL must still let frames in."""
+    hub, cam1 = clients("hub", "hub3"), clients("cam1", "cam1e")
+    assert not hub.subscribe("$share/hubs/ate/v1/experts/+/frames").is_failure
+    cam1.publish("ate/v1/experts/1/frames", b"shared-frame")
+    assert hub.got(2.0, n=1) == [("ate/v1/experts/1/frames", b"shared-frame")]
