@@ -43,6 +43,8 @@ class MqttClient:
         self._subs: dict[str, tuple[int, Handler]] = {}
         self.connected = threading.Event()
         self.connects = 0
+        self._acks = threading.Condition()
+        self._sent = self._acked = 0
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ate-{role}-{ident}", protocol=mqtt.MQTTv5)
         if settings.username:
             c.username_pw_set(settings.username, settings.password)
@@ -59,6 +61,7 @@ class MqttClient:
         c.on_socket_open = self._on_socket_open
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
+        c.on_publish = self._on_publish
         self.client = c
 
     # ------------------------------------------------------------ lifecycle
@@ -74,9 +77,7 @@ class MqttClient:
     def stop(self) -> None:
         """Say `offline` (retained), then disconnect cleanly: the will is only for crashes."""
         if self.connected.is_set():
-            info = self.client.publish(
-                self._status_topic, status_payload("offline", self.role, self.ident), qos=1, retain=True
-            )
+            info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident), retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -111,11 +112,20 @@ class MqttClient:
                 props.CorrelationData = correlation
             if expiry_s:
                 props.MessageExpiryInterval = max(1, int(expiry_s))
-        return self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        if qos:
+            with self._acks:
+                self._sent += 1
+        return info
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until the broker acknowledged every QoS>0 message published so far."""
+        with self._acks:
+            return self._acks.wait_for(lambda: self._acked >= self._sent, timeout)
 
     def publish_status(self, state: str = "online", **extra: object) -> None:
         payload = status_payload(state, self.role, self.ident, **{**self._status_extra, **extra})
-        self.client.publish(self._status_topic, payload, qos=1, retain=True)
+        self.publish(self._status_topic, payload, retain=True)
 
     # ------------------------------------------------------------ paho callbacks
     @staticmethod
@@ -139,6 +149,11 @@ class MqttClient:
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags, reason_code, properties) -> None:
         self.connected.clear()
         log.warning("mqtt disconnected", reason=str(reason_code))
+
+    def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code, properties) -> None:
+        with self._acks:
+            self._acked += 1
+            self._acks.notify_all()
 
     @staticmethod
     def _guard(handler: Handler) -> Handler:

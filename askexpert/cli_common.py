@@ -1,0 +1,53 @@
+"""What both command lines share: settings parsing, logging, pack loading, clean signals."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Callable, TypeVar
+
+from askexpert.log import get_logger, setup_logging
+from askexpert.pack import Pack, PackError
+from askexpert.settings import CommonSettings, settings_from_args
+
+S = TypeVar("S", bound=CommonSettings)
+log = get_logger("askexpert.cli")
+
+
+def fail(message: str, code: int = 2) -> None:
+    """A clear one-line error for the user, in the log stream too."""
+    log.error(message)
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+def load_settings(cls: type[S], args: argparse.Namespace) -> S:
+    try:
+        settings = settings_from_args(cls, args)
+    except Exception as exc:  # pydantic ValidationError, missing config file, bad YAML
+        setup_logging()
+        fail(f"bad settings: {exc}")
+    setup_logging(settings.log_level)
+    return settings
+
+
+def load_pack(path) -> Pack:
+    try:
+        return Pack.load(path)
+    except PackError as exc:
+        fail(str(exc))
+    raise AssertionError  # unreachable: fail() exits
+
+
+def on_signals(stop: Callable[[], None]) -> None:
+    """SIGINT and SIGTERM ask for a clean stop; a second one exits at once."""
+
+    def handler(signum: int, frame: object) -> None:
+        log.info("stopping", signal=signal.Signals(signum).name)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        stop()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)

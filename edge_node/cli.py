@@ -1,0 +1,60 @@
+"""`edge-node` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from askexpert.backends import open_backend
+from askexpert.cli_common import fail, load_pack, load_settings, on_signals
+from askexpert.log import get_logger
+from askexpert.mqtt import MqttClient
+from askexpert.settings import add_settings_arguments
+from edge_node.node import EdgeNode
+from edge_node.settings import EdgeSettings
+from edge_node.sources import SourceError, open_source
+
+log = get_logger("edge_node.cli")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    s = load_settings(EdgeSettings, args)
+    pack = load_pack(s.pack)
+    try:
+        classifier = open_backend(s.backend, s.device).classifier(pack, pack.manifest.generalist)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        fail(f"backend {s.backend}: {exc}")
+    try:
+        source = open_source(s.source, s.fps or None)
+    except (SourceError, OSError) as exc:
+        fail(f"source {s.source!r}: {exc}")
+    client = MqttClient(s, "edge", s.node_id, {"pack": pack.pack_id, "source": s.source})
+    node = EdgeNode(s, pack, classifier, client)
+    on_signals(node.stop)
+    client.start()
+    if not client.wait_connected(s.connect_timeout_s):
+        log.warning("broker not reachable yet; going on, labels queue until it answers", broker=s.broker)
+    try:
+        stats = node.run(source)
+    finally:
+        client.stop()
+    print(json.dumps({"node": s.node_id, **vars(stats)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-node", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="classify a stream, offload uncertain frames, publish labels")
+    add_settings_arguments(run, EdgeSettings)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

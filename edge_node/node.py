@@ -1,0 +1,270 @@
+"""The edge node: source -> generalist -> confidence gate -> final label or top-k offload.
+
+Threads: the source reader (bounded queue: newest-only for live sources, backpressure for files
+and datasets), the inference loop (micro-batches), paho's network thread (replies: decode, pop the
+pending frame, publish its label; never blocks), and the deadline thread (edge-fallback labels).
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from askexpert import metrics
+from askexpert.backends import Classifier
+from askexpert.log import get_logger
+from askexpert.mqtt import MqttClient
+from askexpert.pack import InputSpec, Pack
+from askexpert.protocol import (
+    FrameMsg,
+    LabelMsg,
+    ProtocolError,
+    decode_reply,
+    correlation_id,
+    frames_topic,
+    labels_topic,
+    replies_topic,
+)
+from askexpert.routing import route, softmax, topk
+from edge_node.pending import Offload, PendingTable
+from edge_node.settings import EdgeSettings
+from edge_node.sources import Frame, Source
+
+log = get_logger("edge_node")
+_END = object()
+
+
+def fit_frame(image: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Any uint8 frame -> (size, size, channels) as the models expect (grey or RGB)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.shape[:2] != (spec.size, spec.size):
+        image = cv2.resize(image, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
+        if image.ndim == 2:
+            image = image[:, :, None]
+    c = image.shape[2]
+    if spec.channels == 1 and c == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
+    elif spec.channels == 3 and c == 1:
+        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
+    elif spec.channels == 3 and c == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return np.ascontiguousarray(image)
+
+
+@dataclass
+class EdgeStats:
+    frames: int = 0
+    edge: int = 0
+    expert: int = 0
+    fallback: int = 0
+    late_replies: int = 0
+    dropped: int = 0
+    rejected: int = 0
+
+
+class EdgeNode:
+    def __init__(self, settings: EdgeSettings, pack: Pack, classifier: Classifier, client: MqttClient) -> None:
+        self.s, self.pack, self.classifier, self.client = settings, pack, classifier, client
+        m = pack.manifest
+        self.tau = m.tau if settings.tau is None else settings.tau
+        self.k = settings.top_k or m.k
+        self.node = settings.node_id
+        self.labels_topic = labels_topic(settings.prefix, self.node)
+        self.replies_topic = replies_topic(settings.prefix, self.node)
+        self.stats = EdgeStats()
+        self.pending = PendingTable(self._on_deadline)
+        self.stop_event = threading.Event()
+        self._queue: queue.Queue = queue.Queue()
+        self._count_lock = threading.Lock()
+        self._metric_labels = {s: metrics.LABELS.labels(self.node, s) for s in ("edge", "expert", "edge-fallback")}
+
+    # ------------------------------------------------------------ public
+    def tau_value(self) -> float:
+        return self.tau
+
+    def set_tau(self, tau: float) -> None:
+        self.tau = float(tau)
+        metrics.TAU.labels(self.node).set(self.tau)
+
+    def run(self, source: Source) -> EdgeStats:
+        """Process the source to its end (or max_frames, or stop()); every frame gets one label."""
+        metrics.TAU.labels(self.node).set(self.tau)
+        self.client.subscribe(self.replies_topic, self._on_reply, qos=1)
+        self.pending.start()
+        self._queue = queue.Queue(maxsize=self.s.live_queue if source.live else max(2 * self.s.batch_size, 64))
+        reader = threading.Thread(target=self._read, args=(source,), name="source", daemon=True)
+        reader.start()
+        log.info("edge running", source=source.description, live=source.live, tau=self.tau, k=self.k, pack=self.pack.pack_id)
+        try:
+            self._infer_loop()
+        finally:
+            self.stop_event.set()
+            source.close()
+            self.pending.wait_empty(self.s.deadline_ms / 1000 + 1.0)
+            self.pending.stop()
+            if not self.client.flush(timeout=10):
+                log.warning("some labels were not acknowledged by the broker before exit")
+        log.info("edge done", **vars(self.stats))
+        return self.stats
+
+    def stop(self) -> None:
+        self.stop_event.set()
+
+    # ------------------------------------------------------------ source
+    def _read(self, source: Source) -> None:
+        n = 0
+        try:
+            for frame in source.frames():
+                if self.stop_event.is_set():
+                    break
+                self._put(frame, source.live)
+                n += 1
+                if self.s.max_frames and n >= self.s.max_frames:
+                    break
+        except Exception:  # noqa: BLE001 - a broken source ends the stream, logged
+            log.exception("source failed", source=source.description)
+        finally:
+            self._queue.put(_END)
+
+    def _put(self, frame: Frame, live: bool) -> None:
+        metrics.FRAMES.labels(self.node).inc()
+        if not live:
+            while not self.stop_event.is_set():
+                try:
+                    self._queue.put(frame, timeout=0.2)  # backpressure: never drop a file frame
+                    return
+                except queue.Full:
+                    continue
+            return
+        while True:
+            try:
+                self._queue.put_nowait(frame)
+                return
+            except queue.Full:
+                try:
+                    old = self._queue.get_nowait()  # newest-only: drop the oldest waiting frame
+                    self.stats.dropped += 1
+                    metrics.DROPS.labels("edge", "live-queue-full").inc()
+                    if self.stats.dropped % 100 == 1:
+                        log.warning("live source outruns the edge; dropping oldest frames", dropped=self.stats.dropped)
+                    if old is _END:
+                        self._queue.put_nowait(old)
+                        return
+                except queue.Empty:
+                    pass
+
+    # ------------------------------------------------------------ inference
+    def _next_batch(self) -> tuple[list[Frame], bool]:
+        batch: list[Frame] = []
+        first = self._queue.get()
+        if first is _END:
+            return batch, True
+        batch.append(first)
+        deadline = time.monotonic() + self.s.batch_wait_ms / 1000
+        while len(batch) < self.s.batch_size:
+            try:
+                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) if deadline > time.monotonic() else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _END:
+                return batch, True
+            batch.append(item)
+        return batch, False
+
+    def _infer_loop(self) -> None:
+        spec = self.pack.manifest.input
+        depth = metrics.QUEUE_DEPTH.labels("edge", "frames")
+        while True:
+            batch, ended = self._next_batch()
+            depth.set(self._queue.qsize())
+            if batch:
+                images = np.stack([fit_frame(f.image, spec) for f in batch])
+                t0 = time.perf_counter()
+                logits = self.classifier(images)
+                metrics.INFER_MS.labels("edge", "generalist").observe((time.perf_counter() - t0) * 1000)
+                metrics.BATCH_SIZE.labels("edge", "generalist").observe(len(batch))
+                self._gate(batch, images, softmax(logits.astype(np.float64)))
+            if ended:
+                return
+
+    def _gate(self, batch: list[Frame], images: np.ndarray, probs: np.ndarray) -> None:
+        """Algorithm 1: conf >= tau is final; else route the top-k classes' subsets to an expert."""
+        tau = self.tau
+        top = topk(probs, self.k)
+        for i, frame in enumerate(batch):
+            self.stats.frames += 1
+            edge_label = int(top[i, 0])
+            conf = float(probs[i, edge_label])
+            if conf >= tau:
+                self._publish_label(frame.frame_id, frame.t_capture, edge_label, conf, "edge", None, edge_label, conf)
+                continue
+            expert = route(top[i], self.pack.manifest.partition)
+            self._offload(frame, images[i], top[i], probs[i], expert, edge_label, conf)
+
+    def _offload(self, frame: Frame, image: np.ndarray, top: np.ndarray, probs: np.ndarray, expert: str, edge_label: int, conf: float) -> None:
+        deadline_s = self.s.deadline_ms / 1000
+        self.pending.add(
+            Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, time.monotonic() + deadline_s, frame.label)
+        )
+        msg = FrameMsg(self.node, frame.frame_id, frame.t_capture, self.pack.pack_id,
+                       [int(c) for c in top], [float(probs[c]) for c in top], image)  # fmt: skip
+        self.client.publish(
+            frames_topic(self.s.prefix, expert),
+            msg.encode(),
+            qos=1,
+            response_topic=self.replies_topic,
+            correlation=correlation_id(self.node, frame.frame_id),
+            expiry_s=max(1, int(round(deadline_s + 0.499))),
+        )
+        metrics.OFFLOADS.labels(self.node, expert).inc()
+
+    # ------------------------------------------------------------ results
+    def _on_reply(self, message: mqtt.MQTTMessage) -> None:
+        try:
+            reply = decode_reply(message.payload)
+        except ProtocolError as exc:
+            self.stats.rejected += 1
+            metrics.REJECTED.labels("edge", "malformed-reply").inc()
+            log.warning("malformed reply dropped", error=str(exc))
+            return
+        if not 0 <= reply.label < len(self.pack.manifest.classes):
+            self.stats.rejected += 1
+            metrics.REJECTED.labels("edge", "bad-reply-label").inc()
+            log.warning("reply with an unknown class dropped; the deadline will fall back", label=reply.label)
+            return
+        item = self.pending.pop(reply.frame_id) if reply.node == self.node else None
+        if item is None:
+            self.stats.late_replies += 1
+            metrics.LATE_REPLIES.labels(self.node).inc()
+            log.debug("late or unknown reply dropped", frame_id=reply.frame_id, hub=reply.hub)
+            return
+        self._publish_label(item.frame_id, item.t_capture, reply.label, reply.conf, "expert", item.expert,
+                            item.edge_label, item.edge_conf)  # fmt: skip
+
+    def _on_deadline(self, item: Offload) -> None:
+        self._publish_label(item.frame_id, item.t_capture, item.edge_label, item.edge_conf, "edge-fallback",
+                            item.expert, item.edge_label, item.edge_conf)  # fmt: skip
+
+    def _publish_label(self, frame_id: int, t_capture: float, label: int, conf: float, source: str,
+                       expert: str | None, edge_label: int, edge_conf: float) -> None:  # fmt: skip
+        latency_ms = (time.time() - t_capture) * 1000
+        msg = LabelMsg(self.node, frame_id, label, self.pack.manifest.classes[label],
+                       round(conf, 6), source, expert, round(latency_ms, 3), t_capture, edge_label,
+                       round(edge_conf, 6), self.pack.pack_id)  # fmt: skip
+        self.client.publish(self.labels_topic, msg.encode(), qos=1)
+        self._metric_labels[source].inc()
+        metrics.LABEL_LATENCY_MS.labels(self.node, source).observe(latency_ms)
+        with self._count_lock:
+            if source == "edge":
+                self.stats.edge += 1
+            elif source == "expert":
+                self.stats.expert += 1
+            else:
+                self.stats.fallback += 1

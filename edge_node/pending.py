@@ -1,0 +1,83 @@
+"""The table of offloaded frames waiting for an expert, with deadlines.
+
+Exactly-once by construction: whoever pops a frame id (the reply or the deadline) publishes its
+label; the other finds nothing and only counts a late reply.
+"""
+
+from __future__ import annotations
+
+import heapq
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+
+@dataclass
+class Offload:
+    frame_id: int
+    t_capture: float
+    edge_label: int
+    edge_conf: float
+    expert: str
+    deadline: float  # time.monotonic()
+    label: int | None = field(default=None)  # ground truth, when known
+
+
+class PendingTable:
+    def __init__(self, on_expired: Callable[[Offload], None]) -> None:
+        self._items: dict[int, Offload] = {}
+        self._heap: list[tuple[float, int]] = []
+        self._cond = threading.Condition()
+        self._on_expired = on_expired
+        self._stop = False
+        self._thread = threading.Thread(target=self._expire_loop, name="deadlines", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def add(self, item: Offload) -> None:
+        with self._cond:
+            self._items[item.frame_id] = item
+            heapq.heappush(self._heap, (item.deadline, item.frame_id))
+            self._cond.notify()
+
+    def pop(self, frame_id: int) -> Offload | None:
+        with self._cond:
+            item = self._items.pop(frame_id, None)
+            self._cond.notify_all()
+            return item
+
+    def __len__(self) -> int:
+        with self._cond:
+            return len(self._items)
+
+    def wait_empty(self, timeout: float) -> bool:
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._items, timeout)
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join(timeout=2)
+
+    def _expire_loop(self) -> None:
+        while True:
+            expired: list[Offload] = []
+            with self._cond:
+                if self._stop:
+                    return
+                now = time.monotonic()
+                while self._heap and self._heap[0][0] <= now:
+                    _, fid = heapq.heappop(self._heap)
+                    item = self._items.get(fid)
+                    if item is not None and item.deadline <= now:
+                        expired.append(self._items.pop(fid))
+                if expired:
+                    self._cond.notify_all()
+                else:
+                    timeout = (self._heap[0][0] - now) if self._heap else 0.5
+                    self._cond.wait(min(max(timeout, 0.001), 0.5))
+            for item in expired:  # outside the lock: publishing may take a moment
+                self._on_expired(item)

@@ -1,0 +1,23 @@
+"""Edge node settings (flags, ATE_* environment, or config file)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+
+from askexpert.settings import CommonSettings
+
+
+class EdgeSettings(CommonSettings):
+    node_id: str = Field(default_factory=socket.gethostname, description="this node's id in topics")
+    source: str = Field("0", description="camera index, video file, RTSP/GStreamer URL, dir:PATH, dataset:NAME:SPLIT, replay:DIR")
+    tau: float | None = Field(None, ge=0.0, le=1.0, description="confidence threshold; default: the pack's")
+    top_k: int | None = Field(None, ge=1, description="top-k for routing; default: the pack's k")
+    deadline_ms: float = Field(1000.0, gt=0, description="wait this long for an expert, then publish the edge's label")
+    max_frames: int | None = Field(None, ge=1, description="stop after this many frames")
+    fps: float | None = Field(None, ge=0, description="pace file and dataset sources; default as fast as possible")
+    batch_size: int = Field(32, ge=1, description="largest micro-batch for the generalist")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits to fill")
+    live_queue: int = Field(4, ge=1, description="frames a live source may keep waiting (oldest dropped)")
+    connect_timeout_s: float = Field(10.0, ge=0, description="wait this long for the broker at start, then go on (labels queue)")

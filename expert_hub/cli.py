@@ -1,0 +1,65 @@
+"""`expert-hub` command line."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+
+import numpy as np
+
+from askexpert.backends import open_backend
+from askexpert.cli_common import fail, load_pack, load_settings, on_signals
+from askexpert.log import get_logger
+from askexpert.mqtt import MqttClient
+from askexpert.settings import add_settings_arguments
+from expert_hub.hub import ExpertHub
+from expert_hub.settings import HubSettings
+
+log = get_logger("expert_hub.cli")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    s = load_settings(HubSettings, args)
+    pack = load_pack(s.pack)
+    wanted = s.experts or list(pack.experts)
+    unknown = [k for k in wanted if k not in pack.experts]
+    if unknown:
+        fail(f"pack {s.pack} has no experts {unknown}; it has {list(pack.experts)}")
+    if missing := pack.manifest.missing_experts():
+        log.warning("pack lacks experts that top-k routing can ask for", missing=missing)
+    try:
+        library = open_backend(s.backend, s.device).experts(pack, [pack.experts[k] for k in wanted])
+    except (ImportError, RuntimeError, ValueError) as exc:
+        fail(f"backend {s.backend}: {exc}")
+    spec = pack.manifest.input
+    library(np.zeros((len(wanted), spec.size, spec.size, spec.channels), np.uint8), wanted)  # warm up
+    client = MqttClient(s, "hub", s.hub_id, {"pack": pack.pack_id, "experts": wanted})
+    hub = ExpertHub(s, pack, library, client)
+    stopped = threading.Event()
+    on_signals(stopped.set)
+    hub.start()
+    client.start()
+    while not stopped.wait(0.5):
+        pass
+    hub.stop()
+    client.stop()
+    log.info("hub stopped", **vars(hub.stats))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="expert-hub", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="serve the pack's experts over MQTT")
+    add_settings_arguments(run, HubSettings)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,169 @@
+"""The expert hub: one subscription per expert topic, one inference thread, dynamic batches.
+
+paho's network thread only validates and enqueues (on_message never blocks). The inference
+thread takes up to max_batch frames, waiting at most max_wait after the first, runs them through
+the expert library in one call (a shared trunk runs once for all experts of the batch; each
+expert's tail runs on its own rows) and replies on each frame's Response Topic.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass
+
+import numpy as np
+import paho.mqtt.client as mqtt
+
+from askexpert import metrics
+from askexpert.backends import ExpertLibrary
+from askexpert.log import get_logger
+from askexpert.mqtt import MqttClient
+from askexpert.pack import Pack
+from askexpert.protocol import FrameMsg, ProtocolError, ReplyMsg, decode_frame, expert_from_topic, frames_filter
+from askexpert.routing import softmax
+from expert_hub.settings import HubSettings
+
+log = get_logger("expert_hub")
+
+
+@dataclass
+class Job:
+    frame: FrameMsg
+    expert: str
+    response_topic: str
+    correlation: bytes | None
+    t_arrival: float  # monotonic
+    expires: float | None  # monotonic; the edge has given up on it after this
+
+
+@dataclass
+class HubStats:
+    received: int = 0
+    answered: int = 0
+    rejected: int = 0
+    expired: int = 0
+    dropped: int = 0
+    batches: int = 0
+
+
+class ExpertHub:
+    def __init__(self, settings: HubSettings, pack: Pack, library: ExpertLibrary, client: MqttClient) -> None:
+        self.s, self.pack, self.library, self.client = settings, pack, library, client
+        spec = pack.manifest.input
+        self.shape = (spec.size, spec.size, spec.channels)
+        self.stats = HubStats()
+        self.per_expert: Counter[str] = Counter()
+        self.stop_event = threading.Event()
+        self._queue: queue.Queue[Job] = queue.Queue(maxsize=settings.queue_size)
+        self._warned_packs: set[str] = set()
+        self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+
+    def start(self) -> None:
+        for key in self.library.keys:
+            self.client.subscribe(frames_filter(self.s.prefix, key, self.s.share_group), self._on_frame, qos=1)
+        self._thread.start()
+        log.info("hub serving", experts=self.library.keys, share_group=self.s.share_group, pack=self.pack.pack_id)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._thread.join(timeout=5)
+
+    # ------------------------------------------------------------ network thread
+    def _reject(self, reason: str, **info: object) -> None:
+        self.stats.rejected += 1
+        metrics.REJECTED.labels("hub", reason).inc()
+        log.warning("frame rejected", reason=reason, **info)
+
+    def _on_frame(self, message: mqtt.MQTTMessage) -> None:
+        self.stats.received += 1
+        if len(message.payload) > self.s.max_payload:
+            return self._reject("oversized", bytes=len(message.payload), topic=message.topic)
+        try:
+            expert = expert_from_topic(self.s.prefix, message.topic)
+            frame = decode_frame(message.payload, max_bytes=self.s.max_payload)
+        except ProtocolError as exc:
+            return self._reject("malformed", error=str(exc), topic=message.topic)
+        if frame.pack != self.pack.pack_id:
+            self.stats.rejected += 1
+            metrics.REJECTED.labels("hub", "wrong-pack").inc()
+            if frame.pack not in self._warned_packs:  # say it once per foreign pack, count every time
+                self._warned_packs.add(frame.pack)
+                log.error("frame from a different pack ignored", their_pack=frame.pack, our_pack=self.pack.pack_id, node=frame.node)
+            return None
+        if frame.image.shape != self.shape:
+            return self._reject("wrong-shape", shape=frame.image.shape, want=self.shape)
+        if expert not in self.library.keys:
+            return self._reject("unknown-expert", expert=expert)
+        props = getattr(message, "properties", None)
+        response = getattr(props, "ResponseTopic", None)
+        if not response:
+            return self._reject("no-response-topic", node=frame.node)
+        expiry = getattr(props, "MessageExpiryInterval", None)
+        now = time.monotonic()
+        job = Job(frame, expert, response, getattr(props, "CorrelationData", None), now, now + expiry if expiry else None)
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:  # overloaded: the oldest frame is the one least likely to be in time
+            try:
+                self._queue.get_nowait()
+                self.stats.dropped += 1
+                metrics.DROPS.labels("hub", "queue-full").inc()
+            except queue.Empty:
+                pass
+            self._queue.put_nowait(job)
+        return None
+
+    # ------------------------------------------------------------ inference thread
+    def _batch(self) -> list[Job]:
+        try:
+            first = self._queue.get(timeout=0.2)
+        except queue.Empty:
+            return []
+        jobs = [first]
+        deadline = time.monotonic() + self.s.max_wait_ms / 1000
+        while len(jobs) < self.s.max_batch:
+            remaining = deadline - time.monotonic()
+            try:
+                jobs.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
+            except queue.Empty:
+                break
+        now = time.monotonic()
+        live = [j for j in jobs if j.expires is None or j.expires > now]
+        if len(live) < len(jobs):
+            self.stats.expired += len(jobs) - len(live)
+            metrics.DROPS.labels("hub", "expired").inc(len(jobs) - len(live))
+        return live
+
+    def _serve(self) -> None:
+        depth = metrics.QUEUE_DEPTH.labels("hub", "frames")
+        while not self.stop_event.is_set():
+            jobs = self._batch()
+            depth.set(self._queue.qsize())
+            if not jobs:
+                continue
+            try:
+                self._run(jobs)
+            except Exception:  # noqa: BLE001 - a failing batch must not stop the hub
+                log.exception("batch failed", size=len(jobs))
+                metrics.DROPS.labels("hub", "inference-error").inc(len(jobs))
+
+    def _run(self, jobs: list[Job]) -> None:
+        t0 = time.monotonic()
+        images = np.stack([j.frame.image for j in jobs])
+        keys = [j.expert for j in jobs]
+        probs = softmax(self.library(images, keys).astype(np.float64))
+        infer_ms = (time.monotonic() - t0) * 1000
+        self.stats.batches += 1
+        metrics.BATCH_SIZE.labels("hub", "experts").observe(len(jobs))
+        metrics.INFER_MS.labels("hub", "experts").observe(infer_ms)
+        labels = probs.argmax(axis=1)
+        for j, label, p in zip(jobs, labels, probs):
+            reply = ReplyMsg(j.frame.node, j.frame.frame_id, int(label), float(p[label]), j.expert, self.s.hub_id,
+                             round((t0 - j.t_arrival) * 1000, 3), round(infer_ms, 3), len(jobs))  # fmt: skip
+            self.client.publish(j.response_topic, reply.encode(), qos=1, correlation=j.correlation)
+            metrics.HUB_FRAMES.labels(self.s.hub_id, j.expert).inc()
+            self.per_expert[j.expert] += 1
+        self.stats.answered += len(jobs)

@@ -1,0 +1,27 @@
+"""Expert hub settings (flags, ATE_* environment, or config file)."""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field, field_validator
+
+from askexpert.protocol import MAX_FRAME_BYTES
+from askexpert.settings import CommonSettings
+
+
+class HubSettings(CommonSettings):
+    hub_id: str = Field(default_factory=socket.gethostname, description="this hub's id")
+    experts: list[str] | None = Field(None, description="serve only these experts, e.g. 0,0-2; default all")
+    share_group: str | None = Field(None, description="subscribe as $share/NAME/... so hubs split the load")
+    max_batch: int = Field(64, ge=1, description="largest inference batch")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill after its first frame")
+    max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frame payloads are rejected")
+    queue_size: int = Field(4096, ge=1, description="frames waiting for inference; beyond this the oldest is dropped")
+
+    @field_validator("experts", mode="before")
+    @classmethod
+    def _split(cls, v: object) -> object:
+        if isinstance(v, str):
+            return [p.strip() for p in v.split(",") if p.strip()]
+        return v

@@ -1,0 +1,109 @@
+"""Helpers for tests that run the real components as processes against a real broker."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from askexpert.protocol import LabelMsg, decode_label
+
+
+def start_hub(pack: Path, broker_url: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "expert_hub.cli", "run", "--pack", str(pack), "--broker", broker_url, *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def run_edge(pack: Path, broker_url: str, *extra: str, timeout: float = 120) -> dict:
+    """Run an edge to the end of its source; return its summary line."""
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_node.cli", "run", "--pack", str(pack), "--broker", broker_url, *extra],
+        capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def stop(proc: subprocess.Popen) -> str:
+    proc.terminate()
+    try:
+        _, err = proc.communicate(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+    return err
+
+
+def wait_hub_online(broker_url: str, hub_id: str, timeout: float = 60) -> None:
+    """The hub publishes a retained `online` status once it serves."""
+    seen = Collector(broker_url, f"ate/v1/status/hub/{hub_id}")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(json.loads(p).get("state") == "online" for _, p in seen.raw):
+            seen.close()
+            return
+        time.sleep(0.1)
+    seen.close()
+    raise TimeoutError("hub did not come online")
+
+
+class Collector:
+    """A plain MQTT subscriber that keeps every message (a user's own consumer)."""
+
+    def __init__(self, broker_url: str, *topics: str, persistent_id: str | None = None) -> None:
+        host, port = broker_url.rsplit("/", 1)[-1].split(":")
+        self.raw: list[tuple[str, bytes]] = []
+        self.lock = threading.Lock()
+        self.topics = topics
+        self.client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=persistent_id or "", protocol=mqtt.MQTTv5
+        )
+        self.client.on_connect = self._on_connect
+        self.client.on_message = self._on_message
+        self.client.reconnect_delay_set(0.2, 1)
+        props = None
+        if persistent_id:
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 600
+        self.client.connect(host, int(port), clean_start=persistent_id is None, properties=props)
+        self.ready = threading.Event()
+        self.client.loop_start()
+        assert self.ready.wait(10), "collector could not subscribe"
+
+    def _on_connect(self, client, userdata, flags, rc, props) -> None:
+        for t in self.topics:
+            client.subscribe(t, qos=1)
+        self.ready.set()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.lock:
+            self.raw.append((msg.topic, msg.payload))
+
+    def labels(self) -> list[LabelMsg]:
+        with self.lock:
+            return [decode_label(p) for t, p in self.raw if t.endswith("/labels")]
+
+    def wait_labels(self, n: int, timeout: float = 30) -> list[LabelMsg]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            labels = self.labels()
+            if len({m.frame_id for m in labels}) >= n:
+                time.sleep(0.3)  # catch duplicates, if any
+                return self.labels()
+            time.sleep(0.05)
+        return self.labels()
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()

@@ -1,0 +1,121 @@
+"""The live pipeline end to end: hub and edge as processes, through a real Mosquitto."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from askexpert.backends import open_backend
+from askexpert.datasets import load_dataset
+from askexpert.pack import Pack
+from askexpert.protocol import decode_frame, expert_from_topic
+from askexpert.routing import route, softmax, topk
+from helpers import Collector, run_edge, start_hub, stop, wait_hub_online
+
+N = 300
+
+
+def offline(pack_dir, n: int):
+    """Algorithm 1 computed in one process with the same models: the reference for the live run."""
+    pack = Pack.load(pack_dir)
+    images = load_dataset("fashion-mnist", "test").images[:n]
+    backend = open_backend("torch")
+    probs = softmax(backend.classifier(pack, pack.manifest.generalist)(images).astype(np.float64))
+    top = topk(probs, pack.manifest.k)
+    experts = [route(t, pack.manifest.partition) for t in top]
+    lib = backend.experts(pack, pack.manifest.experts)
+    expert_labels = lib(images, experts).argmax(axis=1)
+    return probs, top, experts, expert_labels
+
+
+def test_every_frame_labelled_once_and_matches_offline(tiny_pack, broker):
+    probs, top, experts, expert_labels = offline(tiny_pack, N)
+    conf = probs.max(axis=1)
+    tau = float(np.median(conf))  # about half the frames go to the experts
+    hub = start_hub(tiny_pack, broker.url, "--hub-id", "h1")
+    try:
+        wait_hub_online(broker.url, "h1")
+        sub = Collector(broker.url, "ate/v1/nodes/cam1/labels", "ate/v1/experts/+/frames")
+        summary = run_edge(tiny_pack, broker.url, "--node-id", "cam1", "--source", "dataset:fashion-mnist:test",
+                           "--max-frames", str(N), "--tau", repr(tau), "--deadline-ms", "5000")  # fmt: skip
+        labels = sub.wait_labels(N)
+        sub.close()
+    finally:
+        stop(hub)
+    assert summary["frames"] == N and summary["fallback"] == 0
+    ids = [m.frame_id for m in labels]
+    assert sorted(ids) == list(range(N)), "every frame exactly once"
+
+    offloaded_on = {}
+    for topic, payload in sub.raw:
+        if topic.endswith("/frames"):
+            offloaded_on[decode_frame(payload).frame_id] = expert_from_topic("ate/v1", topic)
+
+    near_tau = 0
+    for m in labels:
+        i = m.frame_id
+        if abs(conf[i] - tau) < 1e-5:  # float noise between batchings may flip the gate here
+            near_tau += 1
+            continue
+        if conf[i] >= tau:
+            assert (m.source, m.label, m.expert) == ("edge", int(top[i, 0]), None)
+            assert i not in offloaded_on
+        else:
+            assert m.source == "expert" and m.expert == experts[i]
+            assert offloaded_on[i] == experts[i], "frame travelled on Algorithm 1's expert topic"
+            assert m.label == int(expert_labels[i])
+        assert m.label_name == Pack.load(tiny_pack).manifest.classes[m.label]
+        assert m.latency_ms > 0
+    assert near_tau <= 2
+    assert 0.3 < sum(m.source == "expert" for m in labels) / N < 0.7
+
+
+def test_hub_down_every_frame_falls_back(tiny_pack, broker):
+    sub = Collector(broker.url, "ate/v1/nodes/cam2/labels")
+    summary = run_edge(tiny_pack, broker.url, "--node-id", "cam2", "--source", "dataset:fashion-mnist:test",
+                       "--max-frames", "50", "--tau", "1.0", "--deadline-ms", "300")  # fmt: skip
+    labels = sub.wait_labels(50)
+    sub.close()
+    assert summary["fallback"] == 50
+    assert sorted(m.frame_id for m in labels) == list(range(50))
+    assert all(m.source == "edge-fallback" and m.label == m.edge_label for m in labels)
+
+
+@pytest.mark.slow
+def test_broker_restart_mid_stream(tiny_pack, tmp_path):
+    from brokers import Broker
+
+    broker = Broker(extra_conf=f"persistence true\npersistence_location {tmp_path}/\n").start()
+    try:
+        hub = start_hub(tiny_pack, broker.url, "--hub-id", "h3")
+        wait_hub_online(broker.url, "h3")
+        sub = Collector(broker.url, "ate/v1/nodes/cam3/labels", persistent_id="test-sub-cam3")
+        import subprocess
+        import sys
+        import threading
+
+        result = {}
+
+        def edge():
+            result["summary"] = run_edge(tiny_pack, broker.url, "--node-id", "cam3", "--source",
+                                         "dataset:fashion-mnist:test", "--max-frames", "300", "--fps", "100",
+                                         "--tau", "0.15", "--deadline-ms", "1000")  # fmt: skip
+
+        t = threading.Thread(target=edge)
+        t.start()
+        import time
+
+        time.sleep(1.2)
+        broker.restart(down_s=1.0)
+        t.join(120)
+        labels = sub.wait_labels(300, timeout=30)
+        sub.close()
+        stop(hub)
+    finally:
+        broker.stop()
+    assert result["summary"]["frames"] == 300
+    by_frame: dict[int, set] = {}
+    for m in labels:
+        by_frame.setdefault(m.frame_id, set()).add((m.label, m.source))
+    assert sorted(by_frame) == list(range(300)), "no frame lost across the restart"
+    assert all(len(v) == 1 for v in by_frame.values()), "a redelivered label is the same label"
