@@ -1,0 +1,420 @@
+"""The scorer: collect final labels from MQTT, join them with the truth, report.
+
+    score(labels, truth, ...)        pure: a list of LabelMsg + truth -> report dict (no broker)
+    LabelCollector                   subscribes to <prefix>/nodes/<node>/labels, keeps every label
+    run_score(...)                   collect until N frames or idle, then score and write the report
+    write_report(report, out_dir)    report.json, report.md, latency.png, load.png
+    print_report(report)             a rich table in the terminal
+
+Alpha counts every frame the edge offloaded (source `expert` or `edge-fallback`). Latency is the
+label's own `latency_ms` (capture -> final label, measured at the edge). Frames per second is
+frames labelled / (last label time - first capture time), label time = t_capture + latency.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Callable, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from askexpert.log import get_logger
+from askexpert.protocol import LABEL_SOURCES, LabelMsg, ProtocolError, decode_label, labels_topic
+
+log = get_logger("edge_node.score")
+PCTS = (50, 95, 99)
+
+
+# ---------------------------------------------------------------------------------------- pure scoring
+def latency_stats(values: Sequence[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    if not v.size:
+        return {"n": 0}
+    out = {"n": int(v.size), "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+    out.update({f"p{p}": float(np.percentile(v, p)) for p in PCTS})
+    return out
+
+
+def _truth_of(truth: Mapping[int, int] | Sequence[int] | np.ndarray | None, fid: int) -> int | None:
+    if truth is None:
+        return None
+    if isinstance(truth, Mapping):
+        t = truth.get(fid)
+        return None if t is None or t < 0 else int(t)
+    if 0 <= fid < len(truth) and truth[fid] >= 0:
+        return int(truth[fid])
+    return None
+
+
+def score(
+    labels: Sequence[LabelMsg],
+    truth: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
+    *,
+    expected: Iterable[int] | None = None,
+    classes: Sequence[str] | None = None,
+    offline: Mapping[int, int] | None = None,
+    wall_s: float | None = None,
+    malformed: int = 0,
+) -> dict:
+    """Score a label stream. The first label of a frame counts; later ones are duplicates.
+
+    truth: frame id -> true class (mapping, or a sequence indexed by frame id; < 0 = unknown).
+    expected: the frame ids that should have been labelled (default: none checked).
+    offline: frame id -> the offline Algorithm 1 label at the same tau (see askexpert.sweep), to
+    check that the live system agrees; edge-fallback frames are left out of that comparison.
+    """
+    first: dict[int, LabelMsg] = {}
+    dup = 0
+    for m in labels:
+        if m.frame_id in first:
+            dup += 1
+        else:
+            first[m.frame_id] = m
+    msgs = list(first.values())
+    n = len(msgs)
+    rep: dict = {"labels_received": len(labels), "frames": n, "duplicates": dup, "malformed": malformed}
+    if expected is not None:
+        exp = set(int(f) for f in expected)
+        missing = sorted(exp - first.keys())
+        rep["expected"] = len(exp)
+        rep["missing"] = len(missing)
+        rep["missing_ids"] = missing[:50]
+        rep["unexpected"] = len(first.keys() - exp)
+    by_src = Counter(m.source for m in msgs)
+    offloaded = [m for m in msgs if m.source != "edge"]
+    rep["alpha"] = len(offloaded) / n if n else float("nan")
+    rep["fallbacks"] = by_src.get("edge-fallback", 0)
+    rep["nodes"] = sorted({m.node for m in msgs})
+    rep["packs"] = sorted({m.pack for m in msgs})
+
+    # accuracy, overall / by source / edge-only on the same frames
+    scored = [(m, t) for m in msgs if (t := _truth_of(truth, m.frame_id)) is not None]
+    rep["scored"] = len(scored)
+    rep["accuracy"] = float(np.mean([m.label == t for m, t in scored])) if scored else None
+    rep["edge_only_accuracy"] = float(np.mean([m.edge_label == t for m, t in scored])) if scored else None
+    sources = {}
+    for src in list(LABEL_SOURCES) + sorted(set(by_src) - set(LABEL_SOURCES)):
+        ms = [(m, t) for m, t in scored if m.source == src]
+        sources[src] = {
+            "frames": by_src.get(src, 0),
+            "share": by_src.get(src, 0) / n if n else float("nan"),
+            "scored": len(ms),
+            "accuracy": float(np.mean([m.label == t for m, t in ms])) if ms else None,
+            "edge_accuracy": float(np.mean([m.edge_label == t for m, t in ms])) if ms else None,
+            "latency_ms": latency_stats([m.latency_ms for m in msgs if m.source == src]),
+        }
+    rep["by_source"] = sources
+
+    # load per expert
+    load: dict[str, dict] = defaultdict(lambda: {"offloaded": 0, "answered": 0, "fallback": 0, "correct": 0, "scored": 0})
+    for m in offloaded:
+        row = load[m.expert or "?"]
+        row["offloaded"] += 1
+        row["answered" if m.source == "expert" else "fallback"] += 1
+    for m, t in scored:
+        if m.source == "expert":
+            load[m.expert or "?"]["scored"] += 1
+            load[m.expert or "?"]["correct"] += int(m.label == t)
+    rep["expert_load"] = {
+        k: {**v, "accuracy": v["correct"] / v["scored"] if v["scored"] else None}
+        for k, v in sorted(load.items(), key=lambda kv: (len(kv[0]), kv[0]))
+    }
+
+    # latency and throughput
+    rep["latency_ms"] = latency_stats([m.latency_ms for m in msgs])
+    if n:
+        t0 = min(m.t_capture for m in msgs)
+        t1 = max(m.t_capture + m.latency_ms / 1000.0 for m in msgs)
+        rep["span_s"] = t1 - t0
+        rep["fps"] = n / (t1 - t0) if t1 > t0 else None
+    if wall_s:
+        rep["wall_s"] = wall_s
+
+    if classes is not None and scored:
+        per = {}
+        for c, name in enumerate(classes):
+            ms = [m for m, t in scored if t == c]
+            per[name] = {"n": len(ms), "accuracy": float(np.mean([m.label == c for m in ms])) if ms else None}
+        rep["per_class"] = per
+
+    if offline is not None:
+        comp = [(m, offline[m.frame_id]) for m in msgs if m.source != "edge-fallback" and m.frame_id in offline]
+        bad = [m.frame_id for m, o in comp if m.label != o]
+        rep["offline"] = {"compared": len(comp), "agree": len(comp) - len(bad), "mismatch_ids": bad[:50],
+                          "equal": not bad and len(comp) > 0}  # fmt: skip
+    return rep
+
+
+# ---------------------------------------------------------------------------------------- truth
+def load_truth(spec: str) -> tuple[np.ndarray, list[str] | None]:
+    """Truth labels by frame id from `replay:DIR`, a recording folder, or `dataset:NAME:SPLIT`."""
+    if spec.startswith("dataset:"):
+        from askexpert.datasets import load_dataset
+
+        name, _, split = spec[len("dataset:") :].rpartition(":")
+        data = load_dataset(name, split)
+        return np.asarray(data.labels, dtype=np.int64), list(data.classes)
+    from askexpert.recording import Recording
+
+    path = spec[len("replay:") :] if spec.startswith("replay:") else spec
+    rec = Recording(path.partition("?")[0])
+    s = rec.sidecar
+    out = np.full(int(s.frames.max()) + 1 if len(s.frames) else 0, -1, dtype=np.int64)
+    out[s.frames] = s.labels
+    return out, rec.classes
+
+
+# ---------------------------------------------------------------------------------------- collection
+class LabelCollector:
+    """Subscribes to one node's labels topic and keeps every label with its arrival time."""
+
+    def __init__(self, settings, node: str, ident: str | None = None) -> None:
+        from askexpert.mqtt import MqttClient
+
+        self.topic = labels_topic(settings.prefix, node)
+        self.client = MqttClient(settings, "scorer", ident or f"{node}-{int(time.time() * 1000) % 10**8}")
+        self.labels: list[LabelMsg] = []
+        self.t_recv: list[float] = []
+        self.frame_ids: set[int] = set()
+        self.malformed = 0
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+        self.client.subscribe(self.topic, self._on_message, qos=1)
+
+    def _on_message(self, message) -> None:
+        try:
+            msg = decode_label(message.payload)
+        except ProtocolError:
+            with self._lock:
+                self.malformed += 1
+            return
+        with self._changed:
+            self.labels.append(msg)
+            self.t_recv.append(time.time())
+            self.frame_ids.add(msg.frame_id)
+            self._changed.notify_all()
+
+    def start(self, timeout: float = 10.0) -> "LabelCollector":
+        self.client.start()
+        if not self.client.wait_connected(timeout):
+            raise TimeoutError(f"scorer: no broker at {self.client.settings.broker} after {timeout:.0f} s")
+        time.sleep(0.1)  # let the SUBSCRIBE reach the broker before anyone publishes
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.frame_ids)
+
+    def wait(
+        self,
+        frames: int | None = None,
+        idle_timeout: float = 10.0,
+        timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> str:
+        """Block until `frames` distinct frames are labelled, nothing came for idle_timeout seconds
+        (counted from the first label, or from now when none comes), timeout, or stop() is true.
+        Returns why it stopped: done, idle, timeout or stopped."""
+        start = last = time.monotonic()
+        seen = -1
+        while True:
+            with self._changed:
+                self._changed.wait(0.2)
+                n = len(self.frame_ids)
+            now = time.monotonic()
+            if n != seen:
+                seen, last = n, now
+                if progress:
+                    progress(n)
+            if frames is not None and n >= frames:
+                return "done"
+            if stop is not None and stop():
+                return "stopped"
+            if timeout is not None and now - start > timeout:
+                return "timeout"
+            if now - last > idle_timeout:
+                return "idle"
+
+    def stop(self) -> None:
+        self.client.stop()
+
+
+def run_score(
+    settings,
+    node: str,
+    out_dir: str | Path,
+    *,
+    truth: str | None = None,
+    frames: int | None = None,
+    idle_timeout: float = 10.0,
+    timeout: float | None = None,
+    title: str | None = None,
+    print_table: bool = True,
+) -> dict:
+    """`edge-node score`: collect labels of `node` until `frames` frames or idle, then report.
+
+    truth: `replay:DIR`, a recording folder or `dataset:NAME:SPLIT` (frame id = index), or None.
+    With frames given, frame ids 0..frames-1 are expected (missing ones are counted)."""
+    truth_arr, classes = load_truth(truth) if truth else (None, None)
+    col = LabelCollector(settings, node).start()
+    t0 = time.monotonic()
+    try:
+        why = col.wait(frames, idle_timeout, timeout)
+    finally:
+        col.stop()
+    rep = score(col.labels, truth_arr, expected=range(frames) if frames else None, classes=classes,
+                malformed=col.malformed, wall_s=time.monotonic() - t0)  # fmt: skip
+    rep["stopped"] = why
+    rep["truth"] = truth
+    write_report(rep, out_dir, col.labels, title=title or f"Live run of node {node}")
+    if print_table:
+        print_report(rep, title=title or f"Live run of node {node}")
+    return rep
+
+
+# ---------------------------------------------------------------------------------------- output
+def _p(v: float | None, digits: int = 2) -> str:
+    return "-" if v is None or v != v else f"{100 * v:.{digits}f}%"
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+def summary_rows(rep: dict) -> list[tuple[str, str]]:
+    lat = rep.get("latency_ms", {})
+    rows = [
+        ("frames labelled", f"{rep['frames']}" + (f" of {rep['expected']}" if "expected" in rep else "")),
+        ("accuracy (system)", _p(rep.get("accuracy"))),
+        ("accuracy, edge model alone (same frames)", _p(rep.get("edge_only_accuracy"))),
+        ("offload proportion alpha", _p(rep.get("alpha"))),
+        ("latency p50 / p95 / p99 (ms)", " / ".join(_ms(lat.get(f"p{p}")) for p in PCTS)),
+        ("frames per second", "-" if not rep.get("fps") else f"{rep['fps']:.1f}"),
+        ("fallbacks (deadline)", str(rep.get("fallbacks", 0))),
+        ("missing / duplicate / malformed", f"{rep.get('missing', '-')} / {rep['duplicates']} / {rep.get('malformed', 0)}"),
+    ]
+    if rep.get("tau") is not None:
+        rows.insert(0, ("tau", f"{rep['tau']:g}"))
+    if "offline" in rep:
+        o = rep["offline"]
+        rows.append(("equal to offline Algorithm 1", f"{o['agree']}/{o['compared']} " + ("yes" if o["equal"] else "NO")))
+    if rep.get("offline_accuracy") is not None:
+        rows.append(("offline sweep accuracy, same tau", _p(rep["offline_accuracy"])))
+    return rows
+
+
+def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console()
+    t = Table(title=title, show_header=False)
+    t.add_column("metric", style="bold")
+    t.add_column("value", justify="right")
+    for k, v in summary_rows(rep):
+        t.add_row(k, v)
+    console.print(t)
+    s = Table(title="by label source")
+    for col in ("source", "frames", "share", "accuracy", "p50 ms", "p95 ms", "p99 ms"):
+        s.add_column(col, justify="right")
+    for src, r in rep["by_source"].items():
+        lat = r["latency_ms"]
+        s.add_row(src, str(r["frames"]), _p(r["share"], 1), _p(r["accuracy"]), _ms(lat.get("p50")), _ms(lat.get("p95")), _ms(lat.get("p99")))
+    console.print(s)
+    if rep["expert_load"]:
+        e = Table(title="load per expert")
+        for col in ("expert", "offloaded", "answered", "fallback", "accuracy"):
+            e.add_column(col, justify="right")
+        for key, r in rep["expert_load"].items():
+            e.add_row(key, str(r["offloaded"]), str(r["answered"]), str(r["fallback"]), _p(r["accuracy"]))
+        console.print(e)
+
+
+def to_markdown(rep: dict, title: str = "Ask-the-Expert run") -> str:
+    L = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
+    L += [f"| {k} | {v} |" for k, v in summary_rows(rep)]
+    L += ["", "## By label source", "", "| source | frames | share | accuracy | p50 ms | p95 ms | p99 ms |",
+          "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for src, r in rep["by_source"].items():
+        lat = r["latency_ms"]
+        L.append(f"| {src} | {r['frames']} | {_p(r['share'], 1)} | {_p(r['accuracy'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} |")
+    if rep["expert_load"]:
+        L += ["", "## Load per expert", "", "| expert | offloaded | answered | fallback | accuracy |", "| --- | --- | --- | --- | --- |"]
+        for key, r in rep["expert_load"].items():
+            L.append(f"| {key} | {r['offloaded']} | {r['answered']} | {r['fallback']} | {_p(r['accuracy'])} |")
+    if rep.get("per_class"):
+        L += ["", "## Per class", "", "| class | frames | accuracy |", "| --- | --- | --- |"]
+        L += [f"| {c} | {r['n']} | {_p(r['accuracy'])} |" for c, r in rep["per_class"].items()]
+    return "\n".join(L) + "\n"
+
+
+def write_report(rep: dict, out_dir: str | Path, labels: Sequence[LabelMsg] | None = None, title: str = "Ask-the-Expert run") -> Path:
+    """report.json, report.md, and (with the labels) labels.jsonl, latency.png, load.png."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
+    (out / "report.md").write_text(to_markdown(rep, title))
+    if labels:
+        with open(out / "labels.jsonl", "w") as f:
+            for m in labels:
+                f.write(m.encode().decode() + "\n")
+        plot_report(rep, labels, out)
+    return out
+
+
+def plot_report(rep: dict, labels: Sequence[LabelMsg], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"edge": "tab:blue", "expert": "tab:orange", "edge-fallback": "tab:red"}
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    for src, c in colours.items():
+        v = [m.latency_ms for m in labels if m.source == src]
+        if v:
+            a.hist(v, bins=60, alpha=0.6, color=c, label=f"{src} ({len(v)})", log=True)
+            b.scatter([m.frame_id for m in labels if m.source == src], v, s=2, color=c, label=src)
+    lat = rep.get("latency_ms", {})
+    for p, ls in zip(PCTS, (":", "--", "-")):
+        if f"p{p}" in lat:
+            a.axvline(lat[f"p{p}"], color="k", ls=ls, lw=0.8, label=f"p{p} {lat[f'p{p}']:.1f} ms")
+    a.set_xlabel("capture -> final label (ms)")
+    a.set_ylabel("frames")
+    a.set_title("latency by label source")
+    a.legend(fontsize=7)
+    b.set_xlabel("frame id")
+    b.set_ylabel("latency (ms)")
+    b.set_yscale("log")
+    b.set_title("latency over the run")
+    b.legend(fontsize=7, markerscale=4)
+    fig.tight_layout()
+    fig.savefig(out / "latency.png", dpi=110)
+    plt.close(fig)
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
+    keys = list(rep["expert_load"])
+    if keys:
+        a.bar(keys, [rep["expert_load"][k]["answered"] for k in keys], color="tab:orange", label="answered")
+        a.bar(keys, [rep["expert_load"][k]["fallback"] for k in keys], bottom=[rep["expert_load"][k]["answered"] for k in keys],
+              color="tab:red", label="fallback")  # fmt: skip
+        a.legend(fontsize=7)
+    a.set_title(f"load per expert (alpha = {_p(rep.get('alpha'), 1)})")
+    a.set_xlabel("expert (subset indices)")
+    a.set_ylabel("frames")
+    names = ["system", "edge alone"] + [s for s in rep["by_source"] if rep["by_source"][s]["accuracy"] is not None]
+    vals = [rep.get("accuracy"), rep.get("edge_only_accuracy")] + [rep["by_source"][s]["accuracy"] for s in names[2:]]
+    b.bar(names, [100 * (v or 0) for v in vals], color=["tab:green", "tab:grey"] + [colours.get(s, "tab:purple") for s in names[2:]])
+    for i, v in enumerate(vals):
+        b.text(i, 100 * (v or 0), _p(v), ha="center", va="bottom", fontsize=8)
+    b.set_ylim(0, 105)
+    b.set_ylabel("accuracy (%)")
+    b.set_title("accuracy (by label source: on those frames)")
+    fig.tight_layout()
+    fig.savefig(out / "load.png", dpi=110)
+    plt.close(fig)

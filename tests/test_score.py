@@ -1,0 +1,81 @@
+"""The scorer on a hand-made label stream: accuracy, alpha, percentiles, duplicates, missing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from askexpert.protocol import LabelMsg
+from edge_node.score import latency_stats, score, write_report
+
+
+def lab(fid, label, source="edge", expert=None, lat=10.0, edge_label=None, t=1000.0):
+    return LabelMsg(node="n1", frame_id=fid, label=label, label_name=str(label), conf=0.9, source=source,
+                    expert=expert, latency_ms=lat, t_capture=t + fid * 0.01, edge_label=label if edge_label is None else edge_label,
+                    edge_conf=0.5, pack="p")  # fmt: skip
+
+
+def stream():
+    # truth: frame i has class i % 3
+    return [
+        lab(0, 0, lat=1.0),  # edge, right
+        lab(1, 1, lat=2.0),  # edge, right
+        lab(2, 0, lat=3.0),  # edge, wrong (truth 2)
+        lab(3, 0, "expert", "0-1", lat=20.0, edge_label=1),  # expert right, edge wrong
+        lab(4, 2, "expert", "0-1", lat=30.0, edge_label=1),  # expert wrong, edge right
+        lab(5, 2, "expert", "2", lat=40.0, edge_label=0),  # expert right, edge wrong
+        lab(6, 1, "edge-fallback", "0-2", lat=1000.0),  # fallback wrong (truth 0)
+        lab(3, 1, "expert", "0-1", lat=99.0),  # duplicate: ignored
+    ]
+
+
+TRUTH = np.array([i % 3 for i in range(9)])
+
+
+def test_counts_accuracy_alpha():
+    r = score(stream(), TRUTH, expected=range(9))
+    assert r["frames"] == 7 and r["labels_received"] == 8 and r["duplicates"] == 1
+    assert r["missing"] == 2 and r["missing_ids"] == [7, 8]
+    assert r["accuracy"] == pytest.approx(4 / 7)
+    assert r["edge_only_accuracy"] == pytest.approx(3 / 7)  # frames 0, 1, 4
+    assert r["alpha"] == pytest.approx(4 / 7)
+    assert r["fallbacks"] == 1
+    s = r["by_source"]
+    assert (s["edge"]["frames"], s["expert"]["frames"], s["edge-fallback"]["frames"]) == (3, 3, 1)
+    assert s["edge"]["accuracy"] == pytest.approx(2 / 3)
+    assert s["expert"]["accuracy"] == pytest.approx(2 / 3)
+    assert s["edge-fallback"]["accuracy"] == 0.0
+    load = r["expert_load"]
+    assert load["0-1"] == {"offloaded": 2, "answered": 2, "fallback": 0, "correct": 1, "scored": 2, "accuracy": 0.5}
+    assert load["2"]["answered"] == 1 and load["0-2"]["fallback"] == 1
+
+
+def test_percentiles_match_numpy_linear():
+    r = score(stream(), TRUTH)
+    lats = [1.0, 2.0, 3.0, 20.0, 30.0, 40.0, 1000.0]  # the duplicate's 99 ms is not counted
+    for p in (50, 95, 99):
+        assert r["latency_ms"][f"p{p}"] == pytest.approx(np.percentile(lats, p))
+    assert r["latency_ms"]["p50"] == 20.0
+    # hand-computed: linear interpolation between order statistics
+    assert r["latency_ms"]["p95"] == pytest.approx(40 + 0.7 * 960)
+    assert latency_stats([])["n"] == 0
+
+
+def test_fps_and_offline_agreement(tmp_path):
+    r = score(stream(), TRUTH, offline={0: 0, 1: 1, 2: 0, 3: 0, 4: 1, 5: 2, 6: 2})
+    # frames captured 10 ms apart from t=1000.00; the last label lands at 1000.06 + 1.0 s
+    assert r["fps"] == pytest.approx(7 / 1.06)
+    assert r["offline"]["compared"] == 6  # the fallback is left out
+    assert r["offline"]["mismatch_ids"] == [4] and not r["offline"]["equal"]
+    out = write_report(r, tmp_path, stream())
+    assert json.loads((out / "report.json").read_text())["frames"] == 7
+    assert "alpha" in (out / "report.md").read_text()
+    assert (out / "latency.png").stat().st_size > 0 and (out / "load.png").stat().st_size > 0
+
+
+def test_truth_mapping_and_unknown_labels():
+    r = score(stream(), {0: 0, 1: -1, 2: 2})
+    assert r["scored"] == 2 and r["accuracy"] == 0.5
+    assert score([], None)["frames"] == 0
