@@ -8,6 +8,9 @@ import sys
 from typing import Callable, TypeVar
 
 from askexpert.log import get_logger, setup_logging
+from askexpert.mqtt import MqttClient
+from askexpert.ops import StatsPublisher, start_ops_server
+from askexpert.protocol import stats_topic
 from askexpert.pack import Pack, PackError
 from askexpert.settings import CommonSettings, settings_from_args
 
@@ -51,3 +54,19 @@ def on_signals(stop: Callable[[], None]) -> None:
 
     signal.signal(signal.SIGINT, handler)
     signal.signal(signal.SIGTERM, handler)
+
+
+def start_ops(settings: CommonSettings, client: MqttClient, health: Callable[[], dict], stats: Callable[[], dict]) -> Callable[[], None]:
+    """/metrics + /healthz (when metrics_port is set) and periodic stats on MQTT; returns a stopper."""
+    stoppers: list[Callable[[], None]] = []
+    if settings.metrics_port:
+        stoppers.append(start_ops_server(settings.metrics_port, health).stop)
+    if settings.stats_interval_s > 0:
+        topic = stats_topic(settings.prefix, client.role, client.ident)
+        stoppers.append(StatsPublisher(client, topic, stats, settings.stats_interval_s).start().stop)
+
+    def stop_all() -> None:
+        for stop in stoppers:
+            stop()
+
+    return stop_all

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from askexpert.backends import open_backend
-from askexpert.cli_common import fail, load_pack, load_settings, on_signals
+from askexpert.cli_common import fail, load_pack, load_settings, on_signals, start_ops
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.settings import add_settings_arguments
@@ -31,12 +31,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     client = MqttClient(s, "edge", s.node_id, {"pack": pack.pack_id, "source": s.source})
     node = EdgeNode(s, pack, classifier, client)
     on_signals(node.stop)
+    stop_ops = start_ops(s, client, node.health, node.snapshot)
     client.start()
     if not client.wait_connected(s.connect_timeout_s):
         log.warning("broker not reachable yet; going on, labels queue until it answers", broker=s.broker)
     try:
         stats = node.run(source)
     finally:
+        stop_ops()
         client.stop()
     print(json.dumps({"node": s.node_id, **vars(stats)}))
     return 0

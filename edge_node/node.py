@@ -35,6 +35,7 @@ from askexpert.routing import route, softmax, topk
 from edge_node.pending import Offload, PendingTable
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Frame, Source
+from edge_node.tau_control import TauControl
 
 log = get_logger("edge_node")
 _END = object()
@@ -73,7 +74,7 @@ class EdgeNode:
     def __init__(self, settings: EdgeSettings, pack: Pack, classifier: Classifier, client: MqttClient) -> None:
         self.s, self.pack, self.classifier, self.client = settings, pack, classifier, client
         m = pack.manifest
-        self.tau = m.tau if settings.tau is None else settings.tau
+        self.tau = TauControl(client, settings.prefix, settings.node_id, m.tau if settings.tau is None else settings.tau)
         self.k = settings.top_k or m.k
         self.node = settings.node_id
         self.labels_topic = labels_topic(settings.prefix, self.node)
@@ -86,22 +87,30 @@ class EdgeNode:
         self._metric_labels = {s: metrics.LABELS.labels(self.node, s) for s in ("edge", "expert", "edge-fallback")}
 
     # ------------------------------------------------------------ public
-    def tau_value(self) -> float:
-        return self.tau
+    def health(self) -> dict:
+        """For /healthz: healthy while connected and the stream is being processed."""
+        return {
+            "healthy": self.client.connected.is_set() and not self.stop_event.is_set(),
+            "connected": self.client.connected.is_set(),
+            "pending_offloads": len(self.pending),
+            "tau": self.tau.value,
+            **vars(self.stats),
+        }
 
-    def set_tau(self, tau: float) -> None:
-        self.tau = float(tau)
-        metrics.TAU.labels(self.node).set(self.tau)
+    def snapshot(self) -> dict:
+        """For the periodic stats message."""
+        return {"node": self.node, "tau": self.tau.value, "pending_offloads": len(self.pending),
+                "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
 
     def run(self, source: Source) -> EdgeStats:
         """Process the source to its end (or max_frames, or stop()); every frame gets one label."""
-        metrics.TAU.labels(self.node).set(self.tau)
+        self.tau.start()
         self.client.subscribe(self.replies_topic, self._on_reply, qos=1)
         self.pending.start()
         self._queue = queue.Queue(maxsize=self.s.live_queue if source.live else max(2 * self.s.batch_size, 64))
         reader = threading.Thread(target=self._read, args=(source,), name="source", daemon=True)
         reader.start()
-        log.info("edge running", source=source.description, live=source.live, tau=self.tau, k=self.k, pack=self.pack.pack_id)
+        log.info("edge running", source=source.description, live=source.live, tau=self.tau.value, k=self.k, pack=self.pack.pack_id)
         try:
             self._infer_loop()
         finally:
@@ -196,7 +205,7 @@ class EdgeNode:
 
     def _gate(self, batch: list[Frame], images: np.ndarray, probs: np.ndarray) -> None:
         """Algorithm 1: conf >= tau is final; else route the top-k classes' subsets to an expert."""
-        tau = self.tau
+        tau = self.tau.value
         top = topk(probs, self.k)
         for i, frame in enumerate(batch):
             self.stats.frames += 1

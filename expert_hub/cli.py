@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from askexpert.backends import open_backend
-from askexpert.cli_common import fail, load_pack, load_settings, on_signals
+from askexpert.cli_common import fail, load_pack, load_settings, on_signals, start_ops
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.settings import add_settings_arguments
@@ -38,10 +38,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     stopped = threading.Event()
     on_signals(stopped.set)
     hub.start()
+    stop_ops = start_ops(s, client, hub.health, hub.snapshot)
     client.start()
     while not stopped.wait(0.5):
         pass
     hub.stop()
+    stop_ops()
     client.stop()
     log.info("hub stopped", **vars(hub.stats))
     return 0

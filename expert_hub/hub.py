@@ -67,6 +67,16 @@ class ExpertHub:
         self._thread.start()
         log.info("hub serving", experts=self.library.keys, share_group=self.s.share_group, pack=self.pack.pack_id)
 
+    def health(self) -> dict:
+        """For /healthz: healthy while connected and the inference thread runs."""
+        alive = self._thread.is_alive()
+        return {"healthy": self.client.connected.is_set() and alive, "connected": self.client.connected.is_set(),
+                "inference_thread": alive, "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
+
+    def snapshot(self) -> dict:
+        """For the periodic stats message."""
+        return {"hub": self.s.hub_id, "queue": self._queue.qsize(), "per_expert": dict(self.per_expert), **vars(self.stats)}
+
     def stop(self) -> None:
         self.stop_event.set()
         self._thread.join(timeout=5)

@@ -1,0 +1,92 @@
+"""Wire protocol v1, routing and settings: small, exact checks."""
+
+from __future__ import annotations
+
+import time
+
+import msgpack
+import numpy as np
+import pytest
+
+from askexpert.protocol import (
+    FrameMsg, LabelMsg, ProtocolError, ReplyMsg, decode_frame, decode_label, decode_reply,
+    expert_from_topic, frames_filter, frames_topic,
+)  # fmt: skip
+from askexpert.routing import expert_key, parse_expert_key, required_experts, route, topk
+from edge_node.settings import EdgeSettings
+from expert_hub.settings import HubSettings
+
+
+def test_topics_and_share_groups():
+    assert frames_topic("ate/v1", "0-2") == "ate/v1/experts/0-2/frames"
+    assert frames_filter("ate/v1", "1", "hubs") == "$share/hubs/ate/v1/experts/1/frames"
+    assert expert_from_topic("ate/v1", "ate/v1/experts/0-3/frames") == "0-3"
+    for bad in ("ate/v1/experts/3-0/frames", "ate/v1/experts/x/frames", "ate/v1/nodes/a/labels"):
+        with pytest.raises(ProtocolError):
+            expert_from_topic("ate/v1", bad)
+
+
+def test_routing_is_algorithm_1():
+    partition = [0, 1, 0, 1, 0, 2, 0, 2, 3, 2]
+    assert route([6, 2], partition) == "0"  # both tops
+    assert route([9, 4], partition) == "0-2"  # sorted subset indices
+    assert route([8, 1], partition) == "1-3"
+    assert expert_key([2, 0, 2]) == "0-2" and parse_expert_key("0-2") == (0, 2)
+    assert len(required_experts(4, 2)) == 4 + 6 and len(required_experts(6, 3)) == 6 + 15 + 20
+    probs = np.array([[0.1, 0.5, 0.4], [0.3, 0.3, 0.4]])
+    assert topk(probs, 2).tolist() == [[1, 2], [2, 0]]  # ties: lower index first
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (96, 96, 3)])
+def test_frame_round_trip_raw_and_jpeg(shape):
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, shape, dtype=np.uint8) if shape[2] == 1 else np.full(shape, 128, np.uint8)
+    msg = FrameMsg("cam1", 7, time.time(), "pack", [3, 1], [0.5, 0.2], image)
+    payload = msg.encode()
+    back = decode_frame(payload)
+    assert (back.node, back.frame_id, back.topk, back.pack) == ("cam1", 7, [3, 1], "pack")
+    if shape[2] == 1:  # small frames travel raw: bit-exact
+        assert np.array_equal(back.image, image) and len(payload) < image.nbytes + 200
+    else:  # large frames travel as JPEG: smaller, close
+        assert len(payload) < image.nbytes / 4 and np.abs(back.image.astype(int) - image).max() <= 2
+
+
+def test_malformed_and_oversized_frames_raise():
+    good = FrameMsg("n", 1, 0.0, "p", [0], [0.9], np.zeros((4, 4, 1), np.uint8)).encode()
+    with pytest.raises(ProtocolError, match="exceeds"):
+        decode_frame(good, max_bytes=10)
+    for bad in (b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"v": 2}), good[:-3]):
+        with pytest.raises(ProtocolError):
+            decode_frame(bad)
+    forged = msgpack.unpackb(good)
+    forged["shape"] = [4, 4, 3]  # says more bytes than it carries
+    with pytest.raises(ProtocolError):
+        decode_frame(msgpack.packb(forged))
+
+
+def test_reply_and_label_round_trip():
+    r = ReplyMsg("cam1", 5, 3, 0.9, "0-2", "hub1", 0.1, 2.0, 8)
+    assert decode_reply(r.encode()) == r
+    lab = LabelMsg("cam1", 5, 3, "Dress", 0.9, "expert", "0-2", 12.5, 1.0, 1, 0.4, "p")
+    assert decode_label(lab.encode()) == lab
+    with pytest.raises(ProtocolError):
+        decode_label(b'{"frame_id": 1}')
+
+
+def test_settings_precedence_flag_env_file(tmp_path, monkeypatch):
+    cfg = tmp_path / "edge.yaml"
+    cfg.write_text("tau: 0.6\ndeadline_ms: 250\nnode_id: from-file\n")
+    monkeypatch.setenv("ATE_CONFIG", str(cfg))
+    monkeypatch.setenv("ATE_DEADLINE_MS", "400")
+    s = EdgeSettings(node_id="from-flag")
+    assert (s.tau, s.deadline_ms, s.node_id) == (0.6, 400.0, "from-flag")
+    with pytest.raises(ValueError):
+        EdgeSettings(tau=1.5)
+    cfg.write_text("tau: 0.6\nmax_batch: 8\n")  # a key of the edge's is a typo for the hub
+    with pytest.raises(ValueError, match="tau"):
+        HubSettings()
+    monkeypatch.delenv("ATE_CONFIG")
+    monkeypatch.setenv("ATE_EXPERTS", "0,0-2")
+    assert HubSettings().experts == ["0", "0-2"]
+    with pytest.raises(ValueError):
+        HubSettings(broker="localhost:1883")
