@@ -1,0 +1,350 @@
+"""TensorRT backend (Jetson / any CUDA GPU): ONNX from the pack -> fp16 engine -> CUDA inference.
+
+- `tensorrt` is imported only when this backend is chosen; without it the constructor raises
+  `TensorRTUnavailable` (an ImportError) that says what to install.
+- Each model is exported to ONNX with a dynamic batch axis (`askexpert.onnx_export.onnx_for`, the
+  same files the ONNX Runtime backend runs), then built into an engine with one optimisation profile
+  (batch min / opt / max) and fp16 where the GPU has fast fp16.
+- Engines are built on first use, which takes seconds on a desktop GPU and minutes on a Jetson.
+  The build is logged and reported through `on_status(state, **info)` (states `building-engine`,
+  `engine-ready`, `warming-up`), so a component can say so on MQTT with `MqttClient.publish_status`.
+- Engines are cached under `CACHE_DIR/tensorrt/`, keyed by the checkpoint's sha256 and role, the
+  TensorRT version, the GPU name, the batch profile and the precision; a stale or foreign engine is
+  never loaded, a corrupt one is rebuilt. Every engine is warmed up before serving.
+- Buffers are torch CUDA tensors (JetPack images and the CUDA images ship PyTorch): frames are
+  uploaded as uint8 and normalised on the GPU; tails run on the trunk's tokens without leaving it.
+
+Batch profile: `ATE_TRT_MIN_BATCH` (1), `ATE_TRT_OPT_BATCH` (8), `ATE_TRT_MAX_BATCH` (32),
+`ATE_TRT_WORKSPACE_MB` (1024), `ATE_TRT_FP16` (1); or the constructor's keyword arguments.
+A call with more rows than the max batch runs in chunks.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from askexpert.backends.base import Backend, Classifier, ExpertLibrary, group_rows
+from askexpert.log import get_logger
+from askexpert.onnx_export import onnx_for
+from askexpert.pack import ExpertEntry, ModelEntry, Pack
+
+log = get_logger("askexpert.tensorrt")
+
+StatusHook = Callable[..., None]
+
+INSTALL_HINT = (
+    "the tensorrt backend needs NVIDIA TensorRT's Python bindings and a CUDA GPU. On a Jetson, use "
+    "the project's L4T image (docker/Dockerfile.edge.jetson / Dockerfile.hub.jetson, JetPack 6) or "
+    "`sudo apt install python3-libnvinfer` from JetPack; on x86-64 with CUDA 12, `pip install "
+    "tensorrt-cu12` (or use docker/Dockerfile.*.cuda). Without a GPU choose --backend onnx or torch."
+)
+
+
+class TensorRTUnavailable(ImportError):
+    """TensorRT (or a CUDA GPU) is not there: the message says what to install."""
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt as trt  # noqa: PLC0415 - lazy on purpose: optional, GPU-only dependency
+    except ImportError as exc:  # also OSError-wrapped libnvinfer misses surface as ImportError
+        raise TensorRTUnavailable(f"cannot import tensorrt ({exc}): {INSTALL_HINT}") from exc
+    return trt
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The engine's dynamic batch range and precision."""
+
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 32
+    fp16: bool = True
+    workspace_mb: int = 1024
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
+            raise ValueError(f"need 1 <= min <= opt <= max batch, got {self.min_batch}/{self.opt_batch}/{self.max_batch}")
+
+    @classmethod
+    def from_env(cls, **override: Any) -> "Profile":
+        values = dict(
+            min_batch=_env_int("ATE_TRT_MIN_BATCH", 1),
+            opt_batch=_env_int("ATE_TRT_OPT_BATCH", 8),
+            max_batch=_env_int("ATE_TRT_MAX_BATCH", 32),
+            fp16=os.environ.get("ATE_TRT_FP16", "1").lower() not in ("0", "false", "no"),
+            workspace_mb=_env_int("ATE_TRT_WORKSPACE_MB", 1024),
+        )
+        values.update({k: v for k, v in override.items() if v is not None})
+        values["opt_batch"] = min(max(values["opt_batch"], values["min_batch"]), values["max_batch"])
+        return cls(**values)
+
+    @property
+    def tag(self) -> str:
+        return f"b{self.min_batch}-{self.opt_batch}-{self.max_batch}-{'fp16' if self.fp16 else 'fp32'}"
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:48] or "gpu"
+
+
+def engine_path(cache_dir: Path, entry: ModelEntry, role: str, trt_version: str, gpu_name: str, profile: Profile) -> Path:
+    """Where the engine for one checkpoint/role lives: a new checkpoint, TensorRT, GPU or profile is a new file."""
+    name = f"{entry.sha256[:20]}-{role}-trt{_slug(trt_version)}-{_slug(gpu_name)}-{profile.tag}.engine"
+    return Path(cache_dir) / "tensorrt" / name
+
+
+def onnx_plan(pack: Pack, entries: Sequence[ExpertEntry] = (), classifier: ModelEntry | None = None) -> list[tuple[str, ModelEntry, str]]:
+    """(name, entry, role) of every ONNX model the backend builds engines from."""
+    plan: list[tuple[str, ModelEntry, str]] = []
+    if classifier is not None:
+        plan.append(("generalist", classifier, "vit"))
+    if any(e.kind == "tail" for e in entries):
+        assert pack.manifest.trunk is not None
+        plan.append(("trunk", pack.manifest.trunk, "trunk"))
+    plan += [(e.key, e, "tail" if e.kind == "tail" else "vit") for e in entries]
+    return plan
+
+
+_TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT8": "int8", "BOOL": "bool", "INT64": "int64", "BF16": "bfloat16"}
+
+
+class _Engine:
+    """One deserialised engine, its execution context and I/O names; calls are serialised."""
+
+    def __init__(self, trt: Any, engine: Any, device: Any, name: str) -> None:
+        import torch
+
+        self.trt, self.engine, self.device, self.name = trt, engine, device, name
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise RuntimeError(f"TensorRT could not create an execution context for {name} (GPU memory?)")
+        names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+        inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
+        outputs = [n for n in names if n not in inputs]
+        if len(inputs) != 1 or len(outputs) != 1:
+            raise RuntimeError(f"engine {name} has inputs {inputs} and outputs {outputs}; expected one of each")
+        self.input, self.output = inputs[0], outputs[0]
+        self.in_dtype = getattr(torch, _TRT_TO_TORCH[engine.get_tensor_dtype(self.input).name])
+        self.out_dtype = getattr(torch, _TRT_TO_TORCH[engine.get_tensor_dtype(self.output).name])
+        self.lock = threading.Lock()
+
+    def __call__(self, x: Any) -> Any:
+        """torch tensor (N, ...) on the engine's device -> output tensor (N, ...) on the same device."""
+        import torch
+
+        x = x.to(self.device, self.in_dtype).contiguous()
+        with self.lock:
+            if not self.context.set_input_shape(self.input, tuple(x.shape)):
+                raise ValueError(f"{self.name}: input shape {tuple(x.shape)} is outside the engine's profile")
+            out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype, device=self.device)
+            self.context.set_tensor_address(self.input, x.data_ptr())
+            self.context.set_tensor_address(self.output, out.data_ptr())
+            if self.device.type == "cuda":
+                stream = torch.cuda.current_stream(self.device)
+                ok = self.context.execute_async_v3(stream.cuda_stream)
+                stream.synchronize()
+            else:  # only the test double runs on CPU buffers
+                ok = self.context.execute_async_v3(0)
+            if not ok:
+                raise RuntimeError(f"TensorRT execution failed for {self.name}")
+        return out
+
+
+class TensorRTBackend(Backend):
+    name = "tensorrt"
+
+    def __init__(
+        self,
+        device: str = "cuda",
+        *,
+        profile: Profile | None = None,
+        cache_dir: Path | None = None,
+        on_status: StatusHook | None = None,
+        min_batch: int | None = None,
+        opt_batch: int | None = None,
+        max_batch: int | None = None,
+        fp16: bool | None = None,
+        _allow_cpu: bool = False,
+    ) -> None:
+        self.trt = import_tensorrt()
+        import torch
+
+        if device in ("cpu", "", None) and not _allow_cpu:
+            device = "cuda"  # TensorRT always runs on the GPU; `--device cpu` is just the default
+        self.device = torch.device(device)
+        if self.device.type != "cuda" and not _allow_cpu:
+            raise TensorRTUnavailable(f"TensorRT runs on a CUDA GPU, not on {device!r}")
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise TensorRTUnavailable(f"PyTorch sees no CUDA GPU: {INSTALL_HINT}")
+        self.gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu-test"
+        self.profile = profile or Profile.from_env(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, fp16=fp16)
+        if cache_dir is None:
+            from askexpert import onnx_export
+
+            cache_dir = onnx_export.CACHE_DIR
+        self.cache_dir = Path(cache_dir)
+        self.on_status = on_status
+        self.trt_logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.runtime = self.trt.Runtime(self.trt_logger)
+        log.info("tensorrt backend", tensorrt=self.trt.__version__, gpu=self.gpu_name, profile=self.profile.tag)
+
+    # ------------------------------------------------------------ status
+    def _status(self, state: str, **info: Any) -> None:
+        if self.on_status is not None:
+            try:
+                self.on_status(state, **info)
+            except Exception:  # noqa: BLE001 - reporting must not stop a build
+                log.exception("tensorrt status hook failed", state=state)
+
+    # ------------------------------------------------------------ engines
+    def engine_file(self, entry: ModelEntry, role: str) -> Path:
+        return engine_path(self.cache_dir, entry, role, self.trt.__version__, self.gpu_name, self.profile)
+
+    def build_engine(self, onnx_path: Path, out: Path, name: str) -> bytes:
+        """ONNX -> serialised engine (fp16, dynamic batch profile), written atomically to `out`."""
+        trt, p = self.trt, self.profile
+        builder = trt.Builder(self.trt_logger)
+        flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
+        major = int(str(trt.__version__).split(".")[0]) if str(trt.__version__)[:1].isdigit() else 10
+        network = builder.create_network(1 << int(flag) if flag is not None and major < 10 else 0)  # explicit batch
+        parser = trt.OnnxParser(network, self.trt_logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
+        config = builder.create_builder_config()
+        if hasattr(config, "set_memory_pool_limit"):
+            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, p.workspace_mb << 20)
+        if p.fp16 and builder.platform_has_fast_fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            rest = tuple(int(d) for d in tensor.shape[1:])
+            if any(d < 0 for d in rest):
+                raise RuntimeError(f"{onnx_path}: only the batch axis may be dynamic, input shape is {tuple(tensor.shape)}")
+            profile.set_shape(tensor.name, (p.min_batch, *rest), (p.opt_batch, *rest), (p.max_batch, *rest))
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise RuntimeError(f"TensorRT failed to build an engine for {name} from {onnx_path} (see its log above)")
+        data = bytes(serialized)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_bytes(data)
+        tmp.replace(out)  # atomic: a half-written engine never looks cached
+        return data
+
+    def load(self, pack: Pack, entry: ModelEntry, role: str, name: str) -> _Engine:
+        """The engine for one model: from the cache, or built now (slow on a Jetson, and said so)."""
+        path = self.engine_file(entry, role)
+        engine = None
+        if path.is_file():
+            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
+            if engine is None:
+                log.warning("cached TensorRT engine unusable, rebuilding", engine=str(path))
+            else:
+                log.info("tensorrt engine from cache", model=name, engine=str(path))
+        if engine is None:
+            onnx_path = onnx_for(pack, entry, role, self.cache_dir)
+            log.warning(
+                "building TensorRT engine: first use of this model on this GPU, may take minutes on a Jetson",
+                model=name, onnx=str(onnx_path), engine=str(path), profile=self.profile.tag,
+            )
+            self._status("building-engine", model=name, engine=path.name)
+            t0 = time.perf_counter()
+            data = self.build_engine(onnx_path, path, name)
+            seconds = round(time.perf_counter() - t0, 1)
+            log.info("tensorrt engine built", model=name, engine=str(path), seconds=seconds, mb=round(len(data) / 2**20, 1))
+            self._status("engine-ready", model=name, engine=path.name, build_s=seconds)
+            engine = self.runtime.deserialize_cuda_engine(data)
+            if engine is None:
+                raise RuntimeError(f"TensorRT built an engine for {name} it cannot load")
+        return _Engine(self.trt, engine, self.device, name)
+
+    # ------------------------------------------------------------ preprocessing
+    def upload(self, pack: Pack, images: np.ndarray) -> Any:
+        """uint8 (N, H, W, C) -> normalised float32 (N, C, H, W) on the GPU (as base.to_input)."""
+        import torch
+
+        spec = pack.manifest.input
+        x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().mul_(1.0 / 255.0)
+        mean = torch.tensor(spec.mean, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        std = torch.tensor(spec.std, dtype=torch.float32, device=self.device).view(1, -1, 1, 1)
+        return ((x - mean) / std).contiguous()
+
+    def run(self, engine: _Engine, x: Any) -> Any:
+        """Run in chunks of at most max_batch rows."""
+        import torch
+
+        m = self.profile.max_batch
+        if x.shape[0] <= m:
+            return engine(x)
+        return torch.cat([engine(x[i : i + m]) for i in range(0, x.shape[0], m)])
+
+    def warm_up(self, pack: Pack, call: Callable[[np.ndarray], Any], name: str) -> None:
+        spec = pack.manifest.input
+        self._status("warming-up", model=name)
+        for n in sorted({self.profile.min_batch, self.profile.opt_batch}):
+            call(np.zeros((n, spec.size, spec.size, spec.channels), dtype=np.uint8))
+
+    # ------------------------------------------------------------ Backend interface
+    def classifier(self, pack: Pack, entry: ModelEntry) -> Classifier:
+        clf = _TrtClassifier(self, pack, self.load(pack, entry, "vit", "generalist"))
+        self.warm_up(pack, clf, "generalist")
+        return clf
+
+    def experts(self, pack: Pack, entries: Sequence[ExpertEntry]) -> ExpertLibrary:
+        trunk = None
+        if any(e.kind == "tail" for e in entries):
+            assert pack.manifest.trunk is not None
+            trunk = self.load(pack, pack.manifest.trunk, "trunk", "trunk")
+        engines = {e.key: self.load(pack, e, "tail" if e.kind == "tail" else "vit", e.key) for e in entries}
+        lib = _TrtExperts(self, pack, trunk, engines, {e.key for e in entries if e.kind == "tail"})
+        for key in lib.keys:
+            self.warm_up(pack, lambda imgs, k=key: lib(imgs, [k] * len(imgs)), key)
+        return lib
+
+
+class _TrtClassifier(Classifier):
+    def __init__(self, backend: TensorRTBackend, pack: Pack, engine: _Engine) -> None:
+        self.backend, self.pack, self.engine = backend, pack, engine
+
+    def __call__(self, images: np.ndarray) -> np.ndarray:
+        x = self.backend.upload(self.pack, images)
+        return self.backend.run(self.engine, x).float().cpu().numpy()
+
+
+class _TrtExperts(ExpertLibrary):
+    def __init__(self, backend: TensorRTBackend, pack: Pack, trunk: _Engine | None, engines: dict[str, _Engine], tails: set[str]) -> None:
+        self.backend, self.pack, self.trunk, self.engines, self.tails = backend, pack, trunk, engines, tails
+        self.n_classes = len(pack.manifest.classes)
+        self.keys = list(engines)
+
+    def __call__(self, images: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+        import torch
+
+        b = self.backend
+        x = b.upload(self.pack, images)
+        groups = group_rows(keys)
+        tokens = b.run(self.trunk, x) if self.trunk is not None and self.tails & groups.keys() else None
+        out = torch.empty((len(keys), self.n_classes), dtype=torch.float32, device=b.device)
+        for key, rows in groups.items():
+            idx = torch.from_numpy(rows).to(b.device)
+            inp = tokens.index_select(0, idx) if key in self.tails else x.index_select(0, idx)
+            out[idx] = b.run(self.engines[key], inp).float()
+        return out.cpu().numpy()

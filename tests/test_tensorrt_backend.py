@@ -1,0 +1,170 @@
+"""TensorRT backend without TensorRT: the clear failure, the ONNX it consumes, and its plumbing.
+
+TensorRT and a GPU are not on CI machines. What is checked here:
+- without `tensorrt` the backend fails at construction with a message naming what to install;
+- the ONNX files it builds engines from exist, have a dynamic batch axis and match PyTorch;
+- with a test double of the `tensorrt` module (tests/fake_tensorrt.py, engines run by ONNX
+  Runtime on CPU buffers) the build -> cache -> warm-up -> batching -> tails flow is right.
+TensorRT's own build and numerics are verified only on a Jetson (docs/deploy.md).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+
+import fake_tensorrt
+from askexpert.backends import open_backend
+from askexpert.backends import tensorrt_backend as trtb
+from askexpert.backends.base import to_input
+from askexpert.backends.torch_backend import TorchBackend
+from askexpert.onnx_export import onnx_for
+from askexpert.pack import Pack
+
+
+@pytest.fixture(scope="module")
+def pack(tiny_pack) -> Pack:
+    return Pack.load(tiny_pack)
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(pack, tmp_path_factory):
+    """Every ONNX file the tests need, exported once (torch.onnx.export is the slow part)."""
+    root = tmp_path_factory.mktemp("onnx-cache")
+    for _, entry, role in trtb.onnx_plan(pack, list(pack.manifest.experts)[:3], classifier=pack.manifest.generalist):
+        onnx_for(pack, entry, role, root)
+    return root
+
+
+@pytest.fixture
+def cache(onnx_cache, tmp_path):
+    shutil.copytree(onnx_cache / "onnx", tmp_path / "onnx")
+    return tmp_path
+
+
+def _images(pack: Pack, n: int, seed: int = 0) -> np.ndarray:
+    spec = pack.manifest.input
+    return np.random.default_rng(seed).integers(0, 256, (n, spec.size, spec.size, spec.channels), dtype=np.uint8)
+
+
+def test_clear_failure_without_tensorrt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", None)  # `import tensorrt` raises ImportError
+    with pytest.raises(ImportError) as info:
+        open_backend("tensorrt", "cuda")
+    assert isinstance(info.value, trtb.TensorRTUnavailable)
+    msg = str(info.value)
+    assert "tensorrt" in msg and "python3-libnvinfer" in msg and "tensorrt-cu12" in msg and "--backend onnx" in msg
+
+
+def test_onnx_it_consumes_has_dynamic_batch_and_matches_torch(pack, cache):
+    tmp_path = cache
+    entries = list(pack.manifest.experts)
+    plan = trtb.onnx_plan(pack, entries, classifier=pack.manifest.generalist)
+    roles = [role for _, _, role in plan]
+    assert roles[0] == "vit" and ("trunk" in roles) == any(e.kind == "tail" for e in entries)
+    assert len(plan) == 1 + len(entries) + ("trunk" in roles)
+    for _, entry, role in plan[:3]:
+        path = onnx_for(pack, entry, role, tmp_path)
+        assert path.is_file()
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+        for tensor in (*model.graph.input, *model.graph.output):
+            dim0 = tensor.type.tensor_type.shape.dim[0]
+            assert dim0.dim_param and not dim0.HasField("dim_value"), f"{role}: batch axis of {tensor.name} is not dynamic"
+        for tensor in model.graph.input:  # the engine's profile varies the batch only
+            assert all(d.HasField("dim_value") for d in tensor.type.tensor_type.shape.dim[1:]), "only batch may be dynamic"
+
+    torch_be = TorchBackend("cpu")
+    gen = onnx_for(pack, pack.manifest.generalist, "vit", tmp_path)
+    sess = ort.InferenceSession(str(gen), providers=["CPUExecutionProvider"])
+    clf = torch_be.classifier(pack, pack.manifest.generalist)
+    for n in (1, 5):
+        imgs = _images(pack, n, seed=n)
+        got = sess.run(None, {"images": to_input(imgs, pack.manifest.input.mean, pack.manifest.input.std)})[0]
+        assert got.shape == (n, len(pack.manifest.classes))
+        np.testing.assert_allclose(got, clf(imgs), rtol=1e-3, atol=1e-4)
+
+
+@pytest.fixture
+def fake_trt(monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.module())
+    fake_tensorrt.builds.clear()
+    return fake_tensorrt
+
+
+def _backend(tmp_path, statuses, **kw):
+    return trtb.TensorRTBackend(
+        "cpu", cache_dir=tmp_path, on_status=lambda s, **i: statuses.append((s, i)), _allow_cpu=True, **kw
+    )
+
+
+def test_engine_cache_key_names_checkpoint_trt_gpu_and_profile(pack, tmp_path):
+    entry = pack.manifest.generalist
+    a = trtb.engine_path(tmp_path, entry, "vit", "10.3.0", "Orin (nvgpu)", trtb.Profile())
+    assert a.parent == tmp_path / "tensorrt" and entry.sha256[:20] in a.name
+    assert "trt10.3.0" in a.name and "Orin_nvgpu" in a.name and "b1-8-32-fp16" in a.name
+    assert a != trtb.engine_path(tmp_path, entry, "vit", "8.6.2", "Orin (nvgpu)", trtb.Profile())
+    assert a != trtb.engine_path(tmp_path, entry, "vit", "10.3.0", "NVIDIA H100", trtb.Profile())
+    assert a != trtb.engine_path(tmp_path, entry, "vit", "10.3.0", "Orin (nvgpu)", trtb.Profile(max_batch=64))
+    with pytest.raises(ValueError):
+        trtb.Profile(min_batch=4, opt_batch=2, max_batch=8)
+
+
+def test_profile_from_env(monkeypatch):
+    monkeypatch.setenv("ATE_TRT_MAX_BATCH", "64")
+    monkeypatch.setenv("ATE_TRT_OPT_BATCH", "16")
+    monkeypatch.setenv("ATE_TRT_FP16", "0")
+    p = trtb.Profile.from_env()
+    assert (p.min_batch, p.opt_batch, p.max_batch, p.fp16) == (1, 16, 64, False)
+    assert trtb.Profile.from_env(max_batch=4).opt_batch == 4  # opt clamped into range
+
+
+def test_build_cache_warmup_and_inference_flow(pack, cache, fake_trt):
+    tmp_path = cache
+    statuses: list = []
+    be = _backend(tmp_path, statuses, max_batch=4, opt_batch=2)
+    clf = be.classifier(pack, pack.manifest.generalist)
+    assert [s for s, _ in statuses] == ["building-engine", "engine-ready", "warming-up"]
+    assert statuses[0][1]["model"] == "generalist"
+    (build,) = fake_trt.builds
+    (shapes,) = build["shapes"].values()
+    spec = pack.manifest.input
+    assert shapes == ((1, spec.channels, spec.size, spec.size), (2, spec.channels, spec.size, spec.size), (4, spec.channels, spec.size, spec.size))
+    assert build["fp16"] and build["workspace"] == 1024 << 20
+    engine_file = be.engine_file(pack.manifest.generalist, "vit")
+    assert engine_file.is_file() and "trt10.3.0_fake" in engine_file.name
+
+    torch_clf = TorchBackend("cpu").classifier(pack, pack.manifest.generalist)
+    imgs = _images(pack, 10)  # more than max_batch: runs in chunks of 4
+    np.testing.assert_allclose(clf(imgs), torch_clf(imgs), rtol=1e-3, atol=1e-4)
+
+    statuses.clear()
+    be2 = _backend(tmp_path, statuses, max_batch=4, opt_batch=2)
+    clf2 = be2.classifier(pack, pack.manifest.generalist)  # from the cache: no build
+    assert [s for s, _ in statuses] == ["warming-up"] and len(fake_trt.builds) == 1
+    np.testing.assert_allclose(clf2(imgs[:3]), torch_clf(imgs[:3]), rtol=1e-3, atol=1e-4)
+
+    engine_file.write_bytes(b"garbage")  # a corrupt cached engine is rebuilt, not fatal
+    statuses.clear()
+    _backend(tmp_path, statuses, max_batch=4, opt_batch=2).classifier(pack, pack.manifest.generalist)
+    assert statuses[0][0] == "building-engine" and len(fake_trt.builds) == 2
+
+
+def test_experts_tails_on_trunk_tokens_match_torch(pack, cache, fake_trt):
+    tmp_path = cache
+    entries = list(pack.manifest.experts)[:3]
+    be = _backend(tmp_path, [], max_batch=8, opt_batch=4)
+    lib = be.experts(pack, entries)
+    assert lib.keys == [e.key for e in entries]
+    ref = TorchBackend("cpu").experts(pack, entries)
+    imgs = _images(pack, 12, seed=3)
+    keys = [entries[i % len(entries)].key for i in range(12)]
+    np.testing.assert_allclose(lib(imgs, keys), ref(imgs, keys), rtol=1e-3, atol=1e-4)
+    if any(e.kind == "tail" for e in entries):
+        assert any(role == "trunk" for _, _, role in trtb.onnx_plan(pack, entries))
