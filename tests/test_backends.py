@@ -1,0 +1,58 @@
+"""Every backend gives the same logits; a mixed-expert batch equals experts run one by one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from askexpert.backends import open_backend
+from askexpert.pack import Pack, PackError
+
+
+@pytest.fixture(scope="module")
+def batch():
+    rng = np.random.default_rng(1)
+    return rng.integers(0, 255, (7, 28, 28, 1), dtype=np.uint8), ["0", "0-2", "3", "0", "1-2", "0-2", "2-3"]
+
+
+def test_torch_and_onnx_agree(tiny_pack, batch, tmp_path, monkeypatch):
+    monkeypatch.setattr("askexpert.onnx_export.CACHE_DIR", tmp_path)
+    images, keys = batch
+    pack = Pack.load(tiny_pack)
+    out = {}
+    for name in ("torch", "onnx"):
+        b = open_backend(name)
+        out[name] = (b.classifier(pack, pack.manifest.generalist)(images), b.experts(pack, pack.manifest.experts)(images, keys))
+    assert np.allclose(out["torch"][0], out["onnx"][0], atol=1e-4)
+    assert np.allclose(out["torch"][1], out["onnx"][1], atol=1e-4)
+    assert list(tmp_path.glob("onnx/*-trunk.onnx")), "ONNX is cached by checkpoint hash"
+
+
+def test_mixed_batch_equals_single_expert_runs(tiny_pack, batch):
+    images, keys = batch
+    pack = Pack.load(tiny_pack)
+    lib = open_backend("torch").experts(pack, pack.manifest.experts)
+    mixed = lib(images, keys)
+    single = np.concatenate([lib(images[i : i + 1], [k]) for i, k in enumerate(keys)])
+    assert np.allclose(mixed, single, atol=1e-5)
+    assert not np.allclose(mixed[0], lib(images[:1], ["0-2"])[0]), "experts differ"
+
+
+def test_corrupt_or_missing_pack_is_a_clear_error(tiny_pack, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_pack, bad)
+    with open(bad / "expert-0-2.safetensors", "r+b") as f:
+        f.seek(200)
+        f.write(b"\x00\x01\x02\x03")
+    pack = Pack.load(bad)
+    with pytest.raises(PackError, match="corrupt"):
+        open_backend("torch").experts(pack, pack.manifest.experts)
+    (bad / "generalist-3H.safetensors").unlink()
+    with pytest.raises(PackError, match="lacks"):
+        Pack.load(bad)
+    with pytest.raises(PackError, match="not a model pack"):
+        Pack.load(tmp_path)
+    with pytest.raises(ValueError, match="unknown backend"):
+        open_backend("tflite")

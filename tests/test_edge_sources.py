@@ -1,0 +1,71 @@
+"""Live sources keep only the newest frames (drops counted); lossless sources lose none."""
+
+from __future__ import annotations
+
+import time
+from typing import Iterator
+
+import cv2
+import numpy as np
+
+from askexpert.backends import open_backend
+from askexpert.mqtt import MqttClient
+from askexpert.pack import Pack
+from edge_node.node import EdgeNode, fit_frame
+from edge_node.settings import EdgeSettings
+from edge_node.sources import Frame, Source, open_source
+from helpers import Collector
+
+
+class FastCamera(Source):
+    """A live source that produces frames far faster than the edge can classify them."""
+
+    live = True
+    description = "fast-camera"
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+
+    def frames(self) -> Iterator[Frame]:
+        img = np.zeros((28, 28, 1), np.uint8)
+        for i in range(self.n):
+            yield Frame(i, img, time.time())
+
+
+def test_live_source_drops_oldest_and_counts(tiny_pack, broker):
+    pack = Pack.load(tiny_pack)
+    s = EdgeSettings(broker=broker.url, pack=tiny_pack, node_id="live1", tau=0.0, batch_size=4, live_queue=2, stats_interval_s=0)
+    client = MqttClient(s, "edge", "live1")
+    node = EdgeNode(s, pack, open_backend("torch").classifier(pack, pack.manifest.generalist), client)
+    sub = Collector(broker.url, "ate/v1/nodes/live1/labels")
+    client.start()
+    assert client.wait_connected(10)
+    stats = node.run(FastCamera(3000))
+    client.stop()
+    labels = sub.wait_labels(stats.frames, timeout=10)
+    sub.close()
+    assert stats.dropped > 0 and stats.frames + stats.dropped == 3000
+    ids = [m.frame_id for m in labels]
+    assert len(ids) == len(set(ids)) == stats.frames
+    assert max(ids) == 2999, "the newest frame is never the one dropped"
+
+
+def test_folder_source_sorted_skips_corrupt(tmp_path):
+    for name, value in (("b.png", 20), ("a.png", 10), ("c.jpg", 30)):
+        cv2.imwrite(str(tmp_path / name), np.full((40, 50, 3), value, np.uint8))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    frames = list(open_source(f"dir:{tmp_path}").frames())
+    assert [int(f.image.mean()) for f in frames] == [10, 20, 30]
+
+
+def test_fit_frame_resizes_and_converts():
+    from askexpert.pack import InputSpec
+
+    grey = InputSpec(size=28, channels=1, mean=[0.5], std=[0.5])
+    colour = InputSpec(size=32, channels=3, mean=[0.5] * 3, std=[0.5] * 3)
+    assert fit_frame(np.zeros((480, 640, 3), np.uint8), grey).shape == (28, 28, 1)
+    assert fit_frame(np.zeros((28, 28), np.uint8), grey).shape == (28, 28, 1)
+    bgr = np.zeros((10, 10, 3), np.uint8)
+    bgr[..., 0] = 255  # blue in OpenCV's BGR
+    out = fit_frame(bgr, colour)
+    assert out.shape == (32, 32, 3) and out[0, 0, 2] == 255 and out[0, 0, 0] == 0  # models see RGB
