@@ -19,5 +19,8 @@ INFER_MS = Histogram("ate_inference_ms", "Inference time per batch", ["component
 LABEL_LATENCY_MS = Histogram(
     "ate_label_latency_ms", "Capture to final label, by source", ["node", "source"], buckets=LATENCY_BUCKETS_MS
 )
+OFFLOAD_RTT_MS = Histogram(
+    "ate_offload_rtt_ms", "Offload sent to expert reply received, at the edge", ["node"], buckets=LATENCY_BUCKETS_MS
+)
 HUB_FRAMES = Counter("ate_hub_frames_total", "Frames answered by the hub, by expert", ["hub", "expert"])
 TAU = Gauge("ate_tau", "Current confidence threshold", ["node"])

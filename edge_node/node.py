@@ -68,6 +68,7 @@ class EdgeStats:
     late_replies: int = 0
     dropped: int = 0
     rejected: int = 0
+    elapsed_s: float = 0.0
 
 
 class EdgeNode:
@@ -111,6 +112,7 @@ class EdgeNode:
         reader = threading.Thread(target=self._read, args=(source,), name="source", daemon=True)
         reader.start()
         log.info("edge running", source=source.description, live=source.live, tau=self.tau.value, k=self.k, pack=self.pack.pack_id)
+        t0 = time.monotonic()
         try:
             self._infer_loop()
         finally:
@@ -120,6 +122,7 @@ class EdgeNode:
             self.pending.stop()
             if not self.client.flush(timeout=10):
                 log.warning("some labels were not acknowledged by the broker before exit")
+            self.stats.elapsed_s = round(time.monotonic() - t0, 3)
         log.info("edge done", **vars(self.stats))
         return self.stats
 
@@ -219,9 +222,8 @@ class EdgeNode:
 
     def _offload(self, frame: Frame, image: np.ndarray, top: np.ndarray, probs: np.ndarray, expert: str, edge_label: int, conf: float) -> None:
         deadline_s = self.s.deadline_ms / 1000
-        self.pending.add(
-            Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, time.monotonic() + deadline_s, frame.label)
-        )
+        now = time.monotonic()
+        self.pending.add(Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, now + deadline_s, now, frame.label))
         msg = FrameMsg(self.node, frame.frame_id, frame.t_capture, self.pack.pack_id,
                        [int(c) for c in top], [float(probs[c]) for c in top], image)  # fmt: skip
         self.client.publish(
@@ -254,6 +256,7 @@ class EdgeNode:
             metrics.LATE_REPLIES.labels(self.node).inc()
             log.debug("late or unknown reply dropped", frame_id=reply.frame_id, hub=reply.hub)
             return
+        metrics.OFFLOAD_RTT_MS.labels(self.node).observe((time.monotonic() - item.t_sent) * 1000)
         self._publish_label(item.frame_id, item.t_capture, reply.label, reply.conf, "expert", item.expert,
                             item.edge_label, item.edge_conf)  # fmt: skip
 

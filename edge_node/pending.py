@@ -21,6 +21,7 @@ class Offload:
     edge_conf: float
     expert: str
     deadline: float  # time.monotonic()
+    t_sent: float  # time.monotonic() when offloaded
     label: int | None = field(default=None)  # ground truth, when known
 
 

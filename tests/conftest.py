@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from brokers import Broker  # noqa: E402
+from askexpert.localbroker import Broker  # noqa: E402
 
 
 @pytest.fixture

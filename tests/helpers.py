@@ -12,14 +12,13 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from askexpert.localbroker import spawn, wait_online
 from askexpert.protocol import LabelMsg, decode_label
 
 
 def start_hub(pack: Path, broker_url: str, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "expert_hub.cli", "run", "--pack", str(pack), "--broker", broker_url, *extra],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    return spawn("expert_hub.cli", "run", "--pack", str(pack), "--broker", broker_url, *extra,
+                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def run_edge(pack: Path, broker_url: str, *extra: str, timeout: float = 120) -> dict:
@@ -43,16 +42,8 @@ def stop(proc: subprocess.Popen) -> str:
 
 
 def wait_hub_online(broker_url: str, hub_id: str, timeout: float = 60) -> None:
-    """The hub publishes a retained `online` status once it serves."""
-    seen = Collector(broker_url, f"ate/v1/status/hub/{hub_id}")
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if any(json.loads(p).get("state") == "online" for _, p in seen.raw):
-            seen.close()
-            return
-        time.sleep(0.1)
-    seen.close()
-    raise TimeoutError("hub did not come online")
+    host, port = broker_url.rsplit("/", 1)[-1].split(":")
+    wait_online(host, int(port), "hub", hub_id, timeout=timeout)
 
 
 class Collector:

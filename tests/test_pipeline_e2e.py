@@ -83,7 +83,7 @@ def test_hub_down_every_frame_falls_back(tiny_pack, broker):
 
 @pytest.mark.slow
 def test_broker_restart_mid_stream(tiny_pack, tmp_path):
-    from brokers import Broker
+    from askexpert.localbroker import Broker
 
     broker = Broker(extra_conf=f"persistence true\npersistence_location {tmp_path}/\n").start()
     try:

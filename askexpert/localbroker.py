@@ -1,0 +1,105 @@
+"""A private Mosquitto on a free port, for tests, benchmarks and the demo (never assume 1883)."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+
+
+@dataclass
+class Broker:
+    """A running Mosquitto; `extra_conf` lines are appended to a minimal config."""
+
+    port: int = field(default_factory=free_port)
+    extra_conf: str = ""
+    proc: subprocess.Popen | None = None
+    workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="ate-mosq-")))
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Broker":
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(
+            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+            f"persistence false\nlog_dest stderr\nlog_type error\n{self.extra_conf}\n"
+        )
+        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        wait_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def restart(self, down_s: float = 0.5) -> None:
+        self.stop()
+        time.sleep(down_s)
+        self.start()
+
+
+def spawn(module: str, *args: str, **popen: object) -> subprocess.Popen:
+    """Start a component (`expert_hub.cli`, `edge_node.cli`) as its own process."""
+    import sys
+
+    return subprocess.Popen([sys.executable, "-m", module, *args], **popen)  # type: ignore[call-overload]
+
+
+def wait_online(host: str, port: int, role: str, ident: str, prefix: str = "ate/v1", timeout: float = 60) -> None:
+    """Block until a component's retained status says `online` (it serves from then on)."""
+    import json
+    import threading
+
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    online = threading.Event()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+
+    def on_message(client, userdata, msg) -> None:
+        try:
+            if json.loads(msg.payload).get("state") == "online":
+                online.set()
+        except ValueError:
+            pass
+
+    c.on_message = on_message
+    c.on_connect = lambda client, *a: client.subscribe(f"{prefix}/status/{role}/{ident}", qos=1)
+    c.connect(host, port)
+    c.loop_start()
+    try:
+        if not online.wait(timeout):
+            raise TimeoutError(f"{role} {ident} did not come online within {timeout} s")
+    finally:
+        c.disconnect()
+        c.loop_stop()
