@@ -185,3 +185,11 @@ def test_hub_shared_subscription_passes_the_acl(clients):
     assert not hub.subscribe("$share/hubs/ate/v1/experts/+/frames").is_failure
     cam1.publish("ate/v1/experts/1/frames", b"shared-frame")
     assert hub.got(2.0, n=1) == [("ate/v1/experts/1/frames", b"shared-frame")]
+
+
+def test_ops_reads_broker_uptime_for_the_compose_healthcheck(clients):
+    """docker-compose.yml's broker healthcheck subscribes to $SYS/broker/uptime as `ops`."""
+    ops = clients("ops", "ops3")
+    assert ops.subscribe("$SYS/broker/uptime").value == 1
+    got = ops.got(12.0, n=1)  # $SYS is published every sys_interval (10 s) and retained
+    assert got and got[0][0] == "$SYS/broker/uptime"

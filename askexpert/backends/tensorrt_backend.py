@@ -42,9 +42,9 @@ StatusHook = Callable[..., None]
 
 INSTALL_HINT = (
     "the tensorrt backend needs NVIDIA TensorRT's Python bindings and a CUDA GPU. On a Jetson, use "
-    "the project's L4T image (docker/Dockerfile.edge.jetson / Dockerfile.hub.jetson, JetPack 6) or "
-    "`sudo apt install python3-libnvinfer` from JetPack; on x86-64 with CUDA 12, `pip install "
-    "tensorrt-cu12` (or use docker/Dockerfile.*.cuda). Without a GPU choose --backend onnx or torch."
+    "the project's L4T image (docker/Dockerfile.jetson, JetPack 6) or `sudo apt install "
+    "python3-libnvinfer` from JetPack; on x86-64 with CUDA 12, `pip install tensorrt-cu12==10.3.0` "
+    "(or use docker/Dockerfile.cuda). Without a GPU choose --backend onnx or torch."
 )
 
 
@@ -228,8 +228,9 @@ class TensorRTBackend(Backend):
         config = builder.create_builder_config()
         if hasattr(config, "set_memory_pool_limit"):
             config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, p.workspace_mb << 20)
-        if p.fp16 and builder.platform_has_fast_fp16:
-            config.set_flag(trt.BuilderFlag.FP16)
+        fp16_flag = getattr(trt.BuilderFlag, "FP16", None)
+        if p.fp16 and fp16_flag is not None and getattr(builder, "platform_has_fast_fp16", True):
+            config.set_flag(fp16_flag)
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
