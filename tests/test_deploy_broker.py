@@ -193,3 +193,29 @@ def test_ops_reads_broker_uptime_for_the_compose_healthcheck(clients):
     assert ops.subscribe("$SYS/broker/uptime").value == 1
     got = ops.got(12.0, n=1)  # $SYS is published every sys_interval (10 s) and retained
     assert got and got[0][0] == "$SYS/broker/uptime"
+
+
+def test_real_edge_client_with_credentials_gets_tau_from_ops(clients, shipped_broker):
+    """The component's own MqttClient (status + will, TCP_NODELAY) under the ACL, and tau/set end to end."""
+    from askexpert.mqtt import MqttClient
+    from askexpert.settings import CommonSettings
+    from edge_node.tau_control import TauControl
+
+    ops = clients("ops", "ops4")
+    assert ops.subscribe("ate/v1/status/edge/cam1").value == 1
+    settings = CommonSettings(broker=f"mqtt://127.0.0.1:{shipped_broker}", username="cam1", password=USERS["cam1"])
+    edge = MqttClient(settings, "edge", "cam1")
+    tau = TauControl(edge, settings.prefix, "cam1", 0.8)
+    edge.start()
+    try:
+        assert edge.wait_connected(5)
+        tau.start()
+        assert any(b'"online"' in p for _, p in ops.got(2.0, n=1))  # its status passed the ACL
+        time.sleep(0.2)
+        ops.publish("ate/v1/nodes/cam1/tau/set", b"0.65")
+        end = time.monotonic() + 5
+        while tau.value != 0.65 and time.monotonic() < end:
+            time.sleep(0.02)
+        assert tau.value == 0.65
+    finally:
+        edge.stop()
