@@ -148,7 +148,10 @@ class MqttClient:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags, reason_code, properties) -> None:
         self.connected.clear()
-        log.warning("mqtt disconnected", reason=str(reason_code))
+        if reason_code.is_failure:
+            log.warning("mqtt connection lost; reconnecting", reason=str(reason_code))
+        else:
+            log.info("mqtt disconnected", reason=str(reason_code))
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code, properties) -> None:
         with self._acks:
