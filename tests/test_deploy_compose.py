@@ -151,8 +151,8 @@ def test_two_box_override_splits_the_services_and_takes_the_broker_from_env():
     assert over["edge"]["profiles"] == ["edge-box"]
     edge = interpolate(over["edge"], {"ATE_BROKER_HOST": "10.0.0.5"})
     assert edge["environment"]["ATE_BROKER"] == "mqtt://10.0.0.5:1883"
-    with pytest.raises(KeyError, match="ATE_BROKER_HOST"):
-        interpolate(over["edge"], {})
+    unset = interpolate(over["edge"], {})["environment"]["ATE_BROKER"]  # must not abort the hub box
+    assert "set-ATE_BROKER_HOST" in unset
     base_edge = load(COMPOSE)["services"]["edge"]
     assert base_edge["depends_on"]["broker"]["required"] is False  # edge box has no broker
     assert set(over) <= set(load(COMPOSE)["services"])
