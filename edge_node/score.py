@@ -302,7 +302,8 @@ def summary_rows(rep: dict) -> list[tuple[str, str]]:
         rows.insert(0, ("tau", f"{rep['tau']:g}"))
     if "offline" in rep:
         o = rep["offline"]
-        rows.append(("equal to offline Algorithm 1", f"{o['agree']}/{o['compared']} " + ("yes" if o["equal"] else "NO")))
+        how = f" ({rep['offline_check']})" if rep.get("offline_check") else ""
+        rows.append((f"equal to offline Algorithm 1{how}", f"{o['agree']}/{o['compared']} " + ("yes" if o["equal"] else "NO")))
     if rep.get("offline_accuracy") is not None:
         rows.append(("offline sweep accuracy, same tau", _p(rep["offline_accuracy"])))
     return rows

@@ -1,0 +1,319 @@
+"""The main job: a private broker, the expert hub and the edge node, a replay, and the report.
+
+    python -m tools.demo [--frames 10000] [--pack packs/fashion-mnist] [--tau T] [--source SRC]
+
+Starts Mosquitto on a free port (set_tcp_nodelay true), `expert-hub run` and `edge-node run`
+as subprocesses with the pack, collects every final label, scores it against the truth, checks it
+against Algorithm 1 computed offline with the same models (exactly, in this process), prints the
+report and writes everything (report, plots, labels, logs) to runs/<timestamp>/. Every process it
+started is stopped at the end, also on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+console = Console()
+MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+TRAIN_HINT = "trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist"
+
+
+class Stop(Exception):
+    """SIGTERM: unwind like Ctrl-C so that every child is stopped."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"mosquitto exited with code {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"mosquitto does not listen on {port}")
+
+
+class Children:
+    """The processes this demo started; stop_all() ends each of them, by its own pid."""
+
+    def __init__(self) -> None:
+        self.procs: list[tuple[str, subprocess.Popen]] = []
+
+    def start(self, name: str, argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
+        log = open(log_path, "w")
+        # own process group: a Ctrl-C in the terminal reaches only us; we stop the children in order
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        self.procs.append((name, proc))
+        return proc
+
+    def stop_all(self, timeout: float = 10.0) -> None:
+        for name, proc in reversed(self.procs):  # edge, then hub, then broker
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    console.print(f"[yellow]{name} did not stop in {timeout:.0f} s; killing it")
+                    proc.kill()
+                    proc.wait()
+
+
+def wait_online(settings, role: str, ident: str, timeout: float, children: Children) -> None:
+    """Wait for the retained `online` status of a component."""
+    import threading
+
+    from askexpert.mqtt import MqttClient
+    from askexpert.protocol import status_topic
+
+    online = threading.Event()
+
+    def on_status(message) -> None:
+        try:
+            if json.loads(message.payload).get("state") == "online":
+                online.set()
+        except ValueError:
+            pass
+
+    c = MqttClient(settings, "demo", f"wait-{os.getpid()}")
+    c.subscribe(status_topic(settings.prefix, role, ident), on_status)
+    c.start()
+    try:
+        deadline = time.monotonic() + timeout
+        while not online.wait(0.2):
+            for name, p in children.procs:
+                if p.poll() is not None:
+                    raise RuntimeError(f"{name} exited early with code {p.returncode}")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{role} {ident} not online after {timeout:.0f} s")
+    finally:
+        c.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
+    p.add_argument("--frames", "-n", type=int, default=10000, help="frames to replay (default 10000: the whole test split)")
+    p.add_argument("--pack", default="packs/fashion-mnist", help="model pack (default packs/fashion-mnist)")
+    p.add_argument("--source", default="dataset:fashion-mnist:test", help="edge source; truth from dataset:/replay: sources")
+    p.add_argument("--tau", type=float, default=None, help="confidence threshold (default: the pack's)")
+    p.add_argument("--deadline-ms", type=float, default=1000.0)
+    p.add_argument("--fps", type=float, default=None, help="pace the source (default: as fast as it goes)")
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--runs", default="runs", help="parent folder of the run folder")
+    p.add_argument("--offline-check", choices=["auto", "exact", "stored", "none"], default="auto",
+                   help="compare with Algorithm 1 offline: exact (recompute with the same models here), stored "
+                        "(the pack's stored fp16 test logits: instant, may differ within fp16 noise of tau), "
+                        "auto (exact up to 3000 frames, else stored when the pack has them)")  # fmt: skip
+    p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of replay")
+    a = p.parse_args(argv)
+
+    from askexpert.pack import Pack, PackError
+
+    try:
+        pack = Pack.load(a.pack)
+    except PackError as exc:
+        console.print(f"[red]The model pack is missing or unusable: {exc}")
+        console.print(f"Train the reference pack first (CPU, hours):  [bold]{TRAIN_HINT}[/]\n"
+                      f"or point --pack at another pack folder.")  # fmt: skip
+        return 2
+    if not Path(MOSQUITTO).exists():
+        console.print("[red]Mosquitto is not installed: `make install` (or apt-get install mosquitto) first.")
+        return 2
+    tau = pack.manifest.tau if a.tau is None else a.tau
+    run_dir = Path(a.runs) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    run_dir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    broker = f"mqtt://127.0.0.1:{port}"
+    node, hub_id = "demo-edge", "demo-hub"
+
+    def on_term(signum, frame):
+        raise Stop()
+
+    signal.signal(signal.SIGTERM, on_term)
+    children = Children()
+    collector = None
+    console.print(f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
+                  f"tau {tau:g}, {a.frames} frames of {a.source}, run folder {run_dir}")  # fmt: skip
+    t_start = time.monotonic()
+    try:
+        conf = run_dir / "mosquitto.conf"
+        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+                        "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n")  # fmt: skip
+        mosq = children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], run_dir / "mosquitto.log")
+        wait_port(port, mosq)
+
+        from askexpert.settings import CommonSettings
+        from edge_node.score import LabelCollector, load_truth, print_report, score, write_report
+
+        settings = CommonSettings(broker=broker)
+        env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
+        env.pop("ATE_CONFIG", None)
+        py = [sys.executable, "-m"]
+        common = ["--pack", str(a.pack), "--broker", broker, "--backend", a.backend, "--stats-interval-s", "0"]
+        with console.status("starting the expert hub (loading experts)..."):
+            children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
+            wait_online(settings, "hub", hub_id, 180, children)
+        collector = LabelCollector(settings, node, "demo").start()
+        edge_argv = py + ["edge_node.cli", "run", *common, "--node-id", node, "--source", a.source,
+                          "--max-frames", str(a.frames), "--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms)]  # fmt: skip
+        if a.fps:
+            edge_argv += ["--fps", repr(a.fps)]
+        t_edge = time.monotonic()
+        edge = children.start("edge-node", edge_argv, run_dir / "edge.log", env)
+
+        exited_at: list[float] = []
+
+        def stop_now() -> bool:
+            if edge.poll() is not None and not exited_at:
+                exited_at.append(time.monotonic())
+            if children.procs[1][1].poll() is not None:
+                raise RuntimeError(f"the expert hub died (code {children.procs[1][1].returncode}); see {run_dir / 'hub.log'}")
+            # the edge ended: give the last labels a moment, then stop waiting
+            return bool(exited_at) and time.monotonic() - exited_at[0] > 3.0
+
+        with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                      TimeElapsedColumn(), console=console, transient=False) as prog:  # fmt: skip
+            task = prog.add_task("labels", total=a.frames, rate="")
+
+            def progress(n: int) -> None:
+                dt = time.monotonic() - t_edge
+                prog.update(task, completed=n, rate=f"{n / dt:7.1f} frames/s" if dt > 0 else "")
+
+            why = collector.wait(a.frames, idle_timeout=60.0, timeout=a.timeout, progress=progress, stop=stop_now)
+        replay_s = time.monotonic() - t_edge
+        try:
+            edge.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        collector.stop()
+        labels = list(collector.labels)
+        edge_summary = _last_json(run_dir / "edge.log")
+
+        truth, classes = (load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None))
+        offline, offline_acc, mode = None, None, a.offline_check
+        if mode == "auto":
+            mode = "exact" if a.frames <= 3000 else "stored"
+        if truth is None:
+            mode = "none"
+        if mode == "stored":
+            offline, offline_acc = stored_check(pack, a.source, tau, a.frames)
+            mode = mode if offline is not None else "none"
+        elif mode == "exact":
+            with console.status("Algorithm 1 offline on the same frames, same models (exactness check)..."):
+                offline, offline_acc = offline_check(pack, a.source, a.frames, tau, truth, a.backend)
+        rep = score(labels, truth, expected=range(min(a.frames, len(truth) if truth is not None else a.frames)),
+                    classes=classes or pack.manifest.classes, offline=offline, wall_s=replay_s,
+                    malformed=collector.malformed)  # fmt: skip
+        rep.update(tau=tau, pack=str(a.pack), pack_id=pack.pack_id, source=a.source, stopped=why, edge=edge_summary,
+                   offline_accuracy=offline_acc, offline_check=mode, demo_wall_s=time.monotonic() - t_start,
+                   date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), machine=_machine())  # fmt: skip
+        title = f"Ask-the-Expert demo, tau {tau:g}, {rep['frames']} frames"
+        write_report(rep, run_dir, labels, title=title)
+        console.print()
+        print_report(rep, title=title, console=console)
+        console.print(f"3H alone on these frames: {_pc(rep['edge_only_accuracy'])}   system: {_pc(rep['accuracy'])}   "
+                      f"alpha: {_pc(rep['alpha'])}   replay {replay_s:.1f} s, whole demo {rep['demo_wall_s']:.1f} s")  # fmt: skip
+        if rep.get("missing"):
+            console.print(f"[yellow]{rep['missing']} frames got no label (see report.json)")
+        console.print(f"\n[bold]Run folder:[/] {run_dir}")
+        ok = rep.get("missing", 0) == 0 and rep["duplicates"] == 0
+        return 0 if ok else 1
+    except (KeyboardInterrupt, Stop):
+        console.print("[yellow]interrupted: stopping everything this demo started")
+        return 130
+    except (RuntimeError, TimeoutError) as exc:
+        console.print(f"[red]demo failed: {exc}[/]  (logs in {run_dir})")
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        if collector is not None:
+            try:
+                collector.stop()
+            except Exception:  # noqa: BLE001 - already stopped
+                pass
+        children.stop_all()
+
+
+def offline_check(pack, source: str, frames: int, tau: float, truth, backend: str):
+    """Algorithm 1 in this process on the same frames with the same models: frame id -> label."""
+    import numpy as np
+
+    from askexpert.sweep import edge_decisions, offline_labels, pack_logits
+    from edge_node.node import fit_frame
+    from edge_node.sources import open_source
+
+    images, ids = [], []
+    src = open_source(source.split("?")[0] + ("?pace=max" if source.startswith("replay:") else ""), None)
+    for f in src.frames():
+        if len(ids) >= frames:
+            break
+        images.append(fit_frame(f.image, pack.manifest.input))
+        ids.append(f.frame_id)
+    src.close()
+    lg = pack_logits(pack, np.stack(images), backend=backend, baselines=False, tau=tau)
+    d = edge_decisions(lg["edge"], pack.manifest.partition, pack.manifest.k)
+    labels, _ = offline_labels(d, lg["routed"], tau)
+    t = np.asarray([truth[i] for i in ids])
+    return {i: int(v) for i, v in zip(ids, labels)}, float((labels == t).mean())
+
+
+def stored_check(pack, source: str, tau: float, frames: int):
+    """Algorithm 1 from the pack's stored test logits (fp16): frame id -> label, and its accuracy."""
+    from askexpert.sweep import edge_decisions, offline_labels, scenarios_from_stored, stored_logits
+
+    if not (source.startswith("dataset:") and source.endswith(":test")):
+        return None, None
+    z = stored_logits(pack)
+    if z is None:
+        return None, None
+    sc = scenarios_from_stored(pack, z)
+    if not sc["specialists"]:
+        return None, None
+    routed = next(iter(sc["specialists"].values()))
+    d = edge_decisions(sc["edge_logits"], pack.manifest.partition, pack.manifest.k)
+    labels, _ = offline_labels(d, routed, tau)
+    labels, y = labels[:frames], sc["y"][:frames]
+    return {i: int(v) for i, v in enumerate(labels)}, float((labels == y).mean())
+
+
+def _last_json(path: Path) -> dict | None:
+    try:
+        for line in reversed(path.read_text().splitlines()):
+            if line.startswith("{") and '"node"' in line and '"frames"' in line:
+                return json.loads(line)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def _pc(v) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _machine() -> str:
+    import platform
+
+    return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
