@@ -11,6 +11,8 @@ from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.settings import add_settings_arguments
 from edge_node.node import EdgeNode
+from edge_node.recording import add_record_parser  # also registers the replay:DIR source
+from edge_node.score import add_score_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import SourceError, open_source
 
@@ -50,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="classify a stream, offload uncertain frames, publish labels")
     add_settings_arguments(run, EdgeSettings)
     run.set_defaults(func=cmd_run)
+    add_record_parser(sub)
+    add_score_parser(sub)
     return parser
 
 

@@ -117,3 +117,30 @@ def record(
         meta = writer.close()
     log.info("recorded", out=str(out_dir), frames=meta["frames"], codec=meta["codec"], fps=meta["fps"])
     return meta
+
+
+# ---------------------------------------------------------------------------------------- command line
+def add_record_parser(sub) -> None:
+    """`edge-node record --source SRC --out DIR [--max-frames N] [--fps F]`."""
+    p = sub.add_parser("record", help="write a source to a recording (lossless video + CSV sidecar + meta.json)")
+    p.add_argument("--source", required=True, help="any --source of `edge-node run` (camera, file, URL, dir:, dataset:, replay:)")
+    p.add_argument("--out", required=True, help="new recording folder")
+    p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames (Ctrl-C also ends cleanly)")
+    p.add_argument("--fps", type=float, default=None, help="pace file/dataset sources and set the recording's nominal fps")
+    p.add_argument("--log-level", default="info")
+    p.set_defaults(func=_cmd_record)
+
+
+def _cmd_record(args) -> int:
+    import json
+
+    from askexpert.log import setup_logging
+
+    setup_logging(args.log_level)
+    try:
+        meta = record(args.source, args.out, max_frames=args.max_frames, fps=args.fps)
+    except (SourceError, RecordingError, OSError) as exc:
+        print(f"error: {exc}")
+        return 2
+    print(json.dumps({"out": str(args.out), **{k: meta[k] for k in ("frames", "codec", "fps", "width", "height", "channels")}}))
+    return 0

@@ -419,3 +419,31 @@ def plot_report(rep: dict, labels: Sequence[LabelMsg], out: Path) -> None:
     fig.tight_layout()
     fig.savefig(out / "load.png", dpi=110)
     plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------- command line
+def add_score_parser(sub) -> None:
+    """`edge-node score --node-id N --truth SPEC --out DIR [--frames N] [--broker URL] ...`."""
+    from askexpert.settings import CommonSettings, add_settings_arguments
+
+    p = sub.add_parser("score", help="collect a node's final labels, join with the truth, write a report")
+    add_settings_arguments(p, CommonSettings)
+    p.add_argument("--node-id", required=True, help="the edge node whose labels to score")
+    p.add_argument("--truth", default=None, help="replay:DIR, a recording folder, or dataset:NAME:SPLIT (frame id = index)")
+    p.add_argument("--out", default=None, help="report folder (default runs/score-<node>-<time>)")
+    p.add_argument("--frames", type=int, default=None, help="stop after this many distinct frames (ids 0..N-1 expected)")
+    p.add_argument("--idle-timeout", type=float, default=10.0, help="stop when no label came for this long (s)")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this long in any case (s)")
+    p.set_defaults(func=_cmd_score)
+
+
+def _cmd_score(args) -> int:
+    from askexpert.cli_common import load_settings
+    from askexpert.settings import CommonSettings
+
+    s = load_settings(CommonSettings, args)
+    out = args.out or f"runs/score-{args.node_id}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    rep = run_score(s, args.node_id, out, truth=args.truth, frames=args.frames, idle_timeout=args.idle_timeout,
+                    timeout=args.timeout)  # fmt: skip
+    print(f"report: {out}/report.md")
+    return 0 if rep["frames"] else 1
