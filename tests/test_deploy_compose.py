@@ -185,3 +185,27 @@ def test_deps_script_works_without_tomllib(tmp_path):
     assert out == native and out
     assert not any(r.startswith(("torch", "opencv", "matplotlib")) for r in out)
     assert any(r.startswith("paho-mqtt") for r in out)
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile.jetson", "docker/Dockerfile.cuda"])
+def test_images_copy_every_package_pyproject_installs(dockerfile):
+    text = (REPO / dockerfile).read_text()
+    include = re.search(r"include\s*=\s*\[([^\]]*)\]", (REPO / "pyproject.toml").read_text()).group(1)
+    for pattern in re.findall(r'"([^"]+)"', include):
+        pkg = pattern.rstrip("*")
+        assert re.search(rf"^COPY {pkg} {pkg}$", text, re.M), f"{dockerfile} does not COPY {pkg}"
+
+
+def test_served_commands_import_without_training_only_packages():
+    """The images leave out matplotlib and rich (docker/deps.py): edge-node and expert-hub must not need them."""
+    code = (
+        "import sys\n"
+        "class Block:\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] in ('matplotlib', 'rich'):\n"
+        "            raise ImportError('not in the image: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "import edge_node.cli, expert_hub.cli, askexpert.backends.tensorrt_backend\n"
+        "edge_node.cli.build_parser(); expert_hub.cli.build_parser()\n"
+    )
+    subprocess.run([sys.executable, "-c", code], cwd=REPO, check=True, capture_output=True, text=True)

@@ -234,7 +234,7 @@ class TensorRTBackend(Backend):
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
-            rest = tuple(int(d) for d in tensor.shape[1:])
+            rest = tuple(int(d) for d in tuple(tensor.shape)[1:])
             if any(d < 0 for d in rest):
                 raise RuntimeError(f"{onnx_path}: only the batch axis may be dynamic, input shape is {tuple(tensor.shape)}")
             profile.set_shape(tensor.name, (p.min_batch, *rest), (p.opt_batch, *rest), (p.max_batch, *rest))
