@@ -1,0 +1,129 @@
+"""`trainer`: train a model pack step by step, or all at once with `trainer pack`.
+
+  trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist
+  trainer teacher|prune|baselines|partition|experts|report|export ... (same flags)
+  trainer export-onnx --pack packs/fashion-mnist --onnx-out runs/onnx
+
+Every step keeps its results in --work (default runs/<dataset>) and is skipped when they exist;
+re-run the same command to resume after an interruption (fits resume after their last epoch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+
+from rich.console import Console
+
+STEPS = ["teacher", "prune", "baselines", "partition", "experts", "report", "export", "pack"]
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    from trainer.pipeline import Config
+
+    c = Config()
+    a = p.add_argument
+    a("--dataset", default=c.dataset, help="fashion-mnist | cifar100:PATH | folder:PATH")
+    a("--work", default="", help="work folder (default runs/<dataset>)")
+    a("--out", default="", help="pack folder (default packs/<dataset>)")
+    a("--subsets", "-S", type=int, default=c.subsets)
+    a("--k", type=int, default=c.k)
+    a("--partition", choices=["superclass", "confusion"], default=c.partition)
+    a("--teacher-recipe", choices=["shared", "per-subset"], default=c.teacher_recipe)
+    a("--teacher-shape", default=c.teacher_shape, choices=sorted(["3H", "4H", "6H", "12H"]))
+    a("--depth", type=int, default=c.depth, help="ViT depth (the paper: 12)")
+    a("--patch-size", type=int, default=c.patch_size, help="0: chosen from the image size (7 for 28, 4 for 32)")
+    a("--tail-blocks", type=int, default=c.tail_blocks, help="blocks each expert owns on top of the shared trunk")
+    a("--epochs-teacher", type=int, default=c.epochs_teacher)
+    a("--epochs-distill", type=int, default=c.epochs_distill)
+    a("--epochs-expert", type=int, default=c.epochs_expert)
+    a("--epochs-subset-teacher", type=int, default=c.epochs_subset_teacher)
+    a("--epochs", type=int, default=0, help="set all epoch counts at once")
+    a("--batch-size", type=int, default=c.batch_size)
+    a("--lr", type=float, default=c.lr)
+    a("--distill-lr", type=float, default=c.distill_lr)
+    a("--expert-lr", type=float, default=c.expert_lr)
+    a("--max-weight", "-W", type=float, default=c.max_weight, help="W in eq. 1")
+    a("--omega-schedule", choices=["step", "epoch"], default=c.omega_schedule)
+    a("--max-train-samples", type=int, default=0, help="use at most this many training images (0: all)")
+    a("--expert-train-samples", type=int, default=0, help="train experts on at most this many (0: all)")
+    a("--max-test-samples", type=int, default=0, help="smoke tests only: evaluate on part of the test split")
+    a("--full-experts", default=c.full_experts, help="all | singles | none | comma-separated expert keys")
+    a("--no-pack-full-experts", action="store_true", help="train/report full experts but never put them in the pack")
+    a("--importance-batches", type=int, default=c.importance_batches)
+    a("--val-fraction", type=float, default=c.val_fraction)
+    a("--tau", type=float, default=c.tau, help="default confidence threshold written to the manifest")
+    a("--no-augment", action="store_true")
+    a("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: data on the GPU, bf16 autocast")
+    a("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    a("--seed", type=int, default=0)
+    a("--onnx", default="", help="with pack/export: also export ONNX into this folder and check parity")
+    a("--name", default="")
+
+
+def config_from(ns: argparse.Namespace):
+    from trainer.pipeline import Config
+
+    kw = {k: v for k, v in vars(ns).items() if k in Config.__dataclass_fields__}
+    if ns.epochs:
+        for k in ("epochs_teacher", "epochs_distill", "epochs_expert", "epochs_subset_teacher"):
+            kw[k] = ns.epochs
+    kw["augment"] = not ns.no_augment
+    return Config(**kw)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="trainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    for s in STEPS:
+        _common(sub.add_parser(s, help=f"run the {s} step (and the steps it needs)"))
+    ox = sub.add_parser("export-onnx", help="ONNX for every model of a pack, checked with onnxruntime")
+    ox.add_argument("--pack", required=True)
+    ox.add_argument("--onnx-out", required=True)
+    ns = parser.parse_args(argv)
+    console = Console(stderr=True)
+    log = console.log
+    if ns.cmd == "export-onnx":
+        from trainer.onnx_export import export_pack_onnx
+
+        diffs = export_pack_onnx(ns.pack, ns.onnx_out)
+        log(f"ONNX parity (max abs diff): {max(diffs.values()):.2e} over {len(diffs)} models -> {ns.onnx_out}")
+        return 0
+    from trainer.pipeline import Run
+
+    t0 = time.time()
+    cfg = config_from(ns)
+    run = Run(cfg, log=log)
+    if ns.cmd in ("teacher", "prune", "baselines", "partition", "experts", "report"):
+        getattr(run, f"step_{ns.cmd}")()
+        if ns.cmd == "report":
+            print(run.info("report")["markdown"])
+        return 0
+    # pack / export: every step, then the pack
+    from trainer.assemble import assemble, check_sizes
+
+    for step in ("teacher", "prune", "baselines", "partition", "experts", "report"):
+        getattr(run, f"step_{step}")()
+    wall = time.time() - t0 + _previous_wall(run)
+    out = assemble(run, "trainer " + shlex.join(argv), wall, pack_full_experts=not ns.no_pack_full_experts)
+    sizes = check_sizes(out)
+    log(f"pack written to {out}: {sizes['total_mib']} MiB in {len(sizes['files'])} files")
+    print(run.info("report")["markdown"])
+    if cfg.onnx:
+        from trainer.onnx_export import export_pack_onnx
+
+        diffs = export_pack_onnx(out, cfg.onnx)
+        log(f"ONNX parity (max abs diff): {max(diffs.values()):.2e} over {len(diffs)} models -> {cfg.onnx}")
+    return 0
+
+
+def _previous_wall(run) -> float:
+    """Training wall time already spent by earlier (interrupted) invocations is counted from the fits."""
+    return 0.0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
