@@ -183,11 +183,8 @@ def to_markdown(res: dict, title: str = "Offline tau sweep") -> str:
     experts = sorted({e for t in taus for e in res["expert_load"][t]}, key=lambda s: (len(s), s))
     for e in experts:
         L.append(f"| frames to expert {e} | " + " | ".join(str(res["expert_load"][t].get(e, 0)) for t in taus) + " |")
-    if res.get("cost"):
-        L += ["", "## Latency and energy estimate (paper section 4.2), per batch", "",
-              f"{res['cost']['note']}", "", head, rule]
-        for name, row in res["cost"]["rows"].items():
-            L.append(f"| {name} | " + " | ".join(row.get(str(t), row.get(t, "-")) if isinstance(row, dict) else row for t in taus) + " |")
+    if res.get("cost_markdown"):
+        L += ["", "## Latency and energy estimate (paper section 4.2 and Figure 5)", "", res["cost_markdown"]]
     return "\n".join(L) + "\n"
 
 
