@@ -1,7 +1,8 @@
 """paho-mqtt 2 (MQTT v5) client set up the way every component needs it.
 
 - TCP_NODELAY on the socket: with Nagle on, a QoS 1 request/reply on loopback takes ~88 ms.
-- A retained `online` status and a last will `offline` on <prefix>/status/<role>/<id>.
+- A retained status on <prefix>/status/<role>/<id>: `starting` (models loading, engines
+  building) until the component says `online`; a last will `offline` for crashes.
 - Subscriptions are remembered and renewed on every (re)connect, so a broker restart is survived.
 - Connection runs in paho's network thread with automatic reconnect; a missing broker is retried.
 """
@@ -41,6 +42,7 @@ class MqttClient:
         self._status_topic = status_topic(settings.prefix, role, ident)
         self._status_extra = status_extra or {}
         self._subs: dict[str, tuple[int, Handler]] = {}
+        self.state = "starting"  # what (re)connects announce; publish_status changes it
         self.connected = threading.Event()
         self.connects = 0
         self._acks = threading.Condition()
@@ -123,7 +125,9 @@ class MqttClient:
         with self._acks:
             return self._acks.wait_for(lambda: self._acked >= self._sent, timeout)
 
-    def publish_status(self, state: str = "online", **extra: object) -> None:
+    def publish_status(self, state: str, **extra: object) -> None:
+        """Announce a state (retained); it is also what every later reconnect announces."""
+        self.state = state
         payload = status_payload(state, self.role, self.ident, **{**self._status_extra, **extra})
         self.publish(self._status_topic, payload, retain=True)
 
@@ -142,7 +146,7 @@ class MqttClient:
         self.connects += 1
         for topic_filter, (qos, _) in self._subs.items():
             client.subscribe(topic_filter, qos=qos)
-        self.publish_status("online")
+        self.publish_status(self.state)
         self.connected.set()
         log.info("mqtt connected", broker=self.settings.broker, reconnect=self.connects > 1)
 

@@ -23,20 +23,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     s = load_settings(EdgeSettings, args)
     pack = load_pack(s.pack)
     try:
-        classifier = open_backend(s.backend, s.device).classifier(pack, pack.manifest.generalist)
-    except (ImportError, RuntimeError, ValueError) as exc:
-        fail(f"backend {s.backend}: {exc}")
-    try:
         source = open_source(s.source, s.fps or None)
     except (SourceError, OSError) as exc:
         fail(f"source {s.source!r}: {exc}")
     client = MqttClient(s, "edge", s.node_id, {"pack": pack.pack_id, "source": s.source})
+    client.start()  # status `starting` while the model loads (a TensorRT engine can take minutes)
+    try:
+        backend = open_backend(s.backend, s.device)
+        if hasattr(backend, "on_status"):
+            backend.on_status = lambda state, **info: client.publish_status(state, **info)
+        classifier = backend.classifier(pack, pack.manifest.generalist)
+    except (ImportError, RuntimeError, ValueError) as exc:
+        client.stop()
+        fail(f"backend {s.backend}: {exc}")
     node = EdgeNode(s, pack, classifier, client)
     on_signals(node.stop)
     stop_ops = start_ops(s, client, node.health, node.snapshot)
-    client.start()
     if not client.wait_connected(s.connect_timeout_s):
         log.warning("broker not reachable yet; going on, labels queue until it answers", broker=s.broker)
+    client.publish_status("online")
     try:
         stats = node.run(source)
     finally:

@@ -27,19 +27,24 @@ def cmd_run(args: argparse.Namespace) -> int:
         fail(f"pack {s.pack} has no experts {unknown}; it has {list(pack.experts)}")
     if missing := pack.manifest.missing_experts():
         log.warning("pack lacks experts that top-k routing can ask for", missing=missing)
+    client = MqttClient(s, "hub", s.hub_id, {"pack": pack.pack_id, "experts": wanted})
+    client.start()  # status `starting` while models load (TensorRT engines can take minutes)
     try:
-        library = open_backend(s.backend, s.device).experts(pack, [pack.experts[k] for k in wanted])
+        backend = open_backend(s.backend, s.device)
+        if hasattr(backend, "on_status"):
+            backend.on_status = lambda state, **info: client.publish_status(state, **info)
+        library = backend.experts(pack, [pack.experts[k] for k in wanted])
     except (ImportError, RuntimeError, ValueError) as exc:
+        client.stop()
         fail(f"backend {s.backend}: {exc}")
     spec = pack.manifest.input
     library(np.zeros((len(wanted), spec.size, spec.size, spec.channels), np.uint8), wanted)  # warm up
-    client = MqttClient(s, "hub", s.hub_id, {"pack": pack.pack_id, "experts": wanted})
     hub = ExpertHub(s, pack, library, client)
     stopped = threading.Event()
     on_signals(stopped.set)
     hub.start()
     stop_ops = start_ops(s, client, hub.health, hub.snapshot)
-    client.start()
+    client.publish_status("online")
     while not stopped.wait(0.5):
         pass
     hub.stop()

@@ -210,7 +210,7 @@ def test_real_edge_client_with_credentials_gets_tau_from_ops(clients, shipped_br
     try:
         assert edge.wait_connected(5)
         tau.start()
-        assert any(b'"online"' in p for _, p in ops.got(2.0, n=1))  # its status passed the ACL
+        assert any(b'"starting"' in p for _, p in ops.got(2.0, n=1))  # its status passed the ACL
         time.sleep(0.2)
         ops.publish("ate/v1/nodes/cam1/tau/set", b"0.65")
         end = time.monotonic() + 5

@@ -3,9 +3,9 @@
 TensorRT and a GPU are not on CI machines. What is checked here:
 - without `tensorrt` the backend fails at construction with a message naming what to install;
 - the ONNX files it builds engines from exist, have a dynamic batch axis and match PyTorch;
-- with a test double of the `tensorrt` module (tests/fake_tensorrt.py, engines run by ONNX
-  Runtime on CPU buffers) the build -> cache -> warm-up -> batching -> tails flow is right.
-TensorRT's own build and numerics are verified only on a Jetson (docs/deploy.md).
+- the engine cache key and the batch profile.
+No stand-in for TensorRT: its build, cache, warm-up and numerics are verified only where TensorRT
+runs (a Jetson or a CUDA box; docs/deploy.md says what was verified where).
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ import onnxruntime as ort
 import pytest
 import torch
 
-import fake_tensorrt
 from askexpert.backends import open_backend
 from askexpert.backends import tensorrt_backend as trtb
 from askexpert.backends.base import to_input
@@ -91,19 +90,6 @@ def test_onnx_it_consumes_has_dynamic_batch_and_matches_torch(pack, cache):
         np.testing.assert_allclose(got, clf(imgs), rtol=1e-3, atol=1e-4)
 
 
-@pytest.fixture
-def fake_trt(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", fake_tensorrt.module())
-    fake_tensorrt.builds.clear()
-    return fake_tensorrt
-
-
-def _backend(tmp_path, statuses, **kw):
-    return trtb.TensorRTBackend(
-        "cpu", cache_dir=tmp_path, on_status=lambda s, **i: statuses.append((s, i)), _allow_cpu=True, **kw
-    )
-
-
 def test_engine_cache_key_names_checkpoint_trt_gpu_and_profile(pack, tmp_path):
     entry = pack.manifest.generalist
     a = trtb.engine_path(tmp_path, entry, "vit", "10.3.0", "Orin (nvgpu)", trtb.Profile())
@@ -123,48 +109,3 @@ def test_profile_from_env(monkeypatch):
     p = trtb.Profile.from_env()
     assert (p.min_batch, p.opt_batch, p.max_batch, p.fp16) == (1, 16, 64, False)
     assert trtb.Profile.from_env(max_batch=4).opt_batch == 4  # opt clamped into range
-
-
-def test_build_cache_warmup_and_inference_flow(pack, cache, fake_trt):
-    tmp_path = cache
-    statuses: list = []
-    be = _backend(tmp_path, statuses, max_batch=4, opt_batch=2)
-    clf = be.classifier(pack, pack.manifest.generalist)
-    assert [s for s, _ in statuses] == ["building-engine", "engine-ready", "warming-up"]
-    assert statuses[0][1]["model"] == "generalist"
-    (build,) = fake_trt.builds
-    (shapes,) = build["shapes"].values()
-    spec = pack.manifest.input
-    assert shapes == ((1, spec.channels, spec.size, spec.size), (2, spec.channels, spec.size, spec.size), (4, spec.channels, spec.size, spec.size))
-    assert build["fp16"] and build["workspace"] == 1024 << 20
-    engine_file = be.engine_file(pack.manifest.generalist, "vit")
-    assert engine_file.is_file() and "trt10.3.0_fake" in engine_file.name
-
-    torch_clf = TorchBackend("cpu").classifier(pack, pack.manifest.generalist)
-    imgs = _images(pack, 10)  # more than max_batch: runs in chunks of 4
-    np.testing.assert_allclose(clf(imgs), torch_clf(imgs), rtol=1e-3, atol=1e-4)
-
-    statuses.clear()
-    be2 = _backend(tmp_path, statuses, max_batch=4, opt_batch=2)
-    clf2 = be2.classifier(pack, pack.manifest.generalist)  # from the cache: no build
-    assert [s for s, _ in statuses] == ["warming-up"] and len(fake_trt.builds) == 1
-    np.testing.assert_allclose(clf2(imgs[:3]), torch_clf(imgs[:3]), rtol=1e-3, atol=1e-4)
-
-    engine_file.write_bytes(b"garbage")  # a corrupt cached engine is rebuilt, not fatal
-    statuses.clear()
-    _backend(tmp_path, statuses, max_batch=4, opt_batch=2).classifier(pack, pack.manifest.generalist)
-    assert statuses[0][0] == "building-engine" and len(fake_trt.builds) == 2
-
-
-def test_experts_tails_on_trunk_tokens_match_torch(pack, cache, fake_trt):
-    tmp_path = cache
-    entries = list(pack.manifest.experts)[:3]
-    be = _backend(tmp_path, [], max_batch=8, opt_batch=4)
-    lib = be.experts(pack, entries)
-    assert lib.keys == [e.key for e in entries]
-    ref = TorchBackend("cpu").experts(pack, entries)
-    imgs = _images(pack, 12, seed=3)
-    keys = [entries[i % len(entries)].key for i in range(12)]
-    np.testing.assert_allclose(lib(imgs, keys), ref(imgs, keys), rtol=1e-3, atol=1e-4)
-    if any(e.kind == "tail" for e in entries):
-        assert any(role == "trunk" for _, _, role in trtb.onnx_plan(pack, entries))

@@ -178,19 +178,18 @@ class TensorRTBackend(Backend):
         opt_batch: int | None = None,
         max_batch: int | None = None,
         fp16: bool | None = None,
-        _allow_cpu: bool = False,
     ) -> None:
         self.trt = import_tensorrt()
         import torch
 
-        if device in ("cpu", "", None) and not _allow_cpu:
+        if device in ("cpu", "", None):
             device = "cuda"  # TensorRT always runs on the GPU; `--device cpu` is just the default
         self.device = torch.device(device)
-        if self.device.type != "cuda" and not _allow_cpu:
+        if self.device.type != "cuda":
             raise TensorRTUnavailable(f"TensorRT runs on a CUDA GPU, not on {device!r}")
-        if self.device.type == "cuda" and not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             raise TensorRTUnavailable(f"PyTorch sees no CUDA GPU: {INSTALL_HINT}")
-        self.gpu_name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu-test"
+        self.gpu_name = torch.cuda.get_device_name(self.device)
         self.profile = profile or Profile.from_env(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, fp16=fp16)
         if cache_dir is None:
             from askexpert import onnx_export
