@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -90,8 +92,6 @@ def test_broker_restart_mid_stream(tiny_pack, tmp_path):
         hub = start_hub(tiny_pack, broker.url, "--hub-id", "h3")
         wait_hub_online(broker.url, "h3")
         sub = Collector(broker.url, "ate/v1/nodes/cam3/labels", persistent_id="test-sub-cam3")
-        import subprocess
-        import sys
         import threading
 
         result = {}
@@ -103,8 +103,6 @@ def test_broker_restart_mid_stream(tiny_pack, tmp_path):
 
         t = threading.Thread(target=edge)
         t.start()
-        import time
-
         time.sleep(1.2)
         broker.restart(down_s=1.0)
         t.join(120)

@@ -17,7 +17,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-import torch
 
 from askexpert.backends import open_backend
 from askexpert.backends import tensorrt_backend as trtb
