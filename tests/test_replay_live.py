@@ -61,3 +61,64 @@ def test_live_replay_accuracy_equals_offline_sweep(tiny_pack, broker, tmp_path):
     # frame ids are the recording's indices; every expert used is one Algorithm 1 routes to
     assert {m.expert for m in col.labels if m.source == "expert"} <= set(d.expert[off_mask])
     assert (tmp_path / "report" / "report.md").is_file()
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is gone for our purposes
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_demo_runs_end_to_end_and_cleans_up(tiny_pack, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "tools.demo", "--frames", "120", "--pack", str(tiny_pack),
+                          "--runs", str(tmp_path), "--tau", "0.2"], capture_output=True, text=True, timeout=240)  # fmt: skip
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    run = next(tmp_path.iterdir())
+    rep = json.loads((run / "report.json").read_text())
+    assert rep["frames"] == 120 and rep["missing"] == 0 and rep["duplicates"] == 0
+    assert rep["offline_check"] == "exact" and rep["offline"]["compared"] > 0
+    assert len(rep["offline"]["mismatch_ids"]) <= 1  # only float noise right at tau may flip a frame
+    for f in ("report.md", "latency.png", "load.png", "labels.jsonl", "hub.log", "edge.log"):
+        assert (run / f).is_file(), f
+    assert str(run) in out.stdout.replace("\n", "")
+    pids = json.loads((run / "pids.json").read_text())
+    assert set(pids) == {"mosquitto", "expert-hub", "edge-node"}
+    assert not any(_alive(p) for p in pids.values()), "the demo left processes running"
+
+
+def test_demo_ctrl_c_stops_everything(tiny_pack, tmp_path):
+    import json
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "tools.demo", "--frames", "10000", "--pack", str(tiny_pack),
+                             "--runs", str(tmp_path), "--fps", "50"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    deadline = time.monotonic() + 120
+    pids: dict = {}
+    while time.monotonic() < deadline and "edge-node" not in pids:
+        time.sleep(0.5)
+        runs = list(tmp_path.iterdir())
+        if runs and (runs[0] / "pids.json").is_file():
+            pids = json.loads((runs[0] / "pids.json").read_text())
+    assert "edge-node" in pids, "the demo never started the edge"
+    time.sleep(2)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(60)
+    assert proc.returncode == 130
+    time.sleep(0.5)
+    assert not any(_alive(p) for p in pids.values()), "Ctrl-C left processes running"

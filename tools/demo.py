@@ -56,14 +56,17 @@ def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
 class Children:
     """The processes this demo started; stop_all() ends each of them, by its own pid."""
 
-    def __init__(self) -> None:
+    def __init__(self, run_dir: Path | None = None) -> None:
         self.procs: list[tuple[str, subprocess.Popen]] = []
+        self.run_dir = run_dir
 
     def start(self, name: str, argv: list[str], log_path: Path, env: dict | None = None) -> subprocess.Popen:
         log = open(log_path, "w")
         # own process group: a Ctrl-C in the terminal reaches only us; we stop the children in order
         proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
         self.procs.append((name, proc))
+        if self.run_dir is not None:  # for whoever must check that they are gone
+            (self.run_dir / "pids.json").write_text(json.dumps({n: p.pid for n, p in self.procs}) + "\n")
         return proc
 
     def stop_all(self, timeout: float = 10.0) -> None:
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
         raise Stop()
 
     signal.signal(signal.SIGTERM, on_term)
-    children = Children()
+    children = Children(run_dir)
     collector = None
     console.print(f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
                   f"tau {tau:g}, {a.frames} frames of {a.source}, run folder {run_dir}")  # fmt: skip
