@@ -129,7 +129,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of replay")
     a = p.parse_args(argv)
 
+    from askexpert.log import setup_logging
     from askexpert.pack import Pack, PackError
+
+    setup_logging("error")  # the demo speaks through rich; the children log to their own files
 
     try:
         pack = Pack.load(a.pack)
