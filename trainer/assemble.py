@@ -93,7 +93,7 @@ def assemble(run: Run, command: str, wall_s: float, pack_full_experts: bool = Tr
     full, skipped = [], []
     for key in einfo["full_keys"] if pack_full_experts else []:
         size = (run.work / f"experts/full/expert-{key}.safetensors").stat().st_size // 2  # fp32 -> fp16
-        if used + size + 2 * 2**20 > PACK_TOTAL_LIMIT:  # keep 2 MiB for manifest, reports, logits
+        if used + size + 6 * 2**20 > PACK_TOTAL_LIMIT:  # keep 6 MiB for manifest, reports, logits, margin
             skipped.append(key)
             continue
         e = rep["experts"][key]

@@ -50,6 +50,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     a("--max-train-samples", type=int, default=0, help="use at most this many training images (0: all)")
     a("--expert-train-samples", type=int, default=0, help="train experts on at most this many (0: all)")
     a("--max-test-samples", type=int, default=0, help="smoke tests only: evaluate on part of the test split")
+    a("--max-val-samples", type=int, default=0, help="smoke tests only: a smaller validation split")
     a("--full-experts", default=c.full_experts, help="all | singles | none | comma-separated expert keys")
     a("--no-pack-full-experts", action="store_true", help="train/report full experts but never put them in the pack")
     a("--importance-batches", type=int, default=c.importance_batches)

@@ -191,7 +191,7 @@ def fit(
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(job.model.parameters(), 1.0)
                     job.optimizer.step()
-                    running[job.name] += float(loss)
+                    running[job.name] += float(loss.detach())
                 mean_loss = sum(running.values()) / (len(jobs) * (s + 1))
                 bar.update(task, advance=1, info=f"ep {epoch + 1}/{epochs} loss {mean_loss:.3f}")
             losses = {k: v / steps_per_epoch for k, v in running.items()}

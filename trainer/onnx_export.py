@@ -12,15 +12,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from askexpert.onnx_export import export_onnx
 from askexpert.pack import Pack
 
 
 def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
-    model.eval()
-    dyn = {in_name: {0: "batch"}, out_name: {0: "batch"}}
-    with torch.no_grad():
-        torch.onnx.export(model, (example,), str(path), input_names=[in_name], output_names=[out_name],
-                          dynamic_axes=dyn, opset_version=17, dynamo=False)  # fmt: skip
+    export_onnx(model, example, path, in_name, out_name)  # the runtime's exporter: same graphs as served
 
 
 def _check(model: torch.nn.Module, path: Path, x: torch.Tensor) -> float:

@@ -75,6 +75,7 @@ class Config:
     max_train_samples: int = 0
     expert_train_samples: int = 0
     max_test_samples: int = 0  # for smoke tests only: reports then cover part of the test split
+    max_val_samples: int = 0  # for smoke tests only
     full_experts: str = "all"  # all | singles | none | comma-separated keys
     importance_batches: int = 8
     val_fraction: float = 0.1
@@ -122,11 +123,15 @@ def load_data(cfg: Config) -> Data:
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         idx = np.sort(np.random.default_rng(cfg.seed + 1).permutation(len(train))[: cfg.max_train_samples])
         train = LabelledImages(train.images[idx], train.labels[idx], train.classes, train.superclass, train.superclass_names)
+    if cfg.max_val_samples and cfg.max_val_samples < len(val):
+        idx = np.sort(np.random.default_rng(cfg.seed + 3).permutation(len(val))[: cfg.max_val_samples])
+        val = LabelledImages(val.images[idx], val.labels[idx], val.classes, val.superclass, val.superclass_names)
     if cfg.max_test_samples and cfg.max_test_samples < len(test):
         idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(len(test))[: cfg.max_test_samples])
         test = LabelledImages(test.images[idx], test.labels[idx], test.classes, test.superclass, test.superclass_names)
     pix = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
-    mean, std = pix.mean(axis=0), pix.std(axis=0) + 1e-8
+    # rounded as written to the manifest, so the runtime's preprocessing is exactly the trainer's
+    mean, std = np.round(pix.mean(axis=0), 4), np.round(pix.std(axis=0) + 1e-8, 4)
     xtr, ytr = _to_tensor(train, mean, std)
     xva, yva = _to_tensor(val, mean, std)
     xte, yte = _to_tensor(test, mean, std)
@@ -229,7 +234,7 @@ class Run:
             return done
         cfg = self.cfg
         arch = self.arch(cfg.teacher_shape)
-        model = build_vit(arch, drop_path_rate=0.1)
+        model = build_vit(arch, drop_path_rate=0.1 if cfg.epochs_teacher >= 20 else 0.0)
         self.log(f"[teacher] {cfg.teacher_shape} depth {cfg.depth} patch {self.patch} on {len(self.data.y_train)} images")
         summary = fit([Job("teacher", model)], self.data.x_train, self.data.y_train, None, epochs=cfg.epochs_teacher,
                       batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, aug=self.aug(),
@@ -480,7 +485,8 @@ class Run:
         gens = {f"generalist-{cfg.edge_shape}": self.load_vit(cfg.edge_shape, f"generalist-{cfg.edge_shape}.safetensors")}
         for s in cfg.baseline_shapes:
             gens[f"baseline-{s}"] = self.load_vit(s, f"generalist-{s}.safetensors")
-        gens[f"teacher-{cfg.teacher_shape}"] = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
+        if cfg.teacher_shape not in cfg.baseline_shapes:  # else the baseline of that shape is the teacher
+            gens[f"teacher-{cfg.teacher_shape}"] = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
         for name, m in gens.items():
             logits[name] = self.logits(r16(m), d.x_test)
         trunk = r16(self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors"))

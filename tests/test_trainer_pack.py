@@ -1,0 +1,107 @@
+"""A two-epoch tiny `trainer pack` on a few hundred images: the pack loads, the edge's and the hub's
+backends run it, ONNX matches PyTorch, and a fit resumes from its checkpoint."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from askexpert.pack import Pack
+from trainer.cli import main
+
+pytestmark = pytest.mark.skipif(
+    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file()
+    and not __import__("os").environ.get("ATE_FASHION_MNIST_DIR"),
+    reason="Fashion-MNIST not installed",
+)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    argv = ["pack", "--dataset", "fashion-mnist", "--work", str(root / "work"), "--out", str(root / "pack"),
+            "--depth", "2", "--epochs", "2", "--max-train-samples", "256", "--expert-train-samples", "128",
+            "--max-test-samples", "200", "--max-val-samples", "200", "--batch-size", "64",
+            "--importance-batches", "1", "--full-experts", "0", "--threads", "2"]  # fmt: skip
+    assert main(argv) == 0
+    return root
+
+
+def test_tiny_pack_loads_and_runs(tiny):
+    pack = Pack.load(tiny / "pack")
+    m = pack.manifest
+    assert len(m.experts) == 10 and not m.missing_experts()
+    assert all(e.kind == "tail" and e.tail_blocks == 1 for e in m.experts)
+    assert m.trunk is not None and m.trunk.blocks == 1
+    assert set(m.baselines) == {"4H", "6H"}
+    assert [e.key for e in m.full_experts] == ["0"]
+    assert m.training["recipe"]["depth"] == 2 and m.training["wall_s"] > 0
+    assert m.training["device"].startswith("cpu")
+    x = torch.zeros(3, 1, 28, 28)
+    assert pack.load_generalist()(x).shape == (3, 10)
+    tokens = pack.load_trunk()(x)
+    for e in m.experts:
+        assert pack.load_expert(e)(tokens).shape == (3, 10)
+    # what the edge and the hub load: the runtime backends on uint8 frames
+    from askexpert.backends import open_backend
+
+    backend = open_backend("torch")
+    frames = np.random.default_rng(0).integers(0, 255, (4, 28, 28, 1), dtype=np.uint8)
+    assert backend.classifier(pack, m.generalist)(frames).shape == (4, 10)
+    lib = backend.experts(pack, m.experts)
+    assert lib(frames, ["0", "0-1", "2-3", "0"]).shape == (4, 10)
+    # reports and logits
+    rep = json.loads((tiny / "pack" / "reports" / "report.json").read_text())
+    assert {"generalists", "table3", "experts", "system_sweep"} <= set(rep)
+    assert (tiny / "pack" / "reports" / "report.md").is_file()
+    with np.load(tiny / "pack" / "eval" / "logits-test.npz", allow_pickle=False) as z:
+        assert {"labels", "generalist-3H", "baseline-4H", "baseline-6H", "progressive-0-1"} <= set(z.files)
+        assert z["generalist-3H"].shape == (200, 10) and z["generalist-3H"].dtype == np.float16
+
+
+def test_rerun_resumes_without_retraining(tiny):
+    before = (tiny / "work" / "teacher.safetensors").stat().st_mtime_ns
+    argv = ["report", "--dataset", "fashion-mnist", "--work", str(tiny / "work"), "--depth", "2", "--epochs", "2",
+            "--max-train-samples", "256", "--expert-train-samples", "128", "--max-test-samples", "200",
+            "--max-val-samples", "200", "--batch-size", "64", "--importance-batches", "1", "--full-experts", "0"]  # fmt: skip
+    assert main(argv) == 0
+    assert (tiny / "work" / "teacher.safetensors").stat().st_mtime_ns == before
+    with pytest.raises(SystemExit):  # a work folder never mixes settings
+        main(["teacher", "--work", str(tiny / "work"), "--depth", "3", "--max-train-samples", "256"])
+
+
+def test_onnx_parity(tiny, tmp_path):
+    from trainer.onnx_export import export_pack_onnx
+
+    diffs = export_pack_onnx(tiny / "pack", tmp_path)
+    assert {"generalist-3H", "trunk", "expert-0-1", "baseline-6H", "full-expert-0"} <= set(diffs)
+    assert max(diffs.values()) < 1e-3
+
+
+def test_fit_resumes_after_interruption(tmp_path):
+    from askexpert.models import ViTArch, build_vit
+    from trainer.engine import Job, fit
+
+    arch = ViTArch(64, 1, 1, 2.0, 7, 28, 1, 10)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    torch.manual_seed(0)
+    a = build_vit(arch)
+    b = build_vit(arch)
+    b.load_state_dict(a.state_dict())
+    kw = dict(batch_size=32, lr=1e-3, seed=3, log=lambda s: None)
+    fit([Job("m", a)], x, y, None, epochs=2, ckpt_dir=tmp_path / "straight", **kw)
+    fit([Job("m", b)], x, y, None, epochs=1, ckpt_dir=tmp_path / "split", **kw)  # "interrupted" after epoch 1
+    state = json.loads((tmp_path / "split" / "state.json").read_text())
+    assert state["epochs_done"] == 1
+    # a new process: fresh model, resumes from the checkpoint (weights, AdamW state) at epoch 2 of 2
+    c = build_vit(arch)
+    c.load_state_dict(a.state_dict())
+    import shutil
+
+    shutil.copytree(tmp_path / "split", tmp_path / "resumed")
+    st = json.loads((tmp_path / "resumed" / "state.json").read_text())
+    assert st["epochs_done"] == 1
+    fit([Job("m", c)], x, y, None, epochs=2, ckpt_dir=tmp_path / "resumed", **kw)
+    for k, v in a.state_dict().items():
+        assert torch.allclose(v, c.state_dict()[k], atol=1e-5), k
