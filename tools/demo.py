@@ -25,7 +25,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-console = Console()
+console = Console(width=None if sys.stdout.isatty() else 110)
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TRAIN_HINT = "trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist"
 
@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pack", default="packs/fashion-mnist", help="model pack (default packs/fashion-mnist)")
     p.add_argument("--source", default="dataset:fashion-mnist:test", help="edge source; truth from dataset:/replay: sources")
     p.add_argument("--tau", type=float, default=None, help="confidence threshold (default: the pack's)")
+    p.add_argument("--taus", default=None, help="the sweep live: comma-separated taus, one replay each (hub stays up)")
     p.add_argument("--deadline-ms", type=float, default=1000.0)
     p.add_argument("--fps", type=float, default=None, help="pace the source (default: as fast as it goes)")
     p.add_argument("--backend", default="torch")
@@ -144,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     if not Path(MOSQUITTO).exists():
         console.print("[red]Mosquitto is not installed: `make install` (or apt-get install mosquitto) first.")
         return 2
-    tau = pack.manifest.tau if a.tau is None else a.tau
+    taus = [float(t) for t in a.taus.split(",")] if a.taus else [pack.manifest.tau if a.tau is None else a.tau]
     run_dir = Path(a.runs) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -156,9 +157,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_term)
     children = Children(run_dir)
-    collector = None
     console.print(f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
-                  f"tau {tau:g}, {a.frames} frames of {a.source}, run folder {run_dir}")  # fmt: skip
+                  f"tau {', '.join(f'{t:g}' for t in taus)}, {a.frames} frames of {a.source}, run folder {run_dir}")  # fmt: skip
     t_start = time.monotonic()
     try:
         conf = run_dir / "mosquitto.conf"
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_port(port, mosq)
 
         from askexpert.settings import CommonSettings
-        from edge_node.score import LabelCollector, load_truth, print_report, score, write_report
+        from edge_node.score import load_truth
 
         settings = CommonSettings(broker=broker)
         env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
@@ -176,72 +176,24 @@ def main(argv: list[str] | None = None) -> int:
         py = [sys.executable, "-m"]
         common = ["--pack", str(a.pack), "--broker", broker, "--backend", a.backend, "--stats-interval-s", "0"]
         with console.status("starting the expert hub (loading experts)..."):
-            children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
+            hub = children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
             wait_online(settings, "hub", hub_id, 180, children)
-        collector = LabelCollector(settings, node, "demo").start()
-        edge_argv = py + ["edge_node.cli", "run", *common, "--node-id", node, "--source", a.source,
-                          "--max-frames", str(a.frames), "--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms)]  # fmt: skip
-        if a.fps:
-            edge_argv += ["--fps", repr(a.fps)]
-        t_edge = time.monotonic()
-        edge = children.start("edge-node", edge_argv, run_dir / "edge.log", env)
-
-        exited_at: list[float] = []
-
-        def stop_now() -> bool:
-            if edge.poll() is not None and not exited_at:
-                exited_at.append(time.monotonic())
-            if children.procs[1][1].poll() is not None:
-                raise RuntimeError(f"the expert hub died (code {children.procs[1][1].returncode}); see {run_dir / 'hub.log'}")
-            # the edge ended: give the last labels a moment, then stop waiting
-            return bool(exited_at) and time.monotonic() - exited_at[0] > 3.0
-
-        with Progress(TextColumn("[bold]replay"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                      TimeElapsedColumn(), console=console, transient=False) as prog:  # fmt: skip
-            task = prog.add_task("labels", total=a.frames, rate="")
-
-            def progress(n: int) -> None:
-                dt = time.monotonic() - t_edge
-                prog.update(task, completed=n, rate=f"{n / dt:7.1f} frames/s" if dt > 0 else "")
-
-            why = collector.wait(a.frames, idle_timeout=60.0, timeout=a.timeout, progress=progress, stop=stop_now)
-        replay_s = time.monotonic() - t_edge
-        try:
-            edge.wait(15)
-        except subprocess.TimeoutExpired:
-            pass
-        collector.stop()
-        labels = list(collector.labels)
-        edge_summary = _last_json(run_dir / "edge.log")
-
         truth, classes = (load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None))
-        offline, offline_acc, mode = None, None, a.offline_check
-        if mode == "auto":
-            mode = "exact" if a.frames <= 3000 else "stored"
-        if truth is None:
-            mode = "none"
-        if mode == "stored":
-            offline, offline_acc = stored_check(pack, a.source, tau, a.frames)
-            mode = mode if offline is not None else "none"
-        elif mode == "exact":
-            with console.status("Algorithm 1 offline on the same frames, same models (exactness check)..."):
-                offline, offline_acc = offline_check(pack, a.source, a.frames, tau, truth, a.backend)
-        rep = score(labels, truth, expected=range(min(a.frames, len(truth) if truth is not None else a.frames)),
-                    classes=classes or pack.manifest.classes, offline=offline, wall_s=replay_s,
-                    malformed=collector.malformed)  # fmt: skip
-        rep.update(tau=tau, pack=str(a.pack), pack_id=pack.pack_id, source=a.source, stopped=why, edge=edge_summary,
-                   offline_accuracy=offline_acc, offline_check=mode, demo_wall_s=time.monotonic() - t_start,
-                   date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), machine=_machine())  # fmt: skip
-        title = f"Ask-the-Expert demo, tau {tau:g}, {rep['frames']} frames"
-        write_report(rep, run_dir, labels, title=title)
-        console.print()
-        print_report(rep, title=title, console=console)
-        console.print(f"3H alone on these frames: {_pc(rep['edge_only_accuracy'])}   system: {_pc(rep['accuracy'])}   "
-                      f"alpha: {_pc(rep['alpha'])}   replay {replay_s:.1f} s, whole demo {rep['demo_wall_s']:.1f} s")  # fmt: skip
-        if rep.get("missing"):
-            console.print(f"[yellow]{rep['missing']} frames got no label (see report.json)")
+        reference = Reference(pack, a, taus, truth)
+        reports = []
+        for i, tau in enumerate(taus):
+            out = run_dir if len(taus) == 1 else run_dir / f"tau-{tau:g}"
+            out.mkdir(parents=True, exist_ok=True)
+            ctx = dict(settings=settings, py=py, common=common, env=env, children=children, hub=hub)
+            rep = replay_once(a, pack, tau, f"{node}-{i}" if len(taus) > 1 else node, out, truth, classes, reference, **ctx)
+            rep["demo_wall_s"] = time.monotonic() - t_start
+            (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
+            reports.append(rep)
+        if len(taus) > 1:
+            live_sweep_table(reports, run_dir)
+        console.print(f"whole demo {time.monotonic() - t_start:.1f} s")
         console.print(f"\n[bold]Run folder:[/] {run_dir}")
-        ok = rep.get("missing", 0) == 0 and rep["duplicates"] == 0
+        ok = all(r.get("missing", 0) == 0 and r["duplicates"] == 0 for r in reports)
         return 0 if ok else 1
     except (KeyboardInterrupt, Stop):
         console.print("[yellow]interrupted: stopping everything this demo started")
@@ -251,19 +203,143 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        if collector is not None:
+        for c in list(COLLECTORS):
             try:
-                collector.stop()
+                c.stop()
             except Exception:  # noqa: BLE001 - already stopped
                 pass
         children.stop_all()
 
 
-def offline_check(pack, source: str, frames: int, tau: float, truth, backend: str):
-    """Algorithm 1 in this process on the same frames with the same models: frame id -> label."""
+COLLECTORS: list = []
+
+
+def replay_once(a, pack, tau: float, node: str, out: Path, truth, classes, reference: "Reference", *, settings, py,
+                common, env, children: Children, hub: subprocess.Popen) -> dict:  # fmt: skip
+    """One replay through the running hub at one tau: collect, score, report into `out`."""
+    from edge_node.score import LabelCollector, print_report, score, write_report
+
+    collector = LabelCollector(settings, node, f"demo-{node}").start()
+    COLLECTORS.append(collector)
+    edge_argv = py + ["edge_node.cli", "run", *common, "--node-id", node, "--source", a.source,
+                      "--max-frames", str(a.frames), "--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms)]  # fmt: skip
+    if a.fps:
+        edge_argv += ["--fps", repr(a.fps)]
+    t_edge = time.monotonic()
+    name = f"edge-node@{tau:g}" if out.name.startswith("tau-") else "edge-node"
+    edge = children.start(name, edge_argv, out / "edge.log", env)
+    exited_at: list[float] = []
+
+    def stop_now() -> bool:
+        if edge.poll() is not None and not exited_at:
+            exited_at.append(time.monotonic())
+        if hub.poll() is not None:
+            raise RuntimeError(f"the expert hub died (code {hub.returncode}); see its hub.log")
+        return bool(exited_at) and time.monotonic() - exited_at[0] > 3.0  # the edge ended: last labels, then stop
+
+    with Progress(TextColumn(f"[bold]replay tau={tau:g}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as prog:  # fmt: skip
+        task = prog.add_task("labels", total=a.frames, rate="")
+
+        def progress(n: int) -> None:
+            dt = time.monotonic() - t_edge
+            prog.update(task, completed=n, rate=f"{n / dt:7.1f} frames/s" if dt > 0 else "")
+
+        why = collector.wait(a.frames, idle_timeout=60.0, timeout=a.timeout, progress=progress, stop=stop_now)
+    replay_s = time.monotonic() - t_edge
+    try:
+        edge.wait(15)
+    except subprocess.TimeoutExpired:
+        pass
+    collector.stop()
+    COLLECTORS.remove(collector)
+    labels = list(collector.labels)
+    offline, offline_acc = reference.at(tau)
+    n_expected = min(a.frames, len(truth)) if truth is not None else a.frames
+    rep = score(labels, truth, expected=range(n_expected), classes=classes or pack.manifest.classes, offline=offline,
+                wall_s=replay_s, malformed=collector.malformed)  # fmt: skip
+    rep.update(tau=tau, pack=str(a.pack), pack_id=pack.pack_id, source=a.source, stopped=why, edge=_last_json(out / "edge.log"),
+               offline_accuracy=offline_acc, offline_check=reference.mode, replay_s=replay_s,
+               date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), machine=_machine())  # fmt: skip
+    title = f"Ask-the-Expert demo, tau {tau:g}, {rep['frames']} frames"
+    write_report(rep, out, labels, title=title)
+    console.print()
+    print_report(rep, title=title, console=console)
+    console.print(f"3H alone on these frames: {_pc(rep['edge_only_accuracy'])}   system: {_pc(rep['accuracy'])}   "
+                  f"alpha: {_pc(rep['alpha'])}   replay {replay_s:.1f} s")  # fmt: skip
+    if rep.get("missing"):
+        console.print(f"[yellow]{rep['missing']} frames got no label (see report.json)")
+    return rep
+
+
+class Reference:
+    """Algorithm 1 offline on the demo's frames, for the live-vs-offline check at every tau."""
+
+    def __init__(self, pack, a, taus: list[float], truth) -> None:
+        self.pack, self.a, self.taus, self.truth = pack, a, taus, truth
+        mode = a.offline_check
+        if mode == "auto":
+            mode = "exact" if a.frames * len(taus) <= 3000 else "stored"
+        self.mode = "none" if truth is None else mode
+        self._data = None
+
+    def _load(self):
+        if self._data is None and self.mode == "stored":
+            self._data = stored_reference(self.pack, self.a.source, self.a.frames)
+            if self._data is None:
+                self.mode = "none"
+        elif self._data is None and self.mode == "exact":
+            with console.status("Algorithm 1 offline on the same frames, same models (exactness check)..."):
+                # experts run only on the frames offloaded at the largest tau: a superset of the others
+                self._data = exact_reference(self.pack, self.a.source, self.a.frames, max(self.taus), self.a.backend)
+        return self._data
+
+    def at(self, tau: float):
+        """frame id -> offline label at tau, and the offline accuracy on those frames (or None, None)."""
+        import numpy as np
+
+        from askexpert.sweep import offline_labels
+
+        data = self._load() if self.mode != "none" else None
+        if data is None:
+            return None, None
+        ids, decision, routed = data
+        labels, _ = offline_labels(decision, routed, tau)
+        y = np.asarray([self.truth[i] for i in ids])
+        return {int(i): int(v) for i, v in zip(ids, labels)}, float((labels == y).mean())
+
+
+def live_sweep_table(reports: list[dict], run_dir: Path) -> None:
+    """The tau sweep live next to the same sweep offline: sweep.md in the run folder and a table."""
+    from rich.table import Table
+
+    rows = []
+    for r in reports:
+        o = r.get("offline") or {}
+        rows.append((f"{r['tau']:g}", _pc(r.get("alpha")), _pc(r.get("accuracy")), _pc(r.get("offline_accuracy")),
+                     _pc(r.get("edge_only_accuracy")), f"{o.get('agree', '-')}/{o.get('compared', '-')}",
+                     str(r.get("fallbacks", 0)), f"{r['latency_ms'].get('p50', float('nan')):.1f}",
+                     f"{r['latency_ms'].get('p99', float('nan')):.1f}", f"{r.get('fps') or 0:.1f}"))  # fmt: skip
+    head = ("tau", "alpha", "acc. live", "acc. offline", "3H alone", "= offline", "fallbacks", "p50 ms", "p99 ms", "fps")
+    t = Table(title="tau sweep, live through the broker")
+    for h in head:
+        t.add_column(h, justify="right")
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
+    md = ["# tau sweep, live through the broker", "", "| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
+    md += ["| " + " | ".join(row) + " |" for row in rows]
+    (run_dir / "sweep-live.md").write_text("\n".join(md) + "\n")
+    (run_dir / "sweep-live.json").write_text(json.dumps([{k: r.get(k) for k in ("tau", "alpha", "accuracy", "offline_accuracy",
+        "edge_only_accuracy", "offline", "fallbacks", "latency_ms", "fps")} for r in reports], indent=2, default=float) + "\n")  # fmt: skip
+
+
+def exact_reference(pack, source: str, frames: int, tau_max: float, backend: str):
+    """Algorithm 1's inputs computed here with the same models on the same frames (exact):
+    frame ids, the edge decisions, and routed expert logits for frames offloaded at tau_max."""
     import numpy as np
 
-    from askexpert.sweep import edge_decisions, offline_labels, pack_logits
+    from askexpert.sweep import edge_decisions, pack_logits
     from edge_node.node import fit_frame
     from edge_node.sources import open_source
 
@@ -275,30 +351,28 @@ def offline_check(pack, source: str, frames: int, tau: float, truth, backend: st
         images.append(fit_frame(f.image, pack.manifest.input))
         ids.append(f.frame_id)
     src.close()
-    lg = pack_logits(pack, np.stack(images), backend=backend, baselines=False, tau=tau)
-    d = edge_decisions(lg["edge"], pack.manifest.partition, pack.manifest.k)
-    labels, _ = offline_labels(d, lg["routed"], tau)
-    t = np.asarray([truth[i] for i in ids])
-    return {i: int(v) for i, v in zip(ids, labels)}, float((labels == t).mean())
+    lg = pack_logits(pack, np.stack(images), backend=backend, baselines=False, tau=tau_max)
+    return np.asarray(ids), edge_decisions(lg["edge"], pack.manifest.partition, pack.manifest.k), lg["routed"]
 
 
-def stored_check(pack, source: str, tau: float, frames: int):
-    """Algorithm 1 from the pack's stored test logits (fp16): frame id -> label, and its accuracy."""
-    from askexpert.sweep import edge_decisions, offline_labels, scenarios_from_stored, stored_logits
+def stored_reference(pack, source: str, frames: int):
+    """The same from the pack's stored fp16 test logits (instant; frames within fp16 noise of tau
+    may differ from the live run): only for the pack's own test split."""
+    import numpy as np
 
-    if not (source.startswith("dataset:") and source.endswith(":test")):
-        return None, None
+    from askexpert.sweep import edge_decisions, scenarios_from_stored, stored_logits
+
+    if not (source.startswith(f"dataset:{pack.manifest.dataset}:") and source.endswith(":test")):
+        return None
     z = stored_logits(pack)
     if z is None:
-        return None, None
+        return None
     sc = scenarios_from_stored(pack, z)
     if not sc["specialists"]:
-        return None, None
-    routed = next(iter(sc["specialists"].values()))
-    d = edge_decisions(sc["edge_logits"], pack.manifest.partition, pack.manifest.k)
-    labels, _ = offline_labels(d, routed, tau)
-    labels, y = labels[:frames], sc["y"][:frames]
-    return {i: int(v) for i, v in enumerate(labels)}, float((labels == y).mean())
+        return None
+    n = min(frames, len(sc["y"]))
+    routed = next(iter(sc["specialists"].values()))[:n]
+    return np.arange(n), edge_decisions(sc["edge_logits"][:n], pack.manifest.partition, pack.manifest.k), routed
 
 
 def _last_json(path: Path) -> dict | None:
