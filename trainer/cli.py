@@ -106,9 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     # pack / export: every step, then the pack
     from trainer.assemble import assemble, check_sizes
 
+    prev = _previous_wall(run)
     for step in ("teacher", "prune", "baselines", "partition", "experts", "report"):
         getattr(run, f"step_{step}")()
-    wall = time.time() - t0 + _previous_wall(run)
+        _save_wall(run, prev + time.time() - t0)
+    wall = time.time() - t0 + prev
     out = assemble(run, "trainer " + shlex.join(argv), wall, pack_full_experts=not ns.no_pack_full_experts)
     sizes = check_sizes(out)
     log(f"pack written to {out}: {sizes['total_mib']} MiB in {len(sizes['files'])} files")
@@ -122,8 +124,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _previous_wall(run) -> float:
-    """Training wall time already spent by earlier (interrupted) invocations is counted from the fits."""
-    return 0.0
+    """Wall time spent on this work folder by earlier (interrupted) invocations, up to their last step."""
+    info = run.info("wall")
+    return float(info["wall_s"]) if info else 0.0
+
+
+def _save_wall(run, wall_s: float) -> None:
+    run.set_info("wall", {"wall_s": round(wall_s, 1)})
 
 
 if __name__ == "__main__":
