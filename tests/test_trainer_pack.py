@@ -10,11 +10,11 @@ import torch
 from askexpert.pack import Pack
 from trainer.cli import main
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file()
     and not __import__("os").environ.get("ATE_FASHION_MNIST_DIR"),
     reason="Fashion-MNIST not installed",
-)
+)]
 
 
 @pytest.fixture(scope="module")
