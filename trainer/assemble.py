@@ -56,7 +56,8 @@ def _write_logits(out: Path, all_path: Path, keys: list[str], edge: str, partiti
             "layout": "generalists and progressive experts full; static/full experts: routed expert per image only"}  # fmt: skip
 
 
-def assemble(run: Run, command: str, wall_s: float, pack_full_experts: bool = True) -> Path:
+def assemble(run: Run, command: str, wall_s: float, pack_full_experts: bool = True, device_note: str = "",
+             exported_by: str = "") -> Path:
     cfg, d = run.cfg, run.data
     rep = run.step_report()
     einfo, pinfo = run.info("experts"), run.info("partition")
@@ -112,7 +113,7 @@ def assemble(run: Run, command: str, wall_s: float, pack_full_experts: bool = Tr
     training = {
         "command": command,
         "wall_s": round(wall_s, 1),
-        "device": device_words(run.device, torch.get_num_threads()),
+        "device": device_words(run.device, torch.get_num_threads()) + (f"; {device_note}" if device_note else ""),
         "torch": torch.__version__,
         "recipe": run.recipe(),
         "teacher_recipe": cfg.teacher_recipe,
@@ -122,6 +123,7 @@ def assemble(run: Run, command: str, wall_s: float, pack_full_experts: bool = Tr
         "step_wall_s": {n: _walls(i) for n, i in fits.items() if i},
         "full_experts_in_pack": [e.key for e in full],
         "full_experts_trained_not_packed": skipped,
+        **({"exported_by": exported_by} if exported_by else {}),
         "notes": "paper default depth is 12; this pack's depth, epochs and sample counts are in `recipe`",
     }
     manifest = Manifest(

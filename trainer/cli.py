@@ -62,6 +62,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     a("--seed", type=int, default=0)
     a("--onnx", default="", help="with pack/export: also export ONNX into this folder and check parity")
     a("--name", default="")
+    a("--device-note", default="", help="appended to the device recorded in the manifest (e.g. 'shared with other jobs')")
+    a("--as-command", default="", help=argparse.SUPPRESS)  # re-export: the pack command that trained --work
 
 
 def config_from(ns: argparse.Namespace):
@@ -111,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         getattr(run, f"step_{step}")()
         _save_wall(run, prev + time.time() - t0)
     wall = time.time() - t0 + prev
-    out = assemble(run, "trainer " + shlex.join(argv), wall, pack_full_experts=not ns.no_pack_full_experts)
+    command = ns.as_command or "trainer " + shlex.join(argv)
+    out = assemble(run, command, wall, pack_full_experts=not ns.no_pack_full_experts, device_note=ns.device_note,
+                   exported_by=("trainer " + shlex.join(argv)) if ns.as_command else "")
     sizes = check_sizes(out)
     log(f"pack written to {out}: {sizes['total_mib']} MiB in {len(sizes['files'])} files")
     print(run.info("report")["markdown"])
