@@ -4,6 +4,7 @@ equals the offline sweep's at the same tau, frame for frame."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
 from askexpert.pack import Pack
 from askexpert.recording import Recording
@@ -78,6 +79,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end_and_cleans_up(tiny_pack, tmp_path):
     import json
     import subprocess
@@ -99,6 +101,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tiny_pack, tmp_path):
     assert not any(_alive(p) for p in pids.values()), "the demo left processes running"
 
 
+@pytest.mark.slow
 def test_demo_ctrl_c_stops_everything(tiny_pack, tmp_path):
     import json
     import signal
