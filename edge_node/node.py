@@ -108,7 +108,9 @@ class EdgeNode:
         self.tau.start()
         self.client.subscribe(self.replies_topic, self._on_reply, qos=1)
         self.pending.start()
-        self._queue = queue.Queue(maxsize=self.s.live_queue if source.live else max(2 * self.s.batch_size, 64))
+        # Live: newest frames only. Lossless: one batch ahead, so a frame waits at most about one batch
+        # before inference (a deeper queue only adds latency when the source outruns the model).
+        self._queue = queue.Queue(maxsize=self.s.live_queue if source.live else self.s.batch_size)
         reader = threading.Thread(target=self._read, args=(source,), name="source", daemon=True)
         reader.start()
         log.info("edge running", source=source.description, live=source.live, tau=self.tau.value, k=self.k, pack=self.pack.pack_id)

@@ -73,7 +73,10 @@ class DatasetSource(Source):
         pacer = Pacer(self.fps)
         for i in range(len(self.data)):
             pacer.wait()
-            yield Frame(i, self.data.images[i], time.time(), int(self.data.labels[i]))
+            image = self.data.images[i]
+            if image.shape[-1] == 3:  # data sets are RGB; frames are BGR, as a camera gives them
+                image = image[..., ::-1]
+            yield Frame(i, image, time.time(), int(self.data.labels[i]))
 
 
 class FolderSource(Source):

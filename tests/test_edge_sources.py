@@ -69,3 +69,16 @@ def test_fit_frame_resizes_and_converts():
     bgr[..., 0] = 255  # blue in OpenCV's BGR
     out = fit_frame(bgr, colour)
     assert out.shape == (32, 32, 3) and out[0, 0, 2] == 255 and out[0, 0, 0] == 0  # models see RGB
+
+
+def test_colour_dataset_frames_are_bgr_and_reach_the_model_as_rgb(tmp_path):
+    from askexpert.pack import InputSpec
+
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 2] = 255  # red, in OpenCV's BGR order on disk
+    (tmp_path / "red").mkdir()
+    cv2.imwrite(str(tmp_path / "red" / "a.png"), red)
+    (frame,) = open_source(f"dataset:folder:{tmp_path}:test").frames()
+    assert frame.image[0, 0].tolist() == [0, 0, 255], "frames are BGR, like a camera's"
+    rgb = fit_frame(frame.image, InputSpec(size=8, channels=3, mean=[0.5] * 3, std=[0.5] * 3))
+    assert rgb[0, 0].tolist() == [255, 0, 0], "the model sees RGB, as in training"
