@@ -1,7 +1,7 @@
 PY ?= python3
 N ?= 10000
 
-.PHONY: install test demo lint
+.PHONY: install test demo sweep
 
 install:
 	PY=$(PY) bash scripts/install.sh
@@ -11,3 +11,6 @@ test: install
 
 demo: install
 	$(PY) -m tools.demo --frames $(N)
+
+sweep: install
+	$(PY) -m tools.sweep --pack packs/fashion-mnist
