@@ -9,6 +9,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -19,9 +20,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def wait_port(port: int, timeout: float = 10.0) -> None:
+def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    """Until something listens on 127.0.0.1:port; fails early if `proc` (the server) exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited with code {proc.returncode}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -50,7 +54,7 @@ class Broker:
             f"persistence false\nlog_dest stderr\nlog_type error\n{self.extra_conf}\n"
         )
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_port(self.port)
+        wait_port(self.port, proc=self.proc)
         return self
 
     def stop(self) -> None:
@@ -75,8 +79,19 @@ def spawn(module: str, *args: str, **popen: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args], **popen)  # type: ignore[call-overload]
 
 
-def wait_online(host: str, port: int, role: str, ident: str, prefix: str = "ate/v1", timeout: float = 60) -> None:
-    """Block until a component's retained status says `online` (it serves from then on)."""
+def wait_online(
+    host: str,
+    port: int,
+    role: str,
+    ident: str,
+    prefix: str = "ate/v1",
+    timeout: float = 60,
+    alive: Callable[[], None] | None = None,
+) -> None:
+    """Block until a component's retained status says `online` (it serves from then on).
+
+    `alive` is called while waiting and may raise to give up early (e.g. the process exited).
+    """
     import json
     import threading
 
@@ -97,9 +112,13 @@ def wait_online(host: str, port: int, role: str, ident: str, prefix: str = "ate/
     c.on_connect = lambda client, *a: client.subscribe(f"{prefix}/status/{role}/{ident}", qos=1)
     c.connect(host, port)
     c.loop_start()
+    deadline = time.monotonic() + timeout
     try:
-        if not online.wait(timeout):
-            raise TimeoutError(f"{role} {ident} did not come online within {timeout} s")
+        while not online.wait(0.2):
+            if alive is not None:
+                alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{role} {ident} did not come online within {timeout} s")
     finally:
         c.disconnect()
         c.loop_stop()

@@ -14,9 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,32 +23,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from askexpert.localbroker import MOSQUITTO, free_port, wait_online, wait_port
+
 console = Console(width=None if sys.stdout.isatty() else 110)
-MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 TRAIN_HINT = "trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist"
 
 
 class Stop(Exception):
     """SIGTERM: unwind like Ctrl-C so that every child is stopped."""
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_port(port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"mosquitto exited with code {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"mosquitto does not listen on {port}")
 
 
 class Children:
@@ -81,35 +61,15 @@ class Children:
                     proc.wait()
 
 
-def wait_online(settings, role: str, ident: str, timeout: float, children: Children) -> None:
-    """Wait for the retained `online` status of a component."""
-    import threading
+def wait_hub(port: int, hub_id: str, timeout: float, children: Children) -> None:
+    """Wait for the hub's retained `online` status; give up if any child died."""
 
-    from askexpert.mqtt import MqttClient
-    from askexpert.protocol import status_topic
+    def alive() -> None:
+        for name, p in children.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{name} exited early with code {p.returncode}")
 
-    online = threading.Event()
-
-    def on_status(message) -> None:
-        try:
-            if json.loads(message.payload).get("state") == "online":
-                online.set()
-        except ValueError:
-            pass
-
-    c = MqttClient(settings, "demo", f"wait-{os.getpid()}")
-    c.subscribe(status_topic(settings.prefix, role, ident), on_status)
-    c.start()
-    try:
-        deadline = time.monotonic() + timeout
-        while not online.wait(0.2):
-            for name, p in children.procs:
-                if p.poll() is not None:
-                    raise RuntimeError(f"{name} exited early with code {p.returncode}")
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{role} {ident} not online after {timeout:.0f} s")
-    finally:
-        c.stop()
+    wait_online("127.0.0.1", port, "hub", hub_id, timeout=timeout, alive=alive)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
                         "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n")  # fmt: skip
         mosq = children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], run_dir / "mosquitto.log")
-        wait_port(port, mosq)
+        wait_port(port, proc=mosq)
 
         from askexpert.settings import CommonSettings
         from edge_node.score import load_truth
@@ -177,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         common = ["--pack", str(a.pack), "--broker", broker, "--backend", a.backend, "--stats-interval-s", "0"]
         with console.status("starting the expert hub (loading experts)..."):
             hub = children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
-            wait_online(settings, "hub", hub_id, 180, children)
+            wait_hub(port, hub_id, 180, children)
         truth, classes = (load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None))
         reference = Reference(pack, a, taus, truth)
         reports = []
