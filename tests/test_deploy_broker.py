@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
-from brokers import MOSQUITTO, free_port, wait_port
+from askexpert.localbroker import MOSQUITTO, free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "docker" / "mosquitto"
