@@ -22,10 +22,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import platform
-import shlex
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -35,7 +31,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from askexpert.datasets import LabelledImages, load_dataset, train_val_split
-from askexpert.models import SHAPES, ExpertTail, ViTArch, build_vit, trunk_tokens
+from askexpert.models import ExpertTail, ViTArch, build_vit, trunk_tokens
 from askexpert.routing import expert_key
 from trainer import partition as part
 from trainer.engine import Job, fit, predict
@@ -294,7 +290,7 @@ class Run:
         shapes = [self.cfg.edge_shape] + ([self.cfg.expert_shape] if self.cfg.expert_shape != self.cfg.edge_shape else [])
         info = self._prune_from_teacher(shapes, "prune")
         self.set_info("prune", info)
-        self.log(f"[prune] done: " + ", ".join(f"{k} val {v['val_top1']}%" for k, v in info["models"].items()))
+        self.log("[prune] done: " + ", ".join(f"{k} val {v['val_top1']}%" for k, v in info["models"].items()))
         return info
 
     def step_baselines(self) -> dict:
