@@ -12,7 +12,7 @@ from askexpert.mqtt import MqttClient
 from askexpert.ops import StatsPublisher, start_ops_server
 from askexpert.protocol import stats_topic
 from askexpert.pack import Pack, PackError
-from askexpert.settings import CommonSettings, settings_from_args
+from askexpert.settings import CommonSettings, add_settings_arguments, settings_from_args
 
 S = TypeVar("S", bound=CommonSettings)
 log = get_logger("askexpert.cli")
@@ -70,3 +70,20 @@ def start_ops(settings: CommonSettings, client: MqttClient, health: Callable[[],
             stop()
 
     return stop_all
+
+
+def command_parser(
+    prog: str, description: str | None, run_help: str, settings_cls: type[CommonSettings], cmd_run: Callable
+) -> tuple[argparse.ArgumentParser, argparse._SubParsersAction]:
+    """A component's parser with its `run` subcommand (one flag per setting); more may be added."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help=run_help)
+    add_settings_arguments(run, settings_cls)
+    run.set_defaults(func=cmd_run)
+    return parser, sub
+
+
+def dispatch(parser: argparse.ArgumentParser, argv: list[str] | None) -> int:
+    args = parser.parse_args(argv)
+    return args.func(args)

@@ -50,6 +50,7 @@ def onnx_for(pack: Pack, entry: ModelEntry, role: str, cache_dir: Path | None = 
     if role == "trunk":
         return export_onnx(pack.load_trunk(), images, path, "images", "tokens")
     if role == "tail":
-        tokens = pack.load_trunk()(images).detach()
+        arch = entry.vit_arch  # tokens: the class token and one per patch, at the trunk's width
+        tokens = torch.zeros(2, 1 + (arch.img_size // arch.patch_size) ** 2, arch.embed_dim)
         return export_onnx(pack.load_expert(entry), tokens, path, "tokens", "logits")
     raise ValueError(f"unknown ONNX role {role!r}")

@@ -6,10 +6,9 @@ import argparse
 import json
 
 from askexpert.backends import open_backend
-from askexpert.cli_common import fail, load_pack, load_settings, on_signals, start_ops
+from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
-from askexpert.settings import add_settings_arguments
 from edge_node.node import EdgeNode
 from edge_node.recording import add_record_parser  # also registers the replay:DIR source
 from edge_node.score import add_score_parser
@@ -52,19 +51,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="edge-node", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="classify a stream, offload uncertain frames, publish labels")
-    add_settings_arguments(run, EdgeSettings)
-    run.set_defaults(func=cmd_run)
+    parser, sub = command_parser("edge-node", __doc__, "classify a stream, offload uncertain frames, publish labels", EdgeSettings, cmd_run)
     add_record_parser(sub)
     add_score_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import paho.mqtt.client as mqtt
 
 from askexpert import metrics
 from askexpert.backends import Classifier
+from askexpert.batching import fill_batch
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.pack import InputSpec, Pack
@@ -85,7 +86,10 @@ class EdgeNode:
         self.stop_event = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._count_lock = threading.Lock()
-        self._metric_labels = {s: metrics.LABELS.labels(self.node, s) for s in ("edge", "expert", "edge-fallback")}
+        sources = ("edge", "expert", "edge-fallback")
+        self._metric_labels = {s: metrics.LABELS.labels(self.node, s) for s in sources}
+        self._metric_latency = {s: metrics.LABEL_LATENCY_MS.labels(self.node, s) for s in sources}
+        self._metric_rtt = metrics.OFFLOAD_RTT_MS.labels(self.node)
 
     # ------------------------------------------------------------ public
     def health(self) -> dict:
@@ -176,21 +180,10 @@ class EdgeNode:
 
     # ------------------------------------------------------------ inference
     def _next_batch(self) -> tuple[list[Frame], bool]:
-        batch: list[Frame] = []
         first = self._queue.get()
         if first is _END:
-            return batch, True
-        batch.append(first)
-        deadline = time.monotonic() + self.s.batch_wait_ms / 1000
-        while len(batch) < self.s.batch_size:
-            try:
-                item = self._queue.get(timeout=max(0.0, deadline - time.monotonic())) if deadline > time.monotonic() else self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is _END:
-                return batch, True
-            batch.append(item)
-        return batch, False
+            return [], True
+        return fill_batch(self._queue, first, self.s.batch_size, self.s.batch_wait_ms / 1000, end=_END)
 
     def _infer_loop(self) -> None:
         spec = self.pack.manifest.input
@@ -258,7 +251,7 @@ class EdgeNode:
             metrics.LATE_REPLIES.labels(self.node).inc()
             log.debug("late or unknown reply dropped", frame_id=reply.frame_id, hub=reply.hub)
             return
-        metrics.OFFLOAD_RTT_MS.labels(self.node).observe((time.monotonic() - item.t_sent) * 1000)
+        self._metric_rtt.observe((time.monotonic() - item.t_sent) * 1000)
         self._publish_label(item.frame_id, item.t_capture, reply.label, reply.conf, "expert", item.expert,
                             item.edge_label, item.edge_conf)  # fmt: skip
 
@@ -274,7 +267,7 @@ class EdgeNode:
                        round(edge_conf, 6), self.pack.pack_id)  # fmt: skip
         self.client.publish(self.labels_topic, msg.encode(), qos=1)
         self._metric_labels[source].inc()
-        metrics.LABEL_LATENCY_MS.labels(self.node, source).observe(latency_ms)
+        self._metric_latency[source].observe(latency_ms)
         with self._count_lock:
             if source == "edge":
                 self.stats.edge += 1

@@ -8,10 +8,9 @@ import threading
 import numpy as np
 
 from askexpert.backends import open_backend
-from askexpert.cli_common import fail, load_pack, load_settings, on_signals, start_ops
+from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
-from askexpert.settings import add_settings_arguments
 from expert_hub.hub import ExpertHub
 from expert_hub.settings import HubSettings
 
@@ -55,17 +54,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="expert-hub", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    run = sub.add_parser("run", help="serve the pack's experts over MQTT")
-    add_settings_arguments(run, HubSettings)
-    run.set_defaults(func=cmd_run)
+    parser, sub = command_parser("expert-hub", __doc__, "serve the pack's experts over MQTT", HubSettings, cmd_run)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return args.func(args)
+    return dispatch(build_parser(), argv)
 
 
 if __name__ == "__main__":

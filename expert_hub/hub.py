@@ -19,6 +19,7 @@ import paho.mqtt.client as mqtt
 
 from askexpert import metrics
 from askexpert.backends import ExpertLibrary
+from askexpert.batching import fill_batch
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
@@ -132,14 +133,7 @@ class ExpertHub:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
             return []
-        jobs = [first]
-        deadline = time.monotonic() + self.s.max_wait_ms / 1000
-        while len(jobs) < self.s.max_batch:
-            remaining = deadline - time.monotonic()
-            try:
-                jobs.append(self._queue.get(timeout=remaining) if remaining > 0 else self._queue.get_nowait())
-            except queue.Empty:
-                break
+        jobs, _ = fill_batch(self._queue, first, self.s.max_batch, self.s.max_wait_ms / 1000)
         now = time.monotonic()
         live = [j for j in jobs if j.expires is None or j.expires > now]
         if len(live) < len(jobs):
@@ -174,6 +168,7 @@ class ExpertHub:
             reply = ReplyMsg(j.frame.node, j.frame.frame_id, int(label), float(p[label]), j.expert, self.s.hub_id,
                              round((t0 - j.t_arrival) * 1000, 3), round(infer_ms, 3), len(jobs))  # fmt: skip
             self.client.publish(j.response_topic, reply.encode(), qos=1, correlation=j.correlation)
-            metrics.HUB_FRAMES.labels(self.s.hub_id, j.expert).inc()
-            self.per_expert[j.expert] += 1
+        for key, n in Counter(keys).items():  # per batch, not per frame
+            metrics.HUB_FRAMES.labels(self.s.hub_id, key).inc(n)
+        self.per_expert.update(keys)
         self.stats.answered += len(jobs)

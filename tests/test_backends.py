@@ -56,3 +56,18 @@ def test_corrupt_or_missing_pack_is_a_clear_error(tiny_pack, tmp_path):
         Pack.load(tmp_path)
     with pytest.raises(ValueError, match="unknown backend"):
         open_backend("tflite")
+
+
+def test_fill_batch_waits_fills_and_stops_at_the_end_marker():
+    import queue
+
+    from askexpert.batching import fill_batch
+
+    q: queue.Queue = queue.Queue()
+    for i in range(5):
+        q.put(i)
+    assert fill_batch(q, "first", 4, 0.01) == (["first", 0, 1, 2], False)  # capped at max_size
+    end = object()
+    q.put(end)
+    assert fill_batch(q, "x", 10, 0.01, end=end) == (["x", 3, 4], True)  # the marker ends it, unbatched
+    assert fill_batch(q, "y", 10, 0.0) == (["y"], False)  # empty queue, no wait

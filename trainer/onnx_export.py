@@ -16,10 +16,6 @@ from askexpert.onnx_export import export_onnx
 from askexpert.pack import Pack
 
 
-def _export(model: torch.nn.Module, example: torch.Tensor, path: Path, in_name: str, out_name: str) -> None:
-    export_onnx(model, example, path, in_name, out_name)  # the runtime's exporter: same graphs as served
-
-
 def _check(model: torch.nn.Module, path: Path, x: torch.Tensor) -> float:
     import onnxruntime as ort
 
@@ -45,18 +41,18 @@ def export_pack_onnx(pack_dir: str | Path, out_dir: str | Path, batch: int = 3, 
     vits.update({Path(e.file).stem: e for e in m.full_experts})
     for name, entry in vits.items():
         model = pack.load_vit(entry)
-        _export(model, x, out / f"{name}.onnx", "images", "logits")
+        export_onnx(model, x, out / f"{name}.onnx", "images", "logits")
         diffs[name] = max(_check(model, out / f"{name}.onnx", x), _check(model, out / f"{name}.onnx", x2))
     if m.trunk is not None:
         trunk = pack.load_trunk()
-        _export(trunk, x, out / "trunk.onnx", "images", "tokens")
+        export_onnx(trunk, x, out / "trunk.onnx", "images", "tokens")
         diffs["trunk"] = max(_check(trunk, out / "trunk.onnx", x), _check(trunk, out / "trunk.onnx", x2))
         with torch.no_grad():
             tok, tok2 = trunk(x), trunk(x2)
         for e in m.experts:
             tail = pack.load_expert(e)
             p = out / f"{Path(e.file).stem}.onnx"
-            _export(tail, tok, p, "tokens", "logits")
+            export_onnx(tail, tok, p, "tokens", "logits")
             diffs[p.stem] = max(_check(tail, p, tok), _check(tail, p, tok2))
     bad = {k: v for k, v in diffs.items() if v > atol}
     (out / "onnx-parity.json").write_text(json.dumps({"atol": atol, "max_abs_diff": diffs}, indent=2))

@@ -1,0 +1,26 @@
+"""Dynamic batching from a queue: what the edge's micro-batches and the hub's batches share."""
+
+from __future__ import annotations
+
+import queue
+import time
+from typing import Any
+
+
+def fill_batch(q: queue.Queue, first: Any, max_size: int, max_wait_s: float, end: Any = None) -> tuple[list, bool]:
+    """`first` plus whatever arrives within `max_wait_s`, up to `max_size` items.
+
+    Returns (batch, ended): `ended` is True when the `end` sentinel was taken (it is not in the batch).
+    """
+    batch = [first]
+    deadline = time.monotonic() + max_wait_s
+    while len(batch) < max_size:
+        remaining = deadline - time.monotonic()
+        try:
+            item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
+        except queue.Empty:
+            break
+        if end is not None and item is end:
+            return batch, True
+        batch.append(item)
+    return batch, False
