@@ -75,7 +75,8 @@ class Manifest(BaseModel):
     trunk: TrunkEntry | None = None
     experts: list[ExpertEntry]
     baselines: dict[str, ModelEntry] = Field(default_factory=dict)
-    full_experts: list[ExpertEntry] = Field(default_factory=list)
+    full_experts: list[ExpertEntry] = Field(default_factory=list)  # packs before compact_experts: full ViTs besides tails
+    compact_experts: list[ExpertEntry] = Field(default_factory=list, description="tails on the trunk, one per expert")
     training: dict = Field(default_factory=dict)
     reports: dict = Field(default_factory=dict)
 
@@ -86,14 +87,15 @@ class Manifest(BaseModel):
         n = len(self.subset_names)
         if any(not 0 <= s < n for s in self.partition):
             raise ValueError(f"partition indices must lie in 0..{n - 1}")
-        for e in self.experts + self.full_experts:
+        for e in self.experts + self.full_experts + self.compact_experts:
             if not e.subset or any(not 0 <= s < n for s in e.subset):
                 raise ValueError(f"expert subset {e.subset} out of range")
             if e.kind == "tail" and self.trunk is None:
                 raise ValueError("tail experts need a trunk")
-        keys = [e.key for e in self.experts]
-        if len(set(keys)) != len(keys):
-            raise ValueError("duplicate experts")
+        for group in (self.experts, self.compact_experts):
+            keys = [e.key for e in group]
+            if len(set(keys)) != len(keys):
+                raise ValueError("duplicate experts")
         return self
 
     @property
@@ -145,7 +147,8 @@ class Pack:
 
     @staticmethod
     def _entries(m: Manifest) -> list[ModelEntry]:
-        return [m.generalist, *([m.trunk] if m.trunk else []), *m.experts, *m.baselines.values(), *m.full_experts]
+        return [m.generalist, *([m.trunk] if m.trunk else []), *m.experts, *m.baselines.values(), *m.full_experts,
+                *m.compact_experts]
 
     @property
     def pack_id(self) -> str:
@@ -154,6 +157,16 @@ class Pack:
     @cached_property
     def experts(self) -> dict[str, ExpertEntry]:
         return {e.key: e for e in self.manifest.experts}
+
+    def expert_entries(self, form: str = "full") -> list[ExpertEntry]:
+        """The experts a hub serves: the pack's own (`full`), or its compact tails on the shared trunk."""
+        if form == "full":
+            return list(self.manifest.experts)
+        if form == "compact":
+            if not self.manifest.compact_experts:
+                raise PackError(f"pack {self.root} has no compact experts")
+            return list(self.manifest.compact_experts)
+        raise PackError(f"unknown expert form {form!r}: full or compact")
 
     def state_dict(self, entry: ModelEntry) -> dict[str, torch.Tensor]:
         """Weights of one entry, checked against the manifest's sha256, as float32."""

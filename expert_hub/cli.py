@@ -11,6 +11,7 @@ from askexpert.backends import open_backend
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
+from askexpert.pack import PackError
 from expert_hub.hub import ExpertHub
 from expert_hub.settings import HubSettings
 
@@ -20,19 +21,23 @@ log = get_logger("expert_hub.cli")
 def cmd_run(args: argparse.Namespace) -> int:
     s = load_settings(HubSettings, args)
     pack = load_pack(s.pack)
-    wanted = s.experts or list(pack.experts)
-    unknown = [k for k in wanted if k not in pack.experts]
+    try:
+        entries = {e.key: e for e in pack.expert_entries(s.expert_form)}
+    except PackError as exc:
+        fail(str(exc))
+    wanted = s.experts or list(entries)
+    unknown = [k for k in wanted if k not in entries]
     if unknown:
-        fail(f"pack {s.pack} has no experts {unknown}; it has {list(pack.experts)}")
+        fail(f"pack {s.pack} has no experts {unknown}; it has {list(entries)}")
     if missing := pack.manifest.missing_experts():
         log.warning("pack lacks experts that top-k routing can ask for", missing=missing)
-    client = MqttClient(s, "hub", s.hub_id, {"pack": pack.pack_id, "experts": wanted})
+    client = MqttClient(s, "hub", s.hub_id, {"pack": pack.pack_id, "experts": wanted, "expert_form": s.expert_form})
     client.start()  # status `starting` while models load (TensorRT engines can take minutes)
     try:
         backend = open_backend(s.backend, s.device)
         if hasattr(backend, "on_status"):
             backend.on_status = lambda state, **info: client.publish_status(state, **info)
-        library = backend.experts(pack, [pack.experts[k] for k in wanted])
+        library = backend.experts(pack, [entries[k] for k in wanted])
     except (ImportError, RuntimeError, ValueError) as exc:
         client.stop()
         fail(f"backend {s.backend}: {exc}")

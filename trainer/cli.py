@@ -17,7 +17,7 @@ import time
 
 from rich.console import Console
 
-STEPS = ["teacher", "prune", "baselines", "partition", "experts", "report", "export", "pack"]
+STEPS = ["teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report", "export", "pack"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -51,11 +51,13 @@ def _common(p: argparse.ArgumentParser) -> None:
     a("--expert-train-samples", type=int, default=0, help="train experts on at most this many (0: all)")
     a("--max-test-samples", type=int, default=0, help="smoke tests only: evaluate on part of the test split")
     a("--max-val-samples", type=int, default=0, help="smoke tests only: a smaller validation split")
-    a("--full-experts", default=c.full_experts, help="all | singles | none | comma-separated expert keys")
-    a("--no-pack-full-experts", action="store_true", help="train/report full experts but never put them in the pack")
+    a("--expert-seeds", type=int, default=c.expert_seeds, help="seeds of every expert and its static/uniform controls")
+    a("--no-compact-experts", action="store_true", help="skip the compact (tail on shared trunk) experts")
+    a("--tau-tolerance", type=float, default=c.tau_tolerance,
+      help="default tau: the lowest whose validation accuracy is within this many points of the best")
     a("--importance-batches", type=int, default=c.importance_batches)
     a("--val-fraction", type=float, default=c.val_fraction)
-    a("--tau", type=float, default=c.tau, help="default confidence threshold written to the manifest")
+    a("--tau", type=float, default=None, help="default tau written to the manifest (default: chosen on validation)")
     a("--no-augment", action="store_true")
     a("--device", default="cpu", choices=["cpu", "cuda"], help="cuda: data on the GPU, bf16 autocast")
     a("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -74,6 +76,7 @@ def config_from(ns: argparse.Namespace):
         for k in ("epochs_teacher", "epochs_distill", "epochs_expert", "epochs_subset_teacher"):
             kw[k] = ns.epochs
     kw["augment"] = not ns.no_augment
+    kw["compact_experts"] = not ns.no_compact_experts
     return Config(**kw)
 
 
@@ -100,8 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cfg = config_from(ns)
     run = Run(cfg, log=log)
-    if ns.cmd in ("teacher", "prune", "baselines", "partition", "experts", "report"):
-        getattr(run, f"step_{ns.cmd}")()
+    if ns.cmd in ("teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report"):
+        getattr(run, f"step_{ns.cmd.replace('-', '_')}")()
         if ns.cmd == "report":
             print(run.info("report")["markdown"])
         return 0
@@ -109,12 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.assemble import assemble, check_sizes
 
     prev = _previous_wall(run)
-    for step in ("teacher", "prune", "baselines", "partition", "experts", "report"):
+    for step in ("teacher", "prune", "baselines", "partition", "subset_teachers", "experts", "report"):
         getattr(run, f"step_{step}")()
         _save_wall(run, prev + time.time() - t0)
     wall = time.time() - t0 + prev
     command = ns.as_command or "trainer " + shlex.join(argv)
-    out = assemble(run, command, wall, pack_full_experts=not ns.no_pack_full_experts, device_note=ns.device_note,
+    out = assemble(run, command, wall, device_note=ns.device_note,
                    exported_by=("trainer " + shlex.join(argv)) if ns.as_command else "")
     sizes = check_sizes(out)
     log(f"pack written to {out}: {sizes['total_mib']} MiB in {len(sizes['files'])} files")

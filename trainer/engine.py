@@ -45,11 +45,17 @@ def autocast(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator) -> torch.Tensor:
-    """Random translation by up to `pad` pixels (zero padding, as random crop) and horizontal flip."""
+def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator, fill: torch.Tensor | None = None) -> torch.Tensor:
+    """Random translation by up to `pad` pixels and horizontal flip.
+
+    `x` is normalised; `fill` (per channel) is the normalised value of a black pixel, so the
+    border a translation uncovers is black in pixel space, like the data's own background, and not
+    the mean grey that zero padding after normalisation would paint (a border the test set never has).
+    """
     b, c, h, w = x.shape
     if pad:
-        xp = torch.nn.functional.pad(x, (pad, pad, pad, pad))
+        f = torch.zeros(c, device=x.device) if fill is None else fill.to(x.device, x.dtype)
+        xp = torch.nn.functional.pad(x - f[None, :, None, None], (pad, pad, pad, pad)) + f[None, :, None, None]
         oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
         ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
         rows = (oy[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None].expand(b, c, h, w + 2 * pad)
@@ -147,7 +153,8 @@ def fit(
         decay = [p for p in job.model.parameters() if p.ndim >= 2 and p.requires_grad]
         no_decay = [p for p in job.model.parameters() if p.ndim < 2 and p.requires_grad]
         job.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+            fused=device.type == "cuda",
         )
     start_epoch = 0
     if ckpt_dir is not None:
@@ -166,7 +173,7 @@ def fit(
         for epoch in range(start_epoch, epochs):
             gen = torch.Generator().manual_seed(seed * 1000 + epoch)
             perm = torch.randperm(n, generator=gen).to(device)
-            running = {j.name: 0.0 for j in jobs}
+            running = {j.name: torch.zeros((), device=device) for j in jobs}  # summed on the device: no sync per step
             for s in range(steps_per_epoch):
                 step = epoch * steps_per_epoch + s
                 idx = perm[s * batch_size : (s + 1) * batch_size]
@@ -174,7 +181,7 @@ def fit(
                 if x.dtype != torch.float32 and device.type == "cpu":
                     x = x.float()
                 if aug:
-                    x = augment(x, aug.get("pad", 0), aug.get("flip", False), gen)
+                    x = augment(x, aug.get("pad", 0), aug.get("flip", False), gen, aug.get("fill"))
                 t = (epoch + s / steps_per_epoch) if omega_schedule == "step" else float(epoch)
                 cur_lr = lr_at(step, total, lr)
                 for job in jobs:
@@ -191,10 +198,12 @@ def fit(
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(job.model.parameters(), 1.0)
                     job.optimizer.step()
-                    running[job.name] += float(loss.detach())
-                mean_loss = sum(running.values()) / (len(jobs) * (s + 1))
-                bar.update(task, advance=1, info=f"ep {epoch + 1}/{epochs} loss {mean_loss:.3f}")
-            losses = {k: v / steps_per_epoch for k, v in running.items()}
+                    running[job.name] += loss.detach()
+                info = ""
+                if s % 50 == 49 or s == steps_per_epoch - 1:
+                    info = f"ep {epoch + 1}/{epochs} loss {float(sum(running.values())) / (len(jobs) * (s + 1)):.3f}"
+                bar.update(task, advance=1, **({"info": info} if info else {}))
+            losses = {k: float(v) / steps_per_epoch for k, v in running.items()}
             if ckpt_dir is not None:
                 save_checkpoint(ckpt_dir, jobs, epoch + 1, {"desc": desc, "losses": losses})
     for job in jobs:

@@ -15,6 +15,8 @@ paper's literal per-epoch reading, which never reaches W).
 
 Static experts (the baseline): the same data, init, teacher labels, epochs and optimiser, but the
 weight of target samples is the constant W from the first step (w_i = W for D_I, 1 otherwise).
+Uniform experts (our control): the same again with weight 1 for every sample, i.e. the extra
+training and the specialist teacher without any specialisation by weighting.
 """
 
 from __future__ import annotations
@@ -53,11 +55,11 @@ def distill_loss(
 
 
 def weight_for(schedule: str, t: float, total: float, max_weight: float) -> float:
-    """The target-sample weight at progress t for 'progressive', 'static' or 'none' (plain)."""
+    """The target-sample weight at progress t for 'progressive', 'static', 'uniform' or 'none' (plain)."""
     if schedule == "progressive":
         return omega(t, total, max_weight)
     if schedule == "static":
         return float(max_weight)
-    if schedule == "none":
+    if schedule in ("uniform", "none"):
         return 1.0
     raise ValueError(f"unknown schedule {schedule!r}")

@@ -38,7 +38,7 @@ def export_pack_onnx(pack_dir: str | Path, out_dir: str | Path, batch: int = 3, 
     diffs: dict[str, float] = {}
     vits = {Path(m.generalist.file).stem: m.generalist}
     vits.update({Path(e.file).stem: e for e in m.baselines.values()})
-    vits.update({Path(e.file).stem: e for e in m.full_experts})
+    vits.update({Path(e.file).stem: e for e in m.experts + m.full_experts if e.kind == "vit"})
     for name, entry in vits.items():
         model = pack.load_vit(entry)
         export_onnx(model, x, out / f"{name}.onnx", "images", "logits")
@@ -49,7 +49,7 @@ def export_pack_onnx(pack_dir: str | Path, out_dir: str | Path, batch: int = 3, 
         diffs["trunk"] = max(_check(trunk, out / "trunk.onnx", x), _check(trunk, out / "trunk.onnx", x2))
         with torch.no_grad():
             tok, tok2 = trunk(x), trunk(x2)
-        for e in m.experts:
+        for e in [e for e in m.experts + m.compact_experts if e.kind == "tail"]:
             tail = pack.load_expert(e)
             p = out / f"{Path(e.file).stem}.onnx"
             export_onnx(tail, tok, p, "tokens", "logits")

@@ -12,8 +12,10 @@ Steps:
   baselines same-size generalists: 4H (from `prune`) and 6H (the teacher when it is 6H, else
             pruned and distilled from it).
   partition superclass grouping, or confusion grouping from the 3H generalist on validation.
-  experts   progressive tail experts (eq. 1-3), static tail experts (constant weight W), and full
-            4H experts for the compact-vs-full comparison, all on the same data and budget.
+  subset-teachers  per-subset recipe: a teacher M_I per expert, fine-tuned progressively.
+  experts   full 4H experts pruned from M_I and trained with eq. 1-3 (progressive), with the
+            static (constant W) and uniform (weight 1) controls on the same init, data and
+            schedule, for several seeds; and compact (tail) experts on the shared 4H trunk.
   report    test-split evaluation, reports (JSON + Markdown) and test logits.
   export    the pack: fp16 safetensors, manifest, reports, logits (size-checked).
 """
@@ -37,8 +39,9 @@ from trainer import partition as part
 from trainer.engine import Job, fit, predict
 from trainer.prune import compute_importance, prune_vit
 
-PACK_FILE_LIMIT = 16 * 2**20
-PACK_TOTAL_LIMIT = 48 * 2**20
+PACK_FILE_LIMIT = 32 * 2**20
+PACK_TOTAL_LIMIT = 128 * 2**20
+EXPERT_KINDS = ("progressive", "static", "uniform")  # the method and its two controls
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Config:
     subsets: int = 4
     k: int = 2
     partition: str = "superclass"  # superclass | confusion
-    teacher_recipe: str = "shared"  # shared | per-subset
+    teacher_recipe: str = "per-subset"  # per-subset (the paper's M_I) | shared
     teacher_shape: str = "6H"
     edge_shape: str = "3H"
     expert_shape: str = "4H"
@@ -66,16 +69,18 @@ class Config:
     distill_lr: float = 5e-4
     expert_lr: float = 2e-4
     weight_decay: float = 0.05
-    max_weight: float = 4.0  # W
+    max_weight: float = 14.0  # W (the paper's Table 6)
     omega_schedule: str = "step"
     max_train_samples: int = 0
     expert_train_samples: int = 0
     max_test_samples: int = 0  # for smoke tests only: reports then cover part of the test split
     max_val_samples: int = 0  # for smoke tests only
-    full_experts: str = "all"  # all | singles | none | comma-separated keys
+    expert_seeds: int = 3  # seeds of every expert and its controls (data order, augmentation)
+    compact_experts: bool = True  # also train tails on the shared 4H trunk (a serving option)
+    tau_tolerance: float = 0.25  # default tau: the lowest whose validation accuracy is within this (pt) of the best
     importance_batches: int = 8
     val_fraction: float = 0.1
-    tau: float = 0.8
+    tau: float | None = None  # None: chosen on the validation split (see tau_tolerance)
     augment: bool = True
     device: str = "cpu"
     threads: int = 0
@@ -222,7 +227,8 @@ class Run:
     def aug(self) -> dict | None:
         if not self.cfg.augment:
             return None
-        return {"pad": max(1, self.data.img_size // 14), "flip": True}
+        fill = -torch.tensor(self.data.mean) / torch.tensor(self.data.std)  # a black pixel, normalised
+        return {"pad": max(1, self.data.img_size // 14), "flip": True, "fill": fill}
 
     # ------------------------------------------------------------------------------------------ steps
     def step_teacher(self) -> dict:
@@ -248,16 +254,21 @@ class Run:
     def teacher_labels(self) -> torch.Tensor:
         return load_file(str(self.work / "teacher-labels.safetensors"))["train"]
 
+    def _importance_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The labelled training batches that loss-based importance is measured on (fixed, seeded)."""
+        cfg = self.cfg
+        n = min(len(self.data.y_train), cfg.importance_batches * cfg.batch_size)
+        idx = torch.randperm(len(self.data.y_train), generator=torch.Generator().manual_seed(cfg.seed + 7))[:n]
+        return [(self.data.x_train[idx[i : i + cfg.batch_size]], self.data.y_train[idx[i : i + cfg.batch_size]])
+                for i in range(0, n, cfg.batch_size)]  # fmt: skip
+
     def _prune_from_teacher(self, shapes: list[str], name: str) -> dict:
         """Prune the teacher to each shape and distill all of them together."""
         cfg = self.cfg
         teacher = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
         src = self.arch(cfg.teacher_shape)
-        n = min(len(self.data.y_train), cfg.importance_batches * cfg.batch_size)
-        gen = torch.Generator().manual_seed(cfg.seed + 7)
-        idx = torch.randperm(len(self.data.y_train), generator=gen)[:n]
-        batches = [(self.data.x_train[idx[i : i + cfg.batch_size]], self.data.y_train[idx[i : i + cfg.batch_size]])
-                   for i in range(0, n, cfg.batch_size)]  # fmt: skip
+        batches = self._importance_batches()
+        n = sum(len(b[1]) for b in batches)
         t0 = time.time()
         imp = compute_importance(teacher, batches)
         imp_s = round(time.time() - t0, 1)
@@ -348,20 +359,6 @@ class Run:
         self.log(f"[partition] {how}: {p}")
         return info
 
-    def full_expert_keys(self, keys: list[str]) -> list[str]:
-        spec = self.cfg.full_experts
-        if spec == "all":
-            return list(keys)
-        if spec == "none":
-            return []
-        if spec == "singles":
-            return [k for k in keys if "-" not in k]
-        wanted = [s.strip() for s in spec.split(",") if s.strip()]
-        bad = [w for w in wanted if w not in keys]
-        if bad:
-            raise SystemExit(f"--full-experts names unknown experts {bad}; experts are {keys}")
-        return wanted
-
     def _expert_samples(self) -> torch.Tensor:
         n = len(self.data.y_train)
         m = self.cfg.expert_train_samples
@@ -378,93 +375,140 @@ class Run:
         L = self.trunk_blocks()
         return lambda x: trunk_tokens(trunk, x, L)
 
-    def _subset_teacher_labels(self, keys, subsets, idx, x, y) -> dict[str, torch.Tensor]:
-        """Per-subset recipe: a teacher M_I per expert, fine-tuned from the generalist teacher with the
-        progressive schedule (eq. 1-2) and label cross-entropy; returns each one's hard labels."""
-        cfg = self.cfg
-        out = {}
-        for key, sub in zip(keys, subsets):
-            rel = f"subset-teachers/teacher-{key}.safetensors"
-            if not (self.work / rel).is_file():
-                m = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
-                fit([Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)], x, y, None,
-                    epochs=cfg.epochs_subset_teacher, batch_size=cfg.batch_size, lr=cfg.expert_lr,
-                    weight_decay=cfg.weight_decay, max_weight=cfg.max_weight, omega_schedule=cfg.omega_schedule,
-                    aug=self.aug(), device=self.device, ckpt_dir=self.work / f"ckpt/subset-teacher-{key}",
-                    desc=f"teacher M_{key}", seed=cfg.seed, log=self.log)  # fmt: skip
-                self.save_model(m, rel)
-            m = self.load_vit(cfg.teacher_shape, rel)
-            out[key] = self.logits(m, x).argmax(1)
-        return out
-
     def target_mask(self, subset) -> torch.Tensor:
         p = torch.tensor(self.step_partition()["partition"])
         return torch.isin(p, torch.tensor(list(subset)))
 
+    def experts_of(self) -> tuple[list[str], list[tuple[int, ...]]]:
+        subsets = part.expert_list(self.cfg.subsets, self.cfg.k)
+        return [expert_key(s) for s in subsets], subsets
+
+    def expert_teacher_rel(self, key: str) -> str:
+        """M_I: the expert's own teacher (per-subset recipe) or the generalist teacher (shared)."""
+        return f"subset-teachers/teacher-{key}.safetensors" if self.cfg.teacher_recipe == "per-subset" else "teacher.safetensors"
+
+    @staticmethod
+    def expert_rel(kind: str, key: str, seed: int) -> str:
+        return f"experts/{kind}/seed{seed}/expert-{key}.safetensors"
+
+    def step_subset_teachers(self) -> dict:
+        """Per-subset recipe (the paper's): a teacher M_I per expert, fine-tuned from the generalist
+        teacher with the progressive schedule (eq. 1-2) on label cross-entropy; its hard labels on
+        the clean training images are cached for the expert's distillation."""
+        if (done := self.info("subset-teachers")) is not None:
+            return done
+        cfg, d = self.cfg, self.data
+        self.step_teacher()
+        if cfg.teacher_recipe not in ("shared", "per-subset"):
+            raise SystemExit(f"unknown teacher recipe {cfg.teacher_recipe!r}")
+        info: dict = {"recipe": cfg.teacher_recipe, "models": {}}
+        keys, subsets = self.experts_of()
+        pmask = torch.tensor(self.step_partition()["partition"])
+        for key, sub in zip(keys, subsets) if cfg.teacher_recipe == "per-subset" else []:
+            rel = self.expert_teacher_rel(key)
+            if not (self.work / rel).is_file():
+                m = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
+                summary = fit([Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)],
+                              d.x_train, d.y_train, None, epochs=cfg.epochs_subset_teacher, batch_size=cfg.batch_size,
+                              lr=cfg.expert_lr, weight_decay=cfg.weight_decay, max_weight=cfg.max_weight,
+                              omega_schedule=cfg.omega_schedule, aug=self.aug(), device=self.device,
+                              ckpt_dir=self.work / f"ckpt/subset-teacher-{key}", desc=f"teacher M_{key}",
+                              seed=cfg.seed, log=self.log)  # fmt: skip
+                self.save_model(m, rel)
+                save_file({"train": self.logits(m, d.x_train).argmax(1).contiguous()},
+                          str(self.work / f"subset-teachers/labels-{key}.safetensors"))  # fmt: skip
+                info["models"][key] = {"fit": summary}
+            m = self.load_vit(cfg.teacher_shape, rel)
+            lv = self.logits(m, d.x_val)
+            on_target = torch.isin(pmask[d.y_val], torch.tensor(list(sub)))
+            info["models"].setdefault(key, {}).update(
+                val_top1=self.acc(lv, d.y_val), val_target_top1=self.acc(lv[on_target], d.y_val[on_target]))
+            self.log(f"[subset teachers] M_{key}: val {info['models'][key]['val_top1']}%, "
+                     f"on target {info['models'][key]['val_target_top1']}%")  # fmt: skip
+        self.set_info("subset-teachers", info)
+        return info
+
+    def expert_teacher_labels(self, key: str) -> torch.Tensor:
+        if self.cfg.teacher_recipe == "shared":
+            return self.teacher_labels()
+        return load_file(str(self.work / f"subset-teachers/labels-{key}.safetensors"))["train"]
+
+    def expert_init(self, key: str) -> torch.nn.Module:
+        """The paper's init of m_I: M_I pruned to the expert shape by loss-based importance (cached)."""
+        cfg = self.cfg
+        rel = f"experts/init/expert-{key}.safetensors"
+        if not (self.work / rel).is_file():
+            teacher = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key))
+            imp = compute_importance(teacher, self._importance_batches())
+            self.save_model(prune_vit(teacher, self.arch(cfg.teacher_shape), self.arch(cfg.expert_shape), imp), rel)
+        return self.load_vit(cfg.expert_shape, rel)
+
     def step_experts(self) -> dict:
+        """Full experts m_I (every block trainable, pruned from M_I) with the progressive schedule and
+        its two controls on the same init, data, teacher labels, epochs and LR schedule: static
+        (constant W) and uniform (weight 1), for each of `expert_seeds` seeds (data order and
+        augmentation). Plus, optionally, compact experts: tails on the frozen 4H generalist trunk."""
         if (done := self.info("experts")) is not None:
             return done
         cfg, d = self.cfg, self.data
         self.step_prune()
-        pinfo = self.step_partition()
-        subsets = part.expert_list(cfg.subsets, cfg.k)
-        keys = [expert_key(s) for s in subsets]
+        self.step_subset_teachers()
+        keys, subsets = self.experts_of()
         idx = self._expert_samples()
         x, y = d.x_train[idx], d.y_train[idx]
-        if cfg.teacher_recipe == "shared":
-            tl: dict[str, torch.Tensor] = {}
-            shared = self.teacher_labels()[idx]
-        elif cfg.teacher_recipe == "per-subset":
-            tl = self._subset_teacher_labels(keys, subsets, idx, x, y)
-            shared = None
-        else:
-            raise SystemExit(f"unknown teacher recipe {cfg.teacher_recipe!r}")
-        base_rel = f"generalist-{cfg.expert_shape}.safetensors"
-        base = self.load_vit(cfg.expert_shape, base_rel)
+        fits = self.info("expert-fits") or {}
+        info: dict = {"keys": keys, "samples": len(idx), "teacher_recipe": cfg.teacher_recipe, "kinds": list(EXPERT_KINDS),
+                      "seeds": list(range(cfg.expert_seeds)), "init": "M_I pruned to " + cfg.expert_shape, "init_val_top1": {}}  # fmt: skip
+        for key, sub in zip(keys, subsets):
+            init = self.expert_init(key)
+            info["init_val_top1"][key] = self.acc(self.logits(init, d.x_val), d.y_val)
+            ty = self.expert_teacher_labels(key)[idx]
+            for s in range(cfg.expert_seeds):
+                if all((self.work / self.expert_rel(kind, key, s)).is_file() for kind in EXPERT_KINDS):
+                    continue
+                jobs = [Job(kind, copy.deepcopy(init), kind, self.target_mask(sub)) for kind in EXPERT_KINDS]
+                fits[f"{key}/seed{s}"] = fit(jobs, x, y, ty, epochs=cfg.epochs_expert, batch_size=cfg.batch_size,
+                                             lr=cfg.expert_lr, weight_decay=cfg.weight_decay, max_weight=cfg.max_weight,
+                                             omega_schedule=cfg.omega_schedule, aug=self.aug(), device=self.device,
+                                             ckpt_dir=self.work / f"ckpt/experts/{key}/seed{s}",
+                                             desc=f"expert {key} seed {s} ({'+'.join(EXPERT_KINDS)})",
+                                             seed=cfg.seed + 1000 * s, log=self.log)  # fmt: skip
+                for j in jobs:
+                    self.save_model(j.model, self.expert_rel(j.name, key, s))
+                self.set_info("expert-fits", fits)
+        info["fits"] = fits
+        info["wall_s"] = round(sum(f["wall_s"] for f in fits.values()), 1)
+        if cfg.compact_experts:
+            info["compact"] = self._compact_experts(keys, subsets, x, y, idx)
+        self.set_info("experts", info)
+        return info
+
+    def _compact_experts(self, keys, subsets, x, y, idx) -> dict:
+        """Tails (the last --tail-blocks blocks, norm, head) on the frozen 4H generalist trunk, trained
+        with the progressive schedule from the same teacher labels; the trunk's tokens are cached."""
+        cfg = self.cfg
+        base = self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors")
         arch = self.arch(cfg.expert_shape)
-        info: dict = {"keys": keys, "samples": len(idx), "tail_blocks": cfg.tail_blocks, "trunk_blocks": self.trunk_blocks(),
-                      "full_keys": self.full_expert_keys(keys), "teacher_recipe": cfg.teacher_recipe}  # fmt: skip
-        # tails: the trunk is frozen, so its tokens are computed once and cached
         t0 = time.time()
         trunk = copy.deepcopy(base).half().float().eval()  # the trunk as stored in the pack (fp16)
         tok_dtype = torch.float16 if self.device.type == "cpu" else torch.float32
         tokens = predict(self.trunk_fn(trunk), x, 512, self.device, out_dtype=tok_dtype)
-        info["token_cache_s"] = round(time.time() - t0, 1)
-        jobs = []
-        for kind in ("progressive", "static"):
-            for key, sub in zip(keys, subsets):
-                tail = ExpertTail.from_vit(base, arch, cfg.tail_blocks)
-                jobs.append(Job(f"{kind}-{key}", tail, kind, self.target_mask(sub)))
-        teach = {j.name: (shared if shared is not None else tl[j.name.split("-", 1)[1]]) for j in jobs}
-        info["fit_tails"] = fit(jobs, tokens, y, teach, epochs=cfg.epochs_expert, batch_size=cfg.batch_size,
-                                lr=cfg.expert_lr, weight_decay=cfg.weight_decay, max_weight=cfg.max_weight,
-                                omega_schedule=cfg.omega_schedule, aug=None, device=self.device,
-                                ckpt_dir=self.work / "ckpt/tails", desc=f"{len(jobs)} tail experts", seed=cfg.seed,
-                                log=self.log)  # fmt: skip
-        del tokens
+        jobs = [Job(f"compact-{key}", ExpertTail.from_vit(base, arch, cfg.tail_blocks), "progressive", self.target_mask(sub))
+                for key, sub in zip(keys, subsets)]  # fmt: skip
+        teach = {j.name: self.expert_teacher_labels(j.name.split("-", 1)[1])[idx] for j in jobs}
+        summary = fit(jobs, tokens, y, teach, epochs=cfg.epochs_expert, batch_size=cfg.batch_size, lr=cfg.expert_lr,
+                      weight_decay=cfg.weight_decay, max_weight=cfg.max_weight, omega_schedule=cfg.omega_schedule,
+                      aug=None, device=self.device, ckpt_dir=self.work / "ckpt/compact",
+                      desc=f"{len(jobs)} compact (tail) experts", seed=cfg.seed, log=self.log)  # fmt: skip
         for j in jobs:
-            kind, key = j.name.split("-", 1)
-            self.save_model(j.model, f"experts/{kind}/expert-{key}.safetensors")
-        # full experts: the whole 4H model, same samples, schedule and budget (no augmentation either)
-        fjobs = []
-        for key, sub in zip(keys, subsets):
-            if key in info["full_keys"]:
-                fjobs.append(Job(f"full-{key}", copy.deepcopy(base), "progressive", self.target_mask(sub)))
-        if fjobs:
-            teach = {j.name: (shared if shared is not None else tl[j.name.split("-", 1)[1]]) for j in fjobs}
-            info["fit_full"] = fit(fjobs, x, y, teach, epochs=cfg.epochs_expert, batch_size=cfg.batch_size,
-                                   lr=cfg.expert_lr, weight_decay=cfg.weight_decay, max_weight=cfg.max_weight,
-                                   omega_schedule=cfg.omega_schedule, aug=None, device=self.device,
-                                   ckpt_dir=self.work / "ckpt/full", desc=f"{len(fjobs)} full experts",
-                                   seed=cfg.seed, log=self.log)  # fmt: skip
-            for j in fjobs:
-                self.save_model(j.model, f"experts/full/expert-{j.name.split('-', 1)[1]}.safetensors")
-        self.set_info("experts", info)
-        return info
+            self.save_model(j.model, f"experts/compact/expert-{j.name.split('-', 1)[1]}.safetensors")
+        return {"tail_blocks": cfg.tail_blocks, "trunk_blocks": self.trunk_blocks(), "fit": summary,
+                "wall_s": round(time.time() - t0, 1)}  # fmt: skip
 
     # ---------------------------------------------------------------------------------------- evaluate
     def step_report(self) -> dict:
-        """Test-split logits of every model (fp16-rounded weights, as in the pack) and the tables."""
+        """Test-split logits of every model (fp16-rounded weights, as in the pack), validation logits
+        for the choice of tau, and the tables and claims of `trainer.report`."""
         if (done := self.info("report")) is not None and (self.work / "eval/logits-test-all.npz").is_file():
             return done
         from trainer.report import build_report
@@ -477,27 +521,41 @@ class Run:
         def r16(m):
             return copy.deepcopy(m).half().float().eval()
 
-        logits: dict[str, torch.Tensor] = {}
+        test: dict[str, torch.Tensor] = {}
+        val: dict[str, torch.Tensor] = {}
         gens = {f"generalist-{cfg.edge_shape}": self.load_vit(cfg.edge_shape, f"generalist-{cfg.edge_shape}.safetensors")}
         for s in cfg.baseline_shapes:
             gens[f"baseline-{s}"] = self.load_vit(s, f"generalist-{s}.safetensors")
         if cfg.teacher_shape not in cfg.baseline_shapes:  # else the baseline of that shape is the teacher
             gens[f"teacher-{cfg.teacher_shape}"] = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
-        for name, m in gens.items():
-            logits[name] = self.logits(r16(m), d.x_test)
-        trunk = r16(self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors"))
-        tokens = predict(self.trunk_fn(trunk), d.x_test, 512, self.device)
-        for kind in ("progressive", "static"):
+        if cfg.teacher_recipe == "per-subset":
             for key in einfo["keys"]:
-                tail = r16(self.load_tail(f"experts/{kind}/expert-{key}.safetensors")).to(self.device)
-                logits[f"{kind}-{key}"] = predict(tail, tokens, 512, self.device)
-        for key in einfo["full_keys"]:
-            m = r16(self.load_vit(cfg.expert_shape, f"experts/full/expert-{key}.safetensors"))
-            logits[f"full-{key}"] = self.logits(m, d.x_test)
-        np_logits = {k: v.numpy().astype(np.float32) for k, v in logits.items()}
-        rep = build_report(self, np_logits, d.y_test.numpy(), pinfo, einfo)
+                gens[f"subset-teacher-{key}"] = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key))
+        for name, m in gens.items():
+            test[name] = self.logits(r16(m), d.x_test)
+            if not name.startswith("subset-teacher-"):
+                val[name] = self.logits(r16(m), d.x_val)
+        seeds: list[dict[str, np.ndarray]] = []
+        for s in einfo["seeds"]:
+            per: dict[str, np.ndarray] = {}
+            for kind in EXPERT_KINDS:
+                for key in einfo["keys"]:
+                    m = r16(self.load_vit(cfg.expert_shape, self.expert_rel(kind, key, s)))
+                    per[f"{kind}-{key}"] = self.logits(m, d.x_test).numpy()
+                    if s == 0 and kind == "progressive":
+                        val[f"{kind}-{key}"] = self.logits(m, d.x_val)
+            seeds.append(per)
+        if "compact" in einfo:
+            trunk = r16(self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors"))
+            tokens = predict(self.trunk_fn(trunk), d.x_test, 512, self.device)
+            for key in einfo["keys"]:
+                tail = r16(self.load_tail(f"experts/compact/expert-{key}.safetensors")).to(self.device)
+                test[f"compact-{key}"] = predict(tail, tokens, 512, self.device)
+        np_test = {k: v.numpy().astype(np.float32) for k, v in test.items()} | seeds[0]
+        np_val = {k: v.numpy().astype(np.float32) for k, v in val.items()}
+        rep = build_report(self, np_test, d.y_test.numpy(), pinfo, einfo, seeds, np_val, d.y_val.numpy())
         (self.work / "eval").mkdir(exist_ok=True)
         np.savez_compressed(self.work / "eval/logits-test-all.npz", labels=d.y_test.numpy(),
-                            **{k: v.astype(np.float16) for k, v in np_logits.items()})  # fmt: skip
+                            **{k: v.astype(np.float16) for k, v in np_test.items()})  # fmt: skip
         self.set_info("report", rep)
         return rep
