@@ -11,6 +11,7 @@ import math
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
@@ -41,8 +42,21 @@ def progress_bar() -> Progress:
     )  # fmt: skip
 
 
+@lru_cache(maxsize=1)
+def cpu_has_bf16() -> bool:
+    """AVX-512 BF16 or AMX: bf16 autocast is then about 1.15-1.4x faster for training on the CPU."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    """bf16 autocast on CUDA, and on CPUs with native bf16; fp32 elsewhere."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_bf16() else nullcontext()
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator, fill: torch.Tensor | None = None) -> torch.Tensor:

@@ -270,7 +270,8 @@ class Run:
         batches = self._importance_batches()
         n = sum(len(b[1]) for b in batches)
         t0 = time.time()
-        imp = compute_importance(teacher, batches)
+        imp = compute_importance(teacher.to(self.device), batches)
+        teacher.cpu()
         imp_s = round(time.time() - t0, 1)
         jobs = []
         for shape in shapes:
@@ -393,8 +394,8 @@ class Run:
 
     def step_subset_teachers(self) -> dict:
         """Per-subset recipe (the paper's): a teacher M_I per expert, fine-tuned from the generalist
-        teacher with the progressive schedule (eq. 1-2) on label cross-entropy; its hard labels on
-        the clean training images are cached for the expert's distillation."""
+        teacher with the progressive schedule (eq. 1-2) on label cross-entropy, on the experts'
+        training samples; its hard labels on those (clean) images are cached for the distillation."""
         if (done := self.info("subset-teachers")) is not None:
             return done
         cfg, d = self.cfg, self.data
@@ -403,34 +404,34 @@ class Run:
             raise SystemExit(f"unknown teacher recipe {cfg.teacher_recipe!r}")
         info: dict = {"recipe": cfg.teacher_recipe, "models": {}}
         keys, subsets = self.experts_of()
-        pmask = torch.tensor(self.step_partition()["partition"])
+        idx = self._expert_samples()
+        x, y = d.x_train[idx], d.y_train[idx]
+        part_of = torch.tensor(self.step_partition()["partition"])
         for key, sub in zip(keys, subsets) if cfg.teacher_recipe == "per-subset" else []:
             rel = self.expert_teacher_rel(key)
             if not (self.work / rel).is_file():
                 m = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
-                summary = fit([Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)],
-                              d.x_train, d.y_train, None, epochs=cfg.epochs_subset_teacher, batch_size=cfg.batch_size,
-                              lr=cfg.expert_lr, weight_decay=cfg.weight_decay, max_weight=cfg.max_weight,
-                              omega_schedule=cfg.omega_schedule, aug=self.aug(), device=self.device,
-                              ckpt_dir=self.work / f"ckpt/subset-teacher-{key}", desc=f"teacher M_{key}",
-                              seed=cfg.seed, log=self.log)  # fmt: skip
+                fit([Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)], x, y, None,
+                    epochs=cfg.epochs_subset_teacher, batch_size=cfg.batch_size, lr=cfg.expert_lr,
+                    weight_decay=cfg.weight_decay, max_weight=cfg.max_weight, omega_schedule=cfg.omega_schedule,
+                    aug=self.aug(), device=self.device, ckpt_dir=self.work / f"ckpt/subset-teacher-{key}",
+                    desc=f"teacher M_{key}", seed=cfg.seed, log=self.log)  # fmt: skip
                 self.save_model(m, rel)
-                save_file({"train": self.logits(m, d.x_train).argmax(1).contiguous()},
+                save_file({"train": self.logits(m, x).argmax(1).contiguous()},
                           str(self.work / f"subset-teachers/labels-{key}.safetensors"))  # fmt: skip
-                info["models"][key] = {"fit": summary}
             m = self.load_vit(cfg.teacher_shape, rel)
             lv = self.logits(m, d.x_val)
-            on_target = torch.isin(pmask[d.y_val], torch.tensor(list(sub)))
-            info["models"].setdefault(key, {}).update(
-                val_top1=self.acc(lv, d.y_val), val_target_top1=self.acc(lv[on_target], d.y_val[on_target]))
+            on_target = torch.isin(part_of[d.y_val], torch.tensor(list(sub)))
+            info["models"][key] = {"val_top1": self.acc(lv, d.y_val), "val_target_top1": self.acc(lv[on_target], d.y_val[on_target])}
             self.log(f"[subset teachers] M_{key}: val {info['models'][key]['val_top1']}%, "
                      f"on target {info['models'][key]['val_target_top1']}%")  # fmt: skip
         self.set_info("subset-teachers", info)
         return info
 
     def expert_teacher_labels(self, key: str) -> torch.Tensor:
+        """M_I's hard labels for the experts' training samples (`_expert_samples` order)."""
         if self.cfg.teacher_recipe == "shared":
-            return self.teacher_labels()
+            return self.teacher_labels()[self._expert_samples()]
         return load_file(str(self.work / f"subset-teachers/labels-{key}.safetensors"))["train"]
 
     def expert_init(self, key: str) -> torch.nn.Module:
@@ -438,8 +439,9 @@ class Run:
         cfg = self.cfg
         rel = f"experts/init/expert-{key}.safetensors"
         if not (self.work / rel).is_file():
-            teacher = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key))
+            teacher = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key)).to(self.device)
             imp = compute_importance(teacher, self._importance_batches())
+            teacher.cpu()
             self.save_model(prune_vit(teacher, self.arch(cfg.teacher_shape), self.arch(cfg.expert_shape), imp), rel)
         return self.load_vit(cfg.expert_shape, rel)
 
@@ -462,7 +464,7 @@ class Run:
         for key, sub in zip(keys, subsets):
             init = self.expert_init(key)
             info["init_val_top1"][key] = self.acc(self.logits(init, d.x_val), d.y_val)
-            ty = self.expert_teacher_labels(key)[idx]
+            ty = self.expert_teacher_labels(key)
             for s in range(cfg.expert_seeds):
                 if all((self.work / self.expert_rel(kind, key, s)).is_file() for kind in EXPERT_KINDS):
                     continue
@@ -479,11 +481,11 @@ class Run:
         info["fits"] = fits
         info["wall_s"] = round(sum(f["wall_s"] for f in fits.values()), 1)
         if cfg.compact_experts:
-            info["compact"] = self._compact_experts(keys, subsets, x, y, idx)
+            info["compact"] = self._compact_experts(keys, subsets, x, y)
         self.set_info("experts", info)
         return info
 
-    def _compact_experts(self, keys, subsets, x, y, idx) -> dict:
+    def _compact_experts(self, keys, subsets, x: torch.Tensor, y: torch.Tensor) -> dict:
         """Tails (the last --tail-blocks blocks, norm, head) on the frozen 4H generalist trunk, trained
         with the progressive schedule from the same teacher labels; the trunk's tokens are cached."""
         cfg = self.cfg
@@ -495,7 +497,7 @@ class Run:
         tokens = predict(self.trunk_fn(trunk), x, 512, self.device, out_dtype=tok_dtype)
         jobs = [Job(f"compact-{key}", ExpertTail.from_vit(base, arch, cfg.tail_blocks), "progressive", self.target_mask(sub))
                 for key, sub in zip(keys, subsets)]  # fmt: skip
-        teach = {j.name: self.expert_teacher_labels(j.name.split("-", 1)[1])[idx] for j in jobs}
+        teach = {j.name: self.expert_teacher_labels(j.name.split("-", 1)[1]) for j in jobs}
         summary = fit(jobs, tokens, y, teach, epochs=cfg.epochs_expert, batch_size=cfg.batch_size, lr=cfg.expert_lr,
                       weight_decay=cfg.weight_decay, max_weight=cfg.max_weight, omega_schedule=cfg.omega_schedule,
                       aug=None, device=self.device, ckpt_dir=self.work / "ckpt/compact",

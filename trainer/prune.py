@@ -38,9 +38,10 @@ def compute_importance(
     head_dim = vit.blocks[0].attn.head_dim
     hidden = vit.blocks[0].mlp.fc1.out_features
     dim = vit.embed_dim
-    head_gate = torch.ones(depth, n_heads, requires_grad=True)
-    neuron_gate = torch.ones(depth, hidden, requires_grad=True)
-    chan_gate = torch.ones(dim, requires_grad=True)
+    dev = next(vit.parameters()).device  # measured where the model lives (the GPU in a GPU run)
+    head_gate = torch.ones(depth, n_heads, requires_grad=True, device=dev)
+    neuron_gate = torch.ones(depth, hidden, requires_grad=True, device=dev)
+    chan_gate = torch.ones(dim, requires_grad=True, device=dev)
     imp = Importance(torch.zeros(depth, n_heads), torch.zeros(depth, hidden), torch.zeros(dim))
     hooks = []
     for i, blk in enumerate(vit.blocks):
@@ -69,11 +70,11 @@ def compute_importance(
         for n, (x, y) in enumerate(batches):
             if max_batches is not None and n >= max_batches:
                 break
-            loss = loss_fn(vit(x), y)
+            loss = loss_fn(vit(x.to(dev)), y.to(dev))
             gh, gn, gc = torch.autograd.grad(loss, [head_gate, neuron_gate, chan_gate])
-            imp.heads += gh.abs()
-            imp.neurons += gn.abs()
-            imp.channels += gc.abs()
+            imp.heads += gh.abs().cpu()
+            imp.neurons += gn.abs().cpu()
+            imp.channels += gc.abs().cpu()
     finally:
         for h in hooks:
             h.remove()
