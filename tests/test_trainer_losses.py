@@ -36,3 +36,16 @@ def test_loss_hand_checked():
     want = (2.0 * l0 + 1.0 * l1) / 2  # eq. 3 summed over the batch, divided by the batch size
     assert float(distill_loss(logits, y, teacher, w)) == pytest.approx(want, rel=1e-6)
     assert float(distill_loss(logits, y, None, None)) == pytest.approx((-math.log(0.75) - math.log(0.25)) / 2, rel=1e-6)
+
+
+def test_uniform_control_weighs_every_sample_one():
+    """The weight-1 control: same loss as plain distillation at every t, whatever the target mask."""
+    mask = torch.tensor([True, False, True] + [False] * 7)
+    y = torch.tensor([0, 1, 2, 3])
+    logits, teacher = torch.randn(4, 10), torch.tensor([0, 2, 2, 5])
+    for t in (0.0, 3.3, 10.0):
+        w = sample_weights(y, mask, weight_for("uniform", t, 10, 14.0))
+        assert torch.equal(w, torch.ones(4))
+        assert torch.allclose(distill_loss(logits, y, teacher, w), distill_loss(logits, y, teacher))
+    # while progressive and static do weigh the target samples (0 and 2)
+    assert sample_weights(y, mask, weight_for("static", 0, 10, 14.0)).tolist() == [14.0, 1.0, 14.0, 1.0]

@@ -1,5 +1,7 @@
 """A two-epoch tiny `trainer pack` on a few hundred images: the pack loads, the edge's and the hub's
-backends run it, ONNX matches PyTorch, and a fit resumes from its checkpoint."""
+backends run it (full and compact experts), experts start as their pruned per-subset teacher and
+train on its labels, the report holds every control and claim, ONNX matches PyTorch, and a fit
+resumes from its checkpoint."""
 
 import json
 
@@ -23,25 +25,35 @@ def tiny(tmp_path_factory):
     argv = ["pack", "--dataset", "fashion-mnist", "--work", str(root / "work"), "--out", str(root / "pack"),
             "--depth", "2", "--epochs", "2", "--max-train-samples", "256", "--expert-train-samples", "128",
             "--max-test-samples", "200", "--max-val-samples", "200", "--batch-size", "64",
-            "--importance-batches", "1", "--full-experts", "0", "--threads", "2"]  # fmt: skip
+            "--importance-batches", "1", "--expert-seeds", "2", "--threads", "2"]  # fmt: skip
     assert main(argv) == 0
     return root
+
+
+TINY = ["--dataset", "fashion-mnist", "--depth", "2", "--epochs", "2", "--max-train-samples", "256",
+        "--expert-train-samples", "128", "--max-test-samples", "200", "--max-val-samples", "200", "--batch-size", "64",
+        "--importance-batches", "1", "--expert-seeds", "2"]  # fmt: skip
 
 
 def test_tiny_pack_loads_and_runs(tiny):
     pack = Pack.load(tiny / "pack")
     m = pack.manifest
     assert len(m.experts) == 10 and not m.missing_experts()
-    assert all(e.kind == "tail" and e.tail_blocks == 1 for e in m.experts)
+    assert all(e.kind == "vit" and e.vit_arch.embed_dim == 256 for e in m.experts)  # whole 4H ViTs
+    assert [e.key for e in m.compact_experts] == [e.key for e in m.experts]
+    assert all(e.kind == "tail" and e.tail_blocks == 1 for e in m.compact_experts)
     assert m.trunk is not None and m.trunk.blocks == 1
     assert set(m.baselines) == {"4H", "6H"}
-    assert [e.key for e in m.full_experts] == ["0"]
     assert m.training["recipe"]["depth"] == 2 and m.training["wall_s"] > 0
+    assert m.training["recipe"]["max_weight"] == 14.0 and m.training["teacher_recipe"] == "per-subset"
     assert m.training["device"].startswith("cpu")
+    assert m.tau == m.training["default_tau"]["tau"]  # chosen on the validation split
     x = torch.zeros(3, 1, 28, 28)
     assert pack.load_generalist()(x).shape == (3, 10)
-    tokens = pack.load_trunk()(x)
     for e in m.experts:
+        assert pack.load_expert(e)(x).shape == (3, 10)
+    tokens = pack.load_trunk()(x)
+    for e in m.compact_experts:
         assert pack.load_expert(e)(tokens).shape == (3, 10)
     # what the edge and the hub load: the runtime backends on uint8 frames
     from askexpert.backends import open_backend
@@ -49,11 +61,18 @@ def test_tiny_pack_loads_and_runs(tiny):
     backend = open_backend("torch")
     frames = np.random.default_rng(0).integers(0, 255, (4, 28, 28, 1), dtype=np.uint8)
     assert backend.classifier(pack, m.generalist)(frames).shape == (4, 10)
-    lib = backend.experts(pack, m.experts)
-    assert lib(frames, ["0", "0-1", "2-3", "0"]).shape == (4, 10)
-    # reports and logits
+    for form in ("full", "compact"):  # what `expert-hub run --expert-form` serves
+        lib = backend.experts(pack, pack.expert_entries(form))
+        assert lib(frames, ["0", "0-1", "2-3", "0"]).shape == (4, 10)
+    # reports and logits: every expert kind over both seeds, the system controls, the claims
     rep = json.loads((tiny / "pack" / "reports" / "report.json").read_text())
-    assert {"generalists", "table3", "experts", "system_sweep"} <= set(rep)
+    assert {"generalists", "table3", "experts", "system_sweep", "claims", "default_tau", "alpha", "recall"} <= set(rep)
+    for kind in ("progressive", "static", "uniform"):
+        assert len(rep["table3"][kind]["target"]["values"]) == 2
+        assert all(len(e[kind]["overall"]["values"]) == 2 for e in rep["experts"].values())
+    row = rep["at_default_tau"]
+    assert {"progressive", "static", "uniform", "compact", "coinference_4H", "coinference_6H", "fixed_expert"} <= set(row)
+    assert {c["verdict"] for c in rep["claims"]} <= {"holds", "mixed", "does not hold"}
     assert (tiny / "pack" / "reports" / "report.md").is_file()
     with np.load(tiny / "pack" / "eval" / "logits-test.npz", allow_pickle=False) as z:
         assert {"labels", "generalist-3H", "baseline-4H", "baseline-6H", "progressive-0-1"} <= set(z.files)
@@ -62,10 +81,7 @@ def test_tiny_pack_loads_and_runs(tiny):
 
 def test_rerun_resumes_without_retraining(tiny):
     before = (tiny / "work" / "teacher.safetensors").stat().st_mtime_ns
-    argv = ["report", "--dataset", "fashion-mnist", "--work", str(tiny / "work"), "--depth", "2", "--epochs", "2",
-            "--max-train-samples", "256", "--expert-train-samples", "128", "--max-test-samples", "200",
-            "--max-val-samples", "200", "--batch-size", "64", "--importance-batches", "1", "--full-experts", "0"]  # fmt: skip
-    assert main(argv) == 0
+    assert main(["report", "--work", str(tiny / "work"), *TINY]) == 0
     assert (tiny / "work" / "teacher.safetensors").stat().st_mtime_ns == before
     with pytest.raises(SystemExit):  # a work folder never mixes settings
         main(["teacher", "--work", str(tiny / "work"), "--depth", "3", "--max-train-samples", "256"])
@@ -75,7 +91,7 @@ def test_onnx_parity(tiny, tmp_path):
     from trainer.onnx_export import export_pack_onnx
 
     diffs = export_pack_onnx(tiny / "pack", tmp_path)
-    assert {"generalist-3H", "trunk", "expert-0-1", "baseline-6H", "full-expert-0"} <= set(diffs)
+    assert {"generalist-3H", "trunk", "expert-0-1", "baseline-6H", "compact-expert-0"} <= set(diffs)
     assert max(diffs.values()) < 1e-3
 
 
@@ -105,3 +121,57 @@ def test_fit_resumes_after_interruption(tmp_path):
     fit([Job("m", c)], x, y, None, epochs=2, ckpt_dir=tmp_path / "resumed", **kw)
     for k, v in a.state_dict().items():
         assert torch.allclose(v, c.state_dict()[k], atol=1e-5), k
+
+
+def test_experts_start_as_their_pruned_subset_teacher(tiny):
+    """The paper's init: m_I is M_I pruned to 4H by loss-based importance; M_I is fine-tuned from the
+    generalist teacher (so differs from it) and its hard labels are what the experts learn from."""
+    from safetensors.torch import load_file
+
+    from trainer.cli import config_from
+    from trainer.pipeline import Run
+    from trainer.prune import compute_importance, prune_vit
+
+    run = Run(config_from(_parsed(["experts", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
+    key = "0-2"
+    m_i = run.load_vit("6H", run.expert_teacher_rel(key))
+    assert run.expert_teacher_rel(key) != "teacher.safetensors"
+    generalist = run.load_vit("6H", "teacher.safetensors")
+    assert any(not torch.equal(a, b) for a, b in zip(m_i.state_dict().values(), generalist.state_dict().values()))
+    imp = compute_importance(m_i, run._importance_batches())
+    want = prune_vit(m_i, run.arch("6H"), run.arch("4H"), imp).state_dict()
+    got = load_file(str(tiny / "work" / "experts" / "init" / f"expert-{key}.safetensors"))
+    assert set(got) == set(want) and all(torch.allclose(got[k], want[k]) for k in want)
+    x = run.data.x_train[run._expert_samples()]
+    assert torch.equal(run.expert_teacher_labels(key), run.logits(m_i, x).argmax(1))
+    # every kind of every seed was trained away from that same init
+    for kind in ("progressive", "static", "uniform"):
+        trained = load_file(str(tiny / "work" / run.expert_rel(kind, key, 1)))
+        assert not torch.equal(trained["head.weight"], got["head.weight"])
+
+
+def _parsed(argv):
+    """The trainer's own argument parsing (what `trainer.cli.main` sees), without running a step."""
+    from trainer import cli
+
+    seen = {}
+
+    def grab(ns):
+        seen["ns"] = ns
+        raise SystemExit(0)
+
+    orig, cli.config_from = cli.config_from, grab
+    try:
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+    finally:
+        cli.config_from = orig
+    return seen["ns"]
+
+
+def test_recipes_are_defaults_that_flags_override():
+    ns = _parsed(["pack", "--recipe", "cpu", "--epochs-expert", "7"])
+    assert (ns.depth, ns.patch_size, ns.expert_seeds, ns.epochs_expert) == (4, 7, 3, 7)
+    assert ns.work == "runs/fashion-mnist-cpu" and ns.device == "cpu" and not ns.no_size_limit
+    ns = _parsed(["pack", "--recipe", "gpu", "--device", "cpu"])
+    assert (ns.depth, ns.device, ns.no_size_limit) == (12, "cpu", True)

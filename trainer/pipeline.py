@@ -492,7 +492,7 @@ class Run:
         base = self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors")
         arch = self.arch(cfg.expert_shape)
         t0 = time.time()
-        trunk = copy.deepcopy(base).half().float().eval()  # the trunk as stored in the pack (fp16)
+        trunk = copy.deepcopy(base).half().float().eval().to(self.device)  # the trunk as stored in the pack (fp16)
         tok_dtype = torch.float16 if self.device.type == "cpu" else torch.float32
         tokens = predict(self.trunk_fn(trunk), x, 512, self.device, out_dtype=tok_dtype)
         jobs = [Job(f"compact-{key}", ExpertTail.from_vit(base, arch, cfg.tail_blocks), "progressive", self.target_mask(sub))
@@ -548,7 +548,7 @@ class Run:
                         val[f"{kind}-{key}"] = self.logits(m, d.x_val)
             seeds.append(per)
         if "compact" in einfo:
-            trunk = r16(self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors"))
+            trunk = r16(self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors")).to(self.device)
             tokens = predict(self.trunk_fn(trunk), d.x_test, 512, self.device)
             for key in einfo["keys"]:
                 tail = r16(self.load_tail(f"experts/compact/expert-{key}.safetensors")).to(self.device)
