@@ -75,6 +75,7 @@ class Config:
     expert_train_samples: int = 0
     max_test_samples: int = 0  # for smoke tests only: reports then cover part of the test split
     max_val_samples: int = 0  # for smoke tests only
+    expert_init: str = "pruned-teacher"  # pruned-teacher (the paper: M_I pruned to 4H) | generalist (the 4H generalist)
     expert_seeds: int = 3  # seeds of every expert and its controls (data order, augmentation)
     compact_experts: bool = True  # also train tails on the shared 4H trunk (a serving option)
     tau_tolerance: float = 0.25  # default tau: the lowest whose validation accuracy is within this (pt) of the best
@@ -435,8 +436,13 @@ class Run:
         return load_file(str(self.work / f"subset-teachers/labels-{key}.safetensors"))["train"]
 
     def expert_init(self, key: str) -> torch.nn.Module:
-        """The paper's init of m_I: M_I pruned to the expert shape by loss-based importance (cached)."""
+        """The paper's init of m_I: M_I pruned to the expert shape by loss-based importance (cached);
+        or, for small budgets, the expert-shaped generalist (the generalist teacher pruned and distilled)."""
         cfg = self.cfg
+        if cfg.expert_init == "generalist":
+            return self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors")
+        if cfg.expert_init != "pruned-teacher":
+            raise SystemExit(f"unknown expert init {cfg.expert_init!r}")
         rel = f"experts/init/expert-{key}.safetensors"
         if not (self.work / rel).is_file():
             teacher = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key)).to(self.device)
@@ -460,7 +466,7 @@ class Run:
         x, y = d.x_train[idx], d.y_train[idx]
         fits = self.info("expert-fits") or {}
         info: dict = {"keys": keys, "samples": len(idx), "teacher_recipe": cfg.teacher_recipe, "kinds": list(EXPERT_KINDS),
-                      "seeds": list(range(cfg.expert_seeds)), "init": "M_I pruned to " + cfg.expert_shape, "init_val_top1": {}}  # fmt: skip
+                      "seeds": list(range(cfg.expert_seeds)), "init": (f"M_I pruned to {cfg.expert_shape}" if cfg.expert_init == "pruned-teacher" else f"the {cfg.expert_shape} generalist"), "init_val_top1": {}}  # fmt: skip
         for key, sub in zip(keys, subsets):
             init = self.expert_init(key)
             info["init_val_top1"][key] = self.acc(self.logits(init, d.x_val), d.y_val)
