@@ -296,8 +296,9 @@ def scenarios_from_stored(pack, z: dict) -> dict:
     """Map the trainer's logits keys onto sweep() arguments.
 
     Keys: generalist-<shape> (the edge), baseline-<shape> / teacher-<shape> (near-edge
-    generalists), <kind>-<expert key> with kind progressive (the pack's experts), static, full, or
-    <kind>-routed (NaN rows where that kind has no expert) with routed-key; labels."""
+    generalists), <kind>-<expert key> with kind progressive (the pack's experts), static, uniform,
+    compact or full (older packs), or <kind>-routed (NaN rows where that kind has no expert) with
+    routed-key; labels."""
     m = pack.manifest
     edge_name = shape_name(m.generalist.arch)
     edge = z[f"generalist-{edge_name}"].astype(np.float32)
@@ -309,6 +310,7 @@ def scenarios_from_stored(pack, z: dict) -> dict:
     d = edge_decisions(edge, m.partition, m.k)
     specs: dict = {}
     for kind, label in (("progressive", f"{exp_shape} experts"), ("static", f"{exp_shape} static experts"),
+                        ("uniform", f"{exp_shape} uniform experts"), ("compact", f"{exp_shape} compact experts"),
                         ("full", f"{exp_shape} full experts")):  # fmt: skip
         per_key = {n.split("-", 1)[1]: z[n].astype(np.float32) for n in z if n.startswith(kind + "-") and n != f"{kind}-routed"}
         if per_key and set(d.expert) <= set(per_key):

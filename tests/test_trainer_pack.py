@@ -1,4 +1,4 @@
-"""A two-epoch tiny `trainer pack` on a few hundred images: the pack loads, the edge's and the hub's
+"""A one-epoch tiny `trainer pack` on a few hundred images: the pack loads, the edge's and the hub's
 backends run it (full and compact experts), experts start as their pruned per-subset teacher and
 train on its labels, the report holds every control and claim, ONNX matches PyTorch, and a fit
 resumes from its checkpoint."""
@@ -12,7 +12,8 @@ import torch
 from askexpert.pack import Pack
 from trainer.cli import main
 
-pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+# a whole (tiny) training run: minutes on a busy 2-core box, so a longer limit than the default
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.skipif(
     not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file()
     and not __import__("os").environ.get("ATE_FASHION_MNIST_DIR"),
     reason="Fashion-MNIST not installed",
@@ -23,14 +24,14 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
     argv = ["pack", "--dataset", "fashion-mnist", "--work", str(root / "work"), "--out", str(root / "pack"),
-            "--depth", "2", "--epochs", "2", "--max-train-samples", "256", "--expert-train-samples", "128",
+            "--depth", "2", "--epochs", "1", "--max-train-samples", "256", "--expert-train-samples", "128",
             "--max-test-samples", "200", "--max-val-samples", "200", "--batch-size", "64",
             "--importance-batches", "1", "--expert-seeds", "2", "--threads", "2"]  # fmt: skip
     assert main(argv) == 0
     return root
 
 
-TINY = ["--dataset", "fashion-mnist", "--depth", "2", "--epochs", "2", "--max-train-samples", "256",
+TINY = ["--dataset", "fashion-mnist", "--depth", "2", "--epochs", "1", "--max-train-samples", "256",
         "--expert-train-samples", "128", "--max-test-samples", "200", "--max-val-samples", "200", "--batch-size", "64",
         "--importance-batches", "1", "--expert-seeds", "2"]  # fmt: skip
 
