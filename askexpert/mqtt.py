@@ -33,6 +33,16 @@ def status_payload(state: str, role: str, ident: str, **extra: object) -> bytes:
     return json.dumps({"state": state, "role": role, "id": ident, "ts": time.time(), **extra}).encode()
 
 
+def match_filter(topic_filter: str) -> str:
+    """The filter a delivered message's topic matches: `$share/<group>/<filter>` -> `<filter>`."""
+    if topic_filter.startswith("$share/"):
+        parts = topic_filter.split("/", 2)
+        if len(parts) != 3 or not parts[1] or not parts[2]:
+            raise ValueError(f"malformed shared subscription {topic_filter!r}")
+        return parts[2]
+    return topic_filter
+
+
 class MqttClient:
     """One broker connection for one component (role 'edge' or 'hub', id unique per role)."""
 
@@ -89,9 +99,12 @@ class MqttClient:
 
     # ------------------------------------------------------------ messaging
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:
-        """Register a handler; it is (re)subscribed on every connect. Handlers must not block."""
+        """Register a handler; it is (re)subscribed on every connect. Handlers must not block.
+
+        A shared subscription (`$share/<group>/<filter>`) delivers messages under their real topic,
+        which paho matches against the callbacks' filters: the handler is registered for `<filter>`."""
         self._subs[topic_filter] = (qos, handler)
-        self.client.message_callback_add(topic_filter, self._guard(handler))
+        self.client.message_callback_add(match_filter(topic_filter), self._guard(handler))
         if self.connected.is_set():
             self.client.subscribe(topic_filter, qos=qos)
 

@@ -117,3 +117,27 @@ def test_broker_restart_mid_stream(tiny_pack, tmp_path):
         by_frame.setdefault(m.frame_id, set()).add((m.label, m.source))
     assert sorted(by_frame) == list(range(300)), "no frame lost across the restart"
     assert all(len(v) == 1 for v in by_frame.values()), "a redelivered label is the same label"
+
+
+def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
+    """Two hubs with --share-group: every offloaded frame answered once, by one of them, and both work
+    (a shared subscription delivers under the real topic, which the handler must match)."""
+    from askexpert.protocol import decode_reply
+
+    hubs = [start_hub(tiny_pack, broker.url, "--hub-id", h, "--share-group", "hubs") for h in ("s1", "s2")]
+    try:
+        for h in ("s1", "s2"):
+            wait_hub_online(broker.url, h)
+        sub = Collector(broker.url, "ate/v1/nodes/cam9/labels", "ate/v1/nodes/cam9/replies")
+        summary = run_edge(tiny_pack, broker.url, "--node-id", "cam9", "--source", "dataset:fashion-mnist:test",
+                           "--max-frames", "100", "--tau", "1.0", "--deadline-ms", "5000")  # fmt: skip
+        labels = sub.wait_labels(100)
+        sub.close()
+    finally:
+        for h in hubs:
+            stop(h)
+    assert summary["fallback"] == 0
+    assert sorted(m.frame_id for m in labels) == list(range(100))
+    assert all(m.source == "expert" for m in labels)
+    answered = [decode_reply(p).hub for t, p in sub.raw if t.endswith("/replies")]
+    assert len(answered) == 100 and set(answered) == {"s1", "s2"}

@@ -123,8 +123,13 @@ def main(argv: list[str] | None = None) -> int:
     (out / "sweep.md").write_text(to_markdown(res, title))
     (out / "sweep.json").write_text(to_json(res) + "\n")
     plot(res, out / "sweep.png")
+    written = ["sweep.md", "sweep.json", "sweep.png", "costs.png"]
+    rep = pack.manifest.reports.get("markdown")
+    if rep and (pack.root / rep).is_file():  # the trainer's claims, Table 3 with seeds and controls
+        (out / "pack-report.md").write_text((pack.root / rep).read_text())
+        written.append("pack-report.md")
     print(to_markdown(res, title))
-    print(f"written: {out}/sweep.md, sweep.json, sweep.png, costs.png")
+    print(f"written: {out}/" + ", ".join(written))
     return 0
 
 
