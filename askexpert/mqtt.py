@@ -55,8 +55,13 @@ class MqttClient:
         self.state = "starting"  # what (re)connects announce; publish_status changes it
         self.connected = threading.Event()
         self.connects = 0
+        # QoS>0 message ids the broker has not acknowledged yet. paho also calls on_publish for QoS 0
+        # messages (when written), and may call it before publish() has returned the id: both are
+        # told apart by id, so flush() waits for exactly the acknowledgements that matter.
         self._acks = threading.Condition()
-        self._sent = self._acked = 0
+        self._unacked: set[int] = set()
+        self._qos0: set[int] = set()
+        self._early: set[int] = set()
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ate-{role}-{ident}", protocol=mqtt.MQTTv5)
         if settings.username:
             c.username_pw_set(settings.username, settings.password)
@@ -128,15 +133,24 @@ class MqttClient:
             if expiry_s:
                 props.MessageExpiryInterval = max(1, int(expiry_s))
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        if qos:
-            with self._acks:
-                self._sent += 1
+        with self._acks:
+            if info.mid in self._early:  # already written (QoS 0) or acknowledged
+                self._early.discard(info.mid)
+            elif qos:
+                self._unacked.add(info.mid)
+            elif len(self._qos0) < 65536:  # one that is never written (disconnected) is never reported
+                self._qos0.add(info.mid)
         return info
 
     def flush(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every QoS>0 message published so far."""
         with self._acks:
-            return self._acks.wait_for(lambda: self._acked >= self._sent, timeout)
+            return self._acks.wait_for(lambda: not self._unacked, timeout)
+
+    def unacknowledged(self) -> int:
+        """QoS>0 messages published and not yet acknowledged by the broker."""
+        with self._acks:
+            return len(self._unacked)
 
     def publish_status(self, state: str, **extra: object) -> None:
         """Announce a state (retained); it is also what every later reconnect announces."""
@@ -172,8 +186,13 @@ class MqttClient:
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code, properties) -> None:
         with self._acks:
-            self._acked += 1
-            self._acks.notify_all()
+            if mid in self._qos0:
+                self._qos0.discard(mid)
+            elif mid in self._unacked:
+                self._unacked.discard(mid)
+                self._acks.notify_all()
+            else:
+                self._early.add(mid)
 
     @staticmethod
     def _guard(handler: Handler) -> Handler:

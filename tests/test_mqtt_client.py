@@ -1,0 +1,38 @@
+"""MqttClient.flush waits for the broker's acknowledgements of QoS 1 messages, and nothing else."""
+
+import os
+import signal
+import time
+
+from askexpert.mqtt import MqttClient, match_filter
+from askexpert.settings import CommonSettings
+
+
+def test_flush_waits_for_qos1_acks_not_qos0_writes(broker):
+    c = MqttClient(CommonSettings(broker=broker.url), "edge", "flush-test")
+    c.start()
+    assert c.wait_connected(10)
+    assert c.flush(timeout=10)  # the retained status announced on connect
+    os.kill(broker.proc.pid, signal.SIGSTOP)  # the broker reads nothing and acknowledges nothing
+    try:
+        for i in range(20):
+            c.publish("t/labels", b"label %d" % i, qos=1)
+        for i in range(50):  # stats-like QoS 0 messages: paho reports each as "published" once written
+            c.publish("t/stats", b"stats", qos=0)
+        time.sleep(0.3)
+        assert c.unacknowledged() == 20
+        assert c.flush(timeout=0.5) is False, "no QoS 1 label has been acknowledged"
+    finally:
+        os.kill(broker.proc.pid, signal.SIGCONT)
+    assert c.flush(timeout=10) is True
+    assert c.unacknowledged() == 0
+    c.stop()
+
+
+def test_shared_subscription_handlers_match_the_real_topic():
+    assert match_filter("$share/hubs/ate/v1/experts/+/frames") == "ate/v1/experts/+/frames"
+    assert match_filter("ate/v1/nodes/cam1/replies") == "ate/v1/nodes/cam1/replies"
+    import pytest
+
+    with pytest.raises(ValueError):
+        match_filter("$share//ate/v1/x")
