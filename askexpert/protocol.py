@@ -7,7 +7,10 @@ so a bad message is counted and dropped by the caller, never crashes it.
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import cv2
 import msgpack
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from askexpert.routing import parse_expert_key
 
@@ -23,6 +27,15 @@ DEFAULT_PREFIX = "ate/v1"
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a frame payload larger than this is rejected unread
 RAW_LIMIT_BYTES = 16 * 1024  # images up to this many bytes travel raw, larger ones as JPEG
 LABEL_SOURCES = ("edge", "expert", "edge-fallback")
+NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # node, hub and run ids, pack ids: short and printable
+MAX_TOPK = 16
+
+
+def check_name(value: str) -> str:
+    """For settings: a node or hub id goes into topics and replies, so it must be a NAME_RE name."""
+    if not NAME_RE.fullmatch(value):
+        raise ValueError(f"{value!r} is not 1-64 letters, digits or _.:- (ids are part of MQTT topics)")
+    return value
 
 
 class ProtocolError(ValueError):
@@ -99,6 +112,17 @@ def decode_image(enc: str, data: bytes, shape: tuple[int, int, int]) -> np.ndarr
             raise ProtocolError(f"raw image has {len(data)} bytes, shape {shape} needs {h * w * c}")
         return np.frombuffer(data, dtype=np.uint8).reshape(h, w, c)
     if enc == "jpeg":
+        # the header's size is checked before any pixel is decoded: a 16000 x 16000 JPEG of 3 MB
+        # would otherwise take seconds and hundreds of MB in the caller's (network) thread
+        try:
+            with Image.open(io.BytesIO(data), formats=["JPEG"]) as im:
+                jw, jh = im.size
+        except Image.DecompressionBombError as exc:  # PIL's own limit, hit by the header alone
+            raise ProtocolError(f"JPEG header claims an image far beyond {w}x{h}: not decoded") from exc
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
+            raise ProtocolError(f"not a JPEG: {exc}") from exc
+        if (jh, jw) != (h, w):
+            raise ProtocolError(f"JPEG header says {jw}x{jh}, payload says {w}x{h}: not decoded")
         flag = cv2.IMREAD_GRAYSCALE if c == 1 else cv2.IMREAD_COLOR
         img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), flag)
         if img is None:
@@ -163,24 +187,47 @@ def _field(msg: dict, name: str, kind: type | tuple[type, ...]) -> Any:
     return value
 
 
+def _name(msg: dict, key: str) -> str:
+    value = _field(msg, key, str)
+    if not NAME_RE.fullmatch(value):
+        raise ProtocolError(f"field {key!r} is not a name of 1-64 letters, digits or _.:-")
+    return value
+
+
+def _number(msg: dict, key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
+    value = float(_field(msg, key, (int, float)))
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise ProtocolError(f"field {key!r} is {value}, not a finite number in [{lo}, {hi}]")
+    return value
+
+
+def _count(msg: dict, key: str) -> int:
+    value = _field(msg, key, int)
+    if not 0 <= value < 2**63:
+        raise ProtocolError(f"field {key!r} out of range")
+    return value
+
+
 def decode_frame(payload: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> FrameMsg:
     msg = _unpack(payload, max_bytes)
     shape = _field(msg, "shape", list)
-    if len(shape) != 3 or not all(isinstance(s, int) and 0 < s <= 4096 for s in shape) or shape[2] not in (1, 3):
+    if len(shape) != 3 or not all(type(s) is int and 0 < s <= 4096 for s in shape) or shape[2] not in (1, 3):
         raise ProtocolError(f"bad image shape {shape}")
     topk = _field(msg, "topk", list)
     topk_p = _field(msg, "topk_p", list)
-    if not topk or len(topk) != len(topk_p) or not all(isinstance(c, int) and c >= 0 for c in topk):
+    if not 0 < len(topk) <= MAX_TOPK or len(topk) != len(topk_p) or not all(type(c) is int and 0 <= c < 2**31 for c in topk):
         raise ProtocolError("bad top-k")
+    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in topk_p):
+        raise ProtocolError("bad top-k probabilities")
     return FrameMsg(
-        node=_field(msg, "node", str),
-        frame_id=_field(msg, "fid", int),
-        t_capture=float(_field(msg, "tc", (int, float))),
-        pack=_field(msg, "pack", str),
+        node=_name(msg, "node"),
+        frame_id=_count(msg, "fid"),
+        t_capture=_number(msg, "tc"),
+        pack=_name(msg, "pack"),
         topk=topk,
         topk_p=[float(p) for p in topk_p],
         image=decode_image(_field(msg, "enc", str), _field(msg, "img", bytes), tuple(shape)),
-        t_sent=float(_field(msg, "ts", (int, float))),
+        t_sent=_number(msg, "ts"),
     )
 
 
@@ -204,20 +251,22 @@ class ReplyMsg:
 def decode_reply(payload: bytes, *, max_bytes: int = 64 * 1024) -> ReplyMsg:
     msg = _unpack(payload, max_bytes)
     return ReplyMsg(
-        node=_field(msg, "node", str),
-        frame_id=_field(msg, "frame_id", int),
-        label=_field(msg, "label", int),
-        conf=float(_field(msg, "conf", (int, float))),
-        expert=_field(msg, "expert", str),
-        hub=_field(msg, "hub", str),
-        queue_ms=float(_field(msg, "queue_ms", (int, float))),
-        infer_ms=float(_field(msg, "infer_ms", (int, float))),
-        batch=_field(msg, "batch", int),
+        node=_name(msg, "node"),
+        frame_id=_count(msg, "frame_id"),
+        label=_count(msg, "label"),
+        conf=_number(msg, "conf", 0.0, 1.0),  # NaN or Infinity would make the label invalid JSON
+        expert=_name(msg, "expert"),
+        hub=_name(msg, "hub"),
+        queue_ms=_number(msg, "queue_ms", 0.0),
+        infer_ms=_number(msg, "infer_ms", 0.0),
+        batch=_count(msg, "batch"),
     )
 
 
-def correlation_id(node: str, frame_id: int) -> bytes:
-    return f"{node}/{frame_id}".encode()
+def correlation_id(node: str, run: str, frame_id: int) -> bytes:
+    """The frame's MQTT v5 Correlation Data, echoed by the hub: a reply must carry its frame's,
+    so replies to another run of the same node (a restart reuses frame ids) are told apart."""
+    return f"{node}/{run}/{frame_id}".encode()
 
 
 # ---------------------------------------------------------------- final labels (edge -> anyone)
@@ -237,6 +286,7 @@ class LabelMsg:
     edge_label: int  # the edge's own top-1, kept for evaluation
     edge_conf: float
     pack: str
+    run: str = ""  # the edge process's run id: frame ids restart at 0 when an edge restarts
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()

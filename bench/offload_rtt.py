@@ -51,7 +51,7 @@ def main() -> None:
             got.clear()
             t0 = time.perf_counter()
             client.publish(frames_topic("ate/v1", a.expert), frame.encode(), qos=1,
-                           response_topic=replies_topic("ate/v1", "rtt"), correlation=correlation_id("rtt", i), expiry_s=5)  # fmt: skip
+                           response_topic=replies_topic("ate/v1", "rtt"), correlation=correlation_id("rtt", "bench", i), expiry_s=5)  # fmt: skip
             if not got.wait(5):
                 raise TimeoutError("no reply within 5 s")
             if i >= 20:

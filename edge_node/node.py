@@ -8,6 +8,7 @@ pending frame, publish its label; never blocks), and the deadline thread (edge-f
 from __future__ import annotations
 
 import queue
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -79,6 +80,7 @@ class EdgeNode:
         self.tau = TauControl(client, settings.prefix, settings.node_id, m.tau if settings.tau is None else settings.tau)
         self.k = settings.top_k or m.k
         self.node = settings.node_id
+        self.run_id = secrets.token_hex(4)  # in every label and correlation: frame ids restart with the process
         self.labels_topic = labels_topic(settings.prefix, self.node)
         self.replies_topic = replies_topic(settings.prefix, self.node)
         self.stats = EdgeStats()
@@ -226,26 +228,32 @@ class EdgeNode:
             msg.encode(),
             qos=1,
             response_topic=self.replies_topic,
-            correlation=correlation_id(self.node, frame.frame_id),
+            correlation=correlation_id(self.node, self.run_id, frame.frame_id),
             expiry_s=max(1, int(round(deadline_s + 0.499))),
         )
         metrics.OFFLOADS.labels(self.node, expert).inc()
 
     # ------------------------------------------------------------ results
+    def _reject_reply(self, reason: str, **info: object) -> None:
+        self.stats.rejected += 1
+        metrics.REJECTED.labels("edge", reason).inc()
+        log.warning("reply dropped; the deadline will fall back", reason=reason, **info)
+
     def _on_reply(self, message: mqtt.MQTTMessage) -> None:
         try:
             reply = decode_reply(message.payload)
         except ProtocolError as exc:
-            self.stats.rejected += 1
-            metrics.REJECTED.labels("edge", "malformed-reply").inc()
-            log.warning("malformed reply dropped", error=str(exc))
-            return
+            return self._reject_reply("malformed-reply", error=str(exc))
         if not 0 <= reply.label < len(self.pack.manifest.classes):
-            self.stats.rejected += 1
-            metrics.REJECTED.labels("edge", "bad-reply-label").inc()
-            log.warning("reply with an unknown class dropped; the deadline will fall back", label=reply.label)
-            return
-        item = self.pending.pop(reply.frame_id) if reply.node == self.node else None
+            return self._reject_reply("bad-reply-label", label=reply.label)
+        correlation = getattr(getattr(message, "properties", None), "CorrelationData", None)
+        if reply.node != self.node or correlation != correlation_id(self.node, self.run_id, reply.frame_id):
+            # not an answer to a frame of this run: another run of this node, or forged
+            self.stats.late_replies += 1
+            metrics.LATE_REPLIES.labels(self.node).inc()
+            log.debug("reply for another run or node dropped", frame_id=reply.frame_id, hub=reply.hub)
+            return None
+        item = self.pending.pop(reply.frame_id, expert=reply.expert)
         if item is None:
             self.stats.late_replies += 1
             metrics.LATE_REPLIES.labels(self.node).inc()
@@ -254,6 +262,7 @@ class EdgeNode:
         self._metric_rtt.observe((time.monotonic() - item.t_sent) * 1000)
         self._publish_label(item.frame_id, item.t_capture, reply.label, reply.conf, "expert", item.expert,
                             item.edge_label, item.edge_conf)  # fmt: skip
+        return None
 
     def _on_deadline(self, item: Offload) -> None:
         self._publish_label(item.frame_id, item.t_capture, item.edge_label, item.edge_conf, "edge-fallback",
@@ -264,7 +273,7 @@ class EdgeNode:
         latency_ms = (time.time() - t_capture) * 1000
         msg = LabelMsg(self.node, frame_id, label, self.pack.manifest.classes[label],
                        round(conf, 6), source, expert, round(latency_ms, 3), t_capture, edge_label,
-                       round(edge_conf, 6), self.pack.pack_id)  # fmt: skip
+                       round(edge_conf, 6), self.pack.pack_id, self.run_id)  # fmt: skip
         self.client.publish(self.labels_topic, msg.encode(), qos=1)
         self._metric_labels[source].inc()
         self._metric_latency[source].observe(latency_ms)

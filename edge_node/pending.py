@@ -43,9 +43,13 @@ class PendingTable:
             heapq.heappush(self._heap, (item.deadline, item.frame_id))
             self._cond.notify()
 
-    def pop(self, frame_id: int) -> Offload | None:
+    def pop(self, frame_id: int, expert: str | None = None) -> Offload | None:
+        """Take a waiting frame (only if it was offloaded to `expert`, when given)."""
         with self._cond:
-            item = self._items.pop(frame_id, None)
+            item = self._items.get(frame_id)
+            if item is None or (expert is not None and item.expert != expert):
+                return None
+            del self._items[frame_id]
             self._cond.notify_all()
             return item
 

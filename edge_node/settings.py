@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import socket
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
+from askexpert.protocol import check_name
 from askexpert.settings import CommonSettings
 
 
@@ -20,4 +21,9 @@ class EdgeSettings(CommonSettings):
     batch_size: int = Field(32, ge=1, description="largest micro-batch for the generalist")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits to fill")
     live_queue: int = Field(4, ge=1, description="frames a live source may keep waiting (oldest dropped)")
+    @field_validator("node_id")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        return check_name(v)
+
     connect_timeout_s: float = Field(10.0, ge=0, description="wait this long for the broker at start, then go on (labels queue)")

@@ -23,7 +23,15 @@ from askexpert.batching import fill_batch
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.protocol import FrameMsg, ProtocolError, ReplyMsg, decode_frame, expert_from_topic, frames_filter
+from askexpert.protocol import (
+    FrameMsg,
+    ProtocolError,
+    ReplyMsg,
+    decode_frame,
+    expert_from_topic,
+    frames_filter,
+    replies_topic,
+)
 from askexpert.routing import softmax
 from expert_hub.settings import HubSettings
 
@@ -95,12 +103,12 @@ class ExpertHub:
         try:
             expert = expert_from_topic(self.s.prefix, message.topic)
             frame = decode_frame(message.payload, max_bytes=self.s.max_payload)
-        except ProtocolError as exc:
-            return self._reject("malformed", error=str(exc), topic=message.topic)
+        except (ProtocolError, TypeError, ValueError, OverflowError) as exc:  # whatever a hostile payload causes
+            return self._reject("malformed", error=str(exc)[:200], topic=message.topic[:200])
         if frame.pack != self.pack.pack_id:
             self.stats.rejected += 1
             metrics.REJECTED.labels("hub", "wrong-pack").inc()
-            if frame.pack not in self._warned_packs:  # say it once per foreign pack, count every time
+            if frame.pack not in self._warned_packs and len(self._warned_packs) < 32:  # once per pack, bounded
                 self._warned_packs.add(frame.pack)
                 log.error("frame from a different pack ignored", their_pack=frame.pack, our_pack=self.pack.pack_id, node=frame.node)
             return None
@@ -112,6 +120,8 @@ class ExpertHub:
         response = getattr(props, "ResponseTopic", None)
         if not response:
             return self._reject("no-response-topic", node=frame.node)
+        if response != replies_topic(self.s.prefix, frame.node):  # the hub answers only into the sender's replies
+            return self._reject("foreign-response-topic", node=frame.node, response_topic=response[:200])
         expiry = getattr(props, "MessageExpiryInterval", None)
         now = time.monotonic()
         job = Job(frame, expert, response, getattr(props, "CorrelationData", None), now, now + expiry if expiry else None)

@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from askexpert.protocol import MAX_FRAME_BYTES
+from askexpert.protocol import MAX_FRAME_BYTES, check_name
 from askexpert.settings import CommonSettings
 
 
@@ -21,6 +21,11 @@ class HubSettings(CommonSettings):
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill after its first frame")
     max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frame payloads are rejected")
     queue_size: int = Field(4096, ge=1, description="frames waiting for inference; beyond this the oldest is dropped")
+
+    @field_validator("hub_id")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        return check_name(v)
 
     @field_validator("experts", mode="before")
     @classmethod

@@ -141,3 +141,62 @@ def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
     assert all(m.source == "expert" for m in labels)
     answered = [decode_reply(p).hub for t, p in sub.raw if t.endswith("/replies")]
     assert len(answered) == 100 and set(answered) == {"s1", "s2"}
+
+
+def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
+    """A client that reads the frames topic answers first with replies that are not this run's:
+    no Correlation Data, another run's, a NaN confidence, another expert. Every one is dropped, so
+    each expert label is the real hub's, and labels of two runs of one node carry different run ids."""
+    import math
+    import threading
+
+    import msgpack
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    n = 60
+    _, _, experts, expert_labels = offline(tiny_pack, n)
+    forger = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    forged = [0]
+
+    def on_frame(client, userdata, msg):
+        f = decode_frame(msg.payload)
+        corr = msg.properties.CorrelationData
+        node, run, fid = corr.decode().split("/")
+        fid = int(fid)
+        bad = {"v": 1, "node": f.node, "frame_id": f.frame_id, "label": (int(expert_labels[fid]) + 1) % 10, "conf": 0.99,
+               "expert": expert_from_topic("ate/v1", msg.topic), "hub": "forger", "queue_ms": 0.0, "infer_ms": 0.0, "batch": 1}  # fmt: skip
+        for corr_i, extra in [(None, {}), (f"{node}/other/{fid}".encode(), {}), (corr, {"conf": math.nan}),
+                              (corr, {"expert": "3" if bad["expert"] != "3" else "2"})]:  # fmt: skip
+            props = Properties(PacketTypes.PUBLISH)
+            if corr_i is not None:
+                props.CorrelationData = corr_i
+            client.publish(msg.properties.ResponseTopic, msgpack.packb({**bad, **extra}), qos=1, properties=props)
+            forged[0] += 1
+
+    forger.on_message = on_frame
+    forger.connect("127.0.0.1", broker.port)
+    forger.subscribe("ate/v1/experts/+/frames", qos=1)
+    forger.loop_start()
+    hub = start_hub(tiny_pack, broker.url, "--hub-id", "real")
+    runs = []
+    try:
+        wait_hub_online(broker.url, "real")
+        for _ in range(2):
+            sub = Collector(broker.url, "ate/v1/nodes/cam7/labels")
+            run_edge(tiny_pack, broker.url, "--node-id", "cam7", "--source", "dataset:fashion-mnist:test",
+                     "--max-frames", str(n), "--tau", "1.0", "--deadline-ms", "5000")  # fmt: skip
+            runs.append(sub.wait_labels(n))
+            sub.close()
+    finally:
+        forger.loop_stop()
+        stop(hub)
+    assert forged[0] >= 4 * n
+    for labels in runs:
+        assert sorted(m.frame_id for m in labels) == list(range(n))
+        assert all(m.source == "expert" and math.isfinite(m.conf) for m in labels)
+        assert all(m.label == int(expert_labels[m.frame_id]) and m.expert == experts[m.frame_id] for m in labels)
+    run_ids = [{m.run for m in labels} for labels in runs]
+    assert all(len(r) == 1 and "" not in r for r in run_ids) and run_ids[0] != run_ids[1]

@@ -90,3 +90,80 @@ def test_settings_precedence_flag_env_file(tmp_path, monkeypatch):
     assert HubSettings().experts == ["0", "0-2"]
     with pytest.raises(ValueError):
         HubSettings(broker="localhost:1883")
+
+
+def _valid_frame(shape=(28, 28, 1)) -> bytes:
+    img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
+    return FrameMsg("cam1", 7, time.time(), "0c7d1a2b3c4d5e6f", [0, 2], [0.4, 0.3], img).encode()
+
+
+def _mutate(obj, rng):
+    """One random change to a decoded frame map: wrong types, huge or negative numbers, NaN, junk."""
+    junk = [None, -1, 2**64 - 1, -(2**63), float("nan"), float("inf"), "x" * 100, b"\x00" * 7, [], {}, [1, "a"], True, 3.5, "../#"]
+    key = rng.choice(sorted(obj))
+    out = dict(obj)
+    if rng.random() < 0.15:
+        del out[key]
+    elif isinstance(out[key], list) and out[key] and rng.random() < 0.5:
+        lst = list(out[key])
+        lst[int(rng.integers(len(lst)))] = junk[int(rng.integers(len(junk)))]
+        out[key] = lst
+    else:
+        out[key] = junk[int(rng.integers(len(junk)))]
+    return out
+
+
+@pytest.mark.parametrize("shape", [(28, 28, 1), (96, 96, 3)])
+def test_fuzzed_frames_decode_or_raise_protocol_error_only(shape):
+    """Whatever a hostile sender changes, decoding gives a valid frame or a ProtocolError (counted by
+    the hub as rejected), never another exception: 3000 mutations per image kind."""
+    rng = np.random.default_rng(1)
+    base = msgpack.unpackb(_valid_frame(shape), raw=False)
+    outcomes = {"ok": 0, "rejected": 0}
+    for _ in range(3000):
+        msg = _mutate(base, rng)
+        if rng.random() < 0.3:
+            msg = _mutate(msg, rng)
+        payload = msgpack.packb(msg, use_bin_type=True)
+        if rng.random() < 0.2:  # byte-level damage too
+            b = bytearray(payload)
+            b[int(rng.integers(len(b)))] = int(rng.integers(256))
+            payload = bytes(b)
+        try:
+            f = decode_frame(payload)
+        except ProtocolError:
+            outcomes["rejected"] += 1
+            continue
+        assert f.image.shape == shape and f.image.dtype == np.uint8
+        outcomes["ok"] += 1
+    assert outcomes["rejected"] > 2000 and outcomes["ok"] > 0
+
+
+def test_jpeg_header_is_checked_before_decoding():
+    """A frame whose JPEG is much larger than its declared shape is refused from the header alone."""
+    import cv2
+
+    big = np.zeros((2000, 2000, 1), np.uint8)  # 2000 x 2000 declared as 96 x 96
+    ok, buf = cv2.imencode(".jpg", big)
+    payload = msgpack.packb({"v": 1, "node": "cam1", "fid": 1, "tc": 1.0, "ts": 1.0, "pack": "0c7d1a2b3c4d5e6f",
+                             "topk": [0], "topk_p": [0.5], "enc": "jpeg", "shape": [96, 96, 1], "img": buf.tobytes()},
+                            use_bin_type=True)  # fmt: skip
+    with pytest.raises(ProtocolError, match="header says 2000x2000"):
+        decode_frame(payload)
+
+
+def test_replies_with_non_finite_or_out_of_range_values_are_refused():
+    good = dict(v=1, node="cam1", frame_id=3, label=2, conf=0.9, expert="0-2", hub="h1", queue_ms=0.1, infer_ms=1.0, batch=4)
+    assert decode_reply(msgpack.packb(good)).conf == 0.9
+    for key, bad in [("conf", float("nan")), ("conf", float("inf")), ("conf", 1.5), ("label", -1), ("frame_id", 2**64 - 1),
+                     ("hub", "h/1"), ("node", "x" * 65), ("infer_ms", -1.0)]:  # fmt: skip
+        with pytest.raises(ProtocolError):
+            decode_reply(msgpack.packb({**good, key: bad}))
+
+
+def test_ids_that_go_into_topics_are_validated():
+    with pytest.raises(ValueError):
+        EdgeSettings(node_id="cam/+")
+    with pytest.raises(ValueError):
+        HubSettings(hub_id="#")
+    assert EdgeSettings(node_id="cam-1.local").node_id == "cam-1.local"
