@@ -62,6 +62,8 @@ class MqttClient:
         self._unacked: set[int] = set()
         self._qos0: set[int] = set()
         self._early: set[int] = set()
+        self._sub_mids: dict[int, str] = {}
+        self.refused: dict[str, str] = {}  # subscriptions the broker refused (e.g. $share on a broker without it)
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ate-{role}-{ident}", protocol=mqtt.MQTTv5)
         if settings.username:
             c.username_pw_set(settings.username, settings.password)
@@ -79,6 +81,7 @@ class MqttClient:
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
+        c.on_subscribe = self._on_subscribe
         self.client = c
 
     # ------------------------------------------------------------ lifecycle
@@ -111,7 +114,11 @@ class MqttClient:
         self._subs[topic_filter] = (qos, handler)
         self.client.message_callback_add(match_filter(topic_filter), self._guard(handler))
         if self.connected.is_set():
-            self.client.subscribe(topic_filter, qos=qos)
+            self._subscribe(topic_filter, qos)
+
+    def _subscribe(self, topic_filter: str, qos: int) -> None:
+        _, mid = self.client.subscribe(topic_filter, qos=qos)
+        self._sub_mids[mid] = topic_filter
 
     def publish(
         self,
@@ -172,7 +179,7 @@ class MqttClient:
             return
         self.connects += 1
         for topic_filter, (qos, _) in self._subs.items():
-            client.subscribe(topic_filter, qos=qos)
+            self._subscribe(topic_filter, qos)
         self.publish_status(self.state)
         self.connected.set()
         log.info("mqtt connected", broker=self.settings.broker, reconnect=self.connects > 1)
@@ -193,6 +200,16 @@ class MqttClient:
                 self._acks.notify_all()
             else:
                 self._early.add(mid)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes, properties) -> None:
+        topic_filter = self._sub_mids.pop(mid, "?")
+        bad = [rc for rc in reason_codes if rc.is_failure]
+        if bad:  # the component must not look healthy while it receives nothing
+            self.refused[topic_filter] = str(bad[0])
+            log.error("mqtt subscription refused by the broker", topic_filter=topic_filter, reason=str(bad[0]),
+                      hint="shared subscriptions ($share/...) need a broker that supports them")  # fmt: skip
+        else:
+            self.refused.pop(topic_filter, None)
 
     @staticmethod
     def _guard(handler: Handler) -> Handler:

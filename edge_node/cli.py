@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 from askexpert.backends import open_backend
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
@@ -47,6 +48,11 @@ def cmd_run(args: argparse.Namespace) -> int:
         stop_ops()
         client.stop()
     print(json.dumps({"node": s.node_id, **vars(stats)}))
+    if stats.unacknowledged:  # labelled into the void: say so, and fail
+        never = "" if client.connects else f"; the broker at {s.broker} never answered"
+        print(f"error: {stats.unacknowledged} messages ({stats.frames} frames' labels and the status) were not "
+              f"acknowledged by the broker{never}", file=sys.stderr)  # fmt: skip
+        return 3
     return 0
 
 

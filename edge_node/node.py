@@ -70,6 +70,7 @@ class EdgeStats:
     late_replies: int = 0
     dropped: int = 0
     rejected: int = 0
+    unacknowledged: int = 0  # labels the broker never acknowledged (QoS 1)
     elapsed_s: float = 0.0
 
 
@@ -129,7 +130,8 @@ class EdgeNode:
             self.pending.wait_empty(self.s.deadline_ms / 1000 + 1.0)
             self.pending.stop()
             if not self.client.flush(timeout=10):
-                log.warning("some labels were not acknowledged by the broker before exit")
+                self.stats.unacknowledged = self.client.unacknowledged()
+                log.error("labels not acknowledged by the broker before exit", count=self.stats.unacknowledged)
             self.stats.elapsed_s = round(time.monotonic() - t0, 3)
         log.info("edge done", **vars(self.stats))
         return self.stats

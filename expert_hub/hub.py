@@ -79,8 +79,9 @@ class ExpertHub:
     def health(self) -> dict:
         """For /healthz: healthy while connected and the inference thread runs."""
         alive = self._thread.is_alive()
-        return {"healthy": self.client.connected.is_set() and alive, "connected": self.client.connected.is_set(),
-                "inference_thread": alive, "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
+        refused = dict(self.client.refused)
+        return {"healthy": self.client.connected.is_set() and alive and not refused, "connected": self.client.connected.is_set(),
+                "inference_thread": alive, "subscriptions_refused": refused, "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
 
     def snapshot(self) -> dict:
         """For the periodic stats message."""

@@ -36,3 +36,18 @@ def test_shared_subscription_handlers_match_the_real_topic():
 
     with pytest.raises(ValueError):
         match_filter("$share//ate/v1/x")
+
+
+def test_a_refused_subscription_is_reported():
+    """A broker that refuses a subscription (aedes and ejabberd refuse $share/... with 0x9E) leaves
+    the component unhealthy and says why. Mosquitto grants every subscription, so the SUBACK is
+    handed to the client's callback as paho would."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    c = MqttClient(CommonSettings(), "hub", "refused-test")
+    c._sub_mids.update({5: "$share/hubs/ate/v1/experts/0/frames", 6: "ate/v1/experts/1/frames"})
+    c._on_subscribe(c.client, None, 5, [ReasonCode(PacketTypes.SUBACK, identifier=0x9E)], None)
+    c._on_subscribe(c.client, None, 6, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
+    assert list(c.refused) == ["$share/hubs/ate/v1/experts/0/frames"]
+    assert "Shared subscription not supported" in c.refused["$share/hubs/ate/v1/experts/0/frames"]

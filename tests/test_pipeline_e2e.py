@@ -200,3 +200,23 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
         assert all(m.label == int(expert_labels[m.frame_id]) and m.expert == experts[m.frame_id] for m in labels)
     run_ids = [{m.run for m in labels} for labels in runs]
     assert all(len(r) == 1 and "" not in r for r in run_ids) and run_ids[0] != run_ids[1]
+
+
+def test_edge_without_a_broker_fails_loudly(tiny_pack):
+    """Nothing listens on the port: the edge labels its frames, none is acknowledged, exit code 3."""
+    import json
+    import subprocess
+    import sys
+
+    from askexpert.localbroker import free_port
+
+    out = subprocess.run(
+        [sys.executable, "-m", "edge_node.cli", "run", "--pack", str(tiny_pack), "--broker", f"mqtt://127.0.0.1:{free_port()}",
+         "--node-id", "lonely", "--source", "dataset:fashion-mnist:test", "--max-frames", "20", "--tau", "0",
+         "--connect-timeout-s", "0.5"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert out.returncode == 3, out.stderr[-2000:]
+    assert "were not acknowledged by the broker" in out.stderr and "never answered" in out.stderr
+    summary = json.loads(out.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == 20 and summary["unacknowledged"] >= 20
