@@ -11,7 +11,7 @@ from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from edge_node.node import EdgeNode
-from edge_node.recording import add_record_parser  # also registers the replay:DIR source
+from edge_node.recording import add_record_parser
 from edge_node.score import add_score_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import SourceError, open_source

@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 
 from askexpert.log import get_logger
 from askexpert.recording import Recording, RecordingError, RecordingWriter
-from edge_node.sources import SOURCE_KINDS, Frame, Pacer, Source, SourceError, open_source
+from edge_node.sources import Frame, Pacer, Source, SourceError, open_source
 
 log = get_logger("edge_node.recording")
 
@@ -72,13 +72,12 @@ class ReplaySource(Source):
             yield ReplayFrame(rf.index, rf.image, time.time(), rf.label, rf.t_capture)
 
 
-def _open_replay(arg: str, fps: float | None) -> ReplaySource:
+def open_replay(arg: str, fps: float | None) -> ReplaySource:
+    """`replay:DIR[?pace=recorded|fps|none]` (registered in `edge_node.sources.SOURCE_KINDS`)."""
     path, _, query = arg.partition("?")
     pace = parse_qs(query).get("pace", ["recorded"])[-1]
     return ReplaySource(path, fps, pace)
 
-
-SOURCE_KINDS["replay"] = _open_replay
 
 
 def record(

@@ -135,10 +135,17 @@ class CaptureSource(Source):
         self.cap.release()
 
 
-# Extra source kinds register here by prefix ("replay" is added by the recording module).
+def _replay(arg: str, fps: float | None) -> Source:
+    from edge_node.recording import open_replay  # recordings build on this module's sources
+
+    return open_replay(arg, fps)
+
+
+# Every source kind with a prefix, in one table (anything else goes to OpenCV's VideoCapture).
 SOURCE_KINDS: dict[str, Callable[[str, float | None], Source]] = {
     "dataset": lambda arg, fps: DatasetSource(*_split_dataset(arg), fps),
     "dir": lambda arg, fps: FolderSource(Path(arg), fps),
+    "replay": _replay,
 }
 
 

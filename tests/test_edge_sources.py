@@ -82,3 +82,17 @@ def test_colour_dataset_frames_are_bgr_and_reach_the_model_as_rgb(tmp_path):
     assert frame.image[0, 0].tolist() == [0, 0, 255], "frames are BGR, like a camera's"
     rgb = fit_frame(frame.image, InputSpec(size=8, channels=3, mean=[0.5] * 3, std=[0.5] * 3))
     assert rgb[0, 0].tolist() == [255, 0, 0], "the model sees RGB, as in training"
+
+
+def test_replay_source_needs_no_import_side_effect(tmp_path):
+    """`replay:` is in the source table itself: a process that never imported edge_node.recording
+    (the demo driver, a user's script) still opens recordings."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from edge_node.sources import open_source, SourceError\\n"
+            "try:\\n    open_source(sys.argv[1])\\nexcept SourceError as e:\\n    print(e)\\n"
+            "assert 'edge_node.recording' in sys.modules")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code, f"replay:{tmp_path}"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "not a recording" in out.stdout
