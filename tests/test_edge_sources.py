@@ -90,8 +90,8 @@ def test_replay_source_needs_no_import_side_effect(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from edge_node.sources import open_source, SourceError\\n"
-            "try:\\n    open_source(sys.argv[1])\\nexcept SourceError as e:\\n    print(e)\\n"
+    code = ("import sys; from edge_node.sources import open_source, SourceError\n"
+            "try:\n    open_source(sys.argv[1])\nexcept SourceError as e:\n    print(e)\n"
             "assert 'edge_node.recording' in sys.modules")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", code, f"replay:{tmp_path}"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
