@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import json
+import secrets
 import socket
 import ssl
 import threading
@@ -26,6 +27,7 @@ from askexpert.protocol import status_topic
 from askexpert.settings import CommonSettings
 
 Handler = Callable[[mqtt.MQTTMessage], None]
+SESSION_TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason: a new connection with the same client id
 log = get_logger("askexpert.mqtt")
 
 
@@ -64,7 +66,11 @@ class MqttClient:
         self._early: set[int] = set()
         self._sub_mids: dict[int, str] = {}
         self.refused: dict[str, str] = {}  # subscriptions the broker refused (e.g. $share on a broker without it)
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"ate-{role}-{ident}", protocol=mqtt.MQTTv5)
+        self.instance = secrets.token_hex(4)  # tells this process apart from another on the same id
+        self.id_conflicts = 0  # times another live process showed up under this component's id
+        self._started = time.time()
+        self.client_id = f"ate-{role}-{ident}"
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         if settings.username:
             c.username_pw_set(settings.username, settings.password)
         if settings.broker_tls:
@@ -74,7 +80,7 @@ class MqttClient:
                 keyfile=str(settings.tls_key) if settings.tls_key else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        c.will_set(self._status_topic, status_payload("offline", role, ident), qos=1, retain=True)
+        c.will_set(self._status_topic, status_payload("offline", role, ident, instance=self.instance), qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=5)
         c.max_inflight_messages_set(1000)
         c.on_socket_open = self._on_socket_open
@@ -87,6 +93,7 @@ class MqttClient:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Connect in the background; returns at once, retries until the broker answers."""
+        self.subscribe(self._status_topic, self._on_own_status)
         log.info("mqtt connecting", broker=self.settings.broker, role=self.role, id=self.ident)
         self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=30)
         self.client.loop_start()
@@ -97,7 +104,8 @@ class MqttClient:
     def stop(self) -> None:
         """Say `offline` (retained), then disconnect cleanly: the will is only for crashes."""
         if self.connected.is_set():
-            info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident), retain=True)
+            info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance),
+                                retain=True)  # fmt: skip
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -162,7 +170,7 @@ class MqttClient:
     def publish_status(self, state: str, **extra: object) -> None:
         """Announce a state (retained); it is also what every later reconnect announces."""
         self.state = state
-        payload = status_payload(state, self.role, self.ident, **{**self._status_extra, **extra})
+        payload = status_payload(state, self.role, self.ident, instance=self.instance, **{**self._status_extra, **extra})
         self.publish(self._status_topic, payload, retain=True)
 
     # ------------------------------------------------------------ paho callbacks
@@ -186,7 +194,9 @@ class MqttClient:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags, reason_code, properties) -> None:
         self.connected.clear()
-        if reason_code.is_failure:
+        if reason_code == SESSION_TAKEN_OVER:  # brokers that say so; Mosquitto 2.0 just closes the socket
+            self._id_conflict("the broker says another client took over this client id")
+        elif reason_code.is_failure:
             log.warning("mqtt connection lost; reconnecting", reason=str(reason_code))
         else:
             log.info("mqtt disconnected", reason=str(reason_code))
@@ -200,6 +210,26 @@ class MqttClient:
                 self._acks.notify_all()
             else:
                 self._early.add(mid)
+
+    def _on_own_status(self, message: mqtt.MQTTMessage) -> None:
+        """A status on our own topic from another instance, made since this one started (its
+        announcements, or the will the broker publishes when it is kicked off): two processes share
+        an id and, with one client id, kick each other off the broker once a second, forever. A
+        previous incarnation's status and will are older than our start: not a conflict."""
+        try:
+            other = json.loads(message.payload)
+        except ValueError:
+            return
+        if not isinstance(other, dict) or other.get("instance") in (None, self.instance):
+            return
+        ts = other.get("ts")
+        if isinstance(ts, (int, float)) and ts >= self._started:
+            self._id_conflict("another process announces itself under this id")
+
+    def _id_conflict(self, why: str) -> None:
+        self.id_conflicts += 1
+        log.error(f"{why}: give every component its own id (--node-id / --hub-id)", client_id=self.client_id,
+                  times=self.id_conflicts)  # fmt: skip
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes, properties) -> None:
         topic_filter = self._sub_mids.pop(mid, "?")

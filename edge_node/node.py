@@ -98,8 +98,9 @@ class EdgeNode:
     def health(self) -> dict:
         """For /healthz: healthy while connected and the stream is being processed."""
         return {
-            "healthy": self.client.connected.is_set() and not self.stop_event.is_set(),
+            "healthy": self.client.connected.is_set() and not self.stop_event.is_set() and not self.client.id_conflicts,
             "connected": self.client.connected.is_set(),
+            "id_conflicts": self.client.id_conflicts,
             "pending_offloads": len(self.pending),
             "tau": self.tau.value,
             **vars(self.stats),

@@ -80,8 +80,10 @@ class ExpertHub:
         """For /healthz: healthy while connected and the inference thread runs."""
         alive = self._thread.is_alive()
         refused = dict(self.client.refused)
-        return {"healthy": self.client.connected.is_set() and alive and not refused, "connected": self.client.connected.is_set(),
-                "inference_thread": alive, "subscriptions_refused": refused, "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
+        healthy = self.client.connected.is_set() and alive and not refused and not self.client.id_conflicts
+        return {"healthy": healthy, "connected": self.client.connected.is_set(), "inference_thread": alive,
+                "subscriptions_refused": refused, "id_conflicts": self.client.id_conflicts,
+                "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
 
     def snapshot(self) -> dict:
         """For the periodic stats message."""

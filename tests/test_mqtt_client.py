@@ -51,3 +51,37 @@ def test_a_refused_subscription_is_reported():
     c._on_subscribe(c.client, None, 6, [ReasonCode(PacketTypes.SUBACK, identifier=1)], None)
     assert list(c.refused) == ["$share/hubs/ate/v1/experts/0/frames"]
     assert "Shared subscription not supported" in c.refused["$share/hubs/ate/v1/experts/0/frames"]
+
+
+def test_a_second_client_with_the_same_id_is_reported(broker):
+    """Two components on one id (e.g. two hubs on the default id, the host name) kick each other off:
+    each says so and turns unhealthy, instead of an endless 'Unspecified error'."""
+    import time as _time
+
+    a = MqttClient(CommonSettings(broker=broker.url), "hub", "same")
+    b = MqttClient(CommonSettings(broker=broker.url), "hub", "same")
+    a.start()
+    assert a.wait_connected(10)
+    b.start()
+    deadline = _time.monotonic() + 15
+    while not a.id_conflicts and _time.monotonic() < deadline:
+        _time.sleep(0.05)
+    assert a.id_conflicts >= 1
+    a.stop()
+    b.stop()
+
+
+def test_a_restart_on_the_same_id_is_not_a_conflict(broker):
+    """The previous process's retained status and will are older than the new one's start."""
+    import time as _time
+
+    first = MqttClient(CommonSettings(broker=broker.url), "edge", "restarted")
+    first.start()
+    assert first.wait_connected(10) and first.flush(10)
+    first.stop()
+    second = MqttClient(CommonSettings(broker=broker.url), "edge", "restarted")
+    second.start()
+    assert second.wait_connected(10) and second.flush(10)
+    _time.sleep(1.0)  # the retained status arrives right after the subscription
+    assert second.id_conflicts == 0
+    second.stop()
