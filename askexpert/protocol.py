@@ -43,27 +43,30 @@ class ProtocolError(ValueError):
 
 
 # ---------------------------------------------------------------- topics
-def frames_topic(prefix: str, expert: str) -> str:
-    return f"{prefix}/experts/{expert}/frames"
+def frames_topic(prefix: str, expert: str, node: str) -> str:
+    """Where `node` sends frames for expert I: the node is in the topic, so the broker's ACL can
+    let each edge user publish only under its own name (`pattern write .../frames/%u`)."""
+    return f"{prefix}/experts/{expert}/frames/{node}"
 
 
 def frames_filter(prefix: str, expert: str, share_group: str | None = None) -> str:
-    """The hub's subscription for one expert, shared across hubs when a group is given."""
-    topic = frames_topic(prefix, expert)
+    """The hub's subscription for one expert (every node), shared across hubs when a group is given."""
+    topic = f"{prefix}/experts/{expert}/frames/+"
     return f"$share/{share_group}/{topic}" if share_group else topic
 
 
-def expert_from_topic(prefix: str, topic: str) -> str:
-    """'<prefix>/experts/0-2/frames' -> '0-2' (ProtocolError for anything else)."""
-    head, tail = f"{prefix}/experts/", "/frames"
-    if not (topic.startswith(head) and topic.endswith(tail)):
-        raise ProtocolError(f"not a frames topic: {topic}")
-    key = topic[len(head) : -len(tail)]
+def parse_frames_topic(prefix: str, topic: str) -> tuple[str, str]:
+    """'<prefix>/experts/0-2/frames/cam1' -> ('0-2', 'cam1') (ProtocolError for anything else)."""
+    head = f"{prefix}/experts/"
+    parts = topic[len(head) :].split("/") if topic.startswith(head) else []
+    if len(parts) != 3 or parts[1] != "frames" or not NAME_RE.fullmatch(parts[2]):
+        raise ProtocolError(f"not a frames topic: {topic[:200]}")
+    key, _, node = parts
     try:
         parse_expert_key(key)
     except ValueError as exc:
         raise ProtocolError(str(exc)) from exc
-    return key
+    return key, node
 
 
 def replies_topic(prefix: str, node: str) -> str:

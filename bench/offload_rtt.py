@@ -50,7 +50,7 @@ def main() -> None:
             frame = FrameMsg("rtt", i, time.time(), pack.pack_id, [0, 5], [0.4, 0.3], images[i % len(images)])
             got.clear()
             t0 = time.perf_counter()
-            client.publish(frames_topic("ate/v1", a.expert), frame.encode(), qos=1,
+            client.publish(frames_topic("ate/v1", a.expert, "rtt"), frame.encode(), qos=1,
                            response_topic=replies_topic("ate/v1", "rtt"), correlation=correlation_id("rtt", "bench", i), expiry_s=5)  # fmt: skip
             if not got.wait(5):
                 raise TimeoutError("no reply within 5 s")

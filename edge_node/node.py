@@ -227,7 +227,7 @@ class EdgeNode:
         msg = FrameMsg(self.node, frame.frame_id, frame.t_capture, self.pack.pack_id,
                        [int(c) for c in top], [float(probs[c]) for c in top], image)  # fmt: skip
         self.client.publish(
-            frames_topic(self.s.prefix, expert),
+            frames_topic(self.s.prefix, expert, self.node),
             msg.encode(),
             qos=1,
             response_topic=self.replies_topic,

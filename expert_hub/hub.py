@@ -28,8 +28,8 @@ from askexpert.protocol import (
     ProtocolError,
     ReplyMsg,
     decode_frame,
-    expert_from_topic,
     frames_filter,
+    parse_frames_topic,
     replies_topic,
 )
 from askexpert.routing import softmax
@@ -104,10 +104,12 @@ class ExpertHub:
         if len(message.payload) > self.s.max_payload:
             return self._reject("oversized", bytes=len(message.payload), topic=message.topic)
         try:
-            expert = expert_from_topic(self.s.prefix, message.topic)
+            expert, sender = parse_frames_topic(self.s.prefix, message.topic)
             frame = decode_frame(message.payload, max_bytes=self.s.max_payload)
         except (ProtocolError, TypeError, ValueError, OverflowError) as exc:  # whatever a hostile payload causes
             return self._reject("malformed", error=str(exc)[:200], topic=message.topic[:200])
+        if frame.node != sender:  # the topic's node is what the broker's ACL vouches for
+            return self._reject("node-mismatch", node=frame.node, topic=message.topic[:200])
         if frame.pack != self.pack.pack_id:
             self.stats.rejected += 1
             metrics.REJECTED.labels("hub", "wrong-pack").inc()

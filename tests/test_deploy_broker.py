@@ -133,23 +133,25 @@ def test_edge_cannot_read_another_nodes_replies(clients):
     hub, cam1, cam2 = clients("hub", "hub"), clients("cam1", "cam1"), clients("cam2", "cam2")
     assert not (hub.rc.is_failure or cam1.rc.is_failure or cam2.rc.is_failure)
     # cam2 tries to eavesdrop on cam1's replies, frames and tau/set: refused or never delivered
-    snoop = [cam2.subscribe(t) for t in ("ate/v1/nodes/cam1/replies", "ate/v1/experts/+/frames", "ate/v1/nodes/cam1/tau/set", "ate/v1/#")]
+    snoop = [cam2.subscribe(t) for t in ("ate/v1/nodes/cam1/replies", "ate/v1/experts/+/frames/+", "ate/v1/nodes/cam1/tau/set", "ate/v1/#")]
     assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1  # granted QoS 1
     hub.publish("ate/v1/nodes/cam1/replies", b"reply-for-cam1")
     assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies", b"reply-for-cam1")]
     # Mosquitto 2.0.11 grants the SUBACK and filters on delivery (newer ones may answer 0x87):
     # either way, nothing reaches cam2.
     assert all(rc.is_failure or rc.value <= 2 for rc in snoop)
-    cam1.publish("ate/v1/experts/0/frames", b"cam1-frame")
+    cam1.publish("ate/v1/experts/0/frames/cam1", b"cam1-frame")
     assert cam2.got(0.5) == []
 
 
 def test_edge_publishes_frames_hub_receives_and_replies(clients):
     hub, cam1 = clients("hub", "hub2"), clients("cam1", "cam1b")
-    assert hub.subscribe("ate/v1/experts/+/frames").value == 1
+    assert hub.subscribe("ate/v1/experts/+/frames/+").value == 1
     assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1
-    cam1.publish("ate/v1/experts/0-2/frames", b"frame")
-    assert hub.got(2.0, n=1) == [("ate/v1/experts/0-2/frames", b"frame")]
+    cam1.publish("ate/v1/experts/0-2/frames/cam2", b"frame-as-cam2")  # not its name: dropped by the broker
+    cam1.publish("ate/v1/experts/0-2/frames/cam1", b"frame")
+    assert hub.got(2.0, n=1) == [("ate/v1/experts/0-2/frames/cam1", b"frame")]
+    assert hub.got(0.3) == []
     hub.publish("ate/v1/nodes/cam1/replies", b"label")
     assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies", b"label")]
 
@@ -182,9 +184,9 @@ def test_ops_sets_tau_and_only_that_node_reads_it(clients):
 def test_hub_shared_subscription_passes_the_acl(clients):
     """`expert-hub --share-group` subscribes as $share/<group>/...: the ACL must still let frames in."""
     hub, cam1 = clients("hub", "hub3"), clients("cam1", "cam1e")
-    assert not hub.subscribe("$share/hubs/ate/v1/experts/+/frames").is_failure
-    cam1.publish("ate/v1/experts/1/frames", b"shared-frame")
-    assert hub.got(2.0, n=1) == [("ate/v1/experts/1/frames", b"shared-frame")]
+    assert not hub.subscribe("$share/hubs/ate/v1/experts/+/frames/+").is_failure
+    cam1.publish("ate/v1/experts/1/frames/cam1", b"shared-frame")
+    assert hub.got(2.0, n=1) == [("ate/v1/experts/1/frames/cam1", b"shared-frame")]
 
 
 def test_ops_reads_broker_uptime_for_the_compose_healthcheck(clients):

@@ -57,7 +57,7 @@ def test_bad_frames_are_counted_and_the_hub_keeps_serving(tiny_pack, broker):
     assert client.wait_connected(10)
     time.sleep(0.3)
     pub, replies, got = _publisher(broker)
-    topic = frames_topic("ate/v1", "0-2")
+    topic = frames_topic("ate/v1", "0-2", "n")
     image = np.zeros((28, 28, 1), np.uint8)
     try:
         _send(pub, topic, b"\x00garbage\xff")  # not msgpack
@@ -65,11 +65,14 @@ def test_bad_frames_are_counted_and_the_hub_keeps_serving(tiny_pack, broker):
         _send(pub, topic, b"x" * (65 * 1024))  # oversized
         _send(pub, topic, FrameMsg("n", 1, time.time(), "someone-elses-pack", [0, 2], [0.4, 0.3], image).encode())
         _send(pub, topic, FrameMsg("n", 2, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], np.zeros((32, 32, 1), np.uint8)).encode())
-        _send(pub, frames_topic("ate/v1", "9-9"), FrameMsg("n", 3, time.time(), pack.pack_id, [0], [0.4], image).encode())
+        _send(pub, frames_topic("ate/v1", "9-9", "n"), FrameMsg("n", 3, time.time(), pack.pack_id, [0], [0.4], image).encode())
         # a JPEG whose header claims 16000 x 16000 pixels: refused before decoding
         _send(pub, topic, jpeg_bomb_frame(pack.pack_id))
         # node "n" asking for the answer to go into another node's replies
         _send(pub, topic, FrameMsg("n", 5, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], image).encode(),
+              response="ate/v1/nodes/victim/replies")
+        # a frame that names another node than the topic it came on (the one the ACL vouches for)
+        _send(pub, topic, FrameMsg("victim", 6, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], image).encode(),
               response="ate/v1/nodes/victim/replies")
         _send(pub, topic, FrameMsg("n", 4, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], image).encode(), corr=b"good")
         assert got.wait(10), "a valid frame after the bad ones is answered"
@@ -82,9 +85,9 @@ def test_bad_frames_are_counted_and_the_hub_keeps_serving(tiny_pack, broker):
     reply, corr = replies[0]
     assert (reply.frame_id, reply.expert, corr) == (4, "0-2", b"good")
     assert 0 <= reply.label < 10
-    # garbage, missing fields, oversized, foreign pack, wrong shape, bomb, foreign response topic
-    # (the unknown expert's topic is not subscribed: the broker never delivers it)
-    assert hub.stats.rejected == 7
+    # garbage, missing fields, oversized, foreign pack, wrong shape, bomb, foreign response topic,
+    # node mismatch (the unknown expert's topic is not subscribed: the broker never delivers it)
+    assert hub.stats.rejected == 8
     assert hub.stats.answered == 1
 
 

@@ -30,7 +30,7 @@ def test_flush_waits_for_qos1_acks_not_qos0_writes(broker):
 
 
 def test_shared_subscription_handlers_match_the_real_topic():
-    assert match_filter("$share/hubs/ate/v1/experts/+/frames") == "ate/v1/experts/+/frames"
+    assert match_filter("$share/hubs/ate/v1/experts/+/frames/+") == "ate/v1/experts/+/frames/+"
     assert match_filter("ate/v1/nodes/cam1/replies") == "ate/v1/nodes/cam1/replies"
     import pytest
 

@@ -10,7 +10,7 @@ import pytest
 from askexpert.backends import open_backend
 from askexpert.datasets import load_dataset
 from askexpert.pack import Pack
-from askexpert.protocol import decode_frame, expert_from_topic
+from askexpert.protocol import decode_frame, parse_frames_topic
 from askexpert.routing import route, softmax, topk
 from helpers import Collector, run_edge, start_hub, stop, wait_hub_online
 
@@ -37,7 +37,7 @@ def test_every_frame_labelled_once_and_matches_offline(tiny_pack, broker):
     hub = start_hub(tiny_pack, broker.url, "--hub-id", "h1")
     try:
         wait_hub_online(broker.url, "h1")
-        sub = Collector(broker.url, "ate/v1/nodes/cam1/labels", "ate/v1/experts/+/frames")
+        sub = Collector(broker.url, "ate/v1/nodes/cam1/labels", "ate/v1/experts/+/frames/+")
         summary = run_edge(tiny_pack, broker.url, "--node-id", "cam1", "--source", "dataset:fashion-mnist:test",
                            "--max-frames", str(N), "--tau", repr(tau), "--deadline-ms", "5000")  # fmt: skip
         labels = sub.wait_labels(N)
@@ -50,8 +50,8 @@ def test_every_frame_labelled_once_and_matches_offline(tiny_pack, broker):
 
     offloaded_on = {}
     for topic, payload in sub.raw:
-        if topic.endswith("/frames"):
-            offloaded_on[decode_frame(payload).frame_id] = expert_from_topic("ate/v1", topic)
+        if "/frames/" in topic:
+            offloaded_on[decode_frame(payload).frame_id] = parse_frames_topic("ate/v1", topic)[0]
 
     near_tau = 0
     for m in labels:
@@ -167,7 +167,7 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
         node, run, fid = corr.decode().split("/")
         fid = int(fid)
         bad = {"v": 1, "node": f.node, "frame_id": f.frame_id, "label": (int(expert_labels[fid]) + 1) % 10, "conf": 0.99,
-               "expert": expert_from_topic("ate/v1", msg.topic), "hub": "forger", "queue_ms": 0.0, "infer_ms": 0.0, "batch": 1}  # fmt: skip
+               "expert": parse_frames_topic("ate/v1", msg.topic)[0], "hub": "forger", "queue_ms": 0.0, "infer_ms": 0.0, "batch": 1}  # fmt: skip
         for corr_i, extra in [(None, {}), (f"{node}/other/{fid}".encode(), {}), (corr, {"conf": math.nan}),
                               (corr, {"expert": "3" if bad["expert"] != "3" else "2"})]:  # fmt: skip
             props = Properties(PacketTypes.PUBLISH)
@@ -178,7 +178,7 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
 
     forger.on_message = on_frame
     forger.connect("127.0.0.1", broker.port)
-    forger.subscribe("ate/v1/experts/+/frames", qos=1)
+    forger.subscribe("ate/v1/experts/+/frames/+", qos=1)
     forger.loop_start()
     hub = start_hub(tiny_pack, broker.url, "--hub-id", "real")
     runs = []

@@ -10,7 +10,7 @@ import pytest
 
 from askexpert.protocol import (
     FrameMsg, LabelMsg, ProtocolError, ReplyMsg, decode_frame, decode_label, decode_reply,
-    expert_from_topic, frames_filter, frames_topic,
+    frames_filter, frames_topic, parse_frames_topic,
 )  # fmt: skip
 from askexpert.routing import expert_key, parse_expert_key, required_experts, route, topk
 from edge_node.settings import EdgeSettings
@@ -18,12 +18,13 @@ from expert_hub.settings import HubSettings
 
 
 def test_topics_and_share_groups():
-    assert frames_topic("ate/v1", "0-2") == "ate/v1/experts/0-2/frames"
-    assert frames_filter("ate/v1", "1", "hubs") == "$share/hubs/ate/v1/experts/1/frames"
-    assert expert_from_topic("ate/v1", "ate/v1/experts/0-3/frames") == "0-3"
-    for bad in ("ate/v1/experts/3-0/frames", "ate/v1/experts/x/frames", "ate/v1/nodes/a/labels"):
+    assert frames_topic("ate/v1", "0-2", "cam1") == "ate/v1/experts/0-2/frames/cam1"
+    assert frames_filter("ate/v1", "1", "hubs") == "$share/hubs/ate/v1/experts/1/frames/+"
+    assert parse_frames_topic("ate/v1", "ate/v1/experts/0-3/frames/cam1") == ("0-3", "cam1")
+    for bad in ("ate/v1/experts/3-0/frames/c", "ate/v1/experts/x/frames/c", "ate/v1/nodes/a/labels",
+                "ate/v1/experts/0/frames", "ate/v1/experts/0/frames/a/b"):  # fmt: skip
         with pytest.raises(ProtocolError):
-            expert_from_topic("ate/v1", bad)
+            parse_frames_topic("ate/v1", bad)
 
 
 def test_routing_is_algorithm_1():
