@@ -186,7 +186,13 @@ class MqttClient:
             log.error("mqtt connect refused", reason=str(reason_code), broker=self.settings.broker)
             return
         self.connects += 1
+        shared_ok = getattr(properties, "SharedSubscriptionAvailable", 1) != 0  # absent: available (MQTT 5)
         for topic_filter, (qos, _) in self._subs.items():
+            if topic_filter.startswith("$share/") and not shared_ok:
+                self.refused[topic_filter] = "the broker's CONNACK says shared subscriptions are not available"
+                log.error("mqtt subscription not possible", topic_filter=topic_filter, reason=self.refused[topic_filter],
+                          hint="run one hub per expert set without --share-group, or use a broker with shared subscriptions")  # fmt: skip
+                continue
             self._subscribe(topic_filter, qos)
         self.publish_status(self.state)
         self.connected.set()

@@ -85,3 +85,22 @@ def test_a_restart_on_the_same_id_is_not_a_conflict(broker):
     _time.sleep(1.0)  # the retained status arrives right after the subscription
     assert second.id_conflicts == 0
     second.stop()
+
+
+def test_a_broker_without_shared_subscriptions_is_reported_at_connect():
+    """CONNACK's Shared Subscription Available = 0: the $share subscriptions are reported refused
+    (the hub is unhealthy and says why), the plain ones are made."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    c = MqttClient(CommonSettings(), "hub", "noshare")
+    c.subscribe("$share/hubs/ate/v1/experts/0/frames/+", lambda m: None)
+    c.subscribe("ate/v1/experts/1/frames/+", lambda m: None)
+    made = []
+    c.client.subscribe = lambda f, qos=0: (made.append(f), (0, len(made)))[1]
+    connack = Properties(PacketTypes.CONNACK)
+    connack.SharedSubscriptionAvailable = 0
+    c._on_connect(c.client, None, None, ReasonCode(PacketTypes.CONNACK, identifier=0), connack)
+    assert list(c.refused) == ["$share/hubs/ate/v1/experts/0/frames/+"]
+    assert "ate/v1/experts/1/frames/+" in made and not any(f.startswith("$share/") for f in made)
