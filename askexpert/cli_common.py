@@ -5,37 +5,60 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, TypeVar
+
+from pydantic import ValidationError
 
 from askexpert.log import get_logger, setup_logging
 from askexpert.mqtt import MqttClient
 from askexpert.ops import StatsPublisher, start_ops_server
 from askexpert.protocol import stats_topic
-from askexpert.pack import Pack, PackError
 from askexpert.settings import CommonSettings, add_settings_arguments, settings_from_args
+
+if TYPE_CHECKING:
+    from askexpert.pack import Pack
 
 S = TypeVar("S", bound=CommonSettings)
 log = get_logger("askexpert.cli")
 
 
 def fail(message: str, code: int = 2) -> None:
-    """A clear one-line error for the user, in the log stream too."""
-    log.error(message)
-    print(f"error: {message}", file=sys.stderr)
+    """A clear error, said once: a plain `error: ...` line on a terminal, a JSON log line elsewhere."""
+    if sys.stderr.isatty():
+        print(f"error: {message}", file=sys.stderr)
+    else:
+        log.error(message)
     raise SystemExit(code)
+
+
+def settings_errors(exc: ValidationError) -> str:
+    """pydantic's report as one line per bad setting, named as the flag: `--tau: must be <= 1 (got '1.5')`."""
+    lines = []
+    for err in exc.errors():
+        name = ".".join(str(p) for p in err.get("loc", ())) or "settings"
+        flag = "--" + name.replace("_", "-") if name != "settings" else name
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
+        got = f" (got {err['input']!r})" if "input" in err and not isinstance(err["input"], dict) else ""
+        lines.append(f"{flag}: {msg}{got}")
+    return "; ".join(lines)
 
 
 def load_settings(cls: type[S], args: argparse.Namespace) -> S:
     try:
         settings = settings_from_args(cls, args)
-    except Exception as exc:  # pydantic ValidationError, missing config file, bad YAML
+    except ValidationError as exc:
+        setup_logging()
+        fail(f"bad settings: {settings_errors(exc)}")
+    except Exception as exc:  # missing config file, bad YAML, unknown config key
         setup_logging()
         fail(f"bad settings: {exc}")
     setup_logging(settings.log_level)
     return settings
 
 
-def load_pack(path) -> Pack:
+def load_pack(path) -> "Pack":
+    from askexpert.pack import Pack, PackError  # torch and timm: only once the settings are good
+
     try:
         return Pack.load(path)
     except PackError as exc:

@@ -122,3 +122,26 @@ def wait_online(
     finally:
         c.disconnect()
         c.loop_stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m askexpert.localbroker [--port N]`: a development broker (loopback, anonymous, no
+    persistence, Nagle off) on a port of your choice or a free one, until Ctrl-C."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m askexpert.localbroker", description=main.__doc__)
+    p.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (default: a free one)")
+    a = p.parse_args(argv)
+    broker = Broker(port=a.port or free_port()).start()
+    print(f"broker at {broker.url} (Ctrl-C stops it)", flush=True)
+    try:
+        broker.proc.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -41,8 +41,12 @@ class CommonSettings(BaseSettings):
     @classmethod
     def _broker_url(cls, v: str) -> str:
         u = urlparse(v)
-        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname:
-            raise ValueError(f"broker must look like mqtt://host:port, got {v!r}")
+        try:
+            port_ok = u.port is None or 0 < u.port < 65536
+        except ValueError:  # a port that is not a number
+            port_ok = False
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname or not port_ok or u.path not in ("", "/"):
+            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
         return v
 
     @property

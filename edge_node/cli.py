@@ -6,11 +6,9 @@ import argparse
 import json
 import sys
 
-from askexpert.backends import open_backend
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
-from edge_node.node import EdgeNode
 from edge_node.recording import add_record_parser
 from edge_node.score import add_score_parser
 from edge_node.settings import EdgeSettings
@@ -20,7 +18,10 @@ log = get_logger("edge_node.cli")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    s = load_settings(EdgeSettings, args)
+    s = load_settings(EdgeSettings, args)  # bad flags fail here, before torch is imported
+    from askexpert.backends import open_backend
+    from edge_node.node import EdgeNode
+
     pack = load_pack(s.pack)
     try:
         source = open_source(s.source, s.fps or None)

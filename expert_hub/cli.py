@@ -7,19 +7,20 @@ import threading
 
 import numpy as np
 
-from askexpert.backends import open_backend
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
-from askexpert.pack import PackError
-from expert_hub.hub import ExpertHub
 from expert_hub.settings import HubSettings
 
 log = get_logger("expert_hub.cli")
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    s = load_settings(HubSettings, args)
+    s = load_settings(HubSettings, args)  # bad flags fail here, before torch is imported
+    from askexpert.backends import open_backend
+    from askexpert.pack import PackError
+    from expert_hub.hub import ExpertHub
+
     pack = load_pack(s.pack)
     try:
         entries = {e.key: e for e in pack.expert_entries(s.expert_form)}

@@ -168,3 +168,18 @@ def test_ids_that_go_into_topics_are_validated():
     with pytest.raises(ValueError):
         HubSettings(hub_id="#")
     assert EdgeSettings(node_id="cam-1.local").node_id == "cam-1.local"
+
+
+@pytest.mark.parametrize("module, flag, value, says", [
+    ("edge_node.cli", "--tau", "1.5", "--tau: Input should be less than or equal to 1 (got '1.5')"),
+    ("edge_node.cli", "--broker", "mqtt://x:notaport", "--broker: must look like mqtt://host:port"),
+    ("expert_hub.cli", "--max-batch", "0", "--max-batch: Input should be greater than or equal to 1"),
+])  # fmt: skip
+def test_a_bad_flag_is_one_clear_line_said_once(module, flag, value, says):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", module, "run", flag, value], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert says in out.stderr and out.stderr.count(flag + ":") == 1
+    assert "torch" not in out.stderr  # reported before the models' imports
