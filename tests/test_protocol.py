@@ -179,7 +179,10 @@ def test_a_bad_flag_is_one_clear_line_said_once(module, flag, value, says):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", module, "run", flag, value], capture_output=True, text=True, timeout=60)
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "run", flag, value],
+                         capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2
     assert says in out.stderr and out.stderr.count(flag + ":") == 1
-    assert "torch" not in out.stderr  # reported before the models' imports
+    imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+    assert "edge_node.settings" in imported or "expert_hub.settings" in imported
+    assert "torch" not in imported and "timm" not in imported  # reported before the models' imports
