@@ -29,8 +29,15 @@ pytestmark = pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mo
 
 @pytest.fixture(scope="module")
 def shipped_broker(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shipped-mosquitto")
-    port = free_port()
+    proc, port = start_shipped(tmp_path_factory.mktemp("shipped-mosquitto"))
+    yield port
+    proc.terminate()
+    proc.wait(5)
+
+
+def start_shipped(tmp: Path, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """The shipped broker config on a free port with temp paths (the data folder stays in `tmp`)."""
+    port = port or free_port()
     conf = (CONF_DIR / "mosquitto.conf").read_text()
     assert re.search(r"^listener 1883$", conf, re.M), "the shipped config listens on 1883"
     conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
@@ -39,7 +46,7 @@ def shipped_broker(tmp_path_factory):
     conf = re.sub(r"^log_dest .*$", "log_dest stderr", conf, flags=re.M)
     if os.geteuid() == 0:  # as root Mosquitto drops to user `mosquitto`, which cannot read our 0600 files
         conf += "\nuser root\n"
-    (tmp / "data").mkdir()
+    (tmp / "data").mkdir(exist_ok=True)
     (tmp / "mosquitto.conf").write_text(conf)
     env = {f"ATE_PW_{u}": pw for u, pw in USERS.items()}
     subprocess.run(
@@ -63,15 +70,13 @@ def shipped_broker(tmp_path_factory):
     except TimeoutError:
         proc.kill()
         pytest.fail(f"mosquitto did not start with the shipped config: {proc.stderr.read().decode()}")
-    yield port
-    proc.terminate()
-    proc.wait(5)
+    return proc, port
 
 
 class Client:
     """A paho v5 client that records its CONNACK, SUBACKs and messages."""
 
-    def __init__(self, port: int, user: str | None, name: str) -> None:
+    def __init__(self, port: int, user: str | None, name: str, durable: bool = False) -> None:
         self.msgs: queue.Queue = queue.Queue()
         self.subacks: queue.Queue = queue.Queue()
         self.connack: queue.Queue = queue.Queue()
@@ -83,7 +88,15 @@ class Client:
         c.on_message = lambda cl, u, m: self.msgs.put((m.topic, m.payload))
         c.reconnect_delay_set(60, 60)
         self.c = c
-        c.connect("127.0.0.1", port)
+        if durable:  # a consumer that must lose nothing: persistent session, QoS 1
+            from paho.mqtt.packettypes import PacketTypes
+            from paho.mqtt.properties import Properties
+
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = 3600
+            c.connect("127.0.0.1", port, clean_start=False, properties=props)
+        else:
+            c.connect("127.0.0.1", port)
         c.loop_start()
         self.rc = self.connack.get(timeout=5)
 
@@ -221,3 +234,31 @@ def test_real_edge_client_with_credentials_gets_tau_from_ops(clients, shipped_br
         assert tau.value == 0.65
     finally:
         edge.stop()
+
+
+def test_acknowledged_labels_survive_a_broker_kill9(tmp_path):
+    """Labels queued for an offline durable consumer, acknowledged by the broker, then kill -9 and a
+    restart on the same data: at most `autosave_interval - 1` of them may be lost (measured: 595 of 600)."""
+    conf = (CONF_DIR / "mosquitto.conf").read_text()
+    interval = int(re.search(r"^autosave_interval (\d+)$", conf, re.M).group(1))
+    assert re.search(r"^autosave_on_changes true$", conf, re.M)
+    proc, port = start_shipped(tmp_path)
+    n = 600
+    try:
+        ops = Client(port, "ops", "durable-ops", durable=True)
+        assert ops.subscribe("ate/v1/nodes/cam1/labels").value == 1
+        ops.close()  # offline: the broker queues its labels
+        cam1 = Client(port, "cam1", "cam1-k9")
+        for i in range(n):
+            cam1.publish("ate/v1/nodes/cam1/labels", b"label %d" % i)  # each waits for its PUBACK
+        cam1.close()
+        proc.kill()
+        proc.wait(5)
+        proc, _ = start_shipped(tmp_path, port)
+        ops = Client(port, "ops", "durable-ops", durable=True)
+        got = {p for _, p in ops.got(10.0, n=n)}
+        ops.close()
+    finally:
+        proc.terminate()
+        proc.wait(5)
+    assert len(got) >= n - (interval - 1), f"{len(got)} of {n} acknowledged labels survived kill -9"
