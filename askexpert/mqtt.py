@@ -88,6 +88,10 @@ class MqttClient:
         c.on_disconnect = self._on_disconnect
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
+        c.on_connect_fail = self._on_connect_fail
+        c.on_log = self._on_paho_log
+        self._unreachable_since: float | None = None
+        self._unreachable_logged = 0.0
         self.client = c
 
     # ------------------------------------------------------------ lifecycle
@@ -186,6 +190,7 @@ class MqttClient:
             log.error("mqtt connect refused", reason=str(reason_code), broker=self.settings.broker)
             return
         self.connects += 1
+        self._unreachable_since = None
         shared_ok = getattr(properties, "SharedSubscriptionAvailable", 1) != 0  # absent: available (MQTT 5)
         for topic_filter, (qos, _) in self._subs.items():
             if topic_filter.startswith("$share/") and not shared_ok:
@@ -216,6 +221,23 @@ class MqttClient:
                 self._acks.notify_all()
             else:
                 self._early.add(mid)
+
+    def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
+        """Say so while the broker cannot be reached (at once, then every 30 s), instead of silence."""
+        now = time.monotonic()
+        self._unreachable_since = self._unreachable_since or now
+        if now - self._unreachable_logged >= 30:
+            self._unreachable_logged = now
+            log.warning("mqtt broker unreachable; retrying", broker=self.settings.broker,
+                        for_s=round(now - self._unreachable_since, 1))  # fmt: skip
+
+    @staticmethod
+    def _on_paho_log(client: mqtt.Client, userdata: object, level: int, buf: str) -> None:
+        """paho's own warnings and errors into the structured log."""
+        if level == mqtt.MQTT_LOG_ERR:
+            log.error("paho", message=buf)
+        elif level == mqtt.MQTT_LOG_WARNING:
+            log.warning("paho", message=buf)
 
     def _on_own_status(self, message: mqtt.MQTTMessage) -> None:
         """A status on our own topic from another instance, made since this one started (its

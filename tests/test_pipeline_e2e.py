@@ -218,5 +218,6 @@ def test_edge_without_a_broker_fails_loudly(tiny_pack):
     )  # fmt: skip
     assert out.returncode == 3, out.stderr[-2000:]
     assert "were not acknowledged by the broker" in out.stderr and "never answered" in out.stderr
+    assert "mqtt broker unreachable; retrying" in out.stderr  # said while it happens, not only at the end
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["frames"] == 20 and summary["unacknowledged"] >= 20
