@@ -221,3 +221,42 @@ def test_edge_without_a_broker_fails_loudly(tiny_pack):
     assert "mqtt broker unreachable; retrying" in out.stderr  # said while it happens, not only at the end
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     assert summary["frames"] == 20 and summary["unacknowledged"] >= 20
+
+
+@pytest.mark.slow
+def test_share_group_failover_after_a_hub_is_killed(tiny_pack, broker):
+    """Two hubs in a group, one killed -9 mid-stream: every frame still gets exactly one label, and
+    every frame sent well after the kill is answered by the survivor."""
+    import threading
+
+    from askexpert.protocol import decode_reply
+
+    n = 300
+    hubs = {h: start_hub(tiny_pack, broker.url, "--hub-id", h, "--share-group", "hubs") for h in ("f1", "f2")}
+    sub = Collector(broker.url, "ate/v1/nodes/cam8/labels", "ate/v1/nodes/cam8/replies")
+    result: dict = {}
+    try:
+        for h in hubs:
+            wait_hub_online(broker.url, h)
+        t = threading.Thread(target=lambda: result.update(run_edge(
+            tiny_pack, broker.url, "--node-id", "cam8", "--source", "dataset:fashion-mnist:test", "--max-frames", str(n),
+            "--fps", "60", "--tau", "1.0", "--deadline-ms", "1500")))  # fmt: skip
+        t.start()
+        while len([1 for topic, p in list(sub.raw) if topic.endswith("/replies") and decode_reply(p).hub == "f1"]) < 30:
+            assert t.is_alive(), "the stream ended before hub f1 had answered 30 frames"
+            time.sleep(0.02)
+        hubs["f1"].kill()  # -9
+        killed_after = max(m.frame_id for m in sub.labels())
+        t.join(120)
+        labels = sub.wait_labels(n)
+        sub.close()
+    finally:
+        for p in hubs.values():
+            stop(p)
+    assert result["frames"] == n
+    assert sorted(m.frame_id for m in labels) == list(range(n)), "exactly one label per frame"
+    answered_by = {decode_reply(p).frame_id: decode_reply(p).hub for topic, p in sub.raw if topic.endswith("/replies")}
+    later = [i for i in range(killed_after + 60, n)]  # a second of frames after the kill
+    assert later and all(answered_by.get(i) == "f2" for i in later)
+    by_id = {m.frame_id: m for m in labels}
+    assert all(by_id[i].source == "expert" for i in later)
