@@ -1,7 +1,9 @@
 """The expert hub: one subscription per expert topic, one inference thread, dynamic batches.
 
-paho's network thread only validates and enqueues (on_message never blocks). The inference
-thread takes up to max_batch frames, waiting at most max_wait after the first, runs them through
+paho's network thread only checks the payload size and enqueues the raw message (on_message
+never blocks, and never decodes an image). The inference thread takes up to max_batch messages,
+waiting at most max_wait after the first, decodes and validates them (bounded: the JPEG header is
+checked before any pixel is decoded), runs the valid ones through
 the expert library in one call (a shared trunk runs once for all experts of the batch; each
 expert's tail runs on its own rows) and replies on each frame's Response Topic.
 """
@@ -39,6 +41,16 @@ log = get_logger("expert_hub")
 
 
 @dataclass
+class Raw:
+    """A frames message as it arrived, not yet decoded."""
+
+    topic: str
+    payload: bytes
+    properties: object
+    t_arrival: float  # monotonic
+
+
+@dataclass
 class Job:
     frame: FrameMsg
     expert: str
@@ -66,7 +78,7 @@ class ExpertHub:
         self.stats = HubStats()
         self.per_expert: Counter[str] = Counter()
         self.stop_event = threading.Event()
-        self._queue: queue.Queue[Job] = queue.Queue(maxsize=settings.queue_size)
+        self._queue: queue.Queue[Raw] = queue.Queue(maxsize=settings.queue_size)
         self._warned_packs: set[str] = set()
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
 
@@ -93,23 +105,39 @@ class ExpertHub:
         self.stop_event.set()
         self._thread.join(timeout=5)
 
-    # ------------------------------------------------------------ network thread
     def _reject(self, reason: str, **info: object) -> None:
         self.stats.rejected += 1
         metrics.REJECTED.labels("hub", reason).inc()
         log.warning("frame rejected", reason=reason, **info)
 
+    # ------------------------------------------------------------ network thread
     def _on_frame(self, message: mqtt.MQTTMessage) -> None:
         self.stats.received += 1
         if len(message.payload) > self.s.max_payload:
-            return self._reject("oversized", bytes=len(message.payload), topic=message.topic)
+            return self._reject("oversized", bytes=len(message.payload), topic=message.topic[:200])
+        raw = Raw(message.topic, message.payload, getattr(message, "properties", None), time.monotonic())
         try:
-            expert, sender = parse_frames_topic(self.s.prefix, message.topic)
-            frame = decode_frame(message.payload, max_bytes=self.s.max_payload)
+            self._queue.put_nowait(raw)
+        except queue.Full:  # overloaded: the oldest frame is the one least likely to be in time
+            try:
+                self._queue.get_nowait()
+                self.stats.dropped += 1
+                metrics.DROPS.labels("hub", "queue-full").inc()
+            except queue.Empty:
+                pass
+            self._queue.put_nowait(raw)
+        return None
+
+    # ------------------------------------------------------------ inference thread
+    def _admit(self, raw: Raw) -> Job | None:
+        """Decode and validate one message; None (counted, logged) when it is not a frame to answer."""
+        try:
+            expert, sender = parse_frames_topic(self.s.prefix, raw.topic)
+            frame = decode_frame(raw.payload, max_bytes=self.s.max_payload)
         except (ProtocolError, TypeError, ValueError, OverflowError) as exc:  # whatever a hostile payload causes
-            return self._reject("malformed", error=str(exc)[:200], topic=message.topic[:200])
+            return self._reject("malformed", error=str(exc)[:200], topic=raw.topic[:200])
         if frame.node != sender:  # the topic's node is what the broker's ACL vouches for
-            return self._reject("node-mismatch", node=frame.node, topic=message.topic[:200])
+            return self._reject("node-mismatch", node=frame.node, topic=raw.topic[:200])
         if frame.pack != self.pack.pack_id:
             self.stats.rejected += 1
             metrics.REJECTED.labels("hub", "wrong-pack").inc()
@@ -121,34 +149,22 @@ class ExpertHub:
             return self._reject("wrong-shape", shape=frame.image.shape, want=self.shape)
         if expert not in self.library.keys:
             return self._reject("unknown-expert", expert=expert)
-        props = getattr(message, "properties", None)
-        response = getattr(props, "ResponseTopic", None)
+        response = getattr(raw.properties, "ResponseTopic", None)
         if not response:
             return self._reject("no-response-topic", node=frame.node)
         if response != replies_topic(self.s.prefix, frame.node):  # the hub answers only into the sender's replies
             return self._reject("foreign-response-topic", node=frame.node, response_topic=response[:200])
-        expiry = getattr(props, "MessageExpiryInterval", None)
-        now = time.monotonic()
-        job = Job(frame, expert, response, getattr(props, "CorrelationData", None), now, now + expiry if expiry else None)
-        try:
-            self._queue.put_nowait(job)
-        except queue.Full:  # overloaded: the oldest frame is the one least likely to be in time
-            try:
-                self._queue.get_nowait()
-                self.stats.dropped += 1
-                metrics.DROPS.labels("hub", "queue-full").inc()
-            except queue.Empty:
-                pass
-            self._queue.put_nowait(job)
-        return None
+        expiry = getattr(raw.properties, "MessageExpiryInterval", None)
+        return Job(frame, expert, response, getattr(raw.properties, "CorrelationData", None), raw.t_arrival,
+                   raw.t_arrival + expiry if expiry else None)  # fmt: skip
 
-    # ------------------------------------------------------------ inference thread
     def _batch(self) -> list[Job]:
         try:
             first = self._queue.get(timeout=0.2)
         except queue.Empty:
             return []
-        jobs, _ = fill_batch(self._queue, first, self.s.max_batch, self.s.max_wait_ms / 1000)
+        raws, _ = fill_batch(self._queue, first, self.s.max_batch, self.s.max_wait_ms / 1000)
+        jobs = [j for j in map(self._admit, raws) if j is not None]
         now = time.monotonic()
         live = [j for j in jobs if j.expires is None or j.expires > now]
         if len(live) < len(jobs):
