@@ -1,0 +1,108 @@
+"""A fleet on one broker: N edge nodes and M expert hubs (one share group), paced streams.
+
+Each edge replays the Fashion-MNIST test split at --fps; a plain subscriber (a user's consumer)
+collects every label. Prints one JSON line: labels per second, exactly-once (frames with no label,
+frames with more than one), label sources and fallbacks, and how many frames each hub answered.
+
+    python bench/fleet.py --pack packs/fashion-mnist --edges 4 --hubs 2 --frames 500 --fps 50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from askexpert.localbroker import Broker, spawn, wait_online
+from askexpert.protocol import decode_label, decode_reply
+
+
+class Consumer:
+    """Every label and reply of the fleet, as a user's own subscriber would see them."""
+
+    def __init__(self, port: int) -> None:
+        self.labels: list = []
+        self.replies: list = []
+        self.lock = threading.Lock()
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        self.c.on_message = self._on_message
+        self.c.connect("127.0.0.1", port)
+        self.c.subscribe([("ate/v1/nodes/+/labels", 1), ("ate/v1/nodes/+/replies", 1)])
+        self.c.loop_start()
+
+    def _on_message(self, client, userdata, msg) -> None:
+        with self.lock:
+            if msg.topic.endswith("/labels"):
+                self.labels.append(decode_label(msg.payload))
+            else:
+                self.replies.append(decode_reply(msg.payload))
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/fleet.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pack", default="packs/fashion-mnist")
+    p.add_argument("--edges", type=int, default=4)
+    p.add_argument("--hubs", type=int, default=2)
+    p.add_argument("--frames", type=int, default=500, help="frames per edge")
+    p.add_argument("--fps", type=float, default=50.0, help="pace of each edge")
+    p.add_argument("--tau", type=float, default=None, help="default: the pack's")
+    p.add_argument("--deadline-ms", type=float, default=1000.0)
+    a = p.parse_args(argv)
+
+    broker = Broker().start()
+    hubs = [spawn("expert_hub.cli", "run", "--pack", a.pack, "--broker", broker.url, "--hub-id", f"fleet-hub{i}",
+                  "--share-group", "fleet", "--stats-interval-s", "0", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i in range(a.hubs)]  # fmt: skip
+    consumer = None
+    try:
+        for i in range(a.hubs):
+            wait_online("127.0.0.1", broker.port, "hub", f"fleet-hub{i}")
+        consumer = Consumer(broker.port)
+        time.sleep(0.3)
+        extra = ["--tau", repr(a.tau)] if a.tau is not None else []
+        t0 = time.monotonic()
+        edges = [subprocess.Popen([sys.executable, "-m", "edge_node.cli", "run", "--pack", a.pack, "--broker", broker.url,
+                                   "--node-id", f"fleet-cam{i}", "--source", "dataset:fashion-mnist:test",
+                                   "--max-frames", str(a.frames), "--fps", repr(a.fps), "--deadline-ms", repr(a.deadline_ms),
+                                   "--stats-interval-s", "0", *extra],
+                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+                 for i in range(a.edges)]  # fmt: skip
+        summaries = [json.loads(e.communicate(timeout=600)[0].strip().splitlines()[-1]) for e in edges]
+        wall = time.monotonic() - t0
+        time.sleep(0.5)  # the last labels on their way to the consumer
+        with consumer.lock:
+            labels, replies = list(consumer.labels), list(consumer.replies)
+    finally:
+        if consumer is not None:
+            consumer.close()
+        for h in hubs:
+            h.terminate()
+            h.wait(10)
+        broker.stop()
+    per_frame = Counter((m.node, m.frame_id) for m in labels)
+    expected = a.edges * a.frames
+    print(json.dumps({
+        "bench": "fleet", "pack": str(Path(a.pack)), "edges": a.edges, "hubs": a.hubs, "frames": expected,
+        "fps_per_edge": a.fps, "labels_per_s": round(len(labels) / wall, 1), "wall_s": round(wall, 2),
+        "missing": expected - len(per_frame), "duplicates": sum(n - 1 for n in per_frame.values() if n > 1),
+        "sources": dict(Counter(m.source for m in labels)), "fallbacks": sum(s["fallback"] for s in summaries),
+        "per_hub_answered": dict(sorted(Counter(r.hub for r in replies).items())),
+        "edge_exit_ok": all(s.get("unacknowledged", 0) == 0 for s in summaries),
+    }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
