@@ -25,3 +25,8 @@ if ! $PY -c "import askexpert, edge_node, expert_hub, trainer, pytest_timeout" >
   $PY -m pip install -q -e ".[dev]"
   touch .install-stamp
 fi
+
+# A second MQTT 5 broker for the portability test (aedes on Node.js); the test skips without it.
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/brokers/aedes/node_modules/aedes ]; then
+  (cd tests/brokers/aedes && npm ci --no-audit --no-fund --silent) || echo "aedes not installed: its test will be skipped"
+fi

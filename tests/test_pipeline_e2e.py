@@ -31,6 +31,25 @@ def offline(pack_dir, n: int):
 
 
 def test_every_frame_labelled_once_and_matches_offline(tiny_pack, broker):
+    check_every_frame_labelled_once(tiny_pack, broker)
+
+
+def test_the_same_on_a_second_mqtt5_broker(tiny_pack):
+    """Portability: the whole check again on aedes 2 (Node.js), not Mosquitto."""
+    import shutil
+
+    from helpers import AEDES_DIR, AedesBroker
+
+    if not shutil.which("node") or not (AEDES_DIR / "node_modules" / "aedes").is_dir():
+        pytest.skip("aedes not installed: cd tests/brokers/aedes && npm ci (.ci/run does it)")
+    aedes = AedesBroker().start()
+    try:
+        check_every_frame_labelled_once(tiny_pack, aedes)
+    finally:
+        aedes.stop()
+
+
+def check_every_frame_labelled_once(tiny_pack, broker) -> None:
     probs, top, experts, expert_labels = offline(tiny_pack, N)
     conf = probs.max(axis=1)
     tau = float(np.median(conf))  # about half the frames go to the experts
