@@ -279,3 +279,39 @@ def test_share_group_failover_after_a_hub_is_killed(tiny_pack, broker):
     assert later and all(answered_by.get(i) == "f2" for i in later)
     by_id = {m.frame_id: m for m in labels}
     assert all(by_id[i].source == "expert" for i in later)
+
+
+def test_a_broker_without_shared_subscriptions_is_reported_by_the_hub(tiny_pack):
+    """On aedes (no $share), `--share-group` is not silently dead: the hub logs the refusal and its
+    /healthz says unhealthy."""
+    import json
+    import shutil
+    import urllib.request
+
+    from askexpert.localbroker import free_port
+    from helpers import AEDES_DIR, AedesBroker
+
+    if not shutil.which("node") or not (AEDES_DIR / "node_modules" / "aedes").is_dir():
+        pytest.skip("aedes not installed: cd tests/brokers/aedes && npm ci (.ci/run does it)")
+    aedes = AedesBroker().start()
+    port = free_port()
+    hub = start_hub(tiny_pack, aedes.url, "--hub-id", "ash", "--share-group", "hubs", "--metrics-port", str(port))
+    try:
+        wait_hub_online(aedes.url, "ash")
+        health: dict = {}
+        for _ in range(100):  # the SUBACK comes right after the subscription
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    health = json.loads(r.read())
+            except urllib.error.HTTPError as exc:  # 503 while unhealthy
+                health = json.loads(exc.read())
+            except OSError:
+                pass
+            if health.get("subscriptions_refused"):
+                break
+            time.sleep(0.1)
+    finally:
+        stop(hub)
+        aedes.stop()
+    assert health.get("healthy") is False and health["subscriptions_refused"]
+    assert all(f.startswith("$share/hubs/") for f in health["subscriptions_refused"])
