@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from askexpert import metrics
 from askexpert.backends import Classifier
 from askexpert.batching import fill_batch
-from askexpert.log import get_logger
+from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.pack import InputSpec, Pack
 from askexpert.protocol import (
@@ -86,6 +86,7 @@ class EdgeNode:
         self.replies_topic = replies_topic(settings.prefix, self.node)
         self.stats = EdgeStats()
         self.pending = PendingTable(self._on_deadline)
+        self._log_throttle = Throttle()
         self.stop_event = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._count_lock = threading.Lock()
@@ -240,7 +241,8 @@ class EdgeNode:
     def _reject_reply(self, reason: str, **info: object) -> None:
         self.stats.rejected += 1
         metrics.REJECTED.labels("edge", reason).inc()
-        log.warning("reply dropped; the deadline will fall back", reason=reason, **info)
+        if (quiet := self._log_throttle.ready(reason)) is not None:
+            log.warning("reply dropped; the deadline will fall back", reason=reason, not_logged_since_last=quiet, **info)
 
     def _on_reply(self, message: mqtt.MQTTMessage) -> None:
         try:

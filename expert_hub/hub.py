@@ -22,7 +22,7 @@ import paho.mqtt.client as mqtt
 from askexpert import metrics
 from askexpert.backends import ExpertLibrary
 from askexpert.batching import fill_batch
-from askexpert.log import get_logger
+from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
 from askexpert.protocol import (
@@ -80,6 +80,7 @@ class ExpertHub:
         self.stop_event = threading.Event()
         self._queue: queue.Queue[Raw] = queue.Queue(maxsize=settings.queue_size)
         self._warned_packs: set[str] = set()
+        self._log_throttle = Throttle()
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
 
     def start(self) -> None:
@@ -108,7 +109,8 @@ class ExpertHub:
     def _reject(self, reason: str, **info: object) -> None:
         self.stats.rejected += 1
         metrics.REJECTED.labels("hub", reason).inc()
-        log.warning("frame rejected", reason=reason, **info)
+        if (quiet := self._log_throttle.ready(reason)) is not None:
+            log.warning("frame rejected", reason=reason, not_logged_since_last=quiet, **info)
 
     # ------------------------------------------------------------ network thread
     def _on_frame(self, message: mqtt.MQTTMessage) -> None:

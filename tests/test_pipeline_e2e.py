@@ -315,3 +315,70 @@ def test_a_broker_without_shared_subscriptions_is_reported_by_the_hub(tiny_pack)
         aedes.stop()
     assert health.get("healthy") is False and health["subscriptions_refused"]
     assert all(f.startswith("$share/hubs/") for f in health["subscriptions_refused"])
+
+
+def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
+    """While an edge streams, another client floods the frames and replies topics with random bytes,
+    broken msgpack, wrong types, JPEG bombs, foreign packs and forged replies: every frame still gets
+    exactly one label, each the real hub's, and the hub counts what it refused."""
+    import threading
+
+    import msgpack
+    import numpy as np
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    from askexpert.protocol import FrameMsg
+    from test_hub_robustness import jpeg_bomb_frame
+
+    n = 150
+    _, _, experts, expert_labels = offline(tiny_pack, n)
+    pack_id = Pack.load(tiny_pack).pack_id
+    rng = np.random.default_rng(7)
+    good = FrameMsg("fz", 1, time.time(), pack_id, [0, 2], [0.4, 0.3], np.zeros((28, 28, 1), np.uint8)).encode()
+    base = msgpack.unpackb(good)
+    junk = [rng.bytes(int(rng.integers(1, 300))) for _ in range(20)] + [b"", b"\xc1", msgpack.packb([1, 2])]
+    junk += [msgpack.packb({**base, k: v}) for k, v in [("shape", [True, 28, 1]), ("fid", -1), ("topk_p", [float("nan")]),
+                                                         ("pack", "x" * 500), ("node", "fz/x"), ("img", b"\x00")]]  # fmt: skip
+    junk += [jpeg_bomb_frame(pack_id), FrameMsg("fz", 2, time.time(), "f" * 16, [0], [0.5], np.zeros((28, 28, 1), np.uint8)).encode()]
+    stop_flood = threading.Event()
+    sent = [0]
+
+    def flood() -> None:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        c.connect("127.0.0.1", broker.port)
+        c.loop_start()
+        props = Properties(PacketTypes.PUBLISH)
+        props.ResponseTopic = "ate/v1/nodes/fz/replies"
+        forged = Properties(PacketTypes.PUBLISH)
+        forged.CorrelationData = b"cam6/x/1"
+        while not stop_flood.is_set():
+            for payload in junk:
+                c.publish(f"ate/v1/experts/{['0', '0-2', '1-3'][sent[0] % 3]}/frames/fz", payload, qos=0, properties=props)
+                c.publish("ate/v1/nodes/cam6/replies", payload, qos=0, properties=forged)
+                sent[0] += 1
+            time.sleep(0.01)
+        c.disconnect()
+        c.loop_stop()
+
+    hub = start_hub(tiny_pack, broker.url, "--hub-id", "fuzzed")
+    try:
+        wait_hub_online(broker.url, "fuzzed")
+        sub = Collector(broker.url, "ate/v1/nodes/cam6/labels")
+        flooder = threading.Thread(target=flood)
+        flooder.start()
+        summary = run_edge(tiny_pack, broker.url, "--node-id", "cam6", "--source", "dataset:fashion-mnist:test",
+                           "--max-frames", str(n), "--fps", "50", "--tau", "1.0", "--deadline-ms", "5000")  # fmt: skip
+        stop_flood.set()
+        flooder.join(10)
+        labels = sub.wait_labels(n)
+        sub.close()
+    finally:
+        stop_flood.set()
+        stop(hub)
+    assert sent[0] >= len(junk) * 5
+    assert summary["fallback"] == 0 and summary["rejected"] > 0  # forged replies refused by the edge
+    assert sorted(m.frame_id for m in labels) == list(range(n))
+    assert all(m.source == "expert" and m.label == int(expert_labels[m.frame_id]) for m in labels)
