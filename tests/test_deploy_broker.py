@@ -22,7 +22,7 @@ from askexpert.localbroker import MOSQUITTO, free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "docker" / "mosquitto"
-USERS = {"hub": "hub-pw", "ops": "ops-pw", "cam1": "cam1-pw", "cam2": "cam2-pw"}
+USERS = {"hub1": "hub-pw", "hub2": "hub2-pw", "ops": "ops-pw", "cam1": "cam1-pw", "cam2": "cam2-pw"}
 
 pytestmark = pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mosquitto_passwd not installed")
 
@@ -143,7 +143,7 @@ def test_anonymous_and_wrong_password_are_refused(clients):
 
 
 def test_edge_cannot_read_another_nodes_replies(clients):
-    hub, cam1, cam2 = clients("hub", "hub"), clients("cam1", "cam1"), clients("cam2", "cam2")
+    hub, cam1, cam2 = clients("hub1", "hub"), clients("cam1", "cam1"), clients("cam2", "cam2")
     assert not (hub.rc.is_failure or cam1.rc.is_failure or cam2.rc.is_failure)
     # cam2 tries to eavesdrop on cam1's replies, frames and tau/set: refused or never delivered
     snoop = [cam2.subscribe(t) for t in ("ate/v1/nodes/cam1/replies", "ate/v1/experts/+/frames/+", "ate/v1/nodes/cam1/tau/set", "ate/v1/#")]
@@ -158,7 +158,7 @@ def test_edge_cannot_read_another_nodes_replies(clients):
 
 
 def test_edge_publishes_frames_hub_receives_and_replies(clients):
-    hub, cam1 = clients("hub", "hub2"), clients("cam1", "cam1b")
+    hub, cam1 = clients("hub1", "hub2"), clients("cam1", "cam1b")
     assert hub.subscribe("ate/v1/experts/+/frames/+").value == 1
     assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1
     cam1.publish("ate/v1/experts/0-2/frames/cam2", b"frame-as-cam2")  # not its name: dropped by the broker
@@ -196,7 +196,7 @@ def test_ops_sets_tau_and_only_that_node_reads_it(clients):
 
 def test_hub_shared_subscription_passes_the_acl(clients):
     """`expert-hub --share-group` subscribes as $share/<group>/...: the ACL must still let frames in."""
-    hub, cam1 = clients("hub", "hub3"), clients("cam1", "cam1e")
+    hub, cam1 = clients("hub1", "hub3"), clients("cam1", "cam1e")
     assert not hub.subscribe("$share/hubs/ate/v1/experts/+/frames/+").is_failure
     cam1.publish("ate/v1/experts/1/frames/cam1", b"shared-frame")
     assert hub.got(2.0, n=1) == [("ate/v1/experts/1/frames/cam1", b"shared-frame")]
@@ -262,3 +262,17 @@ def test_acknowledged_labels_survive_a_broker_kill9(tmp_path):
         proc.terminate()
         proc.wait(5)
     assert len(got) >= n - (interval - 1), f"{len(got)} of {n} acknowledged labels survived kill -9"
+
+
+def test_client_ids_are_user_names_so_no_user_can_take_over_another(clients):
+    """cam2 connecting with cam1's client id does not kick cam1 off (the broker uses the user name as
+    client id), and two hubs, each its own user, stay connected side by side."""
+    cam1 = clients("cam1", "ate-edge-cam1")
+    assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1
+    intruder = clients("cam2", "ate-edge-cam1")  # asks for cam1's client id
+    hub1, hub2 = clients("hub1", "ate-hub-x"), clients("hub2", "ate-hub-x")
+    assert not (intruder.rc.is_failure or hub1.rc.is_failure or hub2.rc.is_failure)
+    time.sleep(0.3)
+    assert cam1.c.is_connected() and hub1.c.is_connected() and hub2.c.is_connected()
+    hub2.publish("ate/v1/nodes/cam1/replies", b"still here")
+    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies", b"still here")]

@@ -129,7 +129,7 @@ def test_app_services_gpu_camera_cache_health_restart():
         assert svc["environment"]["ATE_PACK"].startswith("/packs/")
     assert svcs["edge"]["devices"] == ["/dev/video0:/dev/video0"]
     assert svcs["edge"]["environment"]["ATE_USERNAME"] == svcs["edge"]["environment"]["ATE_NODE_ID"]
-    assert svcs["hub"]["environment"]["ATE_USERNAME"] == "hub"
+    assert svcs["hub"]["environment"]["ATE_USERNAME"] == svcs["hub"]["environment"]["ATE_HUB_ID"] == "hub1"
     assert svcs["edge"]["environment"]["ATE_BROKER"] == "mqtt://broker:1883"
     assert svcs["broker"]["restart"] == "unless-stopped" and "healthcheck" in svcs["broker"]
     assert svcs["hub"]["depends_on"]["broker"]["condition"] == "service_healthy"

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Create (or update) the broker's password file, docker/mosquitto/passwd (not in git).
 #
-#   docker/mosquitto/make-passwords.sh hub ops cam1 cam2        # prompts for each password
-#   ATE_PW_hub=s3cret ATE_PW_cam1=other docker/mosquitto/make-passwords.sh hub cam1   # scripted
+#   docker/mosquitto/make-passwords.sh hub1 ops cam1 cam2       # prompts for each password
+#   ATE_PW_hub1=s3cret ATE_PW_cam1=other docker/mosquitto/make-passwords.sh hub1 cam1   # scripted
 #
-# Users: `hub` (expert hubs), `ops` (operators, dashboards, mosquitto_sub, tau/set), and one user
+# Users: `hub1`..`hub4` (one per expert hub, named as its hub id), `ops` (operators, dashboards, mosquitto_sub, tau/set), and one user
 # per edge node named exactly as its --node-id / ATE_NODE_ID (the ACL's %u patterns rely on it).
 # Uses the host's mosquitto_passwd when installed, else the eclipse-mosquitto image.
 # The file ends up mode 0600 owned by uid 1883 (the broker container's `mosquitto` user) unless
