@@ -382,3 +382,40 @@ def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
     assert summary["fallback"] == 0 and summary["rejected"] > 0  # forged replies refused by the edge
     assert sorted(m.frame_id for m in labels) == list(range(n))
     assert all(m.source == "expert" and m.label == int(expert_labels[m.frame_id]) for m in labels)
+
+
+@pytest.mark.slow
+def test_a_partitioned_edge_still_labels_every_frame_once(tiny_pack, broker):
+    """The edge's link to the broker stalls for 3 s mid-stream (a relay that stops relaying): frames
+    offloaded then fall back at their deadline, late replies change nothing, and every frame ends
+    with exactly one label at the consumer."""
+    import threading
+
+    from helpers import PausableProxy
+
+    n = 300
+    proxy = PausableProxy(broker.port)
+    hub = start_hub(tiny_pack, broker.url, "--hub-id", "part")
+    result: dict = {}
+    try:
+        wait_hub_online(broker.url, "part")
+        sub = Collector(broker.url, "ate/v1/nodes/cam5/labels")
+        t = threading.Thread(target=lambda: result.update(run_edge(
+            tiny_pack, proxy.url, "--node-id", "cam5", "--source", "dataset:fashion-mnist:test", "--max-frames", str(n),
+            "--fps", "50", "--tau", "1.0", "--deadline-ms", "1000")))  # fmt: skip
+        t.start()
+        while len(sub.labels()) < 60:
+            assert t.is_alive(), "the stream ended early"
+            time.sleep(0.02)
+        proxy.relaying.clear()  # partition
+        time.sleep(3.0)
+        proxy.relaying.set()  # healed
+        t.join(120)
+        labels = sub.wait_labels(n)
+        sub.close()
+    finally:
+        proxy.close()
+        stop(hub)
+    assert result["frames"] == n and result["unacknowledged"] == 0
+    assert sorted(m.frame_id for m in labels) == list(range(n)), "exactly one label per frame"
+    assert result["fallback"] > 0 and result["expert"] > 0  # the partition was felt, and healed
