@@ -419,3 +419,51 @@ def test_a_partitioned_edge_still_labels_every_frame_once(tiny_pack, broker):
     assert result["frames"] == n and result["unacknowledged"] == 0
     assert sorted(m.frame_id for m in labels) == list(range(n)), "exactly one label per frame"
     assert result["fallback"] > 0 and result["expert"] > 0  # the partition was felt, and healed
+
+
+@pytest.mark.slow
+def test_hub_kill9_and_restart_mid_stream(tiny_pack, broker):
+    """The only hub is killed -9 mid-stream and started again: frames in between fall back, frames
+    after it is back are answered, and every frame gets exactly one label. The edge streams until
+    the restarted hub has answered 40 frames, then is stopped with SIGINT (a clean stop)."""
+    import json
+    import signal
+    import subprocess
+    import sys
+
+    hub = start_hub(tiny_pack, broker.url, "--hub-id", "phoenix")
+    edge = None
+    try:
+        wait_hub_online(broker.url, "phoenix")
+        sub = Collector(broker.url, "ate/v1/nodes/cam4/labels")
+        edge = subprocess.Popen([sys.executable, "-m", "edge_node.cli", "run", "--pack", str(tiny_pack), "--broker", broker.url,
+                                 "--node-id", "cam4", "--source", "dataset:fashion-mnist:test", "--fps", "40",
+                                 "--tau", "1.0", "--deadline-ms", "800"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+
+        def wait_for(cond, what: str) -> None:
+            deadline = time.monotonic() + 120
+            while not cond():
+                assert edge.poll() is None and time.monotonic() < deadline, what
+                time.sleep(0.02)
+
+        wait_for(lambda: sum(m.source == "expert" for m in sub.labels()) >= 40, "the first hub answered 40 frames")
+        hub.kill()
+        hub.wait(10)
+        hub = start_hub(tiny_pack, broker.url, "--hub-id", "phoenix")
+        wait_hub_online(broker.url, "phoenix")
+        back_at = max(m.frame_id for m in sub.labels())
+        wait_for(lambda: sum(m.source == "expert" and m.frame_id > back_at + 40 for m in sub.labels()) >= 40,
+                 "the restarted hub answered 40 frames")  # fmt: skip
+        edge.send_signal(signal.SIGINT)
+        summary = json.loads(edge.communicate(timeout=60)[0].strip().splitlines()[-1])
+        labels = sub.wait_labels(summary["frames"])
+        sub.close()
+    finally:
+        if edge is not None and edge.poll() is None:
+            edge.kill()
+        stop(hub)
+    n = summary["frames"]
+    assert sorted(m.frame_id for m in labels) == list(range(n)), "exactly one label per frame"
+    assert summary["fallback"] > 0, "frames sent while no hub ran fell back"
+    by_id = {m.frame_id: m for m in labels}
+    assert all(by_id[i].source == "expert" for i in range(back_at + 40, n - 40))
