@@ -65,6 +65,7 @@ class MqttClient:
         self._qos0: set[int] = set()
         self._early: set[int] = set()
         self._sub_mids: dict[int, str] = {}
+        self._early_subacks: dict[int, list] = {}
         self.refused: dict[str, str] = {}  # subscriptions the broker refused (e.g. $share on a broker without it)
         self.instance = secrets.token_hex(4)  # tells this process apart from another on the same id
         self.id_conflicts = 0  # times another live process showed up under this component's id
@@ -130,7 +131,12 @@ class MqttClient:
 
     def _subscribe(self, topic_filter: str, qos: int) -> None:
         _, mid = self.client.subscribe(topic_filter, qos=qos)
-        self._sub_mids[mid] = topic_filter
+        with self._acks:  # the SUBACK may be handled before subscribe() has returned its mid
+            early = self._early_subacks.pop(mid, None)
+            if early is None:
+                self._sub_mids[mid] = topic_filter
+                return
+        self._suback(topic_filter, early)
 
     def publish(
         self,
@@ -260,7 +266,14 @@ class MqttClient:
                   times=self.id_conflicts)  # fmt: skip
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes, properties) -> None:
-        topic_filter = self._sub_mids.pop(mid, "?")
+        with self._acks:
+            topic_filter = self._sub_mids.pop(mid, None)
+            if topic_filter is None:
+                self._early_subacks[mid] = list(reason_codes)
+                return
+        self._suback(topic_filter, reason_codes)
+
+    def _suback(self, topic_filter: str, reason_codes) -> None:
         bad = [rc for rc in reason_codes if rc.is_failure]
         if bad:  # the component must not look healthy while it receives nothing
             self.refused[topic_filter] = str(bad[0])

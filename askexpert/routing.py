@@ -1,7 +1,12 @@
-"""The paper's Top-k routing (Algorithm 1): classes -> subset indices -> expert key."""
+"""The paper's Algorithm 1, once: softmax, confidence, top-k classes -> subset indices -> expert key.
+
+`decide` is what the edge node runs on every batch and what the offline sweep, the trainer's
+report, the demo's exactness check and the tests run on stored logits: live equals offline by
+construction (the same function, the same float64 softmax)."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Iterable, Sequence
 
@@ -41,3 +46,27 @@ def topk(probs: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k largest probabilities per row, largest first (ties: lower index first)."""
     order = np.argsort(-probs, axis=-1, kind="stable")
     return order[..., :k]
+
+
+@dataclass
+class Decision:
+    """The edge half of Algorithm 1 for N frames (independent of tau except via `offloaded`)."""
+
+    probs: np.ndarray  # float64 (N, C): softmax of the edge logits
+    conf: np.ndarray  # float64 (N,): max softmax probability (line 2)
+    edge_label: np.ndarray  # int (N,): argmax (line 4)
+    topk: np.ndarray  # int (N, k): top-k classes, largest first, ties to the lower index (line 6)
+    expert: np.ndarray  # object (N,): the routed expert key I (lines 7-12)
+
+    def offloaded(self, tau: float) -> np.ndarray:
+        """Line 3: conf >= tau stays at the edge; the rest goes to its expert."""
+        return self.conf < tau
+
+
+def decide(edge_logits: np.ndarray, partition: Sequence[int], k: int) -> Decision:
+    """Algorithm 1, lines 1-2 and 6-12, for a batch of edge logits (N, C)."""
+    probs = softmax(np.asarray(edge_logits, dtype=np.float64))
+    top = topk(probs, k)
+    part = np.asarray(partition)
+    keys = np.array([expert_key(part[row]) for row in top], dtype=object)
+    return Decision(probs, probs.max(axis=-1), probs.argmax(axis=-1), top, keys)

@@ -15,13 +15,12 @@ the routed expert). Plus alpha(tau) (Table 4) and the edge model's top-k recall 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from askexpert.routing import expert_key, softmax, topk
+from askexpert.routing import Decision, decide, topk
 
 PAPER_TAUS = (0.99, 0.9, 0.8, 0.7, 0.6, 0.5)
 # Table 4 of the paper (CIFAR-100, DeiT-3H edge): offload proportion alpha(tau) in percent.
@@ -30,29 +29,7 @@ PAPER_ALPHA_PCT = {0.99: 74.7, 0.9: 46.2, 0.8: 35.8, 0.7: 27.8, 0.6: 20.8, 0.5: 
 PAPER_TOPK = {"CIFAR-100": (80.16, 89.73, 93.40), "ImageNet": (74.52, 84.62, 88.50)}
 
 
-@dataclass
-class EdgeDecision:
-    """The edge half of Algorithm 1 for N frames (independent of tau except via `offloaded`)."""
-
-    conf: np.ndarray  # float (N,): max softmax probability
-    edge_label: np.ndarray  # int (N,): argmax
-    topk: np.ndarray  # int (N, k)
-    expert: np.ndarray  # str (N,): the routed expert key I for each frame
-
-    def offloaded(self, tau: float) -> np.ndarray:
-        return self.conf < tau
-
-
-def edge_decisions(edge_logits: np.ndarray, partition: Sequence[int], k: int) -> EdgeDecision:
-    """Softmax, confidence, top-k and the routed expert of every frame (Algorithm 1, lines 1-2, 6-11)."""
-    probs = softmax(np.asarray(edge_logits))
-    top = topk(probs, k)
-    part = np.asarray(partition)
-    keys = np.array([expert_key(part[row]) for row in top], dtype=object)
-    return EdgeDecision(probs.max(axis=-1), probs.argmax(axis=-1), top, keys)
-
-
-def routed_logits(decision: EdgeDecision, expert_logits: Mapping[str, np.ndarray]) -> np.ndarray:
+def routed_logits(decision: Decision, expert_logits: Mapping[str, np.ndarray]) -> np.ndarray:
     """Per frame, the logits of the expert it routes to, from per-expert logits over all frames."""
     missing = sorted(set(decision.expert) - set(expert_logits))
     if missing:
@@ -65,7 +42,7 @@ def routed_logits(decision: EdgeDecision, expert_logits: Mapping[str, np.ndarray
     return out
 
 
-def offline_labels(decision: EdgeDecision, routed: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+def offline_labels(decision: Decision, routed: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
     """Algorithm 1's final labels at `tau` and the offload mask; `routed` = routed_logits(...)."""
     off = decision.offloaded(tau)
     return np.where(off, np.asarray(routed).argmax(axis=-1), decision.edge_label), off
@@ -74,7 +51,7 @@ def offline_labels(decision: EdgeDecision, routed: np.ndarray, tau: float) -> tu
 def algorithm1(edge_logits: np.ndarray, partition: Sequence[int], k: int, tau: float,
                expert_logits: Mapping[str, np.ndarray] | np.ndarray) -> dict:  # fmt: skip
     """Final labels, source, expert and offload mask per frame; expert logits per key or already routed."""
-    d = edge_decisions(edge_logits, partition, k)
+    d = decide(edge_logits, partition, k)
     routed = expert_logits if isinstance(expert_logits, np.ndarray) else routed_logits(d, expert_logits)
     labels, off = offline_labels(d, routed, tau)
     return {"labels": labels, "offloaded": off, "expert": np.where(off, d.expert, None), "decision": d}
@@ -108,7 +85,7 @@ def sweep(
     """
     y = np.asarray(y)
     generalists = dict(generalists or {})
-    d = edge_decisions(edge_logits, partition, k)
+    d = decide(edge_logits, partition, k)
     routed = {n: (v if isinstance(v, np.ndarray) else routed_logits(d, v)) for n, v in (specialists or {}).items()}
     taus = [float(t) for t in taus]
     edge_acc = _acc(d.edge_label, y)
@@ -260,7 +237,7 @@ def pack_logits(pack, images: np.ndarray, *, backend: str = "torch", device: str
         return np.concatenate([fn(images[i : i + batch]) for i in range(0, len(images), batch)])
 
     edge = run(be.classifier(pack, m.generalist)) if edge_logits is None else edge_logits
-    d = edge_decisions(edge, m.partition, m.k)
+    d = decide(edge, m.partition, m.k)
     lib = be.experts(pack, m.experts)
     keys = np.asarray(d.expert)
     rows = np.flatnonzero(d.offloaded(tau)) if tau is not None else np.arange(len(images))
@@ -307,7 +284,7 @@ def scenarios_from_stored(pack, z: dict) -> dict:
         if n.startswith("teacher-") and n.split("-", 1)[1] not in gens:
             gens[n.split("-", 1)[1] + " (teacher)"] = z[n].astype(np.float32)
     exp_shape = shape_name(m.experts[0].arch) if m.experts else "?"
-    d = edge_decisions(edge, m.partition, m.k)
+    d = decide(edge, m.partition, m.k)
     specs: dict = {}
     for kind, label in (("progressive", f"{exp_shape} experts"), ("static", f"{exp_shape} static experts"),
                         ("uniform", f"{exp_shape} uniform experts"), ("compact", f"{exp_shape} compact experts"),

@@ -33,7 +33,7 @@ from askexpert.protocol import (
     labels_topic,
     replies_topic,
 )
-from askexpert.routing import route, softmax, topk
+from askexpert.routing import Decision, decide
 from edge_node.pending import Offload, PendingTable
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Frame, Source
@@ -203,23 +203,20 @@ class EdgeNode:
                 logits = self.classifier(images)
                 metrics.INFER_MS.labels("edge", "generalist").observe((time.perf_counter() - t0) * 1000)
                 metrics.BATCH_SIZE.labels("edge", "generalist").observe(len(batch))
-                self._gate(batch, images, softmax(logits.astype(np.float64)))
+                self._gate(batch, images, decide(logits, self.pack.manifest.partition, self.k))
             if ended:
                 return
 
-    def _gate(self, batch: list[Frame], images: np.ndarray, probs: np.ndarray) -> None:
-        """Algorithm 1: conf >= tau is final; else route the top-k classes' subsets to an expert."""
-        tau = self.tau.value
-        top = topk(probs, self.k)
+    def _gate(self, batch: list[Frame], images: np.ndarray, d: Decision) -> None:
+        """Algorithm 1 (`askexpert.routing.decide`): conf >= tau is final; else the routed expert."""
+        offloaded = d.offloaded(self.tau.value)
         for i, frame in enumerate(batch):
             self.stats.frames += 1
-            edge_label = int(top[i, 0])
-            conf = float(probs[i, edge_label])
-            if conf >= tau:
+            edge_label, conf = int(d.edge_label[i]), float(d.conf[i])
+            if not offloaded[i]:
                 self._publish_label(frame.frame_id, frame.t_capture, edge_label, conf, "edge", None, edge_label, conf)
                 continue
-            expert = route(top[i], self.pack.manifest.partition)
-            self._offload(frame, images[i], top[i], probs[i], expert, edge_label, conf)
+            self._offload(frame, images[i], d.topk[i], d.probs[i], str(d.expert[i]), edge_label, conf)
 
     def _offload(self, frame: Frame, image: np.ndarray, top: np.ndarray, probs: np.ndarray, expert: str, edge_label: int, conf: float) -> None:
         deadline_s = self.s.deadline_ms / 1000

@@ -9,7 +9,8 @@ import pytest
 from askexpert.pack import Pack
 from askexpert.recording import Recording
 from askexpert.settings import CommonSettings
-from askexpert.sweep import edge_decisions, offline_labels, pack_logits, sweep
+from askexpert.routing import decide
+from askexpert.sweep import offline_labels, pack_logits, sweep
 from edge_node.score import LabelCollector, load_truth, score, write_report
 from helpers import run_edge, start_hub, stop, wait_hub_online
 from trainer.render import render_dataset
@@ -26,7 +27,7 @@ def test_live_replay_accuracy_equals_offline_sweep(tiny_pack, broker, tmp_path):
     pack = Pack.load(tiny_pack)
 
     lg = pack_logits(pack, images, baselines=True)
-    d = edge_decisions(lg["edge"], pack.manifest.partition, pack.manifest.k)
+    d = decide(lg["edge"], pack.manifest.partition, pack.manifest.k)
     tau = float(np.median(d.conf))  # about half the frames offloaded
     off_labels, off_mask = offline_labels(d, lg["routed"], tau)
     offline_acc = sweep(lg["edge"], truth, pack.manifest.partition, pack.manifest.k, [tau],

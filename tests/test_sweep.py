@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from askexpert.sweep import algorithm1, edge_decisions, offline_labels, routed_logits, sweep, to_markdown
+from askexpert.routing import decide
+from askexpert.sweep import algorithm1, offline_labels, routed_logits, sweep, to_markdown
 
 # 4 classes, partition S(c): classes 0,1 -> subset 0; class 2 -> 1; class 3 -> 2. k = 2.
 PART = [0, 0, 1, 2]
@@ -37,7 +38,7 @@ G4[:, 0] = 1  # a "4H" generalist that always says 0: right on f0, f1, f3
 
 
 def test_routing_and_confidence():
-    d = edge_decisions(EDGE, PART, 2)
+    d = decide(EDGE, PART, 2)
     assert list(d.expert) == ["0", "0", "0-1", "0-2", "0-2"]
     assert np.allclose(d.conf, [0.95, 0.85, 0.65, 0.45, 0.30])
     assert list(d.edge_label) == [0, 1, 2, 3, 0]
@@ -45,7 +46,7 @@ def test_routing_and_confidence():
 
 def test_conf_equal_to_tau_stays_at_edge():
     edge = np.stack([probs_logits(0.5, 0.5, 0.0 + 1e-300, 1e-300)])
-    d = edge_decisions(edge, PART, 2)
+    d = decide(edge, PART, 2)
     assert d.conf[0] == 0.5 and not d.offloaded(0.5)[0] and d.offloaded(0.5000001)[0]
 
 
@@ -64,7 +65,7 @@ def test_algorithm1_hand_computed(tau, labels, alpha, acc):
     out = algorithm1(EDGE, PART, 2, tau, E)
     assert list(out["labels"]) == labels
     assert out["offloaded"].mean() == pytest.approx(alpha)
-    d = edge_decisions(EDGE, PART, 2)
+    d = decide(EDGE, PART, 2)
     lab2, off2 = offline_labels(d, routed_logits(d, E), tau)
     assert list(lab2) == labels
     r = sweep(EDGE, Y, PART, 2, [tau], generalists={"4H": G4}, specialists={"experts": E})
@@ -91,7 +92,7 @@ def test_sweep_scenarios_and_recall():
 
 
 def test_routed_array_input_equals_dict_input():
-    d = edge_decisions(EDGE, PART, 2)
+    d = decide(EDGE, PART, 2)
     routed = routed_logits(d, E)
     a = algorithm1(EDGE, PART, 2, 0.8, routed)["labels"]
     b = algorithm1(EDGE, PART, 2, 0.8, E)["labels"]

@@ -10,7 +10,8 @@ import pytest
 
 from askexpert.costmodel import Profile, _curve, estimate, scenario_costs
 from askexpert.pack import Pack
-from askexpert.sweep import edge_decisions, scenarios_from_stored, stored_logits, sweep
+from askexpert.routing import decide
+from askexpert.sweep import scenarios_from_stored, stored_logits, sweep
 
 
 def test_table1_profiles_and_formula():
@@ -48,7 +49,7 @@ def test_stored_logits_mapping(tiny_pack, tmp_path):
     np.savez_compressed(pack_dir / "eval" / "logits-test.npz", **z)
     sc = scenarios_from_stored(pack, stored_logits(pack))
     assert sc["edge_name"] == "3H" and list(sc["generalists"]) == ["4H"] and list(sc["specialists"]) == ["4H experts"]
-    d = edge_decisions(sc["edge_logits"], pack.manifest.partition, pack.manifest.k)
+    d = decide(sc["edge_logits"], pack.manifest.partition, pack.manifest.k)
     routed = sc["specialists"]["4H experts"]
     for i in range(n):
         assert np.array_equal(routed[i], z[f"progressive-{d.expert[i]}"][i].astype(np.float32))

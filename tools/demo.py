@@ -299,7 +299,8 @@ def exact_reference(pack, source: str, frames: int, tau_max: float, backend: str
     frame ids, the edge decisions, and routed expert logits for frames offloaded at tau_max."""
     import numpy as np
 
-    from askexpert.sweep import edge_decisions, pack_logits
+    from askexpert.routing import decide
+    from askexpert.sweep import pack_logits
     from edge_node.node import fit_frame
     from edge_node.sources import open_source
 
@@ -312,7 +313,7 @@ def exact_reference(pack, source: str, frames: int, tau_max: float, backend: str
         ids.append(f.frame_id)
     src.close()
     lg = pack_logits(pack, np.stack(images), backend=backend, baselines=False, tau=tau_max)
-    return np.asarray(ids), edge_decisions(lg["edge"], pack.manifest.partition, pack.manifest.k), lg["routed"]
+    return np.asarray(ids), decide(lg["edge"], pack.manifest.partition, pack.manifest.k), lg["routed"]
 
 
 def stored_reference(pack, source: str, frames: int):
@@ -320,7 +321,8 @@ def stored_reference(pack, source: str, frames: int):
     may differ from the live run): only for the pack's own test split."""
     import numpy as np
 
-    from askexpert.sweep import edge_decisions, scenarios_from_stored, stored_logits
+    from askexpert.routing import decide
+    from askexpert.sweep import scenarios_from_stored, stored_logits
 
     if not (source.startswith(f"dataset:{pack.manifest.dataset}:") and source.endswith(":test")):
         return None
@@ -332,7 +334,7 @@ def stored_reference(pack, source: str, frames: int):
         return None
     n = min(frames, len(sc["y"]))
     routed = next(iter(sc["specialists"].values()))[:n]
-    return np.arange(n), edge_decisions(sc["edge_logits"][:n], pack.manifest.partition, pack.manifest.k), routed
+    return np.arange(n), decide(sc["edge_logits"][:n], pack.manifest.partition, pack.manifest.k), routed
 
 
 def _last_json(path: Path) -> dict | None:

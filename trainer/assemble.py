@@ -29,7 +29,7 @@ def _write_logits(out: Path, all_path: Path, edge: str, partition: list[int], k:
     Everything if it fits; else generalists and progressive experts in full, and for every other
     expert family (static, uniform, compact, subset teachers) only each test image's routed expert
     ('<family>-routed'), with 'routed-key' naming the routed expert per image."""
-    from askexpert.sweep import edge_decisions
+    from askexpert.routing import decide
 
     with np.load(all_path, allow_pickle=False) as z:
         arrays = {n: z[n] for n in z.files}
@@ -38,7 +38,7 @@ def _write_logits(out: Path, all_path: Path, edge: str, partition: list[int], k:
     np.savez_compressed(dst, **arrays)
     if dst.stat().st_size <= LOGITS_LIMIT:
         return {"file": "eval/logits-test.npz", "keys": sorted(arrays), "layout": "every model, full"}
-    rk = edge_decisions(arrays[edge].astype(np.float32), partition, k).expert.astype(str)
+    rk = decide(arrays[edge].astype(np.float32), partition, k).expert.astype(str)
     families = ("static", "uniform", "compact", "subset-teacher")
     keep = {n: a for n, a in arrays.items() if not n.startswith(tuple(f + "-" for f in families))}
     for fam in families:

@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from askexpert.models import ViTArch, build_vit
-from askexpert.sweep import PAPER_ALPHA_PCT, edge_decisions, routed_logits
+from askexpert.routing import decide
+from askexpert.sweep import PAPER_ALPHA_PCT, routed_logits
 
 TAUS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99]
 KINDS = ("progressive", "static", "uniform")
@@ -61,7 +62,7 @@ def choose_tau(edge: np.ndarray, experts: dict[str, np.ndarray], y: np.ndarray, 
                tolerance: float) -> dict:  # fmt: skip
     """The lowest tau of TAUS whose system accuracy on the *validation* split is within `tolerance`
     points of the best: most of the experts' gain for the fewest offloads."""
-    d = edge_decisions(edge, partition, k)
+    d = decide(edge, partition, k)
     routed = routed_logits(d, experts)
     accs = {t: system_acc(d.edge_label, d.offloaded(t), routed, y) for t in TAUS}
     best = max(accs.values())
@@ -120,7 +121,7 @@ def build_report(run, logits: dict, y: np.ndarray, pinfo: dict, einfo: dict, see
     # the whole system (Algorithm 1) and its controls, per tau
     tau_choice = choose_tau(val[edge_name], {k: val[f"progressive-{k}"] for k in keys}, y_val, partition, cfg.k,
                             cfg.tau_tolerance)  # fmt: skip
-    d = edge_decisions(logits[edge_name], partition, cfg.k)
+    d = decide(logits[edge_name], partition, cfg.k)
     routed = {kind: [routed_logits(d, {k: s[f"{kind}-{k}"] for k in keys}) for s in seeds] for kind in KINDS}
     if all(f"compact-{k}" in logits for k in keys):
         routed["compact"] = [routed_logits(d, {k: logits[f"compact-{k}"] for k in keys})]
