@@ -138,27 +138,44 @@ def test_broker_restart_mid_stream(tiny_pack, tmp_path):
 
 
 def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
-    """Two hubs with --share-group: every offloaded frame answered once, by one of them, and both work
-    (a shared subscription delivers under the real topic, which the handler must match)."""
+    """Two hubs with --share-group split the frames of two edges: every offloaded frame answered
+    once, by one of them, and both work (a shared subscription delivers under the real topic, which
+    the handler must match)."""
+    import threading
+
     from askexpert.protocol import decode_reply
 
     hubs = [start_hub(tiny_pack, broker.url, "--hub-id", h, "--share-group", "hubs") for h in ("s1", "s2")]
     try:
         for h in ("s1", "s2"):
             wait_hub_online(broker.url, h)
-        sub = Collector(broker.url, "ate/v1/nodes/cam9/labels", "ate/v1/nodes/cam9/replies")
-        summary = run_edge(tiny_pack, broker.url, "--node-id", "cam9", "--source", "dataset:fashion-mnist:test",
-                           "--max-frames", "100", "--tau", "1.0", "--deadline-ms", "5000")  # fmt: skip
-        labels = sub.wait_labels(100)
+        sub = Collector(broker.url, "ate/v1/nodes/+/labels", "ate/v1/nodes/+/replies")
+        summaries: dict = {}
+
+        def edge(node: str) -> None:
+            summaries[node] = run_edge(tiny_pack, broker.url, "--node-id", node, "--source", "dataset:fashion-mnist:test",
+                                       "--max-frames", "100", "--tau", "1.0", "--deadline-ms", "5000")  # fmt: skip
+
+        threads = [threading.Thread(target=edge, args=(n,)) for n in ("cam9", "cam10")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(180)
+        labels = sub.wait_labels(100)  # counts distinct frame ids; wait for both nodes below
+        deadline = time.monotonic() + 30
+        while len({(m.node, m.frame_id) for m in sub.labels()}) < 200 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        labels = sub.labels()
         sub.close()
     finally:
         for h in hubs:
             stop(h)
-    assert summary["fallback"] == 0
-    assert sorted(m.frame_id for m in labels) == list(range(100))
+    assert all(summaries[n]["fallback"] == 0 for n in ("cam9", "cam10"))
+    for node in ("cam9", "cam10"):
+        assert sorted(m.frame_id for m in labels if m.node == node) == list(range(100))
     assert all(m.source == "expert" for m in labels)
     answered = [decode_reply(p).hub for t, p in sub.raw if t.endswith("/replies")]
-    assert len(answered) == 100 and set(answered) == {"s1", "s2"}
+    assert len(answered) == 200 and set(answered) == {"s1", "s2"}
 
 
 def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
