@@ -60,7 +60,7 @@ class MqttClient:
         # QoS>0 message ids the broker has not acknowledged yet. paho also calls on_publish for QoS 0
         # messages (when written), and may call it before publish() has returned the id: both are
         # told apart by id, so flush() waits for exactly the acknowledgements that matter.
-        self._acks = threading.Condition()
+        self._lock = threading.Condition()  # guards the id sets below and the subscription state
         self._unacked: set[int] = set()
         self._qos0: set[int] = set()
         self._early: set[int] = set()
@@ -131,7 +131,7 @@ class MqttClient:
 
     def _subscribe(self, topic_filter: str, qos: int) -> None:
         _, mid = self.client.subscribe(topic_filter, qos=qos)
-        with self._acks:  # the SUBACK may be handled before subscribe() has returned its mid
+        with self._lock:  # the SUBACK may be handled before subscribe() has returned its mid
             early = self._early_subacks.pop(mid, None)
             if early is None:
                 self._sub_mids[mid] = topic_filter
@@ -158,7 +158,7 @@ class MqttClient:
             if expiry_s:
                 props.MessageExpiryInterval = max(1, int(expiry_s))
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        with self._acks:
+        with self._lock:
             if info.mid in self._early:  # already written (QoS 0) or acknowledged
                 self._early.discard(info.mid)
             elif qos:
@@ -169,12 +169,12 @@ class MqttClient:
 
     def flush(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every QoS>0 message published so far."""
-        with self._acks:
-            return self._acks.wait_for(lambda: not self._unacked, timeout)
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._unacked, timeout)
 
     def unacknowledged(self) -> int:
         """QoS>0 messages published and not yet acknowledged by the broker."""
-        with self._acks:
+        with self._lock:
             return len(self._unacked)
 
     def publish_status(self, state: str, **extra: object) -> None:
@@ -219,12 +219,12 @@ class MqttClient:
             log.info("mqtt disconnected", reason=str(reason_code))
 
     def _on_publish(self, client: mqtt.Client, userdata: object, mid: int, reason_code, properties) -> None:
-        with self._acks:
+        with self._lock:
             if mid in self._qos0:
                 self._qos0.discard(mid)
             elif mid in self._unacked:
                 self._unacked.discard(mid)
-                self._acks.notify_all()
+                self._lock.notify_all()
             else:
                 self._early.add(mid)
 
@@ -266,7 +266,7 @@ class MqttClient:
                   times=self.id_conflicts)  # fmt: skip
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes, properties) -> None:
-        with self._acks:
+        with self._lock:
             topic_filter = self._sub_mids.pop(mid, None)
             if topic_filter is None:
                 self._early_subacks[mid] = list(reason_codes)

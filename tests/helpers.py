@@ -12,7 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from askexpert.localbroker import spawn, wait_online
+from askexpert.localbroker import Broker, spawn, wait_online, wait_port
 from askexpert.protocol import LabelMsg, decode_label
 
 
@@ -103,36 +103,15 @@ class Collector:
 AEDES_DIR = Path(__file__).parent / "brokers" / "aedes"
 
 
-class AedesBroker:
+class AedesBroker(Broker):
     """aedes 2 (Node.js, MQTT 5) on a free port: the second broker the system must run on.
-    Installed by `.ci/run` (`npm ci` in tests/brokers/aedes)."""
-
-    def __init__(self) -> None:
-        from askexpert.localbroker import free_port
-
-        self.port = free_port()
-        self.proc: subprocess.Popen | None = None
-
-    @property
-    def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+    Installed by `.ci/run` (`npm ci` in tests/brokers/aedes). Stops like the Mosquitto `Broker`."""
 
     def start(self) -> "AedesBroker":
-        from askexpert.localbroker import wait_port
-
         self.proc = subprocess.Popen(["node", str(AEDES_DIR / "server.mjs"), str(self.port)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
         wait_port(self.port, proc=self.proc)
         return self
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 class PausableProxy:

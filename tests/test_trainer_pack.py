@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from askexpert.pack import Pack
-from trainer.cli import main
+from trainer.cli import main, parse_args
 
 # a whole (tiny) training run: minutes on a busy 2-core box, so a longer limit than the default
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.skipif(
@@ -133,7 +133,7 @@ def test_experts_start_as_their_pruned_subset_teacher(tiny):
     from trainer.pipeline import Run
     from trainer.prune import compute_importance, prune_vit
 
-    run = Run(config_from(_parsed(["experts", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
+    run = Run(config_from(parse_args(["experts", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
     key = "0-2"
     m_i = run.load_vit("6H", run.expert_teacher_rel(key))
     assert run.expert_teacher_rel(key) != "teacher.safetensors"
@@ -151,28 +151,9 @@ def test_experts_start_as_their_pruned_subset_teacher(tiny):
         assert not torch.equal(trained["head.weight"], got["head.weight"])
 
 
-def _parsed(argv):
-    """The trainer's own argument parsing (what `trainer.cli.main` sees), without running a step."""
-    from trainer import cli
-
-    seen = {}
-
-    def grab(ns):
-        seen["ns"] = ns
-        raise SystemExit(0)
-
-    orig, cli.config_from = cli.config_from, grab
-    try:
-        with pytest.raises(SystemExit):
-            cli.main(argv)
-    finally:
-        cli.config_from = orig
-    return seen["ns"]
-
-
 def test_recipes_are_defaults_that_flags_override():
-    ns = _parsed(["pack", "--recipe", "cpu", "--epochs-expert", "7"])
+    ns = parse_args(["pack", "--recipe", "cpu", "--epochs-expert", "7"])
     assert (ns.depth, ns.patch_size, ns.expert_seeds, ns.epochs_expert) == (4, 7, 3, 7)
     assert ns.work == "runs/fashion-mnist-cpu" and ns.device == "cpu" and not ns.no_size_limit
-    ns = _parsed(["pack", "--recipe", "gpu", "--device", "cpu"])
+    ns = parse_args(["pack", "--recipe", "gpu", "--device", "cpu"])
     assert (ns.depth, ns.device, ns.no_size_limit) == (12, "cpu", True)

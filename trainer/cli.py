@@ -96,8 +96,8 @@ def config_from(ns: argparse.Namespace):
     return Config(**kw)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """The command line, with a --recipe's values as defaults that explicit flags override."""
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
     for s in STEPS:
@@ -106,11 +106,17 @@ def main(argv: list[str] | None = None) -> int:
     ox.add_argument("--pack", required=True)
     ox.add_argument("--onnx-out", required=True)
     ns = parser.parse_args(argv)
-    if getattr(ns, "recipe", ""):  # the recipe's values become defaults: parse again so explicit flags win
+    if getattr(ns, "recipe", ""):  # parse again with the recipe as defaults, so explicit flags win
         sub.choices[ns.cmd].set_defaults(**RECIPES[ns.recipe])
         ns = parser.parse_args(argv)
         if not ns.work:
             ns.work = f"runs/{ns.dataset.replace(':', '-').replace('/', '_')}-{ns.recipe}"
+    return ns
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    ns = parse_args(argv)
     console = Console(stderr=True)
     log = console.log
     if ns.cmd == "export-onnx":

@@ -540,9 +540,10 @@ class Run:
             for key in einfo["keys"]:
                 gens[f"subset-teacher-{key}"] = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key))
         for name, m in gens.items():
-            test[name] = self.logits(r16(m), d.x_test)
+            m16 = r16(m)
+            test[name] = self.logits(m16, d.x_test)
             if not name.startswith("subset-teacher-"):
-                val[name] = self.logits(r16(m), d.x_val)
+                val[name] = self.logits(m16, d.x_val)
         seeds: list[dict[str, np.ndarray]] = []
         for s in einfo["seeds"]:
             per: dict[str, np.ndarray] = {}

@@ -104,12 +104,9 @@ def build_report(run, logits: dict, y: np.ndarray, pinfo: dict, einfo: dict, see
                 row[kind] = {"target": acc(logits[name], y, m), "overall": acc(logits[name], y)}
         experts[key] = row
 
-    # Table 3: the mean over experts, per seed; then mean and std over seeds
-    def per_seed(kind: str, where: str) -> list[float]:
-        return [float(np.mean([acc(s[f"{kind}-{key}"], y, masks[key] if where == "target" else None) for key in keys]))
-                for s in seeds]  # fmt: skip
-
-    t3 = {kind: {w: per_seed(kind, w) for w in ("target", "overall")} for kind in KINDS}
+    # Table 3: the mean over experts, per seed (from the rows above); then mean and std over seeds
+    t3 = {kind: {w: [float(np.mean([experts[k][kind][w]["values"][s] for k in keys])) for s in range(len(seeds))]
+                 for w in ("target", "overall")} for kind in KINDS}  # fmt: skip
     gen_target = round(float(np.mean([experts[k]["generalist_target"] for k in keys])), 2)
     table3 = {"model": cfg.expert_shape, "S": cfg.subsets, "k": cfg.k, "n_experts": len(keys), "seeds": len(seeds),
               "generalist_overall": gens[gen_name]["top1"], "generalist_target": gen_target,
