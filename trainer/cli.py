@@ -19,10 +19,10 @@ from rich.console import Console
 
 # The two reference recipes (`trainer pack --recipe cpu|gpu`); any flag given as well overrides them.
 RECIPES: dict[str, dict] = {
-    # about 2.4 h on 2 AVX-512/AMX cores (measured bf16 training: 3H 888, 4H 541, 6H 375 img/s). Experts start
+    # about 2.2 h on 2 AVX-512/AMX cores (measured bf16 training: 3H 888, 4H 541, 6H 375 img/s). Experts start
     # from the 4H generalist: pruned from M_I they stayed 1.0 pt below it on target at this budget (trainer/README.md)
     "cpu": dict(depth=4, patch_size=7, epochs_teacher=16, epochs_distill=8, epochs_subset_teacher=1, epochs_expert=2,
-                expert_train_samples=12000, expert_seeds=3, batch_size=256, expert_lr=5e-4, expert_init="generalist"),
+                expert_train_samples=10000, expert_seeds=3, batch_size=256, expert_lr=5e-4, expert_init="generalist"),
     # the paper's depth 12 on one GPU; the pack exceeds the repository's size limits (it stays in runs/)
     "gpu": dict(depth=12, patch_size=4, epochs_teacher=30, epochs_distill=30, epochs_subset_teacher=3, epochs_expert=3,
                 expert_train_samples=20000, expert_seeds=3, batch_size=512, expert_lr=5e-4, device="cuda",
