@@ -15,7 +15,7 @@ demo: install
 sweep: install
 	$(PY) -m tools.sweep --pack packs/fashion-mnist
 
-# The reference pack (CPU recipe, about 2.5 h on 2 cores; resumable: run it again after an interruption)
+# The reference pack (CPU recipe, about 2.2 h on 2 cores; resumable: run it again after an interruption)
 pack-cpu: install
 	$(PY) -m trainer.cli pack --recipe cpu --out packs/fashion-mnist
 
