@@ -8,8 +8,11 @@ from typing import Any
 
 
 def fill_batch(q: queue.Queue, first: Any, max_size: int, max_wait_s: float, end: Any = None) -> tuple[list, bool]:
-    """`first` plus whatever arrives within `max_wait_s`, up to `max_size` items.
+    """`first` plus what is queued, up to `max_size` items, waiting only while there is load.
 
+    The wait adapts to load: when nothing is queued behind `first` the batch goes at once (a lone
+    request never pays the wait); when items are queued, it takes them and waits up to `max_wait_s`
+    after `first` for more, since under load more are on their way.
     Returns (batch, ended): `ended` is True when the `end` sentinel was taken (it is not in the batch).
     """
     batch = [first]
@@ -17,7 +20,7 @@ def fill_batch(q: queue.Queue, first: Any, max_size: int, max_wait_s: float, end
     while len(batch) < max_size:
         remaining = deadline - time.monotonic()
         try:
-            item = q.get(timeout=remaining) if remaining > 0 else q.get_nowait()
+            item = q.get(timeout=remaining) if remaining > 0 and len(batch) > 1 else q.get_nowait()
         except queue.Empty:
             break
         if end is not None and item is end:

@@ -19,7 +19,7 @@ class EdgeSettings(CommonSettings):
     max_frames: int | None = Field(None, ge=1, description="stop after this many frames")
     fps: float | None = Field(None, ge=0, description="pace file and dataset sources; default as fast as possible")
     batch_size: int = Field(32, ge=1, description="largest micro-batch for the generalist")
-    batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits to fill")
+    batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits to fill when frames are queued (none when the queue is empty)")
     live_queue: int = Field(4, ge=1, description="frames a live source may keep waiting (oldest dropped)")
     @field_validator("node_id")
     @classmethod

@@ -18,7 +18,7 @@ class HubSettings(CommonSettings):
         "full", description="full: the pack's whole-ViT experts; compact: its tails on one shared trunk (less memory)")
     share_group: str | None = Field(None, description="subscribe as $share/NAME/... so hubs split the load")
     max_batch: int = Field(64, ge=1, description="largest inference batch")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill after its first frame")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill after its first frame, only when frames are queued behind it")
     max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frame payloads are rejected")
     queue_size: int = Field(4096, ge=1, description="frames waiting for inference; beyond this the oldest is dropped")
 

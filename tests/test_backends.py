@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
+
 import pytest
 
 from askexpert.backends import open_backend
@@ -71,3 +74,30 @@ def test_fill_batch_waits_fills_and_stops_at_the_end_marker():
     q.put(end)
     assert fill_batch(q, "x", 10, 0.01, end=end) == (["x", 3, 4], True)  # the marker ends it, unbatched
     assert fill_batch(q, "y", 10, 0.0) == (["y"], False)  # empty queue, no wait
+
+
+def test_fill_batch_waits_only_under_load():
+    """A lone item goes at once whatever max_wait is; with items queued behind it, the batch waits for more."""
+    import queue
+    import threading
+
+    from askexpert.batching import fill_batch
+
+    q: queue.Queue = queue.Queue()
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(fill_batch(q, "alone", 10, 3600.0)))
+    t.start()
+    t.join(timeout=60)
+    assert not t.is_alive() and out == [(["alone"], False)]  # an hour's max_wait, not waited
+
+    end = object()
+    q.put("a")
+
+    def producer() -> None:  # more arrive only after the batch has taken "a"
+        while not q.empty():
+            time.sleep(0.001)
+        for item in ("b", "c", end):
+            q.put(item)
+
+    threading.Thread(target=producer).start()
+    assert fill_batch(q, "first", 10, 3600.0, end=end) == (["first", "a", "b", "c"], True)
