@@ -30,7 +30,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     client = MqttClient(s, "edge", s.node_id, {"pack": pack.pack_id, "source": s.source})
     client.start()  # status `starting` while the model loads (a TensorRT engine can take minutes)
     try:
-        backend = open_backend(s.backend, s.device)
+        backend = open_backend(s.backend, s.device, s.threads)
         if hasattr(backend, "on_status"):
             backend.on_status = lambda state, **info: client.publish_status(state, **info)
         classifier = backend.classifier(pack, pack.manifest.generalist)

@@ -35,7 +35,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     client = MqttClient(s, "hub", s.hub_id, {"pack": pack.pack_id, "experts": wanted, "expert_form": s.expert_form})
     client.start()  # status `starting` while models load (TensorRT engines can take minutes)
     try:
-        backend = open_backend(s.backend, s.device)
+        backend = open_backend(s.backend, s.device, s.threads)
         if hasattr(backend, "on_status"):
             backend.on_status = lambda state, **info: client.publish_status(state, **info)
         library = backend.experts(pack, [entries[k] for k in wanted])

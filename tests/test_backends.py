@@ -101,3 +101,19 @@ def test_fill_batch_waits_only_under_load():
 
     threading.Thread(target=producer).start()
     assert fill_batch(q, "first", 10, 3600.0, end=end) == (["first", "a", "b", "c"], True)
+
+
+def test_thread_setting_reaches_the_libraries(tiny_pack, tmp_path, monkeypatch):
+    """`threads` caps torch's and ONNX Runtime's CPU threads (edge and hub sharing one box)."""
+    import torch
+
+    monkeypatch.setattr("askexpert.onnx_export.CACHE_DIR", tmp_path)
+    pack = Pack.load(tiny_pack)
+    before = torch.get_num_threads()
+    try:
+        open_backend("torch", threads=1)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
+    clf = open_backend("onnx", threads=1).classifier(pack, pack.manifest.generalist)
+    assert clf.session.get_session_options().intra_op_num_threads == 1

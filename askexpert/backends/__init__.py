@@ -10,16 +10,20 @@ from __future__ import annotations
 from askexpert.backends.base import Backend, Classifier, ExpertLibrary, to_input
 
 
-def open_backend(name: str, device: str = "cpu") -> Backend:
-    """The backend called `name`; an import error names what is missing."""
+def open_backend(name: str, device: str = "cpu", threads: int = 0) -> Backend:
+    """The backend called `name`; an import error names what is missing.
+
+    `threads` > 0 caps CPU inference threads, so that processes sharing a box do not oversubscribe
+    its cores (0: the library's default, one per core).
+    """
     if name == "torch":
         from askexpert.backends.torch_backend import TorchBackend
 
-        return TorchBackend(device)
+        return TorchBackend(device, threads)
     if name == "onnx":
         from askexpert.backends.onnx_backend import OnnxBackend
 
-        return OnnxBackend(device)
+        return OnnxBackend(device, threads)
     if name == "tensorrt":
         from askexpert.backends.tensorrt_backend import TensorRTBackend
 

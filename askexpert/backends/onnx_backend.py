@@ -11,27 +11,28 @@ from askexpert.onnx_export import onnx_for
 from askexpert.pack import ExpertEntry, ModelEntry, Pack
 
 
-def _session(path, device: str):
-    import onnxruntime as ort
-
-    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device.startswith("cuda") else ["CPUExecutionProvider"]
-    return ort.InferenceSession(str(path), providers=providers)
-
-
 class OnnxBackend(Backend):
     name = "onnx"
 
-    def __init__(self, device: str = "cpu") -> None:
-        self.device = device
+    def __init__(self, device: str = "cpu", threads: int = 0) -> None:
+        self.device, self.threads = device, threads
+
+    def _session(self, path):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads  # 0: one per core
+        cuda = ["CUDAExecutionProvider"] if self.device.startswith("cuda") else []
+        return ort.InferenceSession(str(path), options, providers=[*cuda, "CPUExecutionProvider"])
 
     def classifier(self, pack: Pack, entry: ModelEntry) -> Classifier:
-        return _OnnxClassifier(pack, _session(onnx_for(pack, entry, "vit"), self.device))
+        return _OnnxClassifier(pack, self._session(onnx_for(pack, entry, "vit")))
 
     def experts(self, pack: Pack, entries: Sequence[ExpertEntry]) -> ExpertLibrary:
         trunk = None
         if any(e.kind == "tail" for e in entries):
-            trunk = _session(onnx_for(pack, pack.manifest.trunk, "trunk"), self.device)
-        sessions = {e.key: _session(onnx_for(pack, e, "tail" if e.kind == "tail" else "vit"), self.device) for e in entries}
+            trunk = self._session(onnx_for(pack, pack.manifest.trunk, "trunk"))
+        sessions = {e.key: self._session(onnx_for(pack, e, "tail" if e.kind == "tail" else "vit")) for e in entries}
         return _OnnxExperts(pack, trunk, sessions, {e.key for e in entries if e.kind == "tail"})
 
 

@@ -14,9 +14,11 @@ from askexpert.pack import ExpertEntry, ModelEntry, Pack
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, device: str = "cpu") -> None:
+    def __init__(self, device: str = "cpu", threads: int = 0) -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device cuda asked for, but PyTorch sees no CUDA GPU")
+        if threads:
+            torch.set_num_threads(threads)  # process-wide: one backend per process
         self.device = torch.device(device)
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
 
