@@ -175,6 +175,21 @@ def test_dockerfiles_pin_their_base_and_copy_only_what_exists(dockerfile):
         assert f'ENTRYPOINT ["{ "edge-node" if stage == "edge" else "expert-hub" }"]' in block
 
 
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile.jetson", "docker/Dockerfile.cuda"])
+def test_images_build_without_tensorrt_run_as_non_root_and_cache_dependencies(dockerfile):
+    text = (REPO / dockerfile).read_text()
+    runs = " ".join(re.findall(r"^RUN (.+(?:\\\n.+)*)", text, re.M))
+    assert not re.search(r"import[^;\"]*\btensorrt\b", runs), "BuildKit has no nvidia runtime: tensorrt cannot load at build"
+    steps = [ln for ln in text.splitlines() if ln.startswith(("COPY", "RUN", "FROM", "USER"))]
+    base = steps[[i for i, ln in enumerate(steps) if re.match(r"FROM \S+ AS base$", ln)][0]:]
+    deps = next(i for i, ln in enumerate(base) if "-r /tmp/requirements.txt" in ln)
+    assert base[deps - 1] == "COPY --from=requirements /requirements.txt /tmp/requirements.txt"
+    copies = [i for i, ln in enumerate(base) if ln.startswith("COPY") and "--from" not in ln]
+    assert copies and min(copies) > deps, "README and sources are copied after the dependency layer"
+    users = re.findall(r"^USER (\S+)$", text, re.M)
+    assert users == ["ate"] and text.index("USER ate") < text.index("AS edge") < text.index("AS hub")
+
+
 def test_broker_config_has_the_required_settings():
     conf = (REPO / "docker/mosquitto/mosquitto.conf").read_text()
     lines = {ln.strip() for ln in conf.splitlines() if ln.strip() and not ln.lstrip().startswith("#")}

@@ -10,6 +10,7 @@ runs (a Jetson or a CUDA box; docs/deploy.md says what was verified where).
 
 from __future__ import annotations
 
+import inspect
 import shutil
 import sys
 
@@ -108,3 +109,20 @@ def test_profile_from_env(monkeypatch):
     p = trtb.Profile.from_env()
     assert (p.min_batch, p.opt_batch, p.max_batch, p.fp16) == (1, 16, 64, False)
     assert trtb.Profile.from_env(max_batch=4).opt_batch == 4  # opt clamped into range
+
+
+def test_legacy_exporter_keyword_only_where_torch_takes_it():
+    """torch 2.2 (JetPack 6.0's image) has no `dynamo` keyword and rejects it; newer ones need it off."""
+    import torch
+
+    from askexpert.onnx_export import legacy_exporter_kwargs
+
+    def export_2_2(model, args, f, export_params=True, verbose=False, training=None, input_names=None,
+                   output_names=None, operator_export_type=None, opset_version=None, do_constant_folding=True,
+                   dynamic_axes=None, keep_initializers_as_inputs=None, custom_opsets=None,
+                   export_modules_as_functions=False):  # fmt: skip
+        """torch.onnx.export's parameters in torch 2.2.2."""
+
+    assert legacy_exporter_kwargs(export_2_2) == {}
+    has_dynamo = "dynamo" in inspect.signature(torch.onnx.export).parameters
+    assert legacy_exporter_kwargs(torch.onnx.export) == ({"dynamo": False} if has_dynamo else {})
