@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
+from askexpert.engine_step import add_build_parser
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from edge_node.recording import add_record_parser
 from edge_node.score import add_score_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import SourceError, open_source
+
+if TYPE_CHECKING:
+    from askexpert.pack import ModelEntry, Pack
 
 log = get_logger("edge_node.cli")
 
@@ -61,7 +66,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("edge-node", __doc__, "classify a stream, offload uncertain frames, publish labels", EdgeSettings, cmd_run)
     add_record_parser(sub)
     add_score_parser(sub)
+    add_build_parser(sub, "build-engine", EdgeSettings, generalist_plan)
     return parser
+
+
+def generalist_plan(s: EdgeSettings, pack: Pack) -> list[tuple[str, ModelEntry, str]]:
+    """The one engine the edge runs."""
+    from askexpert.backends.tensorrt_backend import onnx_plan
+
+    return onnx_plan(pack, classifier=pack.manifest.generalist)
 
 
 def main(argv: list[str] | None = None) -> int:
