@@ -28,10 +28,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_node.node import EdgeNode
 
     pack = load_pack(s.pack)
-    try:
-        source = open_source(s.source, s.fps or None)
-    except (SourceError, OSError) as exc:
-        fail(f"source {s.source!r}: {exc}")
     client = MqttClient(s, "edge", s.node_id, {"pack": pack.pack_id, "source": s.source})
     client.start()  # status `starting` while the model loads (a TensorRT engine can take minutes)
     try:
@@ -42,6 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ImportError, RuntimeError, ValueError) as exc:
         client.stop()
         fail(f"backend {s.backend}: {exc}")
+    try:  # after the models: a live stream is not left unread while engines load
+        source = open_source(s.source, s.fps or None)
+    except (SourceError, OSError) as exc:
+        client.stop()
+        fail(f"source {s.source!r}: {exc}")
     node = EdgeNode(s, pack, classifier, client)
     on_signals(node.stop)
     stop_ops = start_ops(s, client, node.health, node.snapshot)
