@@ -92,7 +92,7 @@ def start_shipped(root: Path, port: int | None = None) -> tuple[subprocess.Popen
 
 
 @pytest.fixture(scope="module")
-def shipped(tmp_path_factory):
+def shipped():
     root = broker_dir()
     proc, port = start_shipped(root)
     yield root, port, proc
