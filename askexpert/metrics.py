@@ -23,4 +23,6 @@ OFFLOAD_RTT_MS = Histogram(
     "ate_offload_rtt_ms", "Offload sent to expert reply received, at the edge", ["node"], buckets=LATENCY_BUCKETS_MS
 )
 HUB_FRAMES = Counter("ate_hub_frames_total", "Frames answered by the hub, by expert", ["hub", "expert"])
+SOURCE_RECONNECTS = Counter("ate_source_reconnects_total", "Attempts to reopen a live source that dropped", ["outcome"])
+FRAME_AGE_S = Gauge("ate_last_frame_age_seconds", "Seconds since the source gave its last frame", ["node"])
 TAU = Gauge("ate_tau", "Current confidence threshold", ["node"])

@@ -31,6 +31,21 @@ SESSION_TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason: a new connection with th
 log = get_logger("askexpert.mqtt")
 
 
+RESOLVE_HINT = (
+    "use the broker's IP address (ATE_BROKER_HOST=192.168.1.20), or map the name with compose "
+    "extra_hosts; mDNS names (*.local) rarely resolve inside bridge-network containers"
+)
+
+
+def unresolvable(host: str) -> str | None:
+    """Why `host` does not resolve to an address (None: it resolves)."""
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return str(exc)
+    return None
+
+
 def status_payload(state: str, role: str, ident: str, **extra: object) -> bytes:
     return json.dumps({"state": state, "role": role, "id": ident, "ts": time.time(), **extra}).encode()
 
@@ -229,13 +244,18 @@ class MqttClient:
                 self._early.add(mid)
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: object) -> None:
-        """Say so while the broker cannot be reached (at once, then every 30 s), instead of silence."""
+        """Say so while the broker cannot be reached (at once, then every 30 s), instead of silence;
+        a host name that does not resolve is named as such (mDNS names in bridge-network containers)."""
         now = time.monotonic()
         self._unreachable_since = self._unreachable_since or now
         if now - self._unreachable_logged >= 30:
             self._unreachable_logged = now
-            log.warning("mqtt broker unreachable; retrying", broker=self.settings.broker,
-                        for_s=round(now - self._unreachable_since, 1))  # fmt: skip
+            host, for_s = self.settings.broker_host, round(now - self._unreachable_since, 1)
+            if (why := unresolvable(host)) is not None:
+                log.error("mqtt broker host name does not resolve; retrying", broker=self.settings.broker, host=host,
+                          error=why, for_s=for_s, hint=RESOLVE_HINT)  # fmt: skip
+            else:
+                log.warning("mqtt broker unreachable; retrying", broker=self.settings.broker, for_s=for_s)
 
     @staticmethod
     def _on_paho_log(client: mqtt.Client, userdata: object, level: int, buf: str) -> None:

@@ -6,9 +6,11 @@ Roles: `vit` (images -> logits), `trunk` (images -> tokens), `tail` (tokens -> l
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -16,6 +18,12 @@ from askexpert.pack import ModelEntry, Pack
 
 CACHE_DIR = Path(os.environ.get("ATE_CACHE_DIR", Path.home() / ".cache" / "ask-the-expert"))
 OPSET = 17
+
+
+def legacy_exporter_kwargs(export: Callable) -> dict[str, bool]:
+    """`dynamo=False` where `export` takes it (torch >= 2.4, where newer releases default to the dynamo
+    exporter); torch 2.2 (JetPack 6.0's image) rejects the keyword and has only the legacy exporter."""
+    return {"dynamo": False} if "dynamo" in inspect.signature(export).parameters else {}
 
 
 def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, input_name: str, output_name: str) -> Path:
@@ -32,7 +40,7 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, input_
             output_names=[output_name],
             dynamic_axes={input_name: {0: "batch"}, output_name: {0: "batch"}},
             opset_version=OPSET,
-            dynamo=False,
+            **legacy_exporter_kwargs(torch.onnx.export),
         )
     tmp.replace(path)  # atomic: a half-written file never looks cached
     return path

@@ -5,14 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
+from askexpert.engine_step import add_build_parser
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from edge_node.recording import add_record_parser
 from edge_node.score import add_score_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import SourceError, open_source
+
+if TYPE_CHECKING:
+    from askexpert.pack import ModelEntry, Pack
 
 log = get_logger("edge_node.cli")
 
@@ -23,10 +28,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from edge_node.node import EdgeNode
 
     pack = load_pack(s.pack)
-    try:
-        source = open_source(s.source, s.fps or None)
-    except (SourceError, OSError) as exc:
-        fail(f"source {s.source!r}: {exc}")
     client = MqttClient(s, "edge", s.node_id, {"pack": pack.pack_id, "source": s.source})
     client.start()  # status `starting` while the model loads (a TensorRT engine can take minutes)
     try:
@@ -37,6 +38,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     except (ImportError, RuntimeError, ValueError) as exc:
         client.stop()
         fail(f"backend {s.backend}: {exc}")
+    try:  # after the models: a live stream is not left unread while engines load
+        source = open_source(s.source, s.fps or None)
+    except (SourceError, OSError) as exc:
+        client.stop()
+        fail(f"source {s.source!r}: {exc}")
     node = EdgeNode(s, pack, classifier, client)
     on_signals(node.stop)
     stop_ops = start_ops(s, client, node.health, node.snapshot)
@@ -61,7 +67,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("edge-node", __doc__, "classify a stream, offload uncertain frames, publish labels", EdgeSettings, cmd_run)
     add_record_parser(sub)
     add_score_parser(sub)
+    add_build_parser(sub, "build-engine", EdgeSettings, generalist_plan)
     return parser
+
+
+def generalist_plan(s: EdgeSettings, pack: Pack) -> list[tuple[str, ModelEntry, str]]:
+    """The one engine the edge runs."""
+    from askexpert.backends.tensorrt_backend import onnx_plan
+
+    return onnx_plan(pack, classifier=pack.manifest.generalist)
 
 
 def main(argv: list[str] | None = None) -> int:

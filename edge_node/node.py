@@ -94,12 +94,23 @@ class EdgeNode:
         self._metric_labels = {s: metrics.LABELS.labels(self.node, s) for s in sources}
         self._metric_latency = {s: metrics.LABEL_LATENCY_MS.labels(self.node, s) for s in sources}
         self._metric_rtt = metrics.OFFLOAD_RTT_MS.labels(self.node)
+        self._live = False
+        self._last_frame = time.monotonic()  # run() resets it; a frozen live source ages it
+        metrics.FRAME_AGE_S.labels(self.node).set_function(self.frame_age_s)
 
     # ------------------------------------------------------------ public
+    def frame_age_s(self) -> float:
+        """Seconds since the source gave its last frame (since the start, before the first)."""
+        return time.monotonic() - self._last_frame
+
     def health(self) -> dict:
-        """For /healthz: healthy while connected and the stream is being processed."""
+        """For /healthz: healthy while connected and the stream is being processed; a live source
+        that gave no frame for max_frame_age_s (frozen camera, stream retrying) is unhealthy."""
+        age = self.frame_age_s()
+        fresh = not self._live or age <= self.s.max_frame_age_s
         return {
-            "healthy": self.client.connected.is_set() and not self.stop_event.is_set() and not self.client.id_conflicts,
+            "healthy": self.client.connected.is_set() and not self.stop_event.is_set() and not self.client.id_conflicts and fresh,
+            "last_frame_age_s": round(age, 3),
             "connected": self.client.connected.is_set(),
             "id_conflicts": self.client.id_conflicts,
             "pending_offloads": len(self.pending),
@@ -120,6 +131,7 @@ class EdgeNode:
         # Live: newest frames only. Lossless: one batch ahead, so a frame waits at most about one batch
         # before inference (a deeper queue only adds latency when the source outruns the model).
         self._queue = queue.Queue(maxsize=self.s.live_queue if source.live else self.s.batch_size)
+        self._live, self._last_frame = source.live, time.monotonic()
         reader = threading.Thread(target=self._read, args=(source,), name="source", daemon=True)
         reader.start()
         log.info("edge running", source=source.description, live=source.live, tau=self.tau.value, k=self.k, pack=self.pack.pack_id)
@@ -159,6 +171,7 @@ class EdgeNode:
 
     def _put(self, frame: Frame, live: bool) -> None:
         metrics.FRAMES.labels(self.node).inc()
+        self._last_frame = time.monotonic()
         if not live:
             while not self.stop_event.is_set():
                 try:

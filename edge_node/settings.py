@@ -21,6 +21,7 @@ class EdgeSettings(CommonSettings):
     batch_size: int = Field(32, ge=1, description="largest micro-batch for the generalist")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits to fill when frames are queued (none when the queue is empty)")
     live_queue: int = Field(4, ge=1, description="frames a live source may keep waiting (oldest dropped)")
+    max_frame_age_s: float = Field(10.0, gt=0, description="/healthz turns unhealthy when a live source gives no frame this long")
     @field_validator("node_id")
     @classmethod
     def _topic_safe(cls, v: str) -> str:

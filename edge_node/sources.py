@@ -7,6 +7,7 @@ recording) must never lose a frame, so the pipeline applies backpressure to it i
 
 from __future__ import annotations
 
+import threading
 import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Callable, Iterator
 import cv2
 import numpy as np
 
+from askexpert import metrics
 from askexpert.datasets import load_dataset
 from askexpert.log import get_logger
 
@@ -105,33 +107,65 @@ class FolderSource(Source):
 
 
 class CaptureSource(Source):
-    """OpenCV VideoCapture: a camera index, a video file, an RTSP/HTTP URL or a GStreamer pipeline."""
+    """OpenCV VideoCapture: a camera index, a video file, an RTSP/HTTP URL or a GStreamer pipeline.
 
-    def __init__(self, spec: str, fps: float | None) -> None:
+    A live one (camera, stream) that drops (USB unplug, RTSP hiccup) is reopened with exponential
+    backoff, for as long as it takes: counted in `ate_source_reconnects_total{outcome}` and logged,
+    instead of ending the stream (and the process, with exit 0) on the first failed read.
+    """
+
+    def __init__(self, spec: str, fps: float | None, live: bool | None = None,
+                 backoff_s: tuple[float, float] = (0.5, 30.0)) -> None:  # fmt: skip
         self.spec = spec
-        target: int | str = int(spec) if spec.isdigit() else spec
-        api = cv2.CAP_GSTREAMER if "!" in spec else cv2.CAP_ANY
-        self.cap = cv2.VideoCapture(target, api)
+        self.live = (spec.isdigit() or "://" in spec or "!" in spec) if live is None else live
+        self.fps = None if self.live else fps
+        self.backoff_s = backoff_s
+        self.description = spec
+        self.closed = threading.Event()
+        self.cap = self._open()
         if not self.cap.isOpened():
             raise SourceError(f"OpenCV cannot open {spec!r}")
-        self.live = spec.isdigit() or "://" in spec or "!" in spec
-        self.fps = None if self.live else fps
-        self.description = spec
+
+    def _open(self) -> cv2.VideoCapture:
+        target: int | str = int(self.spec) if self.spec.isdigit() else self.spec
+        return cv2.VideoCapture(target, cv2.CAP_GSTREAMER if "!" in self.spec else cv2.CAP_ANY)
+
+    def _reopen(self) -> bool:
+        """Reopen until it works (True) or the source is closed (False), waiting longer each time."""
+        self.cap.release()
+        delay, tries = self.backoff_s[0], 0
+        while not self.closed.wait(delay):
+            tries += 1
+            self.cap = self._open()
+            if self.cap.isOpened():
+                metrics.SOURCE_RECONNECTS.labels("ok").inc()
+                log.info("live source reopened", source=self.spec, tries=tries)
+                return True
+            self.cap.release()
+            metrics.SOURCE_RECONNECTS.labels("failed").inc()
+            if tries == 1 or delay >= self.backoff_s[1]:
+                log.warning("live source still unavailable; retrying", source=self.spec, tries=tries, next_in_s=delay)
+            delay = min(delay * 2, self.backoff_s[1])
+        return False
 
     def frames(self) -> Iterator[Frame]:
         pacer = Pacer(self.fps)
         i = 0
-        while True:
+        while not self.closed.is_set():
             ok, image = self.cap.read()
             if not ok:
-                if self.live:
-                    log.warning("capture ended or failed", source=self.spec)
-                return
+                if not self.live:
+                    return
+                log.warning("live source dropped; reopening", source=self.spec, frames_so_far=i)
+                if not self._reopen():
+                    return
+                continue
             pacer.wait()
             yield Frame(i, image, time.time())
             i += 1
 
     def close(self) -> None:
+        self.closed.set()
         self.cap.release()
 
 

@@ -1,21 +1,27 @@
-"""The shipped Mosquitto config (docker/mosquitto) with a real broker: password file and ACL work.
+"""The shipped Mosquitto config (docker/mosquitto) with a real broker, run as the container runs it.
 
-The config is copied to a temp dir with a free port and temp paths; everything else (auth, ACL,
-set_tcp_nodelay, limits) is exactly what the broker container runs.
+Started as root (as the eclipse-mosquitto image starts it), Mosquitto drops to its own user
+`mosquitto` before it reads the password file and the ACL, both made by make-passwords.sh (mode
+0600, owned by that user). The config is the shipped one with a free port and temp paths; auth,
+ACL, set_tcp_nodelay, persistence and limits are exactly what the broker container runs. The
+folders are world-traversable (as a checkout is), so the dropped user can reach its files.
 """
 
 from __future__ import annotations
 
 import os
+import pwd
 import queue
 import re
 import shutil
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import pytest
+import yaml
 from paho.mqtt.enums import CallbackAPIVersion
 
 from askexpert.localbroker import MOSQUITTO, free_port, wait_port
@@ -23,54 +29,114 @@ from askexpert.localbroker import MOSQUITTO, free_port, wait_port
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "docker" / "mosquitto"
 USERS = {"hub1": "hub-pw", "hub2": "hub2-pw", "ops": "ops-pw", "cam1": "cam1-pw", "cam2": "cam2-pw"}
+SCRIPT_PATH = "/usr/bin:/bin:/usr/sbin:/usr/local/bin"
 
 pytestmark = pytest.mark.skipif(not shutil.which("mosquitto_passwd"), reason="mosquitto_passwd not installed")
 
 
-@pytest.fixture(scope="module")
-def shipped_broker(tmp_path_factory):
-    proc, port = start_shipped(tmp_path_factory.mktemp("shipped-mosquitto"))
-    yield port
-    proc.terminate()
-    proc.wait(5)
+def broker_user() -> pwd.struct_passwd | None:
+    """The user Mosquitto drops to when started as root (None: not root, it stays who we are)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        return pwd.getpwnam("mosquitto")
+    except KeyError:
+        pytest.skip("no `mosquitto` user to drop to")
 
 
-def start_shipped(tmp: Path, port: int | None = None) -> tuple[subprocess.Popen, int]:
-    """The shipped broker config on a free port with temp paths (the data folder stays in `tmp`)."""
+def make_passwords(auth: Path, users: dict[str, str]) -> subprocess.CompletedProcess:
+    """docker/mosquitto/make-passwords.sh into `auth`, owned by the broker's user, no prompts."""
+    owner = broker_user()
+    env = {"PATH": SCRIPT_PATH, "AUTH_DIR": str(auth), **{f"ATE_PW_{u}": pw for u, pw in users.items()}}
+    env |= {"BROKER_UID": str(owner.pw_uid), "BROKER_GID": str(owner.pw_gid)} if owner else {"NO_CHOWN": "1"}
+    return subprocess.run(["bash", str(CONF_DIR / "make-passwords.sh"), *users], env=env, stdin=subprocess.DEVNULL,
+                          capture_output=True, text=True)  # fmt: skip
+
+
+def broker_dir() -> Path:
+    """A world-traversable folder with auth/ (from make-passwords.sh) and data/ (the broker's own)."""
+    root = Path(tempfile.mkdtemp(prefix="shipped-mosquitto-"))
+    root.chmod(0o755)
+    (root / "auth").mkdir(mode=0o755)
+    (root / "data").mkdir()
+    if owner := broker_user():
+        os.chown(root / "data", owner.pw_uid, owner.pw_gid)
+    done = make_passwords(root / "auth", USERS)
+    assert done.returncode == 0, done.stderr
+    return root
+
+
+def start_shipped(root: Path, port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """The shipped broker config on a free port, paths moved under `root`; its log goes to root/log."""
     port = port or free_port()
     conf = (CONF_DIR / "mosquitto.conf").read_text()
     assert re.search(r"^listener 1883$", conf, re.M), "the shipped config listens on 1883"
     conf = re.sub(r"^listener 1883$", f"listener {port} 127.0.0.1", conf, flags=re.M)
-    conf = conf.replace("/mosquitto/data/", f"{tmp}/data/")
-    conf = conf.replace("/mosquitto/config/passwd", f"{tmp}/passwd").replace("/mosquitto/config/acl", str(CONF_DIR / "acl"))
-    conf = re.sub(r"^log_dest .*$", "log_dest stderr", conf, flags=re.M)
-    if os.geteuid() == 0:  # as root Mosquitto drops to user `mosquitto`, which cannot read our 0600 files
-        conf += "\nuser root\n"
-    (tmp / "data").mkdir(exist_ok=True)
-    (tmp / "mosquitto.conf").write_text(conf)
-    env = {f"ATE_PW_{u}": pw for u, pw in USERS.items()}
-    subprocess.run(
-        ["bash", str(CONF_DIR / "make-passwords.sh"), *USERS],
-        env={"PATH": "/usr/bin:/bin:/usr/sbin:/usr/local/bin", "NO_CHOWN": "1", "PASSWD_FILE": str(tmp / "passwd"), **env},
-        check=True,
-        capture_output=True,
-    )
-    proc = subprocess.Popen([MOSQUITTO, "-c", str(tmp / "mosquitto.conf")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        for _ in range(100):
-            if proc.poll() is not None:
-                raise TimeoutError
-            try:
-                wait_port(port, timeout=0.1)
-                break
-            except TimeoutError:
-                pass
-        else:
-            raise TimeoutError
-    except TimeoutError:
-        proc.kill()
-        pytest.fail(f"mosquitto did not start with the shipped config: {proc.stderr.read().decode()}")
-    return proc, port
+    conf = conf.replace("/mosquitto/data/", f"{root}/data/").replace("/mosquitto/auth/", f"{root}/auth/")
+    assert "/mosquitto/" not in re.sub(r"#.*", "", conf), "every container path is moved"
+    (root / "mosquitto.conf").write_text(conf)
+    (root / "mosquitto.conf").chmod(0o644)
+    log = open(root / "log", "ab")  # noqa: SIM115 - the broker writes it for its whole life
+    proc = subprocess.Popen([MOSQUITTO, "-c", str(root / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
+    log.close()
+    for _ in range(100):
+        if proc.poll() is not None:
+            break
+        try:
+            wait_port(port, timeout=0.1)
+            return proc, port
+        except TimeoutError:
+            pass
+    proc.kill()
+    pytest.fail(f"mosquitto did not start with the shipped config: {(root / 'log').read_text()}")
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    root = broker_dir()
+    proc, port = start_shipped(root)
+    yield root, port, proc
+    proc.terminate()
+    proc.wait(5)
+    shutil.rmtree(root)
+
+
+@pytest.fixture(scope="module")
+def shipped_broker(shipped):
+    return shipped[1]
+
+
+def test_starts_without_warnings_as_its_own_user(shipped):
+    """Running as `mosquitto`, with no "world readable" / "owner is not mosquitto" or other warning."""
+    root, port, proc = shipped
+    assert proc.poll() is None
+    uid = int(re.search(r"^Uid:\s+(\d+)", Path(f"/proc/{proc.pid}/status").read_text(), re.M).group(1))
+    owner = broker_user()
+    assert uid == (owner.pw_uid if owner else os.geteuid())
+    log = (root / "log").read_text()
+    assert [ln for ln in log.splitlines() if re.search(r"warning|error|unable|denied|refuse", ln, re.I)] == []
+    for name in ("passwd", "acl"):
+        st = (root / "auth" / name).stat()
+        assert st.st_mode & 0o777 == 0o600 and st.st_uid == uid
+    assert (root / "auth" / "acl").read_text() == (CONF_DIR / "acl").read_text()
+
+
+def test_make_passwords_refuses_an_empty_password_and_writes_nothing(tmp_path):
+    auth = tmp_path / "auth"
+    auth.mkdir()
+    done = make_passwords(auth, {"hub1": "x", "ops": ""})
+    assert done.returncode != 0 and "empty password for ops" in done.stderr
+    assert list(auth.iterdir()) == []
+
+
+def test_compose_broker_healthcheck_needs_no_password(shipped_broker):
+    """docker-compose.yml's broker healthcheck, run as written: healthy when up, unhealthy when not."""
+    test = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["broker"]["healthcheck"]["test"]
+    assert test[0] == "CMD-SHELL" and "-u " not in test[1] and "-P " not in test[1]
+    assert "-p 1883" in test[1]
+    up = subprocess.run(["sh", "-c", test[1].replace("-p 1883", f"-p {shipped_broker}")], timeout=10)
+    down = subprocess.run(["sh", "-c", test[1].replace("-p 1883", f"-p {free_port()}")], timeout=10)
+    assert (up.returncode, down.returncode != 0) == (0, True)
 
 
 class Client:
@@ -202,8 +268,8 @@ def test_hub_shared_subscription_passes_the_acl(clients):
     assert hub.got(2.0, n=1) == [("ate/v1/experts/1/frames/cam1", b"shared-frame")]
 
 
-def test_ops_reads_broker_uptime_for_the_compose_healthcheck(clients):
-    """docker-compose.yml's broker healthcheck subscribes to $SYS/broker/uptime as `ops`."""
+def test_ops_reads_broker_uptime(clients):
+    """Dashboards read $SYS as `ops`."""
     ops = clients("ops", "ops3")
     assert ops.subscribe("$SYS/broker/uptime").value == 1
     got = ops.got(12.0, n=1)  # $SYS is published every sys_interval (10 s) and retained
@@ -236,13 +302,14 @@ def test_real_edge_client_with_credentials_gets_tau_from_ops(clients, shipped_br
         edge.stop()
 
 
-def test_acknowledged_labels_survive_a_broker_kill9(tmp_path):
+def test_acknowledged_labels_survive_a_broker_kill9():
     """Labels queued for an offline durable consumer, acknowledged by the broker, then kill -9 and a
     restart on the same data: at most `autosave_interval - 1` of them may be lost (measured: 595 of 600)."""
     conf = (CONF_DIR / "mosquitto.conf").read_text()
     interval = int(re.search(r"^autosave_interval (\d+)$", conf, re.M).group(1))
     assert re.search(r"^autosave_on_changes true$", conf, re.M)
-    proc, port = start_shipped(tmp_path)
+    root = broker_dir()
+    proc, port = start_shipped(root)
     n = 600
     try:
         ops = Client(port, "ops", "durable-ops", durable=True)
@@ -254,13 +321,14 @@ def test_acknowledged_labels_survive_a_broker_kill9(tmp_path):
         cam1.close()
         proc.kill()
         proc.wait(5)
-        proc, _ = start_shipped(tmp_path, port)
+        proc, _ = start_shipped(root, port)
         ops = Client(port, "ops", "durable-ops", durable=True)
         got = {p for _, p in ops.got(10.0, n=n)}
         ops.close()
     finally:
         proc.terminate()
         proc.wait(5)
+        shutil.rmtree(root)
     assert len(got) >= n - (interval - 1), f"{len(got)} of {n} acknowledged labels survived kill -9"
 
 

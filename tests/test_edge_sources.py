@@ -96,3 +96,76 @@ def test_replay_source_needs_no_import_side_effect(tmp_path):
     out = subprocess.run([sys.executable, "-c", code, f"replay:{tmp_path}"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "not a recording" in out.stdout
+
+
+def _write_video(path, n: int) -> None:
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (32, 32))
+    for i in range(n):
+        writer.write(np.full((32, 32, 3), i * 20, np.uint8))
+    writer.release()
+
+
+def _reconnects(outcome: str) -> float:
+    from askexpert import metrics
+
+    return metrics.SOURCE_RECONNECTS.labels(outcome)._value.get()
+
+
+def test_a_live_source_that_drops_is_reopened_with_backoff_and_counted(tmp_path):
+    """A real VideoCapture on a real file, read as a live source: at its end the stream "drops",
+    the file disappears, reopening fails (counted) until the file is back, then frames go on."""
+    import threading
+
+    video = tmp_path / "cam.avi"
+    _write_video(video, 5)
+    hidden = tmp_path / "unplugged.avi"
+    ok0, failed0 = _reconnects("ok"), _reconnects("failed")
+    from edge_node.sources import CaptureSource
+
+    source = CaptureSource(str(video), None, live=True, backoff_s=(0.01, 0.04))
+    video.rename(hidden)  # unplugged while the first 5 frames are read
+    frames = source.frames()
+    got = [next(frames).frame_id for _ in range(5)]
+
+    def plug_back_in() -> None:
+        while _reconnects("failed") - failed0 < 3:
+            time.sleep(0.01)
+        hidden.rename(video)
+
+    threading.Thread(target=plug_back_in, daemon=True).start()
+    got += [next(frames).frame_id for _ in range(5)]  # blocks while it retries, then reads the file again
+    source.close()
+    assert got == list(range(10))
+    assert _reconnects("ok") - ok0 == 1 and _reconnects("failed") - failed0 >= 3
+    assert list(frames) == []  # closed: the stream ends instead of retrying
+
+
+def test_a_frozen_live_source_turns_the_edge_unhealthy(tiny_pack, broker, tmp_path):
+    from edge_node.sources import CaptureSource
+
+    video = tmp_path / "cam.avi"
+    _write_video(video, 3)
+    source = CaptureSource(str(video), None, live=True, backoff_s=(0.05, 0.05))
+    video.unlink()  # gone for good: the source keeps retrying, no frame comes
+    pack = Pack.load(tiny_pack)
+    s = EdgeSettings(broker=broker.url, pack=tiny_pack, node_id="frozen1", tau=0.0, max_frame_age_s=0.5, stats_interval_s=0)
+    client = MqttClient(s, "edge", "frozen1")
+    node = EdgeNode(s, pack, open_backend("torch").classifier(pack, pack.manifest.generalist), client)
+    client.start()
+    assert client.wait_connected(10)
+    import threading
+
+    runner = threading.Thread(target=node.run, args=(source,), daemon=True)
+    runner.start()
+    seen = []
+    end = time.monotonic() + 10
+    while time.monotonic() < end and (not seen or seen[-1]["healthy"]):
+        seen.append(node.health())
+        time.sleep(0.05)
+    node.stop()
+    source.close()
+    runner.join(10)
+    client.stop()
+    assert seen[0]["healthy"] and not seen[-1]["healthy"]
+    assert seen[-1]["connected"] and seen[-1]["last_frame_age_s"] > 0.5 and seen[-1]["frames"] == 3
+    assert not runner.is_alive()

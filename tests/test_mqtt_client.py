@@ -104,3 +104,24 @@ def test_a_broker_without_shared_subscriptions_is_reported_at_connect():
     c._on_connect(c.client, None, None, ReasonCode(PacketTypes.CONNACK, identifier=0), connack)
     assert list(c.refused) == ["$share/hubs/ate/v1/experts/0/frames/+"]
     assert "ate/v1/experts/1/frames/+" in made and not any(f.startswith("$share/") for f in made)
+
+
+def test_an_unresolvable_broker_name_is_logged_as_such_while_retrying():
+    """ATE_BROKER_HOST=agx-orin.local in a bridge-network container: the edge says the name does not
+    resolve, with the fix, instead of retrying in silence."""
+    from structlog.testing import capture_logs
+
+    settings = CommonSettings(broker="mqtt://no-such-broker.invalid:1883")
+    client = MqttClient(settings, "edge", "cam-dns")
+    with capture_logs() as logs:
+        client.start()
+        try:
+            end = time.monotonic() + 10
+            while not any(e["event"].startswith("mqtt broker host") for e in logs) and time.monotonic() < end:
+                time.sleep(0.05)
+        finally:
+            client.stop()
+    said = [e for e in logs if e["event"].startswith("mqtt broker")]
+    assert [e["event"] for e in said] == ["mqtt broker host name does not resolve; retrying"]
+    assert said[0]["host"] == "no-such-broker.invalid" and "IP address" in said[0]["hint"]
+    assert not client.connected.is_set()

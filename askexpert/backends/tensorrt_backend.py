@@ -4,15 +4,18 @@
   `TensorRTUnavailable` (an ImportError) that says what to install.
 - Each model is exported to ONNX with a dynamic batch axis (`askexpert.onnx_export.onnx_for`, the
   same files the ONNX Runtime backend runs), then built into an engine with one optimisation profile
-  (batch min / opt / max) and fp16 where the GPU has fast fp16.
-- Engines are built on first use, which takes seconds on a desktop GPU and minutes on a Jetson.
-  The build is logged and reported through `on_status(state, **info)` (states `building-engine`,
-  `engine-ready`, `warming-up`), so a component can say so on MQTT with `MqttClient.publish_status`.
+  (batch min / opt / max) and fp16 where the GPU has fast fp16 (`engine_cache.build_flags`).
+- Engines are built in their own step (`edge-node build-engine`, `expert-hub build-engines`, run by
+  compose before the servers start), seconds on a desktop GPU, minutes on a Jetson; a server that
+  finds none builds it and says so. Builds share a timing cache, take a file lock (one build per
+  engine, whoever asks), log TensorRT's own messages and their progress through structlog, and are
+  reported through `on_status(state, **info)` (`building-engine`, `engine-ready`, `warming-up`).
 - Engines are cached under `CACHE_DIR/tensorrt/`, keyed by the checkpoint's sha256 and role, the
-  TensorRT version, the GPU name, the batch profile and the precision; a stale or foreign engine is
-  never loaded, a corrupt one is rebuilt. Every engine is warmed up before serving.
-- Buffers are torch CUDA tensors (JetPack images and the CUDA images ship PyTorch): frames are
-  uploaded as uint8 and normalised on the GPU; tails run on the trunk's tokens without leaving it.
+  TensorRT version, the GPU's compute capability and SM count, the batch profile and the precision
+  (`engine_cache`); a stale or foreign engine is never loaded, a corrupt one is rebuilt.
+- Inference runs on the engine's own CUDA stream; buffers are torch CUDA tensors (JetPack and CUDA
+  images ship PyTorch): frames are uploaded as uint8 and normalised on the GPU; tails run on the
+  trunk's tokens without leaving it.
 
 Batch profile: `ATE_TRT_MIN_BATCH` (1), `ATE_TRT_OPT_BATCH` (8), `ATE_TRT_MAX_BATCH` (32),
 `ATE_TRT_WORKSPACE_MB` (1024), `ATE_TRT_FP16` (1); or the constructor's keyword arguments.
@@ -22,7 +25,6 @@ A call with more rows than the max batch runs in chunks.
 from __future__ import annotations
 
 import os
-import re
 import threading
 import time
 from dataclasses import dataclass
@@ -32,6 +34,15 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from askexpert.backends.base import Backend, Classifier, ExpertLibrary, group_rows
+from askexpert.backends.engine_cache import (
+    GpuId,
+    atomic_write,
+    build_flags,
+    cached_or_built,
+    engine_path,
+    file_lock,
+    timing_cache_path,
+)
 from askexpert.log import get_logger
 from askexpert.onnx_export import onnx_for
 from askexpert.pack import ExpertEntry, ModelEntry, Pack
@@ -97,16 +108,6 @@ class Profile:
         return f"b{self.min_batch}-{self.opt_batch}-{self.max_batch}-{'fp16' if self.fp16 else 'fp32'}"
 
 
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")[:48] or "gpu"
-
-
-def engine_path(cache_dir: Path, entry: ModelEntry, role: str, trt_version: str, gpu_name: str, profile: Profile) -> Path:
-    """Where the engine for one checkpoint/role lives: a new checkpoint, TensorRT, GPU or profile is a new file."""
-    name = f"{entry.sha256[:20]}-{role}-trt{_slug(trt_version)}-{_slug(gpu_name)}-{profile.tag}.engine"
-    return Path(cache_dir) / "tensorrt" / name
-
-
 def onnx_plan(pack: Pack, entries: Sequence[ExpertEntry] = (), classifier: ModelEntry | None = None) -> list[tuple[str, ModelEntry, str]]:
     """(name, entry, role) of every ONNX model the backend builds engines from."""
     plan: list[tuple[str, ModelEntry, str]] = []
@@ -117,6 +118,49 @@ def onnx_plan(pack: Pack, entries: Sequence[ExpertEntry] = (), classifier: Model
         plan.append(("trunk", pack.manifest.trunk, "trunk"))
     plan += [(e.key, e, "tail" if e.kind == "tail" else "vit") for e in entries]
     return plan
+
+
+TRT_LOG_LEVELS = {"INTERNAL_ERROR": "critical", "ERROR": "error", "WARNING": "warning", "INFO": "info", "VERBOSE": "debug"}
+
+
+def structlog_trt_logger(trt: Any) -> Any:
+    """A trt.ILogger that writes TensorRT's messages into the structured (JSON) log, at their level."""
+
+    class Logger(trt.ILogger):
+        def __init__(self) -> None:
+            trt.ILogger.__init__(self)
+
+        def log(self, severity: Any, msg: str) -> None:
+            level = TRT_LOG_LEVELS.get(getattr(severity, "name", str(severity)).rsplit(".", 1)[-1], "info")
+            getattr(log, level)("tensorrt", message=msg)
+
+    return Logger()
+
+
+def progress_monitor(trt: Any, model: str) -> Any | None:
+    """A trt.IProgressMonitor (TensorRT 10+) that logs each build phase as it starts and ends."""
+    if not hasattr(trt, "IProgressMonitor"):
+        return None
+
+    class Monitor(trt.IProgressMonitor):
+        def __init__(self) -> None:
+            trt.IProgressMonitor.__init__(self)
+            self.started: dict[str, float] = {}
+
+        def phase_start(self, phase_name: str, parent_phase: str | None, num_steps: int) -> None:
+            self.started[phase_name] = time.perf_counter()
+            if parent_phase is None:
+                log.info("tensorrt build phase", model=model, phase=phase_name, steps=num_steps)
+
+        def step_complete(self, phase_name: str, step: int) -> bool:
+            return True  # never cancel
+
+        def phase_finish(self, phase_name: str) -> None:
+            seconds = round(time.perf_counter() - self.started.pop(phase_name, time.perf_counter()), 1)
+            if seconds >= 1:
+                log.info("tensorrt build phase done", model=model, phase=phase_name, seconds=seconds)
+
+    return Monitor()
 
 
 _TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT8": "int8", "BOOL": "bool", "INT64": "int64", "BF16": "bfloat16"}
@@ -141,6 +185,7 @@ class _Engine:
         self.in_dtype = getattr(torch, _TRT_TO_TORCH[engine.get_tensor_dtype(self.input).name])
         self.out_dtype = getattr(torch, _TRT_TO_TORCH[engine.get_tensor_dtype(self.output).name])
         self.lock = threading.Lock()
+        self.stream = torch.cuda.Stream(device)  # its own stream: enqueueV3 on the default one serialises with everything
 
     def __call__(self, x: Any) -> Any:
         """torch tensor (N, ...) on the engine's device -> output tensor (N, ...) on the same device."""
@@ -153,12 +198,9 @@ class _Engine:
             out = torch.empty(tuple(self.context.get_tensor_shape(self.output)), dtype=self.out_dtype, device=self.device)
             self.context.set_tensor_address(self.input, x.data_ptr())
             self.context.set_tensor_address(self.output, out.data_ptr())
-            if self.device.type == "cuda":
-                stream = torch.cuda.current_stream(self.device)
-                ok = self.context.execute_async_v3(stream.cuda_stream)
-                stream.synchronize()
-            else:  # only the test double runs on CPU buffers
-                ok = self.context.execute_async_v3(0)
+            self.stream.wait_stream(torch.cuda.current_stream(self.device))  # x and out are ready
+            ok = self.context.execute_async_v3(self.stream.cuda_stream)
+            self.stream.synchronize()
             if not ok:
                 raise RuntimeError(f"TensorRT execution failed for {self.name}")
         return out
@@ -189,7 +231,8 @@ class TensorRTBackend(Backend):
             raise TensorRTUnavailable(f"TensorRT runs on a CUDA GPU, not on {device!r}")
         if not torch.cuda.is_available():
             raise TensorRTUnavailable(f"PyTorch sees no CUDA GPU: {INSTALL_HINT}")
-        self.gpu_name = torch.cuda.get_device_name(self.device)
+        props = torch.cuda.get_device_properties(self.device)
+        self.gpu = GpuId(props.name, (props.major, props.minor), props.multi_processor_count)
         self.profile = profile or Profile.from_env(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, fp16=fp16)
         if cache_dir is None:
             from askexpert import onnx_export
@@ -197,9 +240,11 @@ class TensorRTBackend(Backend):
             cache_dir = onnx_export.CACHE_DIR
         self.cache_dir = Path(cache_dir)
         self.on_status = on_status
-        self.trt_logger = self.trt.Logger(self.trt.Logger.WARNING)
+        self.flags = build_flags(self.trt.__version__, self.profile.fp16, self.gpu, hasattr(self.trt.BuilderFlag, "FP16"))
+        self.trt_logger = structlog_trt_logger(self.trt)
         self.runtime = self.trt.Runtime(self.trt_logger)
-        log.info("tensorrt backend", tensorrt=self.trt.__version__, gpu=self.gpu_name, profile=self.profile.tag)
+        log.info("tensorrt backend", tensorrt=self.trt.__version__, gpu=self.gpu.tag, profile=self.profile.tag,
+                 strongly_typed=self.flags.strongly_typed, fp16_flag=self.flags.fp16_flag)  # fmt: skip
 
     # ------------------------------------------------------------ status
     def _status(self, state: str, **info: Any) -> None:
@@ -211,25 +256,23 @@ class TensorRTBackend(Backend):
 
     # ------------------------------------------------------------ engines
     def engine_file(self, entry: ModelEntry, role: str) -> Path:
-        return engine_path(self.cache_dir, entry, role, self.trt.__version__, self.gpu_name, self.profile)
+        return engine_path(self.cache_dir, entry.sha256, role, self.trt.__version__, self.gpu, self.profile.tag)
 
-    def build_engine(self, onnx_path: Path, out: Path, name: str) -> bytes:
-        """ONNX -> serialised engine (fp16, dynamic batch profile), written atomically to `out`."""
+    def build_engine(self, onnx_path: Path, name: str) -> bytes:
+        """ONNX -> serialised engine (dynamic batch profile, `self.flags`), with the shared timing cache."""
         trt, p = self.trt, self.profile
         builder = trt.Builder(self.trt_logger)
-        flag = getattr(trt.NetworkDefinitionCreationFlag, "EXPLICIT_BATCH", None)
-        major = int(str(trt.__version__).split(".")[0]) if str(trt.__version__)[:1].isdigit() else 10
-        network = builder.create_network(1 << int(flag) if flag is not None and major < 10 else 0)  # explicit batch
+        network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED) if self.flags.strongly_typed else 0)
         parser = trt.OnnxParser(network, self.trt_logger)
         if not parser.parse_from_file(str(onnx_path)):
             errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
             raise RuntimeError(f"TensorRT cannot parse {onnx_path}: {errors}")
         config = builder.create_builder_config()
-        if hasattr(config, "set_memory_pool_limit"):
-            config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, p.workspace_mb << 20)
-        fp16_flag = getattr(trt.BuilderFlag, "FP16", None)
-        if p.fp16 and fp16_flag is not None and getattr(builder, "platform_has_fast_fp16", True):
-            config.set_flag(fp16_flag)
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, p.workspace_mb << 20)
+        if self.flags.fp16_flag:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if (monitor := progress_monitor(trt, name)) is not None:
+            config.progress_monitor = monitor
         profile = builder.create_optimization_profile()
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
@@ -238,42 +281,51 @@ class TensorRTBackend(Backend):
                 raise RuntimeError(f"{onnx_path}: only the batch axis may be dynamic, input shape is {tuple(tensor.shape)}")
             profile.set_shape(tensor.name, (p.min_batch, *rest), (p.opt_batch, *rest), (p.max_batch, *rest))
         config.add_optimization_profile(profile)
+        timing_path = timing_cache_path(self.cache_dir, trt.__version__, self.gpu)
+        timing = config.create_timing_cache(timing_path.read_bytes() if timing_path.is_file() else b"")
+        config.set_timing_cache(timing, ignore_mismatch=False)
         serialized = builder.build_serialized_network(network, config)
         if serialized is None:
             raise RuntimeError(f"TensorRT failed to build an engine for {name} from {onnx_path} (see its log above)")
-        data = bytes(serialized)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        tmp.replace(out)  # atomic: a half-written engine never looks cached
-        return data
+        with file_lock(timing_path):  # merge with what builds elsewhere added meanwhile, then replace
+            timing = config.get_timing_cache()
+            if timing_path.is_file():
+                timing.combine(config.create_timing_cache(timing_path.read_bytes()), ignore_mismatch=True)
+            atomic_write(timing_path, bytes(timing.serialize()))
+        return bytes(serialized)
 
-    def load(self, pack: Pack, entry: ModelEntry, role: str, name: str) -> _Engine:
-        """The engine for one model: from the cache, or built now (slow on a Jetson, and said so)."""
+    def ensure_engine(self, pack: Pack, entry: ModelEntry, role: str, name: str) -> Any:
+        """The deserialised engine for one model: from the cache, or built now under the lock."""
         path = self.engine_file(entry, role)
-        engine = None
-        if path.is_file():
-            engine = self.runtime.deserialize_cuda_engine(path.read_bytes())
-            if engine is None:
+        loaded: dict[str, Any] = {}
+
+        def usable(data: bytes) -> bool:
+            loaded["engine"] = self.runtime.deserialize_cuda_engine(data)
+            if loaded["engine"] is None:
                 log.warning("cached TensorRT engine unusable, rebuilding", engine=str(path))
-            else:
-                log.info("tensorrt engine from cache", model=name, engine=str(path))
-        if engine is None:
+            return loaded["engine"] is not None
+
+        def build() -> bytes:
             onnx_path = onnx_for(pack, entry, role, self.cache_dir)
-            log.warning(
-                "building TensorRT engine: first use of this model on this GPU, may take minutes on a Jetson",
-                model=name, onnx=str(onnx_path), engine=str(path), profile=self.profile.tag,
-            )
+            log.warning("building TensorRT engine: first use of this model on this GPU, may take minutes on a Jetson",
+                        model=name, onnx=str(onnx_path), engine=str(path), profile=self.profile.tag)  # fmt: skip
             self._status("building-engine", model=name, engine=path.name)
             t0 = time.perf_counter()
-            data = self.build_engine(onnx_path, path, name)
+            data = self.build_engine(onnx_path, name)
             seconds = round(time.perf_counter() - t0, 1)
             log.info("tensorrt engine built", model=name, engine=str(path), seconds=seconds, mb=round(len(data) / 2**20, 1))
             self._status("engine-ready", model=name, engine=path.name, build_s=seconds)
-            engine = self.runtime.deserialize_cuda_engine(data)
-            if engine is None:
-                raise RuntimeError(f"TensorRT built an engine for {name} it cannot load")
-        return _Engine(self.trt, engine, self.device, name)
+            return data
+
+        data, built = cached_or_built(path, build, usable)
+        if built and not usable(data):
+            raise RuntimeError(f"TensorRT built an engine for {name} it cannot load")
+        if not built:
+            log.info("tensorrt engine from cache", model=name, engine=str(path))
+        return loaded["engine"]
+
+    def load(self, pack: Pack, entry: ModelEntry, role: str, name: str) -> _Engine:
+        return _Engine(self.trt, self.ensure_engine(pack, entry, role, name), self.device, name)
 
     # ------------------------------------------------------------ preprocessing
     def upload(self, pack: Pack, images: np.ndarray) -> Any:

@@ -1,32 +1,39 @@
 #!/usr/bin/env bash
-# Create (or update) the broker's password file, docker/mosquitto/passwd (not in git).
+# Create (or update) the broker's password file and ACL in docker/mosquitto/auth/ (not in git).
 #
 #   docker/mosquitto/make-passwords.sh hub1 ops cam1 cam2       # prompts for each password
 #   ATE_PW_hub1=s3cret ATE_PW_cam1=other docker/mosquitto/make-passwords.sh hub1 cam1   # scripted
 #
-# Users: `hub1`..`hub4` (one per expert hub, named as its hub id), `ops` (operators, dashboards, mosquitto_sub, tau/set), and one user
-# per edge node named exactly as its --node-id / ATE_NODE_ID (the ACL's %u patterns rely on it).
-# Uses the host's mosquitto_passwd when installed, else the eclipse-mosquitto image.
-# The file ends up mode 0600 owned by uid 1883 (the broker container's `mosquitto` user) unless
-# NO_CHOWN=1; the chown uses sudo when not run as root. PASSWD_FILE overrides the path.
+# Users: `hub1`..`hub4` (one per expert hub, named as its hub id), `ops` (operators, dashboards,
+# mosquitto_sub, tau/set), and one user per edge node named exactly as its --node-id / ATE_NODE_ID
+# (the ACL's %u patterns rely on it). Empty passwords are refused.
+# Writes auth/passwd and auth/acl (a copy of docker/mosquitto/acl), mode 0600, owned by the broker's
+# user (uid and gid 1883 in the eclipse-mosquitto image; BROKER_UID / BROKER_GID override, NO_CHOWN=1
+# keeps yours), so Mosquitto 2.0.16+ loads them without "world readable" / "owner is not mosquitto"
+# warnings. The chown uses sudo when not run as root. AUTH_DIR overrides the folder. Uses the host's
+# mosquitto_passwd when installed, else the eclipse-mosquitto image.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
-file="${PASSWD_FILE:-$here/passwd}"
-[ $# -gt 0 ] || { sed -n '2,12p' "$0"; exit 2; }
+dir="${AUTH_DIR:-$here/auth}"
+uid="${BROKER_UID:-1883}"
+[ $# -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
 MOSQUITTO_IMAGE="${MOSQUITTO_IMAGE:-eclipse-mosquitto:2.0.20}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
+[ -d "$dir" ] || { echo "$dir is not a folder (it is in git: check out the repo again)" >&2; exit 1; }
+[ ! -d "$dir/passwd" ] || { echo "$dir/passwd is a folder (Docker made it?): remove it with sudo rm -r" >&2; exit 1; }
+
 tmp="$(mktemp -d)"; trap 'rm -rf "$tmp"' EXIT
-if [ -s "$file" ]; then as_root cat "$file" > "$tmp/passwd"; else : > "$tmp/passwd"; fi
+if [ -s "$dir/passwd" ]; then as_root cat "$dir/passwd" > "$tmp/passwd"; else : > "$tmp/passwd"; fi
 chmod 600 "$tmp/passwd"
 
 for user in "$@"; do
   case "$user" in *[!A-Za-z0-9_-]*|"") echo "bad user name '$user' (letters, digits, _ and - only)" >&2; exit 1;; esac
   var="ATE_PW_${user//-/_}"
   pw="${!var:-}"
-  if [ -z "$pw" ]; then read -r -s -p "password for $user: " pw; echo; fi
-  [ -n "$pw" ] || { echo "empty password for $user" >&2; exit 1; }
+  if [ -z "$pw" ] && [ -t 0 ]; then read -r -s -p "password for $user: " pw; echo; fi
+  [ -n "$pw" ] || { echo "empty password for $user (set $var or type one): nothing written" >&2; exit 1; }
   if command -v mosquitto_passwd >/dev/null; then
     mosquitto_passwd -b "$tmp/passwd" "$user" "$pw"
   else
@@ -36,9 +43,12 @@ for user in "$@"; do
   echo "user $user set"
 done
 
-if [ "${NO_CHOWN:-0}" = 1 ]; then
-  install -m 600 "$tmp/passwd" "$file"
-else
-  as_root install -m 600 -o 1883 -g 1883 "$tmp/passwd" "$file"
-fi
-echo "wrote $file"
+for f in passwd acl; do
+  src="$tmp/passwd"; [ "$f" = acl ] && src="$here/acl"
+  if [ "${NO_CHOWN:-0}" = 1 ]; then
+    install -m 600 "$src" "$dir/$f"
+  else
+    as_root install -m 600 -o "$uid" -g "${BROKER_GID:-$uid}" "$src" "$dir/$f"
+  fi
+done
+echo "wrote $dir/passwd and $dir/acl"
