@@ -10,7 +10,6 @@ from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from edge_node.recording import add_record_parser
-from edge_node.score import add_score_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import SourceError, open_source
 
@@ -60,7 +59,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("edge-node", __doc__, "classify a stream, offload uncertain frames, publish labels", EdgeSettings, cmd_run)
     add_record_parser(sub)
-    add_score_parser(sub)
     return parser
 
 

@@ -3,8 +3,7 @@
     score(labels, truth, ...)        pure: a list of LabelMsg + truth -> report dict (no broker)
     LabelCollector                   subscribes to <prefix>/nodes/<node>/labels, keeps every label
     run_score(...)                   collect until N frames or idle, then score and write the report
-    write_report(report, out_dir)    report.json, report.md, latency.png, load.png
-    print_report(report)             a rich table in the terminal
+(reports and plots: evaluation.report)
 
 Alpha counts every frame the edge offloaded (source `expert` or `edge-fallback`). Latency is the
 label's own `latency_ms` (capture -> final label, measured at the edge). Frames per second is
@@ -13,20 +12,23 @@ frames labelled / (last label time - first capture time), label time = t_capture
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Callable, Iterable, Mapping, Sequence
+from itertools import islice
+from typing import Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from askexpert.cli_common import load_settings
 from askexpert.log import get_logger
+from askexpert.settings import CommonSettings, add_settings_arguments
 from askexpert.protocol import LABEL_SOURCES, LabelMsg, ProtocolError, decode_label, labels_topic
+from evaluation import report
+from evaluation.report import PCTS
 
-log = get_logger("edge_node.score")
-PCTS = (50, 95, 99)
+log = get_logger("evaluation.score")
 
 
 # ---------------------------------------------------------------------------------------- pure scoring
@@ -64,7 +66,7 @@ def score(
 
     truth: frame id -> true class (mapping, or a sequence indexed by frame id; < 0 = unknown).
     expected: the frame ids that should have been labelled (default: none checked).
-    offline: frame id -> the offline Algorithm 1 label at the same tau (see askexpert.sweep), to
+    offline: frame id -> the offline Algorithm 1 label at the same tau (askexpert.routing.offline_labels), to
     check that the live system agrees; edge-fallback frames are left out of that comparison.
     """
     first: dict[int, LabelMsg] = {}
@@ -168,6 +170,22 @@ def load_truth(spec: str) -> tuple[np.ndarray, list[str] | None]:
     return out, rec.classes
 
 
+def truth_frames(spec: str, frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame id, frame) of `dataset:NAME:SPLIT` or `replay:DIR`, exactly as the edge's source yields
+    them (same pixels, same ids), for recomputing Algorithm 1 offline on the frames of a live run."""
+    if spec.startswith("dataset:"):
+        from askexpert.datasets import load_dataset
+        from askexpert.frames import dataset_frames
+
+        name, _, split = spec[len("dataset:") :].rpartition(":")
+        yield from ((i, image) for i, image, _ in islice(dataset_frames(load_dataset(name, split)), frames))
+        return
+    from askexpert.recording import Recording
+
+    path = spec[len("replay:") :] if spec.startswith("replay:") else spec
+    yield from ((rf.index, rf.image) for rf in islice(Recording(path.partition("?")[0]).frames(), frames))
+
+
 # ---------------------------------------------------------------------------------------- collection
 class LabelCollector:
     """Subscribes to one node's labels topic and keeps every label with its arrival time."""
@@ -256,7 +274,7 @@ def run_score(
     title: str | None = None,
     print_table: bool = True,
 ) -> dict:
-    """`edge-node score`: collect labels of `node` until `frames` frames or idle, then report.
+    """`python -m evaluation score`: collect labels of `node` until `frames` frames or idle, then report.
 
     truth: `replay:DIR`, a recording folder or `dataset:NAME:SPLIT` (frame id = index), or None.
     With frames given, frame ids 0..frames-1 are expected (missing ones are counted)."""
@@ -271,162 +289,15 @@ def run_score(
                 malformed=col.malformed, wall_s=time.monotonic() - t0)  # fmt: skip
     rep["stopped"] = why
     rep["truth"] = truth
-    write_report(rep, out_dir, col.labels, title=title or f"Live run of node {node}")
+    report.write_report(rep, out_dir, col.labels, title=title or f"Live run of node {node}")
     if print_table:
-        print_report(rep, title=title or f"Live run of node {node}")
+        report.print_report(rep, title=title or f"Live run of node {node}")
     return rep
 
 
-# ---------------------------------------------------------------------------------------- output
-def _p(v: float | None, digits: int = 2) -> str:
-    return "-" if v is None or v != v else f"{100 * v:.{digits}f}%"
-
-
-def _ms(v: float | None) -> str:
-    return "-" if v is None else f"{v:.1f}"
-
-
-def summary_rows(rep: dict) -> list[tuple[str, str]]:
-    lat = rep.get("latency_ms", {})
-    rows = [
-        ("frames labelled", f"{rep['frames']}" + (f" of {rep['expected']}" if "expected" in rep else "")),
-        ("accuracy (system)", _p(rep.get("accuracy"))),
-        ("accuracy, edge model alone (same frames)", _p(rep.get("edge_only_accuracy"))),
-        ("offload proportion alpha", _p(rep.get("alpha"))),
-        ("latency p50 / p95 / p99 (ms)", " / ".join(_ms(lat.get(f"p{p}")) for p in PCTS)),
-        ("frames per second", "-" if not rep.get("fps") else f"{rep['fps']:.1f}"),
-        ("fallbacks (deadline)", str(rep.get("fallbacks", 0))),
-        ("missing / duplicate / malformed", f"{rep.get('missing', '-')} / {rep['duplicates']} / {rep.get('malformed', 0)}"),
-    ]
-    if rep.get("tau") is not None:
-        rows.insert(0, ("tau", f"{rep['tau']:g}"))
-    if "offline" in rep:
-        o = rep["offline"]
-        how = f" ({rep['offline_check']})" if rep.get("offline_check") else ""
-        verdict = "yes" if o["equal"] else ("differs within fp16 noise" if rep.get("offline_check") == "stored" else "NO")
-        rows.append((f"equal to offline Algorithm 1{how}", f"{o['agree']}/{o['compared']} {verdict}"))
-    if rep.get("offline_accuracy") is not None:
-        rows.append(("offline sweep accuracy, same tau", _p(rep["offline_accuracy"])))
-    return rows
-
-
-def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    console = console or Console()
-    t = Table(title=title, show_header=False)
-    t.add_column("metric", style="bold")
-    t.add_column("value", justify="right")
-    for k, v in summary_rows(rep):
-        t.add_row(k, v)
-    console.print(t)
-    s = Table(title="by label source")
-    for col in ("source", "frames", "share", "accuracy", "p50 ms", "p95 ms", "p99 ms"):
-        s.add_column(col, justify="right")
-    for src, r in rep["by_source"].items():
-        lat = r["latency_ms"]
-        s.add_row(src, str(r["frames"]), _p(r["share"], 1), _p(r["accuracy"]), _ms(lat.get("p50")), _ms(lat.get("p95")), _ms(lat.get("p99")))
-    console.print(s)
-    if rep["expert_load"]:
-        e = Table(title="load per expert")
-        for col in ("expert", "offloaded", "answered", "fallback", "accuracy"):
-            e.add_column(col, justify="right")
-        for key, r in rep["expert_load"].items():
-            e.add_row(key, str(r["offloaded"]), str(r["answered"]), str(r["fallback"]), _p(r["accuracy"]))
-        console.print(e)
-
-
-def to_markdown(rep: dict, title: str = "Ask-the-Expert run") -> str:
-    L = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
-    L += [f"| {k} | {v} |" for k, v in summary_rows(rep)]
-    L += ["", "## By label source", "", "| source | frames | share | accuracy | p50 ms | p95 ms | p99 ms |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
-    for src, r in rep["by_source"].items():
-        lat = r["latency_ms"]
-        L.append(f"| {src} | {r['frames']} | {_p(r['share'], 1)} | {_p(r['accuracy'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} |")
-    if rep["expert_load"]:
-        L += ["", "## Load per expert", "", "| expert | offloaded | answered | fallback | accuracy |", "| --- | --- | --- | --- | --- |"]
-        for key, r in rep["expert_load"].items():
-            L.append(f"| {key} | {r['offloaded']} | {r['answered']} | {r['fallback']} | {_p(r['accuracy'])} |")
-    if rep.get("per_class"):
-        L += ["", "## Per class", "", "| class | frames | accuracy |", "| --- | --- | --- |"]
-        L += [f"| {c} | {r['n']} | {_p(r['accuracy'])} |" for c, r in rep["per_class"].items()]
-    return "\n".join(L) + "\n"
-
-
-def write_report(rep: dict, out_dir: str | Path, labels: Sequence[LabelMsg] | None = None, title: str = "Ask-the-Expert run") -> Path:
-    """report.json, report.md, and (with the labels) labels.jsonl, latency.png, load.png."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
-    (out / "report.md").write_text(to_markdown(rep, title))
-    if labels:
-        with open(out / "labels.jsonl", "w") as f:
-            for m in labels:
-                f.write(m.encode().decode() + "\n")
-        plot_report(rep, labels, out)
-    return out
-
-
-def plot_report(rep: dict, labels: Sequence[LabelMsg], out: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    colours = {"edge": "tab:blue", "expert": "tab:orange", "edge-fallback": "tab:red"}
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
-    for src, c in colours.items():
-        v = [m.latency_ms for m in labels if m.source == src]
-        if v:
-            a.hist(v, bins=60, alpha=0.6, color=c, label=f"{src} ({len(v)})", log=True)
-            b.scatter([m.frame_id for m in labels if m.source == src], v, s=2, color=c, label=src)
-    lat = rep.get("latency_ms", {})
-    for p, ls in zip(PCTS, (":", "--", "-")):
-        if f"p{p}" in lat:
-            a.axvline(lat[f"p{p}"], color="k", ls=ls, lw=0.8, label=f"p{p} {lat[f'p{p}']:.1f} ms")
-    a.set_xlabel("capture -> final label (ms)")
-    a.set_ylabel("frames")
-    a.set_title("latency by label source")
-    a.legend(fontsize=7)
-    b.set_xlabel("frame id")
-    b.set_ylabel("latency (ms)")
-    b.set_yscale("log")
-    b.set_title("latency over the run")
-    b.legend(fontsize=7, markerscale=4)
-    fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
-    plt.close(fig)
-
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
-    keys = list(rep["expert_load"])
-    if keys:
-        a.bar(keys, [rep["expert_load"][k]["answered"] for k in keys], color="tab:orange", label="answered")
-        a.bar(keys, [rep["expert_load"][k]["fallback"] for k in keys], bottom=[rep["expert_load"][k]["answered"] for k in keys],
-              color="tab:red", label="fallback")  # fmt: skip
-        a.legend(fontsize=7)
-    a.set_title(f"load per expert (alpha = {_p(rep.get('alpha'), 1)})")
-    a.set_xlabel("expert (subset indices)")
-    a.set_ylabel("frames")
-    names = ["system", "edge alone"] + [s for s in rep["by_source"] if rep["by_source"][s]["accuracy"] is not None]
-    vals = [rep.get("accuracy"), rep.get("edge_only_accuracy")] + [rep["by_source"][s]["accuracy"] for s in names[2:]]
-    b.bar(names, [100 * (v or 0) for v in vals], color=["tab:green", "tab:grey"] + [colours.get(s, "tab:purple") for s in names[2:]])
-    for i, v in enumerate(vals):
-        b.text(i, 100 * (v or 0), _p(v), ha="center", va="bottom", fontsize=8)
-    b.set_ylim(0, 105)
-    b.set_ylabel("accuracy (%)")
-    b.set_title("accuracy (by label source: on those frames)")
-    fig.tight_layout()
-    fig.savefig(out / "load.png", dpi=110)
-    plt.close(fig)
-
-
 # ---------------------------------------------------------------------------------------- command line
-def add_score_parser(sub) -> None:
-    """`edge-node score --node-id N --truth SPEC --out DIR [--frames N] [--broker URL] ...`."""
-    from askexpert.settings import CommonSettings, add_settings_arguments
-
+def add_parser(sub) -> None:
+    """`score --node-id N --truth SPEC --out DIR [--frames N] [--broker URL] ...`."""
     p = sub.add_parser("score", help="collect a node's final labels, join with the truth, write a report")
     add_settings_arguments(p, CommonSettings)
     p.add_argument("--node-id", required=True, help="the edge node whose labels to score")
@@ -435,13 +306,11 @@ def add_score_parser(sub) -> None:
     p.add_argument("--frames", type=int, default=None, help="stop after this many distinct frames (ids 0..N-1 expected)")
     p.add_argument("--idle-timeout", type=float, default=10.0, help="stop when no label came for this long (s)")
     p.add_argument("--timeout", type=float, default=None, help="stop after this long in any case (s)")
-    p.set_defaults(func=_cmd_score)
+    p.set_defaults(func=run)
 
 
-def _cmd_score(args) -> int:
-    from askexpert.cli_common import load_settings
-    from askexpert.settings import CommonSettings
-
+def run(args) -> int:
+    """Score one node's live labels and write the report."""
     s = load_settings(CommonSettings, args)
     out = args.out or f"runs/score-{args.node_id}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     rep = run_score(s, args.node_id, out, truth=args.truth, frames=args.frames, idle_timeout=args.idle_timeout,

@@ -1,6 +1,6 @@
 """The main job: a private broker, the expert hub and the edge node, a replay, and the report.
 
-    python -m tools.demo [--frames 10000] [--pack packs/fashion-mnist] [--tau T] [--source SRC]
+    python -m evaluation demo [--frames 10000] [--pack packs/fashion-mnist] [--tau T] [--source SRC]
 
 Starts Mosquitto on a free port (set_tcp_nodelay true), `expert-hub run` and `edge-node run`
 as subprocesses with the pack, collects every final label, scores it against the truth, checks it
@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from askexpert.localbroker import MOSQUITTO, free_port, wait_online, wait_port
+from evaluation import REFERENCE_PACK
 
 console = Console(width=None if sys.stdout.isatty() else 110)
 TRAIN_HINT = "trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist"
@@ -72,10 +73,10 @@ def wait_hub(port: int, hub_id: str, timeout: float, children: Children) -> None
     wait_online("127.0.0.1", port, "hub", hub_id, timeout=timeout, alive=alive)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="broker, hub and edge on this machine: replay, score, check against Algorithm 1 offline")
     p.add_argument("--frames", "-n", type=int, default=10000, help="frames to replay (default 10000: the whole test split)")
-    p.add_argument("--pack", default="packs/fashion-mnist", help="model pack (default packs/fashion-mnist)")
+    p.add_argument("--pack", default=str(REFERENCE_PACK), help="model pack (default: the reference pack, packs/fashion-mnist)")
     p.add_argument("--source", default="dataset:fashion-mnist:test", help="edge source; truth from dataset:/replay: sources")
     p.add_argument("--tau", type=float, default=None, help="confidence threshold (default: the pack's)")
     p.add_argument("--taus", default=None, help="the sweep live: comma-separated taus, one replay each (hub stays up)")
@@ -88,7 +89,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(the pack's stored fp16 test logits: instant, may differ within fp16 noise of tau), "
                         "auto (exact up to 10000 frames, else stored when the pack has them)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of replay")
-    a = p.parse_args(argv)
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    """The whole demo; every process it started is gone when it returns."""
 
     from askexpert.log import setup_logging
     from askexpert.pack import Pack, PackError
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
         wait_port(port, proc=mosq)
 
         from askexpert.settings import CommonSettings
-        from edge_node.score import load_truth
+        from evaluation.score import load_truth
 
         settings = CommonSettings(broker=broker)
         env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
@@ -177,7 +182,8 @@ COLLECTORS: list = []
 def replay_once(a, pack, tau: float, node: str, out: Path, truth, classes, reference: "Reference", *, settings, py,
                 common, env, children: Children, hub: subprocess.Popen) -> dict:  # fmt: skip
     """One replay through the running hub at one tau: collect, score, report into `out`."""
-    from edge_node.score import LabelCollector, print_report, score, write_report
+    from evaluation.report import print_report, write_report
+    from evaluation.score import LabelCollector, score
 
     collector = LabelCollector(settings, node, f"demo-{node}").start()
     COLLECTORS.append(collector)
@@ -258,7 +264,7 @@ class Reference:
         """frame id -> offline label at tau, and the offline accuracy on those frames (or None, None)."""
         import numpy as np
 
-        from askexpert.sweep import offline_labels
+        from askexpert.routing import offline_labels
 
         data = self._load() if self.mode != "none" else None
         if data is None:
@@ -299,19 +305,15 @@ def exact_reference(pack, source: str, frames: int, tau_max: float, backend: str
     frame ids, the edge decisions, and routed expert logits for frames offloaded at tau_max."""
     import numpy as np
 
+    from askexpert.frames import fit_frame
     from askexpert.routing import decide
-    from askexpert.sweep import pack_logits
-    from edge_node.node import fit_frame
-    from edge_node.sources import open_source
+    from evaluation.logits import pack_logits
+    from evaluation.score import truth_frames
 
     images, ids = [], []
-    src = open_source(source.split("?")[0] + ("?pace=max" if source.startswith("replay:") else ""), None)
-    for f in src.frames():
-        if len(ids) >= frames:
-            break
-        images.append(fit_frame(f.image, pack.manifest.input))
-        ids.append(f.frame_id)
-    src.close()
+    for fid, image in truth_frames(source, frames):
+        images.append(fit_frame(image, pack.manifest.input))
+        ids.append(fid)
     lg = pack_logits(pack, np.stack(images), backend=backend, baselines=False, tau=tau_max)
     return np.asarray(ids), decide(lg["edge"], pack.manifest.partition, pack.manifest.k), lg["routed"]
 
@@ -322,7 +324,7 @@ def stored_reference(pack, source: str, frames: int):
     import numpy as np
 
     from askexpert.routing import decide
-    from askexpert.sweep import scenarios_from_stored, stored_logits
+    from evaluation.logits import scenarios_from_stored, stored_logits
 
     if not (source.startswith(f"dataset:{pack.manifest.dataset}:") and source.endswith(":test")):
         return None
@@ -356,6 +358,3 @@ def _machine() -> str:
 
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
-
-if __name__ == "__main__":
-    sys.exit(main())
