@@ -18,7 +18,7 @@ import paho.mqtt.client as mqtt
 
 from askexpert import metrics
 from askexpert.backends import Classifier
-from askexpert.batching import fill_batch
+from askexpert.batching import fill_batch, put_newest
 from askexpert.frames import fit_frame
 from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
@@ -149,22 +149,13 @@ class EdgeNode:
                 except queue.Full:
                     continue
             return
-        while True:
-            try:
-                self._queue.put_nowait(frame)
-                return
-            except queue.Full:
-                try:
-                    old = self._queue.get_nowait()  # newest-only: drop the oldest waiting frame
-                    self.stats.dropped += 1
-                    metrics.DROPS.labels("edge", "live-queue-full").inc()
-                    if self.stats.dropped % 100 == 1:
-                        log.warning("live source outruns the edge; dropping oldest frames", dropped=self.stats.dropped)
-                    if old is _END:
-                        self._queue.put_nowait(old)
-                        return
-                except queue.Empty:
-                    pass
+        # newest-only; the end marker is never among the dropped: this thread puts it last
+        if dropped := put_newest(self._queue, frame):
+            before = self.stats.dropped
+            self.stats.dropped += dropped
+            metrics.DROPS.labels("edge", "live-queue-full").inc(dropped)
+            if before // 100 != self.stats.dropped // 100 or before == 0:
+                log.warning("live source outruns the edge; dropping oldest frames", dropped=self.stats.dropped)
 
     # ------------------------------------------------------------ inference
     def _next_batch(self) -> tuple[list[Frame], bool]:

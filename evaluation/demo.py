@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,7 +22,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from askexpert.localbroker import MOSQUITTO, free_port, wait_online, wait_port
+from askexpert.lifecycle import capture_signals
+from askexpert.localbroker import MOSQUITTO, free_port, wait_port, write_config
+from askexpert.settings import CommonSettings
+from askexpert.subscriber import LabelSubscriber, wait_online
 from evaluation import REFERENCE_PACK
 
 console = Console(width=None if sys.stdout.isatty() else 110)
@@ -31,7 +33,11 @@ TRAIN_HINT = "trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs
 
 
 class Stop(Exception):
-    """SIGTERM: unwind like Ctrl-C so that every child is stopped."""
+    """SIGINT or SIGTERM: unwind so that every child is stopped."""
+
+
+def interrupted() -> None:
+    raise Stop()
 
 
 class Children:
@@ -70,7 +76,7 @@ def wait_hub(port: int, hub_id: str, timeout: float, children: Children) -> None
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited early with code {p.returncode}")
 
-    wait_online("127.0.0.1", port, "hub", hub_id, timeout=timeout, alive=alive)
+    wait_online(CommonSettings(broker=f"mqtt://127.0.0.1:{port}"), "hub", hub_id, timeout=timeout, alive=alive)
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -117,63 +123,56 @@ def run(a: argparse.Namespace) -> int:
     broker = f"mqtt://127.0.0.1:{port}"
     node, hub_id = "demo-edge", "demo-hub"
 
-    def on_term(signum, frame):
-        raise Stop()
-
-    signal.signal(signal.SIGTERM, on_term)
     children = Children(run_dir)
     console.print(f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
                   f"tau {', '.join(f'{t:g}' for t in taus)}, {a.frames} frames of {a.source}, run folder {run_dir}")  # fmt: skip
     t_start = time.monotonic()
-    try:
-        conf = run_dir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-                        "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n")  # fmt: skip
-        mosq = children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], run_dir / "mosquitto.log")
-        wait_port(port, proc=mosq)
+    with capture_signals(interrupted):  # Ctrl-C and SIGTERM unwind alike: every child is stopped
+        try:
+            conf = write_config(run_dir / "mosquitto.conf", port, "log_type warning\nmax_queued_messages 100000")
+            mosq = children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], run_dir / "mosquitto.log")
+            wait_port(port, proc=mosq)
 
-        from askexpert.settings import CommonSettings
-        from evaluation.score import load_truth
+            from evaluation.score import load_truth
 
-        settings = CommonSettings(broker=broker)
-        env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
-        env.pop("ATE_CONFIG", None)
-        py = [sys.executable, "-m"]
-        common = ["--pack", str(a.pack), "--broker", broker, "--backend", a.backend, "--stats-interval-s", "0"]
-        with console.status("starting the expert hub (loading experts)..."):
-            hub = children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
-            wait_hub(port, hub_id, 180, children)
-        truth, classes = (load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None))
-        reference = Reference(pack, a, taus, truth)
-        reports = []
-        for i, tau in enumerate(taus):
-            out = run_dir if len(taus) == 1 else run_dir / f"tau-{tau:g}"
-            out.mkdir(parents=True, exist_ok=True)
-            ctx = dict(settings=settings, py=py, common=common, env=env, children=children, hub=hub)
-            rep = replay_once(a, pack, tau, f"{node}-{i}" if len(taus) > 1 else node, out, truth, classes, reference, **ctx)
-            rep["demo_wall_s"] = time.monotonic() - t_start
-            (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
-            reports.append(rep)
-        if len(taus) > 1:
-            live_sweep_table(reports, run_dir)
-        console.print(f"whole demo {time.monotonic() - t_start:.1f} s")
-        console.print(f"\n[bold]Run folder:[/] {run_dir}")
-        ok = all(r.get("missing", 0) == 0 and r["duplicates"] == 0 for r in reports)
-        return 0 if ok else 1
-    except (KeyboardInterrupt, Stop):
-        console.print("[yellow]interrupted: stopping everything this demo started")
-        return 130
-    except (RuntimeError, TimeoutError) as exc:
-        console.print(f"[red]demo failed: {exc}[/]  (logs in {run_dir})")
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for c in list(COLLECTORS):
-            try:
-                c.stop()
-            except Exception:  # noqa: BLE001 - already stopped
-                pass
-        children.stop_all()
+            settings = CommonSettings(broker=broker)
+            env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
+            env.pop("ATE_CONFIG", None)
+            py = [sys.executable, "-m"]
+            common = ["--pack", str(a.pack), "--broker", broker, "--backend", a.backend, "--stats-interval-s", "0"]
+            with console.status("starting the expert hub (loading experts)..."):
+                hub = children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
+                wait_hub(port, hub_id, 180, children)
+            truth, classes = (load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None))
+            reference = Reference(pack, a, taus, truth)
+            reports = []
+            for i, tau in enumerate(taus):
+                out = run_dir if len(taus) == 1 else run_dir / f"tau-{tau:g}"
+                out.mkdir(parents=True, exist_ok=True)
+                ctx = dict(settings=settings, py=py, common=common, env=env, children=children, hub=hub)
+                rep = replay_once(a, pack, tau, f"{node}-{i}" if len(taus) > 1 else node, out, truth, classes, reference, **ctx)
+                rep["demo_wall_s"] = time.monotonic() - t_start
+                (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
+                reports.append(rep)
+            if len(taus) > 1:
+                live_sweep_table(reports, run_dir)
+            console.print(f"whole demo {time.monotonic() - t_start:.1f} s")
+            console.print(f"\n[bold]Run folder:[/] {run_dir}")
+            ok = all(r.get("missing", 0) == 0 and r["duplicates"] == 0 for r in reports)
+            return 0 if ok else 1
+        except (KeyboardInterrupt, Stop):
+            console.print("[yellow]interrupted: stopping everything this demo started")
+            return 130
+        except (RuntimeError, TimeoutError) as exc:
+            console.print(f"[red]demo failed: {exc}[/]  (logs in {run_dir})")
+            return 1
+        finally:
+            for c in list(COLLECTORS):
+                try:
+                    c.stop()
+                except Exception:  # noqa: BLE001 - already stopped
+                    pass
+            children.stop_all()
 
 
 COLLECTORS: list = []
@@ -183,9 +182,9 @@ def replay_once(a, pack, tau: float, node: str, out: Path, truth, classes, refer
                 common, env, children: Children, hub: subprocess.Popen) -> dict:  # fmt: skip
     """One replay through the running hub at one tau: collect, score, report into `out`."""
     from evaluation.report import print_report, write_report
-    from evaluation.score import LabelCollector, score
+    from evaluation.score import score
 
-    collector = LabelCollector(settings, node, f"demo-{node}").start()
+    collector = LabelSubscriber(settings, node).start()
     COLLECTORS.append(collector)
     edge_argv = py + ["edge_node.cli", "run", *common, "--node-id", node, "--source", a.source,
                       "--max-frames", str(a.frames), "--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms)]  # fmt: skip

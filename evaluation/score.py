@@ -1,7 +1,6 @@
 """The scorer: collect final labels from MQTT, join them with the truth, report.
 
     score(labels, truth, ...)        pure: a list of LabelMsg + truth -> report dict (no broker)
-    LabelCollector                   subscribes to <prefix>/nodes/<node>/labels, keeps every label
     run_score(...)                   collect until N frames or idle, then score and write the report
 (reports and plots: evaluation.report)
 
@@ -12,19 +11,19 @@ frames labelled / (last label time - first capture time), label time = t_capture
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 from itertools import islice
-from typing import Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from askexpert.cli_common import load_settings
 from askexpert.log import get_logger
 from askexpert.settings import CommonSettings, add_settings_arguments
-from askexpert.protocol import LABEL_SOURCES, LabelMsg, ProtocolError, decode_label, labels_topic
+from askexpert.subscriber import LabelSubscriber
+from askexpert.protocol import LABEL_SOURCES, LabelMsg
 from evaluation import report
 from evaluation.report import PCTS
 
@@ -186,82 +185,6 @@ def truth_frames(spec: str, frames: int | None = None) -> Iterator[tuple[int, np
     yield from ((rf.index, rf.image) for rf in islice(Recording(path.partition("?")[0]).frames(), frames))
 
 
-# ---------------------------------------------------------------------------------------- collection
-class LabelCollector:
-    """Subscribes to one node's labels topic and keeps every label with its arrival time."""
-
-    def __init__(self, settings, node: str, ident: str | None = None) -> None:
-        from askexpert.mqtt import MqttClient
-
-        self.topic = labels_topic(settings.prefix, node)
-        self.client = MqttClient(settings, "scorer", ident or f"{node}-{int(time.time() * 1000) % 10**8}")
-        self.labels: list[LabelMsg] = []
-        self.t_recv: list[float] = []
-        self.frame_ids: set[int] = set()
-        self.malformed = 0
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self.client.subscribe(self.topic, self._on_message, qos=1)
-
-    def _on_message(self, message) -> None:
-        try:
-            msg = decode_label(message.payload)
-        except ProtocolError:
-            with self._lock:
-                self.malformed += 1
-            return
-        with self._changed:
-            self.labels.append(msg)
-            self.t_recv.append(time.time())
-            self.frame_ids.add(msg.frame_id)
-            self._changed.notify_all()
-
-    def start(self, timeout: float = 10.0) -> "LabelCollector":
-        self.client.start()
-        if not self.client.wait_connected(timeout):
-            raise TimeoutError(f"scorer: no broker at {self.client.settings.broker} after {timeout:.0f} s")
-        time.sleep(0.1)  # let the SUBSCRIBE reach the broker before anyone publishes
-        return self
-
-    @property
-    def count(self) -> int:
-        return len(self.frame_ids)
-
-    def wait(
-        self,
-        frames: int | None = None,
-        idle_timeout: float = 10.0,
-        timeout: float | None = None,
-        progress: Callable[[int], None] | None = None,
-        stop: Callable[[], bool] | None = None,
-    ) -> str:
-        """Block until `frames` distinct frames are labelled, nothing came for idle_timeout seconds
-        (counted from the first label, or from now when none comes), timeout, or stop() is true.
-        Returns why it stopped: done, idle, timeout or stopped."""
-        start = last = time.monotonic()
-        seen = -1
-        while True:
-            with self._changed:
-                self._changed.wait(0.2)
-                n = len(self.frame_ids)
-            now = time.monotonic()
-            if n != seen:
-                seen, last = n, now
-                if progress:
-                    progress(n)
-            if frames is not None and n >= frames:
-                return "done"
-            if stop is not None and stop():
-                return "stopped"
-            if timeout is not None and now - start > timeout:
-                return "timeout"
-            if now - last > idle_timeout:
-                return "idle"
-
-    def stop(self) -> None:
-        self.client.stop()
-
-
 def run_score(
     settings,
     node: str,
@@ -279,7 +202,7 @@ def run_score(
     truth: `replay:DIR`, a recording folder or `dataset:NAME:SPLIT` (frame id = index), or None.
     With frames given, frame ids 0..frames-1 are expected (missing ones are counted)."""
     truth_arr, classes = load_truth(truth) if truth else (None, None)
-    col = LabelCollector(settings, node).start()
+    col = LabelSubscriber(settings, node).start()
     t0 = time.monotonic()
     try:
         why = col.wait(frames, idle_timeout, timeout)

@@ -15,7 +15,8 @@ from askexpert.settings import CommonSettings
 from evaluation.logits import pack_logits
 from evaluation.render import render_dataset
 from evaluation.report import write_report
-from evaluation.score import LabelCollector, load_truth, score
+from askexpert.subscriber import LabelSubscriber
+from evaluation.score import load_truth, score
 from evaluation.sweep import sweep
 from helpers import run_edge, start_hub, stop, wait_hub_online
 
@@ -42,7 +43,7 @@ def test_live_replay_accuracy_equals_offline_sweep(tiny_pack, broker, tmp_path):
     col = None
     try:
         wait_hub_online(broker.url, "hr")
-        col = LabelCollector(CommonSettings(broker=broker.url), "rp1").start()
+        col = LabelSubscriber(CommonSettings(broker=broker.url), "rp1").start()
         summary = run_edge(tiny_pack, broker.url, "--node-id", "rp1", "--source", f"replay:{rec_dir}?pace=max",
                            "--tau", repr(tau), "--deadline-ms", "5000")  # fmt: skip
         assert col.wait(N, idle_timeout=15, timeout=60) == "done"

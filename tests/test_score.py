@@ -99,3 +99,20 @@ def test_compare_puts_two_reports_side_by_side(tmp_path):
     md = (tmp_path / "c.md").read_text()
     assert "| metric | before | after | after - before |" in md
     assert "| accuracy expert | 66.67% | 25.00% | -41.67 pp |" in md
+
+
+def test_scoring_leaves_nothing_retained_on_the_broker(broker, tmp_path):
+    """The scorer only listens: no status, no will; a later subscriber to '#' gets no retained message."""
+    import time
+
+    from askexpert.settings import CommonSettings
+    from askexpert.subscriber import Subscriber
+    from evaluation.score import run_score
+
+    settings = CommonSettings(broker=broker.url)
+    rep = run_score(settings, "nobody", tmp_path / "r", idle_timeout=0.3, print_table=False)
+    assert rep["frames"] == 0
+    late = Subscriber(settings, "#").start()
+    time.sleep(0.5)
+    late.stop()
+    assert late.raw == []
