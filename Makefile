@@ -10,10 +10,10 @@ test: install
 	$(PY) -m pytest -q
 
 demo: install
-	$(PY) -m tools.demo --frames $(N)
+	$(PY) -m evaluation demo --frames $(N)
 
 sweep: install
-	$(PY) -m tools.sweep --pack packs/fashion-mnist
+	$(PY) -m evaluation sweep --pack packs/fashion-mnist
 
 # The reference pack (CPU recipe, about 2.2 h on 2 cores; resumable: run it again after an interruption)
 pack-cpu: install

@@ -1,4 +1,5 @@
-"""Dynamic batching from a queue: what the edge's micro-batches and the hub's batches share."""
+"""Queues between a producer and the inference thread: what the edge's micro-batches and the hub's
+batches share (dynamic batching, and newest-only admission when the producer outruns inference)."""
 
 from __future__ import annotations
 
@@ -27,3 +28,20 @@ def fill_batch(q: queue.Queue, first: Any, max_size: int, max_wait_s: float, end
             return batch, True
         batch.append(item)
     return batch, False
+
+
+def put_newest(q: queue.Queue, item: Any) -> int:
+    """Put without ever blocking: when the queue is full, drop the oldest waiting items to make room
+    (a live camera's newest frame matters most; an overloaded hub's oldest frame is the one least
+    likely to be answered in time). Returns how many items were dropped."""
+    dropped = 0
+    while True:
+        try:
+            q.put_nowait(item)
+            return dropped
+        except queue.Full:
+            try:
+                q.get_nowait()
+                dropped += 1
+            except queue.Empty:  # the consumer took one meanwhile
+                pass

@@ -1,18 +1,14 @@
-"""What both command lines share: settings parsing, logging, pack loading, clean signals."""
+"""What both command lines share: settings parsing, logging, pack loading, one-line errors."""
 
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from pydantic import ValidationError
 
 from askexpert.log import get_logger, setup_logging
-from askexpert.mqtt import MqttClient
-from askexpert.ops import StatsPublisher, start_ops_server
-from askexpert.protocol import stats_topic
 from askexpert.settings import CommonSettings, add_settings_arguments, settings_from_args
 
 if TYPE_CHECKING:
@@ -64,35 +60,6 @@ def load_pack(path) -> "Pack":
     except PackError as exc:
         fail(str(exc))
     raise AssertionError  # unreachable: fail() exits
-
-
-def on_signals(stop: Callable[[], None]) -> None:
-    """SIGINT and SIGTERM ask for a clean stop; a second one exits at once."""
-
-    def handler(signum: int, frame: object) -> None:
-        log.info("stopping", signal=signal.Signals(signum).name)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        stop()
-
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-
-
-def start_ops(settings: CommonSettings, client: MqttClient, health: Callable[[], dict], stats: Callable[[], dict]) -> Callable[[], None]:
-    """/metrics + /healthz (when metrics_port is set) and periodic stats on MQTT; returns a stopper."""
-    stoppers: list[Callable[[], None]] = []
-    if settings.metrics_port:
-        stoppers.append(start_ops_server(settings.metrics_port, health).stop)
-    if settings.stats_interval_s > 0:
-        topic = stats_topic(settings.prefix, client.role, client.ident)
-        stoppers.append(StatsPublisher(client, topic, stats, settings.stats_interval_s).start().stop)
-
-    def stop_all() -> None:
-        for stop in stoppers:
-            stop()
-
-    return stop_all
 
 
 def command_parser(

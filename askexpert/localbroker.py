@@ -34,6 +34,16 @@ def wait_port(port: int, timeout: float = 10.0, proc: subprocess.Popen | None = 
     raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
 
 
+def write_config(path: Path, port: int, extra: str = "") -> Path:
+    """A private Mosquitto's config: loopback only, anonymous, Nagle off (latency), no persistence;
+    `extra` lines are appended (a later line wins). One writer for tests, benchmarks and the demo."""
+    path.write_text(
+        f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
+        f"persistence false\nlog_dest stderr\nlog_type error\n{extra}\n"
+    )
+    return path
+
+
 @dataclass
 class Broker:
     """A running Mosquitto; `extra_conf` lines are appended to a minimal config."""
@@ -48,11 +58,7 @@ class Broker:
         return f"mqtt://127.0.0.1:{self.port}"
 
     def start(self) -> "Broker":
-        conf = self.workdir / "mosquitto.conf"
-        conf.write_text(
-            f"listener {self.port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-            f"persistence false\nlog_dest stderr\nlog_type error\n{self.extra_conf}\n"
-        )
+        conf = write_config(self.workdir / "mosquitto.conf", self.port, self.extra_conf)
         self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         wait_port(self.port, proc=self.proc)
         return self

@@ -19,6 +19,12 @@ from torch import nn
 SHAPES: dict[str, tuple[int, int]] = {"3H": (192, 3), "4H": (256, 4), "6H": (384, 6), "12H": (768, 12)}
 
 
+def shape_name(arch: dict) -> str:
+    """'3H', '4H', ... from a manifest arch (by width), else 'd<width>': how reports name models."""
+    names = {dim: name for name, (dim, _) in SHAPES.items()}
+    return names.get(int(arch.get("embed_dim", 0)), f"d{arch.get('embed_dim')}")
+
+
 @dataclass(frozen=True)
 class ViTArch:
     """Everything needed to rebuild a ViT (stored in the pack manifest)."""

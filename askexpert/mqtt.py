@@ -2,7 +2,9 @@
 
 - TCP_NODELAY on the socket: with Nagle on, a QoS 1 request/reply on loopback takes ~88 ms.
 - A retained status on <prefix>/status/<role>/<id>: `starting` (models loading, engines
-  building) until the component says `online`; a last will `offline` for crashes.
+  building) until the component says `online`; a last will `offline` for crashes. Listeners
+  (`announce=False`: the scorer, tests, waiting for a status) publish no status and no will, so
+  they leave nothing retained on the broker.
 - Subscriptions are remembered and renewed on every (re)connect, so a broker restart is survived.
 - Connection runs in paho's network thread with automatic reconnect; a missing broker is retried.
 """
@@ -61,11 +63,24 @@ def match_filter(topic_filter: str) -> str:
 
 
 class MqttClient:
-    """One broker connection for one component (role 'edge' or 'hub', id unique per role)."""
+    """One broker connection for one component (role 'edge' or 'hub', id unique per role).
 
-    def __init__(self, settings: CommonSettings, role: str, ident: str, status_extra: dict | None = None) -> None:
+    `session_expiry_s` set: a persistent session (clean_start false) that the broker keeps, with
+    its subscriptions and queued QoS 1 messages, for that long while the client is away."""
+
+    def __init__(
+        self,
+        settings: CommonSettings,
+        role: str,
+        ident: str,
+        status_extra: dict | None = None,
+        *,
+        announce: bool = True,
+        session_expiry_s: int | None = None,
+    ) -> None:
         self.settings = settings
         self.role, self.ident = role, ident
+        self.announce, self.session_expiry_s = announce, session_expiry_s
         self._status_topic = status_topic(settings.prefix, role, ident)
         self._status_extra = status_extra or {}
         self._subs: dict[str, tuple[int, Handler]] = {}
@@ -96,7 +111,8 @@ class MqttClient:
                 keyfile=str(settings.tls_key) if settings.tls_key else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        c.will_set(self._status_topic, status_payload("offline", role, ident, instance=self.instance), qos=1, retain=True)
+        if announce:
+            c.will_set(self._status_topic, status_payload("offline", role, ident, instance=self.instance), qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=5)
         c.max_inflight_messages_set(1000)
         c.on_socket_open = self._on_socket_open
@@ -113,17 +129,31 @@ class MqttClient:
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Connect in the background; returns at once, retries until the broker answers."""
-        self.subscribe(self._status_topic, self._on_own_status)
+        if self.announce:
+            self.subscribe(self._status_topic, self._on_own_status)
         log.info("mqtt connecting", broker=self.settings.broker, role=self.role, id=self.ident)
-        self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=30)
+        session = {}
+        if self.session_expiry_s is not None:
+            props = Properties(PacketTypes.CONNECT)
+            props.SessionExpiryInterval = self.session_expiry_s
+            session = {"clean_start": False, "properties": props}
+        self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=30, **session)
         self.client.loop_start()
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
 
+    def wait_subscribed(self, timeout: float) -> bool:
+        """Connected, and every SUBSCRIBE acknowledged: what is published from now on reaches us."""
+        deadline = time.monotonic() + timeout
+        if not self.connected.wait(timeout):
+            return False
+        with self._lock:
+            return self._lock.wait_for(lambda: not self._sub_mids, max(0.0, deadline - time.monotonic()))
+
     def stop(self) -> None:
         """Say `offline` (retained), then disconnect cleanly: the will is only for crashes."""
-        if self.connected.is_set():
+        if self.announce and self.connected.is_set():
             info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance),
                                 retain=True)  # fmt: skip
             try:
@@ -220,7 +250,8 @@ class MqttClient:
                           hint="run one hub per expert set without --share-group, or use a broker with shared subscriptions")  # fmt: skip
                 continue
             self._subscribe(topic_filter, qos)
-        self.publish_status(self.state)
+        if self.announce:
+            self.publish_status(self.state)
         self.connected.set()
         log.info("mqtt connected", broker=self.settings.broker, reconnect=self.connects > 1)
 
@@ -291,6 +322,7 @@ class MqttClient:
             if topic_filter is None:
                 self._early_subacks[mid] = list(reason_codes)
                 return
+            self._lock.notify_all()
         self._suback(topic_filter, reason_codes)
 
     def _suback(self, topic_filter: str, reason_codes) -> None:

@@ -8,8 +8,8 @@
                      classes (names, or null), source, created.
 
 Any tool opens it: ffprobe/VLC play the video, a spreadsheet reads the CSV. Shared by the edge node
-(`edge-node record`, the `replay:DIR` source), the trainer (render a data set split) and the scorer
-(truth from the sidecar).
+(`edge-node record`, the `replay:DIR` source) and evaluation (rendering a data set split, truth
+and frames for the scorer and the demo's offline check).
 """
 
 from __future__ import annotations

@@ -2,13 +2,15 @@
 
 `decide` is what the edge node runs on every batch and what the offline sweep, the trainer's
 report, the demo's exactness check and the tests run on stored logits: live equals offline by
-construction (the same function, the same float64 softmax)."""
+construction (the same function, the same float64 softmax). `offline_labels` is the offline
+labeller on top: given each frame's routed expert logits, the final label at any tau. Routing
+does not depend on tau, so one expert evaluation per frame (the routed one) serves every tau."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -70,3 +72,36 @@ def decide(edge_logits: np.ndarray, partition: Sequence[int], k: int) -> Decisio
     part = np.asarray(partition)
     keys = np.array([expert_key(part[row]) for row in top], dtype=object)
     return Decision(probs, probs.max(axis=-1), probs.argmax(axis=-1), top, keys)
+
+
+def routed_logits(decision: Decision, expert_logits: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Per frame, the logits of the expert it routes to, from per-expert logits over all frames."""
+    missing = sorted(set(decision.expert) - set(expert_logits))
+    if missing:
+        raise KeyError(f"no logits for experts {missing}")
+    first = next(iter(expert_logits.values()))
+    out = np.empty((len(decision.expert), first.shape[1]), dtype=np.float32)
+    for key in set(decision.expert):
+        rows = decision.expert == key
+        out[rows] = np.asarray(expert_logits[key])[rows]
+    return out
+
+
+def offline_labels(decision: Decision, routed: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
+    """Algorithm 1's final labels at `tau` and the offload mask; `routed` = routed_logits(...)."""
+    off = decision.offloaded(tau)
+    return np.where(off, np.asarray(routed).argmax(axis=-1), decision.edge_label), off
+
+
+def algorithm1(
+    edge_logits: np.ndarray,
+    partition: Sequence[int],
+    k: int,
+    tau: float,
+    expert_logits: Mapping[str, np.ndarray] | np.ndarray,
+) -> dict:
+    """Final labels, source, expert and offload mask per frame; expert logits per key or already routed."""
+    d = decide(edge_logits, partition, k)
+    routed = expert_logits if isinstance(expert_logits, np.ndarray) else routed_logits(d, expert_logits)
+    labels, off = offline_labels(d, routed, tau)
+    return {"labels": labels, "offloaded": off, "expert": np.where(off, d.expert, None), "decision": d}

@@ -20,8 +20,10 @@ import torch
 
 from askexpert.backends import open_backend
 from askexpert.datasets import load_dataset
-from askexpert.localbroker import Broker, spawn, wait_online
+from askexpert.localbroker import Broker, spawn
 from askexpert.pack import Pack
+from askexpert.settings import CommonSettings
+from askexpert.subscriber import wait_online
 
 
 def raw_loop(pack: Pack, images: np.ndarray, batch: int, backend: str) -> float:
@@ -59,7 +61,7 @@ def main() -> None:
     hub = spawn("expert_hub.cli", "run", "--pack", a.pack, "--broker", broker.url, "--hub-id", "bench-hub",
                 "--backend", a.backend, "--stats-interval-s", "0", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        wait_online("127.0.0.1", broker.port, "hub", "bench-hub")
+        wait_online(CommonSettings(broker=broker.url), "hub", "bench-hub")
         edge_only = edge_run(a.pack, broker, a.frames, 0.0, a.backend)
         system = edge_run(a.pack, broker, a.frames, None, a.backend)
     finally:

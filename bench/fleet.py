@@ -13,41 +13,15 @@ import argparse
 import json
 import subprocess
 import sys
-import threading
 import time
 from collections import Counter
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
-from askexpert.localbroker import Broker, spawn, wait_online
+from askexpert.localbroker import Broker, spawn
 from askexpert.protocol import decode_label, decode_reply
-
-
-class Consumer:
-    """Every label and reply of the fleet, as a user's own subscriber would see them."""
-
-    def __init__(self, port: int) -> None:
-        self.labels: list = []
-        self.replies: list = []
-        self.lock = threading.Lock()
-        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-        self.c.on_message = self._on_message
-        self.c.connect("127.0.0.1", port)
-        self.c.subscribe([("ate/v1/nodes/+/labels", 1), ("ate/v1/nodes/+/replies", 1)])
-        self.c.loop_start()
-
-    def _on_message(self, client, userdata, msg) -> None:
-        with self.lock:
-            if msg.topic.endswith("/labels"):
-                self.labels.append(decode_label(msg.payload))
-            else:
-                self.replies.append(decode_reply(msg.payload))
-
-    def close(self) -> None:
-        self.c.disconnect()
-        self.c.loop_stop()
+from askexpert.settings import CommonSettings
+from askexpert.subscriber import Subscriber, wait_online
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -68,9 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     consumer = None
     try:
         for i in range(a.hubs):
-            wait_online("127.0.0.1", broker.port, "hub", f"fleet-hub{i}")
-        consumer = Consumer(broker.port)
-        time.sleep(0.3)
+            wait_online(CommonSettings(broker=broker.url), "hub", f"fleet-hub{i}")
+        # every label and reply of the fleet, as a user's own subscriber would see them
+        consumer = Subscriber(CommonSettings(broker=broker.url), "ate/v1/nodes/+/labels", "ate/v1/nodes/+/replies").start()
         extra = ["--tau", repr(a.tau)] if a.tau is not None else []
         t0 = time.monotonic()
         edges = [subprocess.Popen([sys.executable, "-m", "edge_node.cli", "run", "--pack", a.pack, "--broker", broker.url,
@@ -82,11 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         summaries = [json.loads(e.communicate(timeout=600)[0].strip().splitlines()[-1]) for e in edges]
         wall = time.monotonic() - t0
         time.sleep(0.5)  # the last labels on their way to the consumer
-        with consumer.lock:
-            labels, replies = list(consumer.labels), list(consumer.replies)
+        with consumer.changed:
+            raw = list(consumer.raw)
+        labels = [decode_label(p) for t, p in raw if t.endswith("/labels")]
+        replies = [decode_reply(p) for t, p in raw if t.endswith("/replies")]
     finally:
         if consumer is not None:
-            consumer.close()
+            consumer.stop()
         for h in hubs:
             h.terminate()
             h.wait(10)

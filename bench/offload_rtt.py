@@ -18,11 +18,12 @@ import time
 import numpy as np
 
 from askexpert.datasets import load_dataset
-from askexpert.localbroker import Broker, spawn, wait_online
+from askexpert.localbroker import Broker, spawn
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
 from askexpert.protocol import FrameMsg, correlation_id, decode_reply, frames_topic, replies_topic
 from askexpert.settings import CommonSettings
+from askexpert.subscriber import wait_online
 
 
 def main() -> None:
@@ -42,7 +43,7 @@ def main() -> None:
     client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (decode_reply(m.payload), got.set()))
     rtts: list[float] = []
     try:
-        wait_online("127.0.0.1", broker.port, "hub", "rtt-hub")
+        wait_online(CommonSettings(broker=broker.url), "hub", "rtt-hub")
         client.start()
         client.wait_connected(10)
         time.sleep(0.2)

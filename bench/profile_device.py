@@ -6,7 +6,7 @@
 Measures, per model, the median wall time of one inference call on b frames (after warm-up): the
 edge generalist (e.g. "3H"), each baseline generalist ("4H", "6H") and one expert as the hub runs it
 ("4H-expert": shared trunk + tail). Writes a profile file in the format of profiles/*.json (usable
-by askexpert.costmodel and tools.sweep --edge-profile/--near-profile) and prints it as one JSON
+by evaluation.costmodel and `python -m evaluation sweep --edge-profile/--near-profile`) and prints it as one JSON
 line. Energy: from Intel RAPL when readable (package energy over the timed calls), else left out;
 set power_w in the file by hand if you know the board's draw.
 """
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from askexpert.backends import open_backend
     from askexpert.pack import Pack
-    from askexpert.sweep import shape_name
+    from askexpert.models import shape_name
 
     if a.threads:
         torch.set_num_threads(a.threads)

@@ -5,68 +5,79 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
 from typing import TYPE_CHECKING
 
-from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
+from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings
 from askexpert.engine_step import add_build_parser
-from askexpert.log import get_logger
+from askexpert.lifecycle import Server
 from askexpert.mqtt import MqttClient
 from edge_node.recording import add_record_parser
-from edge_node.score import add_score_parser
 from edge_node.settings import EdgeSettings
-from edge_node.sources import SourceError, open_source
+from edge_node.sources import Source, SourceError, open_source
 
 if TYPE_CHECKING:
+    from askexpert.backends import Backend
     from askexpert.pack import ModelEntry, Pack
+    from edge_node.node import EdgeNode
 
-log = get_logger("edge_node.cli")
+
+class EdgeComponent:
+    """The edge node as a lifecycle component (askexpert.lifecycle): one node, one source."""
+
+    def __init__(self, settings: EdgeSettings, pack: "Pack", client: MqttClient) -> None:
+        self.s, self.pack, self.client = settings, pack, client
+        self.node: "EdgeNode | None" = None
+        self.source: "Source | None" = None
+
+    def load(self, backend: "Backend") -> None:
+        from edge_node.node import EdgeNode
+
+        classifier = backend.classifier(self.pack, self.pack.manifest.generalist)
+        try:  # after the model: a live stream is not left unread while an engine loads
+            self.source = open_source(self.s.source, self.s.fps or None)
+        except (SourceError, OSError) as exc:
+            self.client.stop()
+            fail(f"source {self.s.source!r}: {exc}")
+        self.node = EdgeNode(self.s, self.pack, classifier, self.client)
+
+    def serve(self, should_exit: threading.Event) -> int:
+        assert self.node is not None and self.source is not None
+        if should_exit.is_set():  # a signal while the model loaded: end at once, cleanly
+            self.node.stop()
+        stats = self.node.run(self.source)
+        print(json.dumps({"node": self.s.node_id, **vars(stats)}))
+        if stats.unacknowledged:  # labelled into the void: say so, and fail
+            never = "" if self.client.connects else f"; the broker at {self.s.broker} never answered"
+            print(
+                f"error: {stats.unacknowledged} messages ({stats.frames} frames' labels and the status) were not "
+                f"acknowledged by the broker{never}",
+                file=sys.stderr,
+            )
+            return 3
+        return 0
+
+    def stop(self) -> None:
+        if self.node is not None:
+            self.node.stop()
+
+    def health(self) -> dict:
+        return self.node.health() if self.node is not None else {"healthy": False}
+
+    def snapshot(self) -> dict:
+        return self.node.snapshot() if self.node is not None else {}
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     s = load_settings(EdgeSettings, args)  # bad flags fail here, before torch is imported
-    from askexpert.backends import open_backend
-    from edge_node.node import EdgeNode
-
     pack = load_pack(s.pack)
     client = MqttClient(s, "edge", s.node_id, {"pack": pack.pack_id, "source": s.source})
-    client.start()  # status `starting` while the model loads (a TensorRT engine can take minutes)
-    try:
-        backend = open_backend(s.backend, s.device, s.threads)
-        if hasattr(backend, "on_status"):
-            backend.on_status = lambda state, **info: client.publish_status(state, **info)
-        classifier = backend.classifier(pack, pack.manifest.generalist)
-    except (ImportError, RuntimeError, ValueError) as exc:
-        client.stop()
-        fail(f"backend {s.backend}: {exc}")
-    try:  # after the models: a live stream is not left unread while engines load
-        source = open_source(s.source, s.fps or None)
-    except (SourceError, OSError) as exc:
-        client.stop()
-        fail(f"source {s.source!r}: {exc}")
-    node = EdgeNode(s, pack, classifier, client)
-    on_signals(node.stop)
-    stop_ops = start_ops(s, client, node.health, node.snapshot)
-    if not client.wait_connected(s.connect_timeout_s):
-        log.warning("broker not reachable yet; going on, labels queue until it answers", broker=s.broker)
-    client.publish_status("online")
-    try:
-        stats = node.run(source)
-    finally:
-        stop_ops()
-        client.stop()
-    print(json.dumps({"node": s.node_id, **vars(stats)}))
-    if stats.unacknowledged:  # labelled into the void: say so, and fail
-        never = "" if client.connects else f"; the broker at {s.broker} never answered"
-        print(f"error: {stats.unacknowledged} messages ({stats.frames} frames' labels and the status) were not "
-              f"acknowledged by the broker{never}", file=sys.stderr)  # fmt: skip
-        return 3
-    return 0
+    return Server(s, client, connect_timeout_s=s.connect_timeout_s).run(EdgeComponent(s, pack, client))
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("edge-node", __doc__, "classify a stream, offload uncertain frames, publish labels", EdgeSettings, cmd_run)
     add_record_parser(sub)
-    add_score_parser(sub)
     add_build_parser(sub, "build-engine", EdgeSettings, generalist_plan)
     return parser
 

@@ -13,16 +13,16 @@ import threading
 import time
 from dataclasses import dataclass
 
-import cv2
 import numpy as np
 import paho.mqtt.client as mqtt
 
 from askexpert import metrics
 from askexpert.backends import Classifier
-from askexpert.batching import fill_batch
+from askexpert.batching import fill_batch, put_newest
+from askexpert.frames import fit_frame
 from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
-from askexpert.pack import InputSpec, Pack
+from askexpert.pack import Pack
 from askexpert.protocol import (
     FrameMsg,
     LabelMsg,
@@ -41,24 +41,6 @@ from edge_node.tau_control import TauControl
 
 log = get_logger("edge_node")
 _END = object()
-
-
-def fit_frame(image: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """Any uint8 frame -> (size, size, channels) as the models expect (grey or RGB)."""
-    if image.ndim == 2:
-        image = image[:, :, None]
-    if image.shape[:2] != (spec.size, spec.size):
-        image = cv2.resize(image, (spec.size, spec.size), interpolation=cv2.INTER_AREA)
-        if image.ndim == 2:
-            image = image[:, :, None]
-    c = image.shape[2]
-    if spec.channels == 1 and c == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)[:, :, None]
-    elif spec.channels == 3 and c == 1:
-        image = cv2.cvtColor(image, cv2.COLOR_GRAY2RGB)
-    elif spec.channels == 3 and c == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(image)
 
 
 @dataclass
@@ -180,22 +162,13 @@ class EdgeNode:
                 except queue.Full:
                     continue
             return
-        while True:
-            try:
-                self._queue.put_nowait(frame)
-                return
-            except queue.Full:
-                try:
-                    old = self._queue.get_nowait()  # newest-only: drop the oldest waiting frame
-                    self.stats.dropped += 1
-                    metrics.DROPS.labels("edge", "live-queue-full").inc()
-                    if self.stats.dropped % 100 == 1:
-                        log.warning("live source outruns the edge; dropping oldest frames", dropped=self.stats.dropped)
-                    if old is _END:
-                        self._queue.put_nowait(old)
-                        return
-                except queue.Empty:
-                    pass
+        # newest-only; the end marker is never among the dropped: this thread puts it last
+        if dropped := put_newest(self._queue, frame):
+            before = self.stats.dropped
+            self.stats.dropped += dropped
+            metrics.DROPS.labels("edge", "live-queue-full").inc(dropped)
+            if before // 100 != self.stats.dropped // 100 or before == 0:
+                log.warning("live source outruns the edge; dropping oldest frames", dropped=self.stats.dropped)
 
     # ------------------------------------------------------------ inference
     def _next_batch(self) -> tuple[list[Frame], bool]:

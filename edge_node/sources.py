@@ -19,6 +19,7 @@ import numpy as np
 
 from askexpert import metrics
 from askexpert.datasets import load_dataset
+from askexpert.frames import dataset_frames
 from askexpert.log import get_logger
 
 log = get_logger("edge_node.sources")
@@ -73,12 +74,9 @@ class DatasetSource(Source):
 
     def frames(self) -> Iterator[Frame]:
         pacer = Pacer(self.fps)
-        for i in range(len(self.data)):
+        for i, image, label in dataset_frames(self.data):
             pacer.wait()
-            image = self.data.images[i]
-            if image.shape[-1] == 3:  # data sets are RGB; frames are BGR, as a camera gives them
-                image = image[..., ::-1]
-            yield Frame(i, image, time.time(), int(self.data.labels[i]))
+            yield Frame(i, image, time.time(), label)
 
 
 class FolderSource(Source):

@@ -8,53 +8,64 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings, on_signals, start_ops
+from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings
 from askexpert.engine_step import add_build_parser
+from askexpert.lifecycle import Server
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
 from expert_hub.settings import HubSettings
 
 if TYPE_CHECKING:
+    from askexpert.backends import Backend
     from askexpert.pack import ExpertEntry, ModelEntry, Pack
+    from expert_hub.hub import ExpertHub
 
 log = get_logger("expert_hub.cli")
 
 
+class HubComponent:
+    """The expert hub as a lifecycle component (askexpert.lifecycle): serves until a signal."""
+
+    def __init__(self, settings: HubSettings, pack: "Pack", entries: list["ExpertEntry"], client: MqttClient) -> None:
+        self.s, self.pack, self.entries, self.client = settings, pack, entries, client
+        self.hub: "ExpertHub | None" = None
+
+    def load(self, backend: "Backend") -> None:
+        from expert_hub.hub import ExpertHub
+
+        library = backend.experts(self.pack, self.entries)
+        keys = [e.key for e in self.entries]
+        spec = self.pack.manifest.input
+        library(np.zeros((len(keys), spec.size, spec.size, spec.channels), np.uint8), keys)  # warm up
+        self.hub = ExpertHub(self.s, self.pack, library, self.client)
+        self.hub.start()  # subscribes: frames are answered from here on
+
+    def serve(self, should_exit: threading.Event) -> int:
+        assert self.hub is not None
+        should_exit.wait()
+        self.hub.stop()
+        log.info("hub stopped", **vars(self.hub.stats))
+        return 0
+
+    def stop(self) -> None:
+        """Nothing to interrupt: serve() returns once the lifecycle's should_exit is set."""
+
+    def health(self) -> dict:
+        return self.hub.health() if self.hub is not None else {"healthy": False}
+
+    def snapshot(self) -> dict:
+        return self.hub.snapshot() if self.hub is not None else {}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     s = load_settings(HubSettings, args)  # bad flags fail here, before torch is imported
-    from askexpert.backends import open_backend
-    from expert_hub.hub import ExpertHub
-
     pack = load_pack(s.pack)
     served = served_entries(s, pack)
     wanted = [e.key for e in served]
     if missing := pack.manifest.missing_experts():
         log.warning("pack lacks experts that top-k routing can ask for", missing=missing)
     client = MqttClient(s, "hub", s.hub_id, {"pack": pack.pack_id, "experts": wanted, "expert_form": s.expert_form})
-    client.start()  # status `starting` while models load (TensorRT engines can take minutes)
-    try:
-        backend = open_backend(s.backend, s.device, s.threads)
-        if hasattr(backend, "on_status"):
-            backend.on_status = lambda state, **info: client.publish_status(state, **info)
-        library = backend.experts(pack, served)
-    except (ImportError, RuntimeError, ValueError) as exc:
-        client.stop()
-        fail(f"backend {s.backend}: {exc}")
-    spec = pack.manifest.input
-    library(np.zeros((len(wanted), spec.size, spec.size, spec.channels), np.uint8), wanted)  # warm up
-    hub = ExpertHub(s, pack, library, client)
-    stopped = threading.Event()
-    on_signals(stopped.set)
-    hub.start()
-    stop_ops = start_ops(s, client, hub.health, hub.snapshot)
-    client.publish_status("online")
-    while not stopped.wait(0.5):
-        pass
-    hub.stop()
-    stop_ops()
-    client.stop()
-    log.info("hub stopped", **vars(hub.stats))
-    return 0
+    return Server(s, client).run(HubComponent(s, pack, served, client))
 
 
 def served_entries(s: HubSettings, pack: Pack) -> list[ExpertEntry]:

@@ -21,7 +21,7 @@ import paho.mqtt.client as mqtt
 
 from askexpert import metrics
 from askexpert.backends import ExpertLibrary
-from askexpert.batching import fill_batch
+from askexpert.batching import fill_batch, put_newest
 from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
@@ -118,16 +118,9 @@ class ExpertHub:
         if len(message.payload) > self.s.max_payload:
             return self._reject("oversized", bytes=len(message.payload), topic=message.topic[:200])
         raw = Raw(message.topic, message.payload, getattr(message, "properties", None), time.monotonic())
-        try:
-            self._queue.put_nowait(raw)
-        except queue.Full:  # overloaded: the oldest frame is the one least likely to be in time
-            try:
-                self._queue.get_nowait()
-                self.stats.dropped += 1
-                metrics.DROPS.labels("hub", "queue-full").inc()
-            except queue.Empty:
-                pass
-            self._queue.put_nowait(raw)
+        if dropped := put_newest(self._queue, raw):  # overloaded: the oldest frames go
+            self.stats.dropped += dropped
+            metrics.DROPS.labels("hub", "queue-full").inc(dropped)
         return None
 
     # ------------------------------------------------------------ inference thread

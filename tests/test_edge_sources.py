@@ -11,7 +11,8 @@ import numpy as np
 from askexpert.backends import open_backend
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from edge_node.node import EdgeNode, fit_frame
+from askexpert.frames import fit_frame
+from edge_node.node import EdgeNode
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Frame, Source, open_source
 from helpers import Collector

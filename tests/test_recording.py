@@ -10,7 +10,7 @@ import pytest
 from askexpert.recording import Recording, RecordingWriter
 from edge_node.recording import ReplaySource, record
 from edge_node.sources import open_source
-from trainer.render import render_dataset
+from evaluation.render import render_dataset
 
 
 def _frames(n, shape, seed=0):

@@ -3,17 +3,22 @@ equals the offline sweep's at the same tau, frame for frame."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from askexpert.pack import Pack
 from askexpert.recording import Recording
+from askexpert.routing import decide, offline_labels
 from askexpert.settings import CommonSettings
-from askexpert.routing import decide
-from askexpert.sweep import offline_labels, pack_logits, sweep
-from edge_node.score import LabelCollector, load_truth, score, write_report
+from evaluation.logits import pack_logits
+from evaluation.render import render_dataset
+from evaluation.report import write_report
+from askexpert.subscriber import LabelSubscriber
+from evaluation.score import load_truth, score
+from evaluation.sweep import sweep
 from helpers import run_edge, start_hub, stop, wait_hub_online
-from trainer.render import render_dataset
 
 N = 300
 
@@ -38,7 +43,7 @@ def test_live_replay_accuracy_equals_offline_sweep(tiny_pack, broker, tmp_path):
     col = None
     try:
         wait_hub_online(broker.url, "hr")
-        col = LabelCollector(CommonSettings(broker=broker.url), "rp1").start()
+        col = LabelSubscriber(CommonSettings(broker=broker.url), "rp1").start()
         summary = run_edge(tiny_pack, broker.url, "--node-id", "rp1", "--source", f"replay:{rec_dir}?pace=max",
                            "--tau", repr(tau), "--deadline-ms", "5000")  # fmt: skip
         assert col.wait(N, idle_timeout=15, timeout=60) == "done"
@@ -80,16 +85,30 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def test_demo_default_pack_does_not_depend_on_the_working_directory(tmp_path, monkeypatch):
+    from evaluation.cli import build_parser
+
+    monkeypatch.chdir(tmp_path)
+    for command in ("demo", "sweep"):
+        pack = Path(build_parser().parse_args([command]).pack)
+        assert pack.is_absolute() and (pack / "manifest.json").is_file()
+
+
 @pytest.mark.slow
 def test_demo_runs_end_to_end_and_cleans_up(tiny_pack, tmp_path):
+    """A replay demo started from another working directory (the package, not the cwd, finds the code)."""
     import json
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-m", "tools.demo", "--frames", "120", "--pack", str(tiny_pack),
-                          "--runs", str(tmp_path), "--tau", "0.2"], capture_output=True, text=True, timeout=240)  # fmt: skip
+    render_dataset("fashion-mnist", "test", tmp_path / "rec", fps=1000, max_frames=120)
+    runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    argv = [sys.executable, "-m", "evaluation", "demo", "--frames", "120", "--pack", str(tiny_pack),
+            "--source", f"replay:{tmp_path / 'rec'}", "--runs", str(runs), "--tau", "0.2"]  # fmt: skip
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=elsewhere)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-    run = next(tmp_path.iterdir())
+    run = next(runs.iterdir())
     rep = json.loads((run / "report.json").read_text())
     assert rep["frames"] == 120 and rep["missing"] == 0 and rep["duplicates"] == 0
     assert rep["offline_check"] == "exact" and rep["offline"]["compared"] > 0
@@ -110,7 +129,7 @@ def test_demo_ctrl_c_stops_everything(tiny_pack, tmp_path):
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "tools.demo", "--frames", "10000", "--pack", str(tiny_pack),
+    proc = subprocess.Popen([sys.executable, "-m", "evaluation", "demo", "--frames", "10000", "--pack", str(tiny_pack),
                              "--runs", str(tmp_path), "--fps", "50"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
     deadline = time.monotonic() + 120
     pids: dict = {}

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from askexpert.protocol import LabelMsg
-from edge_node.score import latency_stats, score, write_report
+from evaluation.report import write_report
+from evaluation.score import latency_stats, score
 
 
 def lab(fid, label, source="edge", expert=None, lat=10.0, edge_label=None, t=1000.0):
@@ -79,3 +80,39 @@ def test_truth_mapping_and_unknown_labels():
     r = score(stream(), {0: 0, 1: -1, 2: 2})
     assert r["scored"] == 2 and r["accuracy"] == 0.5
     assert score([], None)["frames"] == 0
+
+
+def test_compare_puts_two_reports_side_by_side(tmp_path):
+    from evaluation.cli import main
+    from evaluation.compare import rows
+
+    a = score(stream(), TRUTH, expected=range(7))
+    b = score([m for m in stream() if m.source == "edge"] + [lab(i, 1, "expert", "1", lat=50.0) for i in (3, 4, 5, 6)], TRUTH)
+    by_name = {name: (x, y) for name, x, y, _ in rows(a, b)}
+    assert by_name["offload proportion alpha"] == (4 / 7, 4 / 7)
+    assert by_name["accuracy expert"] == (2 / 3, 0.25)
+    assert by_name["latency p50 expert (ms)"] == (30.0, 50.0)
+    assert by_name["expert 0-1: offloaded"] == (2, 0) and by_name["expert 1: offloaded"] == (0, 4)
+    write_report(a, tmp_path / "a")
+    write_report(b, tmp_path / "b")
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b" / "report.json"), "--names", "before,after", "--out", str(tmp_path / "c.md")]) == 0
+    md = (tmp_path / "c.md").read_text()
+    assert "| metric | before | after | after - before |" in md
+    assert "| accuracy expert | 66.67% | 25.00% | -41.67 pp |" in md
+
+
+def test_scoring_leaves_nothing_retained_on_the_broker(broker, tmp_path):
+    """The scorer only listens: no status, no will; a later subscriber to '#' gets no retained message."""
+    import time
+
+    from askexpert.settings import CommonSettings
+    from askexpert.subscriber import Subscriber
+    from evaluation.score import run_score
+
+    settings = CommonSettings(broker=broker.url)
+    rep = run_score(settings, "nobody", tmp_path / "r", idle_timeout=0.3, print_table=False)
+    assert rep["frames"] == 0
+    late = Subscriber(settings, "#").start()
+    time.sleep(0.5)
+    late.stop()
+    assert late.raw == []

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from askexpert.routing import decide
-from askexpert.sweep import algorithm1, offline_labels, routed_logits, sweep, to_markdown
+from askexpert.routing import algorithm1, decide, offline_labels, routed_logits
+from evaluation.sweep import sweep, to_markdown
 
 # 4 classes, partition S(c): classes 0,1 -> subset 0; class 2 -> 1; class 3 -> 2. k = 2.
 PART = [0, 0, 1, 2]

@@ -8,10 +8,11 @@ import shutil
 import numpy as np
 import pytest
 
-from askexpert.costmodel import Profile, _curve, estimate, scenario_costs
+from evaluation.costmodel import Profile, _curve, estimate, scenario_costs
 from askexpert.pack import Pack
 from askexpert.routing import decide
-from askexpert.sweep import scenarios_from_stored, stored_logits, sweep
+from evaluation.logits import scenarios_from_stored, stored_logits
+from evaluation.sweep import sweep
 
 
 def test_table1_profiles_and_formula():
@@ -58,9 +59,9 @@ def test_stored_logits_mapping(tiny_pack, tmp_path):
 
 
 def test_sweep_tool_computes_logits(tiny_pack, tmp_path):
-    from tools.sweep import main
+    from evaluation.cli import main
 
-    assert main(["--pack", str(tiny_pack), "--out", str(tmp_path), "--max-frames", "64", "--taus", "0.9,0.2"]) == 0
+    assert main(["sweep", "--pack", str(tiny_pack), "--out", str(tmp_path), "--max-frames", "64", "--taus", "0.9,0.2"]) == 0
     res = json.loads((tmp_path / "sweep.json").read_text())
     assert res["n"] == 64 and set(res["alpha"]) == {"0.9", "0.2"}
     assert (tmp_path / "sweep.png").stat().st_size > 0 and (tmp_path / "costs.png").stat().st_size > 0

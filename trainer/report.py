@@ -16,8 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from askexpert.models import ViTArch, build_vit
-from askexpert.routing import decide
-from askexpert.sweep import PAPER_ALPHA_PCT, routed_logits
+from askexpert.paper import PAPER_ALPHA_PCT
+from askexpert.routing import decide, routed_logits
 
 TAUS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99]
 KINDS = ("progressive", "static", "uniform")

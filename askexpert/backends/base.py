@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -38,6 +38,9 @@ class ExpertLibrary(ABC):
 
 class Backend(ABC):
     name: str
+    # Where a slow model build (a TensorRT engine: minutes) says how far it is, as `state, **info`;
+    # the component lifecycle points it at the retained status. Fast backends never call it.
+    on_status: Callable[..., None] | None = None
 
     @abstractmethod
     def classifier(self, pack: Pack, entry: ModelEntry) -> Classifier: ...

@@ -1,60 +1,34 @@
-"""Algorithm 1 offline, from logits: the labels the live system gives, and the paper's tau sweep.
+"""The paper's tau sweep offline, from logits: Table 4 (alpha), Figure 4 (accuracy), Table 5 (recall
+gaps) and the section 4.2 latency/energy estimate (Figure 5), for a model pack.
 
-Everything here is pure numpy on logits (N, C). Semantics are the paper's Algorithm 1 exactly, as
-the edge node runs it: P = softmax(edge logits), conf = max P; conf >= tau -> argmax P at the edge;
-else the top-k classes (ties: lower index first) map through the partition to the expert key I,
-and the label is argmax of that expert's logits. Routing does not depend on tau, so one expert
-evaluation per frame (the routed one) serves every tau.
+    python -m evaluation sweep [--pack packs/fashion-mnist] [--taus 0.99,0.9,0.8,0.7,0.6,0.5] [--out DIR]
+                               [--compute] [--edge-profile jetson-orin-nano] [--near-profile jetson-agx-orin]
 
-Scenarios (paper, section 5.3): Edge-Only (each generalist alone), Near-Edge-Only (the near-edge
-generalist alone: same accuracy as Edge-Only of that model, different device), Generalist
-Co-inference (3H, offload to a near-edge generalist) and Specialist Co-inference (3H, offload to
-the routed expert). Plus alpha(tau) (Table 4) and the edge model's top-k recall gaps (Table 5).
+Algorithm 1 is `askexpert.routing` (the edge's own code); this module only counts. Scenarios
+(paper, section 5.3): Edge-Only (each generalist alone), Near-Edge-Only (the near-edge generalist
+alone: same accuracy as Edge-Only of that model, different device), Generalist Co-inference (3H,
+offload to a near-edge generalist) and Specialist Co-inference (3H, offload to the routed expert).
+Plus alpha(tau) (Table 4) and the edge model's top-k recall gaps (Table 5).
+
+Logits come from the pack's stored test logits (eval/logits-test.npz, written by the trainer) when
+present, else (or with --compute) they are computed here with the torch backend on the test split
+(and saved beside the report). Writes sweep.json, sweep.md, sweep.png and costs.png to --out.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
+import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 
-from askexpert.routing import Decision, decide, topk
-
-PAPER_TAUS = (0.99, 0.9, 0.8, 0.7, 0.6, 0.5)
-# Table 4 of the paper (CIFAR-100, DeiT-3H edge): offload proportion alpha(tau) in percent.
-PAPER_ALPHA_PCT = {0.99: 74.7, 0.9: 46.2, 0.8: 35.8, 0.7: 27.8, 0.6: 20.8, 0.5: 13.3}
-# Table 5 of the paper: DeiT-3H top-k accuracy (%) on CIFAR-100 and ImageNet.
-PAPER_TOPK = {"CIFAR-100": (80.16, 89.73, 93.40), "ImageNet": (74.52, 84.62, 88.50)}
-
-
-def routed_logits(decision: Decision, expert_logits: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Per frame, the logits of the expert it routes to, from per-expert logits over all frames."""
-    missing = sorted(set(decision.expert) - set(expert_logits))
-    if missing:
-        raise KeyError(f"no logits for experts {missing}")
-    first = next(iter(expert_logits.values()))
-    out = np.empty((len(decision.expert), first.shape[1]), dtype=np.float32)
-    for key in set(decision.expert):
-        rows = decision.expert == key
-        out[rows] = np.asarray(expert_logits[key])[rows]
-    return out
-
-
-def offline_labels(decision: Decision, routed: np.ndarray, tau: float) -> tuple[np.ndarray, np.ndarray]:
-    """Algorithm 1's final labels at `tau` and the offload mask; `routed` = routed_logits(...)."""
-    off = decision.offloaded(tau)
-    return np.where(off, np.asarray(routed).argmax(axis=-1), decision.edge_label), off
-
-
-def algorithm1(edge_logits: np.ndarray, partition: Sequence[int], k: int, tau: float,
-               expert_logits: Mapping[str, np.ndarray] | np.ndarray) -> dict:  # fmt: skip
-    """Final labels, source, expert and offload mask per frame; expert logits per key or already routed."""
-    d = decide(edge_logits, partition, k)
-    routed = expert_logits if isinstance(expert_logits, np.ndarray) else routed_logits(d, expert_logits)
-    labels, off = offline_labels(d, routed, tau)
-    return {"labels": labels, "offloaded": off, "expert": np.where(off, d.expert, None), "decision": d}
+from askexpert.paper import PAPER_ALPHA_PCT, PAPER_TAUS, PAPER_TOPK
+from askexpert.routing import decide, routed_logits, topk
+from evaluation import REFERENCE_PACK
 
 
 def topk_accuracy(logits: np.ndarray, y: np.ndarray, k: int) -> float:
@@ -218,82 +192,103 @@ def plot(res: dict, path: str | Path) -> Path:
     return path
 
 
-# ---------------------------------------------------------------------------------------- logits
-def pack_logits(pack, images: np.ndarray, *, backend: str = "torch", device: str = "cpu", batch: int = 256,
-                baselines: bool = True, edge_logits: np.ndarray | None = None, tau: float | None = None) -> dict:  # fmt: skip
-    """Logits of a pack's models on uint8 images (N, H, W, C) at the pack's input size.
+# ---------------------------------------------------------------------------------------- command
+def plot_costs(costs: dict, taus: list[float], path: Path) -> None:
+    import matplotlib
 
-    Returns {"edge": generalist logits, "routed": each image's routed expert's logits,
-    "experts": routed keys, "baselines": {name: logits}}: exactly what Algorithm 1 needs for
-    every tau (routing does not depend on tau), computed with the same backend as the live system.
-    With `tau`, experts run only on the frames offloaded at that tau (the other rows are NaN).
-    """
-    from askexpert.backends import open_backend
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
 
-    be = open_backend(backend, device)
+    models = list(costs["models"])
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
+    for ax, nm in zip(axes[0], models):
+        m = costs["models"][nm]
+        ax.plot(taus, [m["co_inference"][t]["T_norm"] for t in taus], "o-", label=f"latency, {costs['edge_model']}->{nm}")
+        if m["co_inference"][taus[0]]["E_norm"] is not None:
+            ax.plot(taus, [m["co_inference"][t]["E_norm"] for t in taus], "s-", label=f"energy, {costs['edge_model']}->{nm}")
+            ax.axhline(m["near_edge_only"]["E_norm"], color="tab:orange", ls=":", label="Near-Edge-Only energy")
+        ax.axhline(1.0, color="k", ls="--", label=f"Edge-Only {nm}")
+        ax.axhline(m["near_edge_only"]["T_norm"], color="tab:blue", ls=":", label="Near-Edge-Only latency")
+        ax.set_xlabel("confidence threshold tau")
+        ax.set_ylabel("normalised to Edge-Only")
+        ax.set_title(f"{nm}: {costs['edge_device']} + {costs['near_device']}", fontsize=8)
+        ax.invert_xaxis()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("sweep", help="the paper's tau sweep offline, from logits (Table 4, Figure 4, Table 5, costs)")
+    p.add_argument("--pack", default=str(REFERENCE_PACK), help="model pack (default: the reference pack)")
+    p.add_argument("--taus", default=",".join(f"{t:g}" for t in PAPER_TAUS), help="comma-separated thresholds")
+    p.add_argument("--out", default=None, help="output folder (default runs/sweep-<time>)")
+    p.add_argument("--compute", action="store_true", help="compute logits with the backend even if the pack stores them")
+    p.add_argument("--dataset", default=None, help="data set for --compute (default: the pack's)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--backend", default="torch")
+    p.add_argument("--edge-profile", default="jetson-orin-nano", help="profile name in profiles/ or a JSON path")
+    p.add_argument("--near-profile", default="jetson-agx-orin")
+    p.add_argument("--batch", type=int, default=10, help="B in T = T_E(B) + T_N(B alpha) (Table 1 uses 10)")
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    """Write the sweep's report, tables and plots for one pack."""
+    from askexpert.pack import Pack, PackError  # torch: only for this command
+
+    from evaluation.costmodel import Profile, costs_markdown, scenario_costs
+    from evaluation.logits import compute_scenarios, scenarios_from_stored, stored_logits
+
+    try:
+        pack = Pack.load(a.pack)
+    except PackError as exc:
+        print(f"error: {exc}\nTrain the reference pack first: trainer pack --dataset fashion-mnist --out packs/fashion-mnist", file=sys.stderr)
+        return 2
+    taus = [float(t) for t in a.taus.split(",") if t.strip()]
+    out = Path(a.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    z = None if a.compute else stored_logits(pack)
+    if z is not None:
+        sc = scenarios_from_stored(pack, z)
+        origin = f"stored logits {pack.root / 'eval/logits-test.npz'} (fp16)"
+        if a.max_frames:
+            n = a.max_frames
+            sc = {**sc, "edge_logits": sc["edge_logits"][:n], "y": sc["y"][:n],
+                  "generalists": {k: v[:n] for k, v in sc["generalists"].items()},
+                  "specialists": {k: v[:n] for k, v in sc["specialists"].items()}}  # fmt: skip
+    else:
+        dataset = a.dataset or (pack.manifest.dataset if pack.manifest.dataset != "random" else "fashion-mnist")
+        sc = compute_scenarios(pack, dataset, a.split, a.max_frames, a.backend, out)
+        origin = f"logits computed with the {a.backend} backend on {dataset}:{a.split}"
     m = pack.manifest
+    res = sweep(sc["edge_logits"], sc["y"], m.partition, m.k, taus, edge_name=sc["edge_name"],
+                generalists=sc["generalists"], specialists=sc["specialists"])  # fmt: skip
+    res["pack"], res["origin"] = str(a.pack), origin
+    try:
+        edge_p, near_p = Profile.load(a.edge_profile), Profile.load(a.near_profile)
+        near_models = sorted({n.split(" ")[0] for n in sc["generalists"]} | {n.split(" ")[0] for n in sc["specialists"]})
+        costs = scenario_costs(edge_p, near_p, res["alpha"], batch=a.batch, edge_model=sc["edge_name"], near_models=near_models)
+        res["cost"], res["cost_markdown"] = costs, costs_markdown(costs, taus)
+        plot_costs(costs, taus, out / "costs.png")
+    except (OSError, KeyError) as exc:
+        print(f"no latency/energy estimate: {exc}", file=sys.stderr)
+    title = f"Offline tau sweep: {m.name} ({m.dataset}), {origin}"
+    (out / "sweep.md").write_text(to_markdown(res, title))
+    (out / "sweep.json").write_text(to_json(res) + "\n")
+    plot(res, out / "sweep.png")
+    written = ["sweep.md", "sweep.json", "sweep.png", "costs.png"]
+    rep = pack.manifest.reports.get("markdown")
+    if rep and (pack.root / rep).is_file():  # the trainer's claims, Table 3 with seeds and controls
+        (out / "pack-report.md").write_text((pack.root / rep).read_text())
+        written.append("pack-report.md")
+    print(to_markdown(res, title))
+    print(f"written: {out}/" + ", ".join(written))
+    return 0
 
-    def run(fn) -> np.ndarray:
-        return np.concatenate([fn(images[i : i + batch]) for i in range(0, len(images), batch)])
-
-    edge = run(be.classifier(pack, m.generalist)) if edge_logits is None else edge_logits
-    d = decide(edge, m.partition, m.k)
-    lib = be.experts(pack, m.experts)
-    keys = np.asarray(d.expert)
-    rows = np.flatnonzero(d.offloaded(tau)) if tau is not None else np.arange(len(images))
-    routed = np.full(edge.shape, np.nan, dtype=np.float32)
-    for i in range(0, len(rows), batch):
-        r = rows[i : i + batch]
-        routed[r] = lib(images[r], list(keys[r]))
-    out = {"edge": edge, "routed": routed, "experts": np.asarray(keys)}
-    if baselines:
-        out["baselines"] = {name: run(be.classifier(pack, entry)) for name, entry in m.baselines.items()}
-    return out
-
-
-def shape_name(arch: dict) -> str:
-    """'3H', '4H', ... from a manifest arch (by width), else 'd<width>'."""
-    from askexpert.models import SHAPES
-
-    names = {dim: name for name, (dim, _) in SHAPES.items()}
-    return names.get(int(arch.get("embed_dim", 0)), f"d{arch.get('embed_dim')}")
-
-
-def stored_logits(pack) -> dict | None:
-    """The pack's stored test logits (eval/logits-test.npz, written by the trainer), or None."""
-    rel = (pack.manifest.reports.get("logits") or {}).get("file", "eval/logits-test.npz")
-    path = pack.root / rel
-    if not path.is_file():
-        return None
-    with np.load(path, allow_pickle=False) as z:
-        return {n: z[n] for n in z.files}
-
-
-def scenarios_from_stored(pack, z: dict) -> dict:
-    """Map the trainer's logits keys onto sweep() arguments.
-
-    Keys: generalist-<shape> (the edge), baseline-<shape> / teacher-<shape> (near-edge
-    generalists), <kind>-<expert key> with kind progressive (the pack's experts), static, uniform,
-    compact or full (older packs), or <kind>-routed (NaN rows where that kind has no expert) with
-    routed-key; labels."""
-    m = pack.manifest
-    edge_name = shape_name(m.generalist.arch)
-    edge = z[f"generalist-{edge_name}"].astype(np.float32)
-    gens = {n.split("-", 1)[1]: z[n].astype(np.float32) for n in z if n.startswith("baseline-")}
-    for n in z:
-        if n.startswith("teacher-") and n.split("-", 1)[1] not in gens:
-            gens[n.split("-", 1)[1] + " (teacher)"] = z[n].astype(np.float32)
-    exp_shape = shape_name(m.experts[0].arch) if m.experts else "?"
-    d = decide(edge, m.partition, m.k)
-    specs: dict = {}
-    for kind, label in (("progressive", f"{exp_shape} experts"), ("static", f"{exp_shape} static experts"),
-                        ("uniform", f"{exp_shape} uniform experts"), ("compact", f"{exp_shape} compact experts"),
-                        ("full", f"{exp_shape} full experts")):  # fmt: skip
-        per_key = {n.split("-", 1)[1]: z[n].astype(np.float32) for n in z if n.startswith(kind + "-") and n != f"{kind}-routed"}
-        if per_key and set(d.expert) <= set(per_key):
-            specs[label] = routed_logits(d, per_key)
-        elif f"{kind}-routed" in z:
-            r = z[f"{kind}-routed"].astype(np.float32)
-            if not np.isnan(r).any():
-                specs[label] = r
-    return {"edge_logits": edge, "y": z["labels"].astype(np.int64), "edge_name": edge_name, "generalists": gens, "specialists": specs}

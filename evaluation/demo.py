@@ -1,6 +1,6 @@
 """The main job: a private broker, the expert hub and the edge node, a replay, and the report.
 
-    python -m tools.demo [--frames 10000] [--pack packs/fashion-mnist] [--tau T] [--source SRC]
+    python -m evaluation demo [--frames 10000] [--pack packs/fashion-mnist] [--tau T] [--source SRC]
 
 Starts Mosquitto on a free port (set_tcp_nodelay true), `expert-hub run` and `edge-node run`
 as subprocesses with the pack, collects every final label, scores it against the truth, checks it
@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -23,14 +22,22 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from askexpert.localbroker import MOSQUITTO, free_port, wait_online, wait_port
+from askexpert.lifecycle import capture_signals
+from askexpert.localbroker import MOSQUITTO, free_port, wait_port, write_config
+from askexpert.settings import CommonSettings
+from askexpert.subscriber import LabelSubscriber, wait_online
+from evaluation import REFERENCE_PACK
 
 console = Console(width=None if sys.stdout.isatty() else 110)
 TRAIN_HINT = "trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist"
 
 
 class Stop(Exception):
-    """SIGTERM: unwind like Ctrl-C so that every child is stopped."""
+    """SIGINT or SIGTERM: unwind so that every child is stopped."""
+
+
+def interrupted() -> None:
+    raise Stop()
 
 
 class Children:
@@ -69,13 +76,13 @@ def wait_hub(port: int, hub_id: str, timeout: float, children: Children) -> None
             if p.poll() is not None:
                 raise RuntimeError(f"{name} exited early with code {p.returncode}")
 
-    wait_online("127.0.0.1", port, "hub", hub_id, timeout=timeout, alive=alive)
+    wait_online(CommonSettings(broker=f"mqtt://127.0.0.1:{port}"), "hub", hub_id, timeout=timeout, alive=alive)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n\n")[0])
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="broker, hub and edge on this machine: replay, score, check against Algorithm 1 offline")
     p.add_argument("--frames", "-n", type=int, default=10000, help="frames to replay (default 10000: the whole test split)")
-    p.add_argument("--pack", default="packs/fashion-mnist", help="model pack (default packs/fashion-mnist)")
+    p.add_argument("--pack", default=str(REFERENCE_PACK), help="model pack (default: the reference pack, packs/fashion-mnist)")
     p.add_argument("--source", default="dataset:fashion-mnist:test", help="edge source; truth from dataset:/replay: sources")
     p.add_argument("--tau", type=float, default=None, help="confidence threshold (default: the pack's)")
     p.add_argument("--taus", default=None, help="the sweep live: comma-separated taus, one replay each (hub stays up)")
@@ -88,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
                         "(the pack's stored fp16 test logits: instant, may differ within fp16 noise of tau), "
                         "auto (exact up to 10000 frames, else stored when the pack has them)")  # fmt: skip
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of replay")
-    a = p.parse_args(argv)
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    """The whole demo; every process it started is gone when it returns."""
 
     from askexpert.log import setup_logging
     from askexpert.pack import Pack, PackError
@@ -112,63 +123,56 @@ def main(argv: list[str] | None = None) -> int:
     broker = f"mqtt://127.0.0.1:{port}"
     node, hub_id = "demo-edge", "demo-hub"
 
-    def on_term(signum, frame):
-        raise Stop()
-
-    signal.signal(signal.SIGTERM, on_term)
     children = Children(run_dir)
     console.print(f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
                   f"tau {', '.join(f'{t:g}' for t in taus)}, {a.frames} frames of {a.source}, run folder {run_dir}")  # fmt: skip
     t_start = time.monotonic()
-    try:
-        conf = run_dir / "mosquitto.conf"
-        conf.write_text(f"listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n"
-                        "persistence false\nlog_dest stderr\nlog_type error\nlog_type warning\nmax_queued_messages 100000\n")  # fmt: skip
-        mosq = children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], run_dir / "mosquitto.log")
-        wait_port(port, proc=mosq)
+    with capture_signals(interrupted):  # Ctrl-C and SIGTERM unwind alike: every child is stopped
+        try:
+            conf = write_config(run_dir / "mosquitto.conf", port, "log_type warning\nmax_queued_messages 100000")
+            mosq = children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], run_dir / "mosquitto.log")
+            wait_port(port, proc=mosq)
 
-        from askexpert.settings import CommonSettings
-        from edge_node.score import load_truth
+            from evaluation.score import load_truth
 
-        settings = CommonSettings(broker=broker)
-        env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
-        env.pop("ATE_CONFIG", None)
-        py = [sys.executable, "-m"]
-        common = ["--pack", str(a.pack), "--broker", broker, "--backend", a.backend, "--stats-interval-s", "0"]
-        with console.status("starting the expert hub (loading experts)..."):
-            hub = children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
-            wait_hub(port, hub_id, 180, children)
-        truth, classes = (load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None))
-        reference = Reference(pack, a, taus, truth)
-        reports = []
-        for i, tau in enumerate(taus):
-            out = run_dir if len(taus) == 1 else run_dir / f"tau-{tau:g}"
-            out.mkdir(parents=True, exist_ok=True)
-            ctx = dict(settings=settings, py=py, common=common, env=env, children=children, hub=hub)
-            rep = replay_once(a, pack, tau, f"{node}-{i}" if len(taus) > 1 else node, out, truth, classes, reference, **ctx)
-            rep["demo_wall_s"] = time.monotonic() - t_start
-            (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
-            reports.append(rep)
-        if len(taus) > 1:
-            live_sweep_table(reports, run_dir)
-        console.print(f"whole demo {time.monotonic() - t_start:.1f} s")
-        console.print(f"\n[bold]Run folder:[/] {run_dir}")
-        ok = all(r.get("missing", 0) == 0 and r["duplicates"] == 0 for r in reports)
-        return 0 if ok else 1
-    except (KeyboardInterrupt, Stop):
-        console.print("[yellow]interrupted: stopping everything this demo started")
-        return 130
-    except (RuntimeError, TimeoutError) as exc:
-        console.print(f"[red]demo failed: {exc}[/]  (logs in {run_dir})")
-        return 1
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        for c in list(COLLECTORS):
-            try:
-                c.stop()
-            except Exception:  # noqa: BLE001 - already stopped
-                pass
-        children.stop_all()
+            settings = CommonSettings(broker=broker)
+            env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
+            env.pop("ATE_CONFIG", None)
+            py = [sys.executable, "-m"]
+            common = ["--pack", str(a.pack), "--broker", broker, "--backend", a.backend, "--stats-interval-s", "0"]
+            with console.status("starting the expert hub (loading experts)..."):
+                hub = children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
+                wait_hub(port, hub_id, 180, children)
+            truth, classes = (load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None))
+            reference = Reference(pack, a, taus, truth)
+            reports = []
+            for i, tau in enumerate(taus):
+                out = run_dir if len(taus) == 1 else run_dir / f"tau-{tau:g}"
+                out.mkdir(parents=True, exist_ok=True)
+                ctx = dict(settings=settings, py=py, common=common, env=env, children=children, hub=hub)
+                rep = replay_once(a, pack, tau, f"{node}-{i}" if len(taus) > 1 else node, out, truth, classes, reference, **ctx)
+                rep["demo_wall_s"] = time.monotonic() - t_start
+                (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
+                reports.append(rep)
+            if len(taus) > 1:
+                live_sweep_table(reports, run_dir)
+            console.print(f"whole demo {time.monotonic() - t_start:.1f} s")
+            console.print(f"\n[bold]Run folder:[/] {run_dir}")
+            ok = all(r.get("missing", 0) == 0 and r["duplicates"] == 0 for r in reports)
+            return 0 if ok else 1
+        except (KeyboardInterrupt, Stop):
+            console.print("[yellow]interrupted: stopping everything this demo started")
+            return 130
+        except (RuntimeError, TimeoutError) as exc:
+            console.print(f"[red]demo failed: {exc}[/]  (logs in {run_dir})")
+            return 1
+        finally:
+            for c in list(COLLECTORS):
+                try:
+                    c.stop()
+                except Exception:  # noqa: BLE001 - already stopped
+                    pass
+            children.stop_all()
 
 
 COLLECTORS: list = []
@@ -177,9 +181,10 @@ COLLECTORS: list = []
 def replay_once(a, pack, tau: float, node: str, out: Path, truth, classes, reference: "Reference", *, settings, py,
                 common, env, children: Children, hub: subprocess.Popen) -> dict:  # fmt: skip
     """One replay through the running hub at one tau: collect, score, report into `out`."""
-    from edge_node.score import LabelCollector, print_report, score, write_report
+    from evaluation.report import print_report, write_report
+    from evaluation.score import score
 
-    collector = LabelCollector(settings, node, f"demo-{node}").start()
+    collector = LabelSubscriber(settings, node).start()
     COLLECTORS.append(collector)
     edge_argv = py + ["edge_node.cli", "run", *common, "--node-id", node, "--source", a.source,
                       "--max-frames", str(a.frames), "--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms)]  # fmt: skip
@@ -258,7 +263,7 @@ class Reference:
         """frame id -> offline label at tau, and the offline accuracy on those frames (or None, None)."""
         import numpy as np
 
-        from askexpert.sweep import offline_labels
+        from askexpert.routing import offline_labels
 
         data = self._load() if self.mode != "none" else None
         if data is None:
@@ -299,19 +304,15 @@ def exact_reference(pack, source: str, frames: int, tau_max: float, backend: str
     frame ids, the edge decisions, and routed expert logits for frames offloaded at tau_max."""
     import numpy as np
 
+    from askexpert.frames import fit_frame
     from askexpert.routing import decide
-    from askexpert.sweep import pack_logits
-    from edge_node.node import fit_frame
-    from edge_node.sources import open_source
+    from evaluation.logits import pack_logits
+    from evaluation.score import truth_frames
 
     images, ids = [], []
-    src = open_source(source.split("?")[0] + ("?pace=max" if source.startswith("replay:") else ""), None)
-    for f in src.frames():
-        if len(ids) >= frames:
-            break
-        images.append(fit_frame(f.image, pack.manifest.input))
-        ids.append(f.frame_id)
-    src.close()
+    for fid, image in truth_frames(source, frames):
+        images.append(fit_frame(image, pack.manifest.input))
+        ids.append(fid)
     lg = pack_logits(pack, np.stack(images), backend=backend, baselines=False, tau=tau_max)
     return np.asarray(ids), decide(lg["edge"], pack.manifest.partition, pack.manifest.k), lg["routed"]
 
@@ -322,7 +323,7 @@ def stored_reference(pack, source: str, frames: int):
     import numpy as np
 
     from askexpert.routing import decide
-    from askexpert.sweep import scenarios_from_stored, stored_logits
+    from evaluation.logits import scenarios_from_stored, stored_logits
 
     if not (source.startswith(f"dataset:{pack.manifest.dataset}:") and source.endswith(":test")):
         return None
@@ -356,6 +357,3 @@ def _machine() -> str:
 
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
 
-
-if __name__ == "__main__":
-    sys.exit(main())

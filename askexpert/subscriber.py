@@ -1,0 +1,145 @@
+"""Listening without side effects: the one subscriber that the scorer, the tests and everyone who
+waits for a component's status use. It publishes nothing: no status, no will, no retained message.
+
+    Subscriber          keeps every message on some topic filters (topic, payload, arrival time)
+    LabelSubscriber     a node's final labels, decoded, with waiting until N frames or idle
+    wait_online         until a component's retained status says `online`
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import threading
+import time
+from typing import Callable
+
+import paho.mqtt.client as mqtt
+
+from askexpert.mqtt import MqttClient
+from askexpert.protocol import LabelMsg, ProtocolError, decode_label, labels_topic, status_topic
+from askexpert.settings import CommonSettings
+
+
+class Subscriber:
+    """Keeps every message on `topics` (QoS 1). `session_expiry_s`: a persistent session, so that
+    nothing is lost while away (a broker restart), as a consumer that must lose nothing would."""
+
+    def __init__(self, settings: CommonSettings, *topics: str, ident: str | None = None, session_expiry_s: int | None = None) -> None:
+        self.client = MqttClient(settings, "listener", ident or secrets.token_hex(6), announce=False, session_expiry_s=session_expiry_s)
+        self.raw: list[tuple[str, bytes]] = []
+        self.t_recv: list[float] = []
+        self.changed = threading.Condition()
+        for topic in topics:
+            self.client.subscribe(topic, self._on_message, qos=1)
+
+    def _on_message(self, message: mqtt.MQTTMessage) -> None:
+        with self.changed:
+            self.accept(message.topic, message.payload)
+            self.raw.append((message.topic, message.payload))
+            self.t_recv.append(time.time())
+            self.changed.notify_all()
+
+    def accept(self, topic: str, payload: bytes) -> None:
+        """Called for each message, under the lock, before it is kept: subclasses decode here."""
+
+    def start(self, timeout: float = 10.0) -> "Subscriber":
+        """Connect and wait for the SUBACKs: anything published after this returns is received."""
+        self.client.start()
+        if not self.client.wait_subscribed(timeout):
+            self.client.stop()
+            raise TimeoutError(f"no broker at {self.client.settings.broker} (or no SUBACK) after {timeout:.0f} s")
+        return self
+
+    def wait_for(self, done: Callable[[], bool], timeout: float) -> bool:
+        """Until done() (called under the lock, after every message) or timeout."""
+        with self.changed:
+            return self.changed.wait_for(done, timeout)
+
+    def stop(self) -> None:
+        self.client.stop()
+
+
+class LabelSubscriber(Subscriber):
+    """One node's (or, with `+`, every node's) final labels, decoded; malformed ones are counted."""
+
+    def __init__(self, settings: CommonSettings, node: str, **kw: object) -> None:
+        super().__init__(settings, labels_topic(settings.prefix, node), **kw)  # type: ignore[arg-type]
+        self.labels: list[LabelMsg] = []
+        self.frame_ids: set[int] = set()
+        self.malformed = 0
+
+    def accept(self, topic: str, payload: bytes) -> None:
+        try:
+            msg = decode_label(payload)
+        except ProtocolError:
+            self.malformed += 1
+            return
+        self.labels.append(msg)
+        self.frame_ids.add(msg.frame_id)
+
+    @property
+    def count(self) -> int:
+        return len(self.frame_ids)
+
+    def wait(
+        self,
+        frames: int | None = None,
+        idle_timeout: float = 10.0,
+        timeout: float | None = None,
+        progress: Callable[[int], None] | None = None,
+        stop: Callable[[], bool] | None = None,
+    ) -> str:
+        """Block until `frames` distinct frames are labelled, nothing came for idle_timeout seconds
+        (counted from the last label, or from now when none comes), timeout, or stop() is true.
+        Returns why it stopped: done, idle, timeout or stopped."""
+        start = last = time.monotonic()
+        seen = -1
+        while True:
+            with self.changed:
+                self.changed.wait(0.2)
+                n = len(self.frame_ids)
+            now = time.monotonic()
+            if n != seen:
+                seen, last = n, now
+                if progress:
+                    progress(n)
+            if frames is not None and n >= frames:
+                return "done"
+            if stop is not None and stop():
+                return "stopped"
+            if timeout is not None and now - start > timeout:
+                return "timeout"
+            if now - last > idle_timeout:
+                return "idle"
+
+
+def wait_online(
+    settings: CommonSettings,
+    role: str,
+    ident: str,
+    timeout: float = 60,
+    alive: Callable[[], None] | None = None,
+) -> None:
+    """Block until a component's retained status says `online` (it serves from then on).
+
+    `alive` is called while waiting and may raise to give up early (e.g. the process exited)."""
+
+    def online(sub: Subscriber) -> bool:
+        for _, payload in reversed(sub.raw):  # the newest status counts
+            try:
+                return json.loads(payload).get("state") == "online"
+            except (ValueError, AttributeError):
+                return False
+        return False
+
+    sub = Subscriber(settings, status_topic(settings.prefix, role, ident)).start(timeout)
+    deadline = time.monotonic() + timeout
+    try:
+        while not sub.wait_for(lambda: online(sub), 0.2):
+            if alive is not None:
+                alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{role} {ident} did not come online within {timeout} s")
+    finally:
+        sub.stop()

@@ -1,0 +1,20 @@
+"""`ate-eval` / `python -m evaluation`: score, sweep, demo, compare, render."""
+
+from __future__ import annotations
+
+import argparse
+
+from evaluation import compare, demo, render, score, sweep
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ate-eval", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    for module in (score, sweep, demo, compare, render):
+        module.add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)

@@ -1,0 +1,111 @@
+"""Two runs side by side: what changed between them, as one markdown table.
+
+    python -m evaluation compare RUN_A RUN_B [--names A,B] [--out compare.md]
+
+A run is the scorer's report.json or a folder holding one (`score`, `demo`). Rows: accuracy overall
+and by label source, the edge model alone, alpha, latency percentiles overall and by source,
+frames per second, fallbacks, missing and duplicate labels, and the load and accuracy per expert.
+The last column is B - A where both have a number (percentage points for fractions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from askexpert.protocol import LABEL_SOURCES
+from evaluation.report import PCTS
+
+Row = tuple[str, float | None, float | None, str]  # name, value in A, value in B, kind (% / ms / n)
+
+
+def load_report(path: str | Path) -> dict:
+    """A report.json, or the one in a run folder."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "report.json"
+    return json.loads(p.read_text())
+
+
+def rows(a: dict, b: dict) -> list[Row]:
+    """The comparable numbers of two reports, in reading order; a row that neither run has is left out."""
+
+    def both(name: str, get, kind: str) -> Row:
+        return name, get(a), get(b), kind
+
+    out = [
+        both("frames labelled", lambda r: r.get("frames"), "n"),
+        both("accuracy (system)", lambda r: r.get("accuracy"), "%"),
+        both("accuracy, edge model alone", lambda r: r.get("edge_only_accuracy"), "%"),
+        both("offload proportion alpha", lambda r: r.get("alpha"), "%"),
+    ]
+    sources = list(LABEL_SOURCES) + sorted((set(a.get("by_source", {})) | set(b.get("by_source", {}))) - set(LABEL_SOURCES))
+    for src in sources:
+        out.append(both(f"share {src}", lambda r, s=src: r.get("by_source", {}).get(s, {}).get("share"), "%"))
+        out.append(both(f"accuracy {src}", lambda r, s=src: r.get("by_source", {}).get(s, {}).get("accuracy"), "%"))
+    for p in PCTS:
+        out.append(both(f"latency p{p} (ms)", lambda r, p=p: r.get("latency_ms", {}).get(f"p{p}"), "ms"))
+    for src in sources:
+        for p in PCTS:
+            out.append(both(f"latency p{p} {src} (ms)", lambda r, s=src, p=p: r.get("by_source", {}).get(s, {}).get("latency_ms", {}).get(f"p{p}"), "ms"))
+    out += [
+        both("frames per second", lambda r: r.get("fps"), "n"),
+        both("fallbacks (deadline)", lambda r: r.get("fallbacks"), "n"),
+        both("missing", lambda r: r.get("missing"), "n"),
+        both("duplicates", lambda r: r.get("duplicates"), "n"),
+    ]
+    experts = sorted(set(a.get("expert_load", {})) | set(b.get("expert_load", {})), key=lambda k: (len(k), k))
+    for key in experts:
+        out.append(both(f"expert {key}: offloaded", lambda r, k=key: r.get("expert_load", {}).get(k, {}).get("offloaded", 0), "n"))
+        out.append(both(f"expert {key}: accuracy", lambda r, k=key: r.get("expert_load", {}).get(k, {}).get("accuracy"), "%"))
+    return [r for r in out if r[1] is not None or r[2] is not None]
+
+
+def _fmt(v: float | None, kind: str) -> str:
+    if v is None or v != v:
+        return "-"
+    if kind == "%":
+        return f"{100 * v:.2f}%"
+    if kind == "ms":
+        return f"{v:.1f}"
+    return f"{v:g}" if isinstance(v, int) or float(v).is_integer() else f"{v:.1f}"
+
+
+def _delta(a: float | None, b: float | None, kind: str) -> str:
+    if a is None or b is None or a != a or b != b:
+        return "-"
+    d = b - a
+    if kind == "%":
+        return f"{100 * d:+.2f} pp"
+    return f"{d:+.1f}" if kind == "ms" or not float(d).is_integer() else f"{d:+g}"
+
+
+def to_markdown(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
+    """The comparison table, with what each run was (tau, source, pack) above it."""
+    lines = [f"# {names[0]} vs {names[1]}", ""]
+    for name, r in zip(names, (a, b)):
+        what = ", ".join(f"{k} {r[k]}" for k in ("tau", "source", "pack", "date") if r.get(k) is not None)
+        lines.append(f"- {name}: {what or 'no run metadata'}")
+    lines += ["", f"| metric | {names[0]} | {names[1]} | {names[1]} - {names[0]} |", "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {_fmt(x, k)} | {_fmt(y, k)} | {_delta(x, y, k)} |" for n, x, y, k in rows(a, b)]
+    return "\n".join(lines) + "\n"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("compare", help="two runs' reports side by side, as a markdown table")
+    p.add_argument("a", help="report.json, or a run folder holding one")
+    p.add_argument("b", help="the other run")
+    p.add_argument("--names", default=None, help="column names, comma-separated (default: the two paths)")
+    p.add_argument("--out", default=None, help="also write the table to this file")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print (and write) the comparison."""
+    names = tuple(args.names.split(",", 1)) if args.names else (str(args.a), str(args.b))
+    md = to_markdown(load_report(args.a), load_report(args.b), names)
+    print(md, end="")
+    if args.out:
+        Path(args.out).write_text(md)
+    return 0

@@ -1,0 +1,242 @@
+"""The scorer: collect final labels from MQTT, join them with the truth, report.
+
+    score(labels, truth, ...)        pure: a list of LabelMsg + truth -> report dict (no broker)
+    run_score(...)                   collect until N frames or idle, then score and write the report
+(reports and plots: evaluation.report)
+
+Alpha counts every frame the edge offloaded (source `expert` or `edge-fallback`). Latency is the
+label's own `latency_ms` (capture -> final label, measured at the edge). Frames per second is
+frames labelled / (last label time - first capture time), label time = t_capture + latency.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+from itertools import islice
+from typing import Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from askexpert.cli_common import load_settings
+from askexpert.log import get_logger
+from askexpert.settings import CommonSettings, add_settings_arguments
+from askexpert.subscriber import LabelSubscriber
+from askexpert.protocol import LABEL_SOURCES, LabelMsg
+from evaluation import report
+from evaluation.report import PCTS
+
+log = get_logger("evaluation.score")
+
+
+# ---------------------------------------------------------------------------------------- pure scoring
+def latency_stats(values: Sequence[float]) -> dict:
+    v = np.asarray(values, dtype=np.float64)
+    if not v.size:
+        return {"n": 0}
+    out = {"n": int(v.size), "mean": float(v.mean()), "min": float(v.min()), "max": float(v.max())}
+    out.update({f"p{p}": float(np.percentile(v, p)) for p in PCTS})
+    return out
+
+
+def _truth_of(truth: Mapping[int, int] | Sequence[int] | np.ndarray | None, fid: int) -> int | None:
+    if truth is None:
+        return None
+    if isinstance(truth, Mapping):
+        t = truth.get(fid)
+        return None if t is None or t < 0 else int(t)
+    if 0 <= fid < len(truth) and truth[fid] >= 0:
+        return int(truth[fid])
+    return None
+
+
+def score(
+    labels: Sequence[LabelMsg],
+    truth: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
+    *,
+    expected: Iterable[int] | None = None,
+    classes: Sequence[str] | None = None,
+    offline: Mapping[int, int] | None = None,
+    wall_s: float | None = None,
+    malformed: int = 0,
+) -> dict:
+    """Score a label stream. The first label of a frame counts; later ones are duplicates.
+
+    truth: frame id -> true class (mapping, or a sequence indexed by frame id; < 0 = unknown).
+    expected: the frame ids that should have been labelled (default: none checked).
+    offline: frame id -> the offline Algorithm 1 label at the same tau (askexpert.routing.offline_labels), to
+    check that the live system agrees; edge-fallback frames are left out of that comparison.
+    """
+    first: dict[int, LabelMsg] = {}
+    dup = 0
+    for m in labels:
+        if m.frame_id in first:
+            dup += 1
+        else:
+            first[m.frame_id] = m
+    msgs = list(first.values())
+    n = len(msgs)
+    rep: dict = {"labels_received": len(labels), "frames": n, "duplicates": dup, "malformed": malformed}
+    if expected is not None:
+        exp = set(int(f) for f in expected)
+        missing = sorted(exp - first.keys())
+        rep["expected"] = len(exp)
+        rep["missing"] = len(missing)
+        rep["missing_ids"] = missing[:50]
+        rep["unexpected"] = len(first.keys() - exp)
+    by_src = Counter(m.source for m in msgs)
+    offloaded = [m for m in msgs if m.source != "edge"]
+    rep["alpha"] = len(offloaded) / n if n else float("nan")
+    rep["fallbacks"] = by_src.get("edge-fallback", 0)
+    rep["nodes"] = sorted({m.node for m in msgs})
+    rep["packs"] = sorted({m.pack for m in msgs})
+
+    # accuracy, overall / by source / edge-only on the same frames
+    scored = [(m, t) for m in msgs if (t := _truth_of(truth, m.frame_id)) is not None]
+    rep["scored"] = len(scored)
+    rep["accuracy"] = float(np.mean([m.label == t for m, t in scored])) if scored else None
+    rep["edge_only_accuracy"] = float(np.mean([m.edge_label == t for m, t in scored])) if scored else None
+    sources = {}
+    for src in list(LABEL_SOURCES) + sorted(set(by_src) - set(LABEL_SOURCES)):
+        ms = [(m, t) for m, t in scored if m.source == src]
+        sources[src] = {
+            "frames": by_src.get(src, 0),
+            "share": by_src.get(src, 0) / n if n else float("nan"),
+            "scored": len(ms),
+            "accuracy": float(np.mean([m.label == t for m, t in ms])) if ms else None,
+            "edge_accuracy": float(np.mean([m.edge_label == t for m, t in ms])) if ms else None,
+            "latency_ms": latency_stats([m.latency_ms for m in msgs if m.source == src]),
+        }
+    rep["by_source"] = sources
+
+    # load per expert
+    load: dict[str, dict] = defaultdict(lambda: {"offloaded": 0, "answered": 0, "fallback": 0, "correct": 0, "scored": 0})
+    for m in offloaded:
+        row = load[m.expert or "?"]
+        row["offloaded"] += 1
+        row["answered" if m.source == "expert" else "fallback"] += 1
+    for m, t in scored:
+        if m.source == "expert":
+            load[m.expert or "?"]["scored"] += 1
+            load[m.expert or "?"]["correct"] += int(m.label == t)
+    rep["expert_load"] = {
+        k: {**v, "accuracy": v["correct"] / v["scored"] if v["scored"] else None}
+        for k, v in sorted(load.items(), key=lambda kv: (len(kv[0]), kv[0]))
+    }
+
+    # latency and throughput
+    rep["latency_ms"] = latency_stats([m.latency_ms for m in msgs])
+    if n:
+        t0 = min(m.t_capture for m in msgs)
+        t1 = max(m.t_capture + m.latency_ms / 1000.0 for m in msgs)
+        rep["span_s"] = t1 - t0
+        rep["fps"] = n / (t1 - t0) if t1 > t0 else None
+    if wall_s:
+        rep["wall_s"] = wall_s
+
+    if classes is not None and scored:
+        per = {}
+        for c, name in enumerate(classes):
+            ms = [m for m, t in scored if t == c]
+            per[name] = {"n": len(ms), "accuracy": float(np.mean([m.label == c for m in ms])) if ms else None}
+        rep["per_class"] = per
+
+    if offline is not None:
+        comp = [(m, offline[m.frame_id]) for m in msgs if m.source != "edge-fallback" and m.frame_id in offline]
+        bad = [m.frame_id for m, o in comp if m.label != o]
+        rep["offline"] = {"compared": len(comp), "agree": len(comp) - len(bad), "mismatch_ids": bad[:50],
+                          "equal": not bad and len(comp) > 0}  # fmt: skip
+    return rep
+
+
+# ---------------------------------------------------------------------------------------- truth
+def load_truth(spec: str) -> tuple[np.ndarray, list[str] | None]:
+    """Truth labels by frame id from `replay:DIR`, a recording folder, or `dataset:NAME:SPLIT`."""
+    if spec.startswith("dataset:"):
+        from askexpert.datasets import load_dataset
+
+        name, _, split = spec[len("dataset:") :].rpartition(":")
+        data = load_dataset(name, split)
+        return np.asarray(data.labels, dtype=np.int64), list(data.classes)
+    from askexpert.recording import Recording
+
+    path = spec[len("replay:") :] if spec.startswith("replay:") else spec
+    rec = Recording(path.partition("?")[0])
+    s = rec.sidecar
+    out = np.full(int(s.frames.max()) + 1 if len(s.frames) else 0, -1, dtype=np.int64)
+    out[s.frames] = s.labels
+    return out, rec.classes
+
+
+def truth_frames(spec: str, frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
+    """(frame id, frame) of `dataset:NAME:SPLIT` or `replay:DIR`, exactly as the edge's source yields
+    them (same pixels, same ids), for recomputing Algorithm 1 offline on the frames of a live run."""
+    if spec.startswith("dataset:"):
+        from askexpert.datasets import load_dataset
+        from askexpert.frames import dataset_frames
+
+        name, _, split = spec[len("dataset:") :].rpartition(":")
+        yield from ((i, image) for i, image, _ in islice(dataset_frames(load_dataset(name, split)), frames))
+        return
+    from askexpert.recording import Recording
+
+    path = spec[len("replay:") :] if spec.startswith("replay:") else spec
+    yield from ((rf.index, rf.image) for rf in islice(Recording(path.partition("?")[0]).frames(), frames))
+
+
+def run_score(
+    settings,
+    node: str,
+    out_dir: str | Path,
+    *,
+    truth: str | None = None,
+    frames: int | None = None,
+    idle_timeout: float = 10.0,
+    timeout: float | None = None,
+    title: str | None = None,
+    print_table: bool = True,
+) -> dict:
+    """`python -m evaluation score`: collect labels of `node` until `frames` frames or idle, then report.
+
+    truth: `replay:DIR`, a recording folder or `dataset:NAME:SPLIT` (frame id = index), or None.
+    With frames given, frame ids 0..frames-1 are expected (missing ones are counted)."""
+    truth_arr, classes = load_truth(truth) if truth else (None, None)
+    col = LabelSubscriber(settings, node).start()
+    t0 = time.monotonic()
+    try:
+        why = col.wait(frames, idle_timeout, timeout)
+    finally:
+        col.stop()
+    rep = score(col.labels, truth_arr, expected=range(frames) if frames else None, classes=classes,
+                malformed=col.malformed, wall_s=time.monotonic() - t0)  # fmt: skip
+    rep["stopped"] = why
+    rep["truth"] = truth
+    report.write_report(rep, out_dir, col.labels, title=title or f"Live run of node {node}")
+    if print_table:
+        report.print_report(rep, title=title or f"Live run of node {node}")
+    return rep
+
+
+# ---------------------------------------------------------------------------------------- command line
+def add_parser(sub) -> None:
+    """`score --node-id N --truth SPEC --out DIR [--frames N] [--broker URL] ...`."""
+    p = sub.add_parser("score", help="collect a node's final labels, join with the truth, write a report")
+    add_settings_arguments(p, CommonSettings)
+    p.add_argument("--node-id", required=True, help="the edge node whose labels to score")
+    p.add_argument("--truth", default=None, help="replay:DIR, a recording folder, or dataset:NAME:SPLIT (frame id = index)")
+    p.add_argument("--out", default=None, help="report folder (default runs/score-<node>-<time>)")
+    p.add_argument("--frames", type=int, default=None, help="stop after this many distinct frames (ids 0..N-1 expected)")
+    p.add_argument("--idle-timeout", type=float, default=10.0, help="stop when no label came for this long (s)")
+    p.add_argument("--timeout", type=float, default=None, help="stop after this long in any case (s)")
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    """Score one node's live labels and write the report."""
+    s = load_settings(CommonSettings, args)
+    out = args.out or f"runs/score-{args.node_id}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+    rep = run_score(s, args.node_id, out, truth=args.truth, frames=args.frames, idle_timeout=args.idle_timeout,
+                    timeout=args.timeout)  # fmt: skip
+    print(f"report: {out}/report.md")
+    return 0 if rep["frames"] else 1
