@@ -26,3 +26,4 @@ HUB_FRAMES = Counter("ate_hub_frames_total", "Frames answered by the hub, by exp
 SOURCE_RECONNECTS = Counter("ate_source_reconnects_total", "Attempts to reopen a live source that dropped", ["outcome"])
 FRAME_AGE_S = Gauge("ate_last_frame_age_seconds", "Seconds since the source gave its last frame", ["node"])
 TAU = Gauge("ate_tau", "Current confidence threshold", ["node"])
+TAU_EFFECTIVE = Gauge("ate_tau_effective", "Threshold the last batch was gated with (adaptive tau: within tau_min..tau)", ["node"])

@@ -118,7 +118,8 @@ def start_ops_server(
 
 
 class StatsPublisher:
-    """Every `interval_s`, publish `json(stats())` on `topic` (QoS 0, not retained).
+    """Every `interval_s`, publish `json(stats())` on `topic` (QoS 0, not retained by default;
+    a retained one may expire after `expiry_s`, so a dead publisher's last word does not linger).
 
     `client` is an askexpert.mqtt.MqttClient (anything with `.publish(topic, payload, qos=..)`).
     A stats callable that raises is logged and skipped; the thread goes on.
@@ -132,11 +133,12 @@ class StatsPublisher:
         interval_s: float,
         qos: int = 0,
         retain: bool = False,
+        expiry_s: int | None = None,
     ) -> None:
         if interval_s <= 0:
             raise ValueError("interval_s must be > 0 (callers skip the publisher when stats are off)")
         self.client, self.topic, self.stats = client, topic, stats
-        self.interval_s, self.qos, self.retain = interval_s, qos, retain
+        self.interval_s, self.qos, self.retain, self.expiry_s = interval_s, qos, retain, expiry_s
         self.published = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="stats-publisher", daemon=True)
@@ -148,7 +150,8 @@ class StatsPublisher:
     def publish_once(self) -> bool:
         try:
             data = {"ts": time.time(), **dict(self.stats())}
-            self.client.publish(self.topic, json.dumps(data, default=_json_default).encode(), qos=self.qos, retain=self.retain)
+            self.client.publish(self.topic, json.dumps(data, default=_json_default).encode(), qos=self.qos, retain=self.retain,
+                                expiry_s=self.expiry_s)  # fmt: skip
         except Exception:  # noqa: BLE001 - stats must never take a component down
             log.exception("stats publish failed", topic=self.topic)
             return False

@@ -95,6 +95,24 @@ def stats_topic(prefix: str, role: str, ident: str) -> str:
     return f"{prefix}/stats/{role}/{ident}"
 
 
+def hub_load_topic(prefix: str, hub: str) -> str:
+    """Where a hub publishes its load (retained, expiring): adaptive-tau edges read every hub's."""
+    return f"{prefix}/hubs/{hub}/load"
+
+
+def hub_load_filter(prefix: str) -> str:
+    return f"{prefix}/hubs/+/load"
+
+
+def parse_hub_load_topic(prefix: str, topic: str) -> str:
+    """'<prefix>/hubs/hub1/load' -> 'hub1' (ProtocolError for anything else)."""
+    head = f"{prefix}/hubs/"
+    parts = topic[len(head) :].split("/") if topic.startswith(head) else []
+    if len(parts) != 2 or parts[1] != "load" or not NAME_RE.fullmatch(parts[0]):
+        raise ProtocolError(f"not a hub load topic: {topic[:200]}")
+    return parts[0]
+
+
 # ---------------------------------------------------------------- images
 def encode_image(image: np.ndarray, jpeg_quality: int = 95) -> tuple[str, bytes]:
     """uint8 (H, W, C) -> (encoding, bytes): raw when small, JPEG when large."""
@@ -290,6 +308,7 @@ class LabelMsg:
     edge_conf: float
     pack: str
     run: str = ""  # the edge process's run id: frame ids restart at 0 when an edge restarts
+    tau: float | None = None  # the threshold this frame was gated with (adaptive tau moves it)
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -301,3 +320,56 @@ def decode_label(payload: bytes) -> LabelMsg:
         return LabelMsg(**data)
     except (ValueError, TypeError) as exc:
         raise ProtocolError(f"bad label payload: {exc}") from exc
+
+
+# ---------------------------------------------------------------- hub load (hub -> edges)
+MAX_LOAD_BYTES = 1024
+MAX_RATE = 1e7  # frames/s: far beyond any hub, still a bound on what a message may claim
+MAX_LOAD_INTERVAL_S = 10.0
+LOAD_STALE_INTERVALS = 3  # a load this many periods old is stale: the broker expires it, edges ignore it
+
+
+@dataclass
+class HubLoad:
+    """What a hub can answer and what it is asked, JSON on <prefix>/hubs/<hub>/load.
+
+    capacity: frames/s it answers while busy (answered frames over inference time, smoothed; None
+    until it has answered a batch); arrivals: frames/s received over the last interval; queue:
+    frames waiting; busy: fraction of the interval spent answering."""
+
+    hub: str
+    pack: str
+    capacity: float | None
+    arrivals: float
+    queue: int
+    busy: float
+    interval_s: float  # the publication period: a load older than a few periods is stale
+    ts: float = field(default_factory=time.time)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"v": VERSION, **asdict(self)}
+
+
+def decode_hub_load(payload: bytes) -> HubLoad:
+    """Bounded and validated: anything else raises ProtocolError (counted by the edge, ignored)."""
+    if len(payload) > MAX_LOAD_BYTES:
+        raise ProtocolError(f"load payload of {len(payload)} bytes exceeds {MAX_LOAD_BYTES}")
+    try:
+        msg = json.loads(payload)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"load is not JSON: {exc}") from exc
+    if not isinstance(msg, dict) or msg.get("v") != VERSION:
+        raise ProtocolError(f"load is not a version {VERSION} JSON object")
+    queue = _count(msg, "queue")
+    if queue >= 2**31:
+        raise ProtocolError("field 'queue' out of range")
+    return HubLoad(
+        hub=_name(msg, "hub"),
+        pack=_name(msg, "pack"),
+        capacity=None if msg.get("capacity") is None else _number(msg, "capacity", 0.0, MAX_RATE),
+        arrivals=_number(msg, "arrivals", 0.0, MAX_RATE),
+        queue=queue,
+        busy=_number(msg, "busy", 0.0, 1.0),
+        interval_s=_number(msg, "interval_s", 1e-3, MAX_LOAD_INTERVAL_S),
+        ts=_number(msg, "ts"),
+    )

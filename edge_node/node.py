@@ -30,10 +30,12 @@ from askexpert.protocol import (
     decode_reply,
     correlation_id,
     frames_topic,
+    hub_load_filter,
     labels_topic,
     replies_topic,
 )
 from askexpert.routing import Decision, decide
+from edge_node.adaptive_tau import AdaptiveTau
 from edge_node.pending import Offload, PendingTable
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Frame, Source
@@ -61,6 +63,10 @@ class EdgeNode:
         self.s, self.pack, self.classifier, self.client = settings, pack, classifier, client
         m = pack.manifest
         self.tau = TauControl(client, settings.prefix, settings.node_id, m.tau if settings.tau is None else settings.tau)
+        self.adaptive = (AdaptiveTau(settings.node_id, pack.pack_id, settings.tau_min, settings.deadline_ms / 1000,
+                                     settings.target_offload_rate, settings.prefix)
+                         if settings.tau_mode == "adaptive" else None)  # fmt: skip
+        self.tau_effective = self.tau.value  # what the last batch was gated with
         self.k = settings.top_k or m.k
         self.node = settings.node_id
         self.run_id = secrets.token_hex(4)  # in every label and correlation: frame ids restart with the process
@@ -79,6 +85,7 @@ class EdgeNode:
         self._live = False
         self._last_frame = time.monotonic()  # run() resets it; a frozen live source ages it
         metrics.FRAME_AGE_S.labels(self.node).set_function(self.frame_age_s)
+        metrics.TAU_EFFECTIVE.labels(self.node).set_function(lambda: self.tau_effective)
 
     # ------------------------------------------------------------ public
     def frame_age_s(self) -> float:
@@ -96,19 +103,26 @@ class EdgeNode:
             "connected": self.client.connected.is_set(),
             "id_conflicts": self.client.id_conflicts,
             "pending_offloads": len(self.pending),
-            "tau": self.tau.value,
+            **self._tau_report(),
             **vars(self.stats),
         }
 
     def snapshot(self) -> dict:
         """For the periodic stats message."""
-        return {"node": self.node, "tau": self.tau.value, "pending_offloads": len(self.pending),
+        return {"node": self.node, **self._tau_report(), "pending_offloads": len(self.pending),
                 "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
+
+    def _tau_report(self) -> dict:
+        """The operator's tau, the one frames are gated with, and (adaptive) why."""
+        report = {"tau": self.tau.value, "tau_effective": self.tau_effective, "tau_mode": self.s.tau_mode}
+        return report | ({"adaptive": self.adaptive.snapshot()} if self.adaptive else {})
 
     def run(self, source: Source) -> EdgeStats:
         """Process the source to its end (or max_frames, or stop()); every frame gets one label."""
         self.tau.start()
         self.client.subscribe(self.replies_topic, self._on_reply, qos=1)
+        if self.adaptive:
+            self.client.subscribe(hub_load_filter(self.s.prefix), self.adaptive.on_message, qos=0)
         self.pending.start()
         # Live: newest frames only. Lossless: one batch ahead, so a frame waits at most about one batch
         # before inference (a deeper queue only adds latency when the source outruns the model).
@@ -194,20 +208,26 @@ class EdgeNode:
                 return
 
     def _gate(self, batch: list[Frame], images: np.ndarray, d: Decision) -> None:
-        """Algorithm 1 (`askexpert.routing.decide`): conf >= tau is final; else the routed expert."""
-        offloaded = d.offloaded(self.tau.value)
+        """Algorithm 1 (`askexpert.routing.decide`): conf >= tau is final; else the routed expert.
+        With adaptive tau, tau is the effective one for this batch (edge_node/adaptive_tau.py)."""
+        tau = self.adaptive.tau(self.tau.value) if self.adaptive else self.tau.value
+        self.tau_effective = tau
+        offloaded = d.offloaded(tau)
+        if self.adaptive:
+            self.adaptive.record(d.conf, offloaded)
         for i, frame in enumerate(batch):
             self.stats.frames += 1
             edge_label, conf = int(d.edge_label[i]), float(d.conf[i])
             if not offloaded[i]:
-                self._publish_label(frame.frame_id, frame.t_capture, edge_label, conf, "edge", None, edge_label, conf)
+                self._publish_label(frame.frame_id, frame.t_capture, edge_label, conf, "edge", None, edge_label, conf, tau)
                 continue
-            self._offload(frame, images[i], d.topk[i], d.probs[i], str(d.expert[i]), edge_label, conf)
+            self._offload(frame, images[i], d.topk[i], d.probs[i], str(d.expert[i]), edge_label, conf, tau)
 
-    def _offload(self, frame: Frame, image: np.ndarray, top: np.ndarray, probs: np.ndarray, expert: str, edge_label: int, conf: float) -> None:
+    def _offload(self, frame: Frame, image: np.ndarray, top: np.ndarray, probs: np.ndarray, expert: str, edge_label: int,
+                 conf: float, tau: float) -> None:  # fmt: skip
         deadline_s = self.s.deadline_ms / 1000
         now = time.monotonic()
-        self.pending.add(Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, now + deadline_s, now, frame.label))
+        self.pending.add(Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, now + deadline_s, now, tau, frame.label))
         msg = FrameMsg(self.node, frame.frame_id, frame.t_capture, self.pack.pack_id,
                        [int(c) for c in top], [float(probs[c]) for c in top], image)  # fmt: skip
         self.client.publish(
@@ -249,22 +269,24 @@ class EdgeNode:
             return
         self._metric_rtt.observe((time.monotonic() - item.t_sent) * 1000)
         self._publish_label(item.frame_id, item.t_capture, reply.label, reply.conf, "expert", item.expert,
-                            item.edge_label, item.edge_conf)  # fmt: skip
+                            item.edge_label, item.edge_conf, item.tau)  # fmt: skip
         return None
 
     def _on_deadline(self, item: Offload) -> None:
         self._publish_label(item.frame_id, item.t_capture, item.edge_label, item.edge_conf, "edge-fallback",
-                            item.expert, item.edge_label, item.edge_conf)  # fmt: skip
+                            item.expert, item.edge_label, item.edge_conf, item.tau)  # fmt: skip
 
     def _publish_label(self, frame_id: int, t_capture: float, label: int, conf: float, source: str,
-                       expert: str | None, edge_label: int, edge_conf: float) -> None:  # fmt: skip
+                       expert: str | None, edge_label: int, edge_conf: float, tau: float) -> None:  # fmt: skip
         latency_ms = (time.time() - t_capture) * 1000
         msg = LabelMsg(self.node, frame_id, label, self.pack.manifest.classes[label],
                        round(conf, 6), source, expert, round(latency_ms, 3), t_capture, edge_label,
-                       round(edge_conf, 6), self.pack.pack_id, self.run_id)  # fmt: skip
+                       round(edge_conf, 6), self.pack.pack_id, self.run_id, round(tau, 6))  # fmt: skip
         self.client.publish(self.labels_topic, msg.encode(), qos=1)
         self._metric_labels[source].inc()
         self._metric_latency[source].observe(latency_ms)
+        if self.adaptive and source != "edge":
+            self.adaptive.result(answered=source == "expert")
         with self._count_lock:
             if source == "edge":
                 self.stats.edge += 1

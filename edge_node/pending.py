@@ -22,6 +22,7 @@ class Offload:
     expert: str
     deadline: float  # time.monotonic()
     t_sent: float  # time.monotonic() when offloaded
+    tau: float  # the threshold it was gated with, for its label
     label: int | None = field(default=None)  # ground truth, when known
 
 

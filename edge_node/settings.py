@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import socket
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from askexpert.protocol import check_name
@@ -14,6 +16,11 @@ class EdgeSettings(CommonSettings):
     node_id: str = Field(default_factory=socket.gethostname, description="this node's id in topics")
     source: str = Field("0", description="camera index, video file, RTSP/GStreamer URL, dir:PATH, dataset:NAME:SPLIT, replay:DIR")
     tau: float | None = Field(None, ge=0.0, le=1.0, description="confidence threshold; default: the pack's")
+    tau_mode: Literal["fixed", "adaptive"] = Field(
+        "fixed", description="adaptive: lower the effective tau (down to tau_min) so offloads fit what the hubs can answer in time")
+    tau_min: float = Field(0.0, ge=0.0, le=1.0, description="adaptive tau's lower bound (the operator's tau is the upper one)")
+    target_offload_rate: float | None = Field(
+        None, gt=0, description="adaptive: offloads/s this edge aims at, instead of following the hubs' published load")
     top_k: int | None = Field(None, ge=1, description="top-k for routing; default: the pack's k")
     deadline_ms: float = Field(1000.0, gt=0, description="wait this long for an expert, then publish the edge's label")
     max_frames: int | None = Field(None, ge=1, description="stop after this many frames")

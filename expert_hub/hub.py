@@ -10,6 +10,7 @@ expert's tail runs on its own rows) and replies on each frame's Response Topic.
 
 from __future__ import annotations
 
+import math
 import queue
 import threading
 import time
@@ -24,17 +25,21 @@ from askexpert.backends import ExpertLibrary
 from askexpert.batching import fill_batch, put_newest
 from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
+from askexpert.ops import StatsPublisher
 from askexpert.pack import Pack
 from askexpert.protocol import (
+    LOAD_STALE_INTERVALS,
     FrameMsg,
     ProtocolError,
     ReplyMsg,
     decode_frame,
     frames_filter,
+    hub_load_topic,
     parse_frames_topic,
     replies_topic,
 )
 from askexpert.routing import softmax
+from expert_hub.load import LoadMeter
 from expert_hub.settings import HubSettings
 
 log = get_logger("expert_hub")
@@ -82,11 +87,18 @@ class ExpertHub:
         self._warned_packs: set[str] = set()
         self._log_throttle = Throttle()
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
+        self.load = LoadMeter(settings.hub_id, pack.pack_id, settings.load_interval_s)
+        self._load_topic = hub_load_topic(settings.prefix, settings.hub_id)
+        self._load_publisher: StatsPublisher | None = None
 
     def start(self) -> None:
         for key in self.library.keys:
             self.client.subscribe(frames_filter(self.s.prefix, key, self.s.share_group), self._on_frame, qos=1)
         self._thread.start()
+        if self.s.load_interval_s > 0:  # retained, so a new edge sees it at once; expiring, so a dead hub's goes
+            expiry = math.ceil(LOAD_STALE_INTERVALS * self.s.load_interval_s)
+            self._load_publisher = StatsPublisher(self.client, self._load_topic, lambda: self.load.sample(self._queue.qsize()).to_dict(),
+                                                  self.s.load_interval_s, qos=0, retain=True, expiry_s=expiry).start()  # fmt: skip
         log.info("hub serving", experts=self.library.keys, share_group=self.s.share_group, pack=self.pack.pack_id)
 
     def health(self) -> dict:
@@ -100,11 +112,15 @@ class ExpertHub:
 
     def snapshot(self) -> dict:
         """For the periodic stats message."""
-        return {"hub": self.s.hub_id, "queue": self._queue.qsize(), "per_expert": dict(self.per_expert), **vars(self.stats)}
+        return {"hub": self.s.hub_id, "queue": self._queue.qsize(), "per_expert": dict(self.per_expert),
+                "capacity_per_s": self.load.capacity, **vars(self.stats)}  # fmt: skip
 
     def stop(self) -> None:
         self.stop_event.set()
         self._thread.join(timeout=5)
+        if self._load_publisher is not None:
+            self._load_publisher.stop()
+            self.client.publish(self._load_topic, b"", qos=0, retain=True)  # no capacity left behind
 
     def _reject(self, reason: str, **info: object) -> None:
         self.stats.rejected += 1
@@ -115,6 +131,7 @@ class ExpertHub:
     # ------------------------------------------------------------ network thread
     def _on_frame(self, message: mqtt.MQTTMessage) -> None:
         self.stats.received += 1
+        self.load.arrived()
         if len(message.payload) > self.s.max_payload:
             return self._reject("oversized", bytes=len(message.payload), topic=message.topic[:200])
         raw = Raw(message.topic, message.payload, getattr(message, "properties", None), time.monotonic())
@@ -198,3 +215,4 @@ class ExpertHub:
             metrics.HUB_FRAMES.labels(self.s.hub_id, key).inc(n)
         self.per_expert.update(keys)
         self.stats.answered += len(jobs)
+        self.load.served(len(jobs), time.monotonic() - t0)

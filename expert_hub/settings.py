@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from askexpert.protocol import MAX_FRAME_BYTES, check_name
+from askexpert.protocol import MAX_FRAME_BYTES, MAX_LOAD_INTERVAL_S, check_name
 from askexpert.settings import CommonSettings
 
 
@@ -21,6 +21,8 @@ class HubSettings(CommonSettings):
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill after its first frame, only when frames are queued behind it")
     max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frame payloads are rejected")
     queue_size: int = Field(4096, ge=1, description="frames waiting for inference; beyond this the oldest is dropped")
+    load_interval_s: float = Field(1.0, ge=0, le=MAX_LOAD_INTERVAL_S,
+                                   description="period of the load message (capacity, arrivals, queue) that adaptive-tau edges follow; 0 = off")
 
     @field_validator("hub_id")
     @classmethod

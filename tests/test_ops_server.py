@@ -87,7 +87,7 @@ class _FakeClient:
         self.sent: list[tuple[str, bytes, int, bool]] = []
         self.event = threading.Event()
 
-    def publish(self, topic, payload, qos=0, retain=False):
+    def publish(self, topic, payload, qos=0, retain=False, expiry_s=None):
         self.sent.append((topic, payload, qos, retain))
         if len(self.sent) >= 2:
             self.event.set()
