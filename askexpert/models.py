@@ -9,10 +9,10 @@ ten experts cost little more than one in memory and in the pack.
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
-from timm.models.vision_transformer import Block, VisionTransformer
+from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
 # name -> (embed dim, heads); head dim is 64 for all, MLP ratio 4 (the paper's Table 2).
@@ -71,14 +71,14 @@ def build_vit(arch: ViTArch, drop_path_rate: float = 0.0) -> VisionTransformer:
 
 
 def trunk_tokens(vit: VisionTransformer, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
-    """Tokens after the first `n_blocks` blocks (what a shared trunk hands to expert tails)."""
-    x = vit.patch_embed(x)
-    x = vit._pos_embed(x)
-    x = vit.patch_drop(x)
-    x = vit.norm_pre(x)
-    for blk in vit.blocks[:n_blocks]:
-        x = blk(x)
-    return x
+    """Tokens (class token first, then one per patch) after the first `n_blocks` blocks: what a
+    shared trunk hands to expert tails. timm's public `forward_intermediates`, stopping early."""
+    if not 1 <= n_blocks <= len(vit.blocks):
+        raise ValueError(f"a trunk of {n_blocks} blocks on a ViT of {len(vit.blocks)}")
+    ((patches, prefix),) = vit.forward_intermediates(
+        x, indices=[n_blocks - 1], return_prefix_tokens=True, stop_early=True, output_fmt="NLC", intermediates_only=True
+    )
+    return torch.cat([prefix, patches], dim=1)
 
 
 class ExpertTail(nn.Module):
@@ -86,11 +86,11 @@ class ExpertTail(nn.Module):
 
     def __init__(self, arch: ViTArch, n_blocks: int) -> None:
         super().__init__()
-        self.blocks = nn.Sequential(
-            *[Block(arch.embed_dim, arch.num_heads, arch.mlp_ratio, qkv_bias=True) for _ in range(n_blocks)]
-        )
-        self.norm = nn.LayerNorm(arch.embed_dim, eps=1e-6)
-        self.head = nn.Linear(arch.embed_dim, arch.num_classes)
+        # The layers of a timm ViT of this shape, built by timm itself: blocks, norm (with timm's eps)
+        # and head exactly as in the ViT the tail was trained from; state dict keys stay blocks.*,
+        # norm.*, head.* (the pack format).
+        vit = build_vit(replace(arch, depth=n_blocks))
+        self.blocks, self.norm, self.head = vit.blocks, vit.norm, vit.head
 
     @classmethod
     def from_vit(cls, vit: VisionTransformer, arch: ViTArch, n_blocks: int) -> "ExpertTail":
@@ -107,12 +107,17 @@ class ExpertTail(nn.Module):
 
 
 class SharedTrunk(nn.Module):
-    """The first blocks of a ViT, frozen; the part every tail expert shares."""
+    """The first blocks of a ViT, frozen; the part every tail expert shares. The ViT is pruned to
+    those blocks with timm's public `prune_intermediate_layers` (the later blocks, final norm and
+    head are dropped from memory), and `forward_features` then gives the trunk's tokens."""
 
     def __init__(self, vit: VisionTransformer, n_blocks: int) -> None:
         super().__init__()
+        if not 1 <= n_blocks <= len(vit.blocks):
+            raise ValueError(f"a trunk of {n_blocks} blocks on a ViT of {len(vit.blocks)}")
+        vit.prune_intermediate_layers(indices=[n_blocks - 1], prune_norm=True, prune_head=True)
         self.vit = vit
         self.n_blocks = n_blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return trunk_tokens(self.vit, x, self.n_blocks)
+        return self.vit.forward_features(x)
