@@ -256,3 +256,51 @@ def test_load_messages_over_a_real_broker(broker):
     finally:
         hub.stop()
         cam.stop()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)  # three processes importing torch on a busy box; no timing is asserted
+def test_an_overloaded_hub_with_and_without_adaptive_tau(tiny_pack, broker):
+    """A real hub that answers at most 20 frames/s, an edge that offloads up to 160/s: with a fixed tau most
+    offloads fall back; with adaptive tau few do, and every frame still gets exactly one label."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from askexpert.localbroker import spawn
+    from helpers import Collector, run_edge, stop, wait_hub_online
+
+    n, tau_min = 1000, 0.1  # a 10-class softmax's top-1 is never below 0.1: at tau_min nothing is offloaded
+    hub = subprocess.Popen([sys.executable, str(Path(__file__).parents[1] / "bench" / "slow_hub.py"), "0.05", "run", "--pack", str(tiny_pack),
+                            "--broker", broker.url, "--hub-id", "slowhub", "--stats-interval-s", "0", "--threads", "1"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    runs = {}
+    try:
+        wait_hub_online(broker.url, "slowhub", timeout=300)
+        for mode, node in (("fixed", "camF"), ("adaptive", "camA")):
+            sub = Collector(broker.url, f"ate/v1/nodes/{node}/labels", f"ate/v1/stats/edge/{node}")
+            summary = run_edge(tiny_pack, broker.url, "--node-id", node, "--source", "dataset:fashion-mnist:test",
+                               "--max-frames", str(n), "--fps", "160", "--tau", "1.0", "--deadline-ms", "500",
+                               "--tau-mode", mode, "--tau-min", repr(tau_min), "--stats-interval-s", "1",
+                               "--threads", "1", timeout=600)  # fmt: skip
+            labels = sub.wait_labels(n)
+            sub.close()
+            stats = [json.loads(p) for t, p in sub.raw if "/stats/" in t]
+            runs[mode] = (summary, labels, stats)
+    finally:
+        err = stop(hub)
+    assert "Traceback" not in err, err[-3000:]
+
+    for mode, (summary, labels, _) in runs.items():
+        assert summary["frames"] == n
+        assert sorted(m.frame_id for m in labels) == list(range(n)), f"{mode}: every frame exactly once"
+        assert summary["fallback"] == sum(m.source == "edge-fallback" for m in labels)
+    fixed, adaptive = runs["fixed"], runs["adaptive"]
+    assert {m.tau for m in fixed[1]} == {1.0}
+    assert fixed[0]["fallback"] >= 0.4 * n, "the hub is overloaded without adaptive tau"
+    assert adaptive[0]["fallback"] <= 0.5 * fixed[0]["fallback"]
+    assert adaptive[0]["expert"] >= 0.5 * fixed[0]["expert"], "adaptive tau still uses the hub"
+    taus = [m.tau for m in adaptive[1]]
+    assert all(tau_min <= t <= 1.0 for t in taus) and min(taus) < 1.0
+    assert any(s.get("tau_mode") == "adaptive" and s["adaptive"]["hubs"] == 1 and s["tau_effective"] < 1.0 for s in adaptive[2])
+    assert all(s["tau"] == 1.0 for s in adaptive[2]), "the operator's tau is not changed"

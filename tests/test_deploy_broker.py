@@ -268,6 +268,18 @@ def test_hub_shared_subscription_passes_the_acl(clients):
     assert hub.got(2.0, n=1) == [("ate/v1/experts/1/frames/cam1", b"shared-frame")]
 
 
+def test_only_a_hub_publishes_its_load_and_edges_read_it(clients):
+    """Adaptive tau trusts hub loads: a hub writes only its own, an edge reads them and writes none."""
+    hub, cam1 = clients("hub1", "hub4"), clients("cam1", "cam1f")
+    assert cam1.subscribe("ate/v1/hubs/+/load").value == 1
+    cam1.publish("ate/v1/hubs/hub1/load", b"forged-by-cam1")  # dropped by the broker
+    cam1.publish("ate/v1/hubs/cam1/load", b"cam1-as-a-hub")
+    hub.publish("ate/v1/hubs/hub2/load", b"hub1-as-hub2")
+    hub.publish("ate/v1/hubs/hub1/load", b"hub1-load")
+    assert cam1.got(2.0, n=1) == [("ate/v1/hubs/hub1/load", b"hub1-load")]
+    assert cam1.got(0.3) == []
+
+
 def test_ops_reads_broker_uptime(clients):
     """Dashboards read $SYS as `ops`."""
     ops = clients("ops", "ops3")

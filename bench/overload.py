@@ -1,0 +1,125 @@
+"""A fleet at about twice what its hubs can answer, with a fixed tau and with adaptive tau.
+
+Calibration: one edge offloads every frame (tau 1) as fast as it can; the experts' answers per
+second are the hubs' capacity C, and the edge confidences of those frames give the share alpha
+offloaded at --tau. Then each edge is paced at overload * C / (edges * alpha) frames/s, once with
+a fixed tau and once adaptive (tau_min..tau). Prints one JSON line with, per mode: fallbacks
+(% of frames), the offloaded share alpha, accuracy on the Fashion-MNIST test split, the effective
+tau (mean, min), labels per second, missing and duplicate labels.
+
+    python bench/overload.py --pack packs/fashion-mnist --edges 2 --frames 2000
+    python bench/overload.py --frames 50 --expert-ms 20    # a slower hub (bench/slow_hub.py)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from askexpert.datasets import load_dataset
+from askexpert.localbroker import Broker, wait_online
+from fleet import Consumer  # bench/ is the script's folder, so on sys.path
+
+HERE = Path(__file__).parent
+
+
+def run_edges(a: argparse.Namespace, broker: Broker, consumer: Consumer, name: str, n: int, fps: float | None,
+              tau: float, extra: list[str]) -> list:  # fmt: skip
+    """Run the edges to the end of their frames; return their labels as the consumer saw them."""
+    with consumer.lock:
+        consumer.labels.clear()
+    pace = ["--fps", repr(fps)] if fps else []
+    edges = [subprocess.Popen([sys.executable, "-m", "edge_node.cli", "run", "--pack", a.pack, "--broker", broker.url,
+                               "--node-id", f"{name}{i}", "--source", "dataset:fashion-mnist:test", "--max-frames", str(n),
+                               "--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms), "--stats-interval-s", "0", *pace, *extra],
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+             for i in range(a.edges if fps else 1)]  # fmt: skip
+    for e in edges:
+        e.communicate(timeout=1800)
+    time.sleep(0.5)  # the last labels on their way to the consumer
+    with consumer.lock:
+        return list(consumer.labels)
+
+
+def report(labels: list, expected: int, truth: np.ndarray) -> dict:
+    per_frame = Counter((m.node, m.frame_id) for m in labels)
+    sources = Counter(m.source for m in labels)
+    published = [m.t_capture + m.latency_ms / 1000 for m in labels]
+    taus = np.array([m.tau for m in labels], dtype=float)
+    n = max(len(labels), 1)
+    return {
+        "frames": expected, "missing": expected - len(per_frame), "duplicates": sum(c - 1 for c in per_frame.values() if c > 1),
+        "fallback_pct": round(100 * sources["edge-fallback"] / n, 2),
+        "alpha": round((sources["expert"] + sources["edge-fallback"]) / n, 4),
+        "accuracy": round(float(np.mean([m.label == truth[m.frame_id] for m in labels])), 4) if labels else None,
+        "tau_effective_mean": round(float(taus.mean()), 4) if labels else None,
+        "tau_effective_min": round(float(taus.min()), 4) if labels else None,
+        "labels_per_s": round(len(labels) / max(max(published) - min(published), 1e-3), 1) if labels else 0.0,
+        "sources": dict(sources),
+    }  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python bench/overload.py", description=__doc__.split("\n\n")[0])
+    p.add_argument("--pack", default="packs/fashion-mnist")
+    p.add_argument("--edges", type=int, default=2)
+    p.add_argument("--hubs", type=int, default=1)
+    p.add_argument("--frames", type=int, default=1000, help="frames per edge and mode")
+    p.add_argument("--calibrate-frames", type=int, default=None, help="frames of the calibration run (default --frames)")
+    p.add_argument("--overload", type=float, default=2.0, help="offered offloads / hub capacity")
+    p.add_argument("--tau", type=float, default=0.8)
+    p.add_argument("--tau-min", type=float, default=0.0)
+    p.add_argument("--deadline-ms", type=float, default=500.0)
+    p.add_argument("--expert-ms", type=float, default=0.0, help="make each expert frame take at least this long (a slower hub)")
+    a = p.parse_args(argv)
+
+    truth = load_dataset("fashion-mnist", "test").labels
+    broker = Broker().start()
+    slow = [str(HERE / "slow_hub.py"), repr(a.expert_ms / 1000)] if a.expert_ms else ["-m", "expert_hub.cli"]
+    hubs = [subprocess.Popen([sys.executable, *slow, "run", "--pack", a.pack, "--broker", broker.url, "--hub-id", f"ovl-hub{i}",
+                              "--share-group", "ovl", "--stats-interval-s", "0"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for i in range(a.hubs)]  # fmt: skip
+    consumer = None
+    try:
+        for i in range(a.hubs):
+            wait_online("127.0.0.1", broker.port, "hub", f"ovl-hub{i}", timeout=600)
+        consumer = Consumer(broker.port)
+        time.sleep(0.3)
+        cal = run_edges(a, broker, consumer, "ovl-cal", a.calibrate_frames or a.frames, None, 1.0, [])
+        answered = sorted(m.t_capture + m.latency_ms / 1000 for m in cal if m.source == "expert")
+        capacity = (len(answered) - 1) / max(answered[-1] - answered[0], 1e-3) if len(answered) > 1 else 0.0
+        alpha = float(np.mean([m.edge_conf < a.tau for m in cal])) if cal else 0.0
+        if capacity <= 0 or alpha <= 0:
+            raise SystemExit(f"calibration failed: capacity {capacity:.1f}/s, alpha at tau {a.tau} = {alpha:.3f}")
+        fps = a.overload * capacity / (a.edges * alpha)
+        modes = {}
+        for mode in ("fixed", "adaptive"):
+            labels = run_edges(a, broker, consumer, f"ovl-{mode}", a.frames, fps, a.tau,
+                               ["--tau-mode", mode, "--tau-min", repr(a.tau_min)])  # fmt: skip
+            modes[mode] = report(labels, a.edges * a.frames, truth)
+    finally:
+        if consumer is not None:
+            consumer.close()
+        for h in hubs:
+            h.terminate()
+            h.wait(10)
+        broker.stop()
+    print(json.dumps({
+        "bench": "overload", "pack": str(Path(a.pack)), "edges": a.edges, "hubs": a.hubs, "tau": a.tau, "tau_min": a.tau_min,
+        "deadline_ms": a.deadline_ms, "expert_ms": a.expert_ms, "hub_capacity_per_s": round(capacity, 1),
+        "alpha_at_tau": round(alpha, 4), "fps_per_edge": round(fps, 1), "offered_offloads_per_s": round(fps * a.edges * alpha, 1),
+        **modes,
+    }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
