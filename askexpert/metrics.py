@@ -16,11 +16,7 @@ REJECTED = Counter("ate_rejected_messages_total", "Messages rejected, by reason"
 QUEUE_DEPTH = Gauge("ate_queue_depth", "Items waiting in a queue", ["component", "queue"])
 BATCH_SIZE = Histogram("ate_batch_size", "Inference batch sizes", ["component", "model"], buckets=BATCH_BUCKETS)
 INFER_MS = Histogram("ate_inference_ms", "Inference time per batch", ["component", "model"], buckets=LATENCY_BUCKETS_MS)
-LABEL_LATENCY_MS = Histogram(
-    "ate_label_latency_ms", "Capture to final label, by source", ["node", "source"], buckets=LATENCY_BUCKETS_MS
-)
-OFFLOAD_RTT_MS = Histogram(
-    "ate_offload_rtt_ms", "Offload sent to expert reply received, at the edge", ["node"], buckets=LATENCY_BUCKETS_MS
-)
+LABEL_LATENCY_MS = Histogram("ate_label_latency_ms", "Capture to final label, by source", ["node", "source"], buckets=LATENCY_BUCKETS_MS)
+OFFLOAD_RTT_MS = Histogram("ate_offload_rtt_ms", "Offload sent to expert reply received, at the edge", ["node"], buckets=LATENCY_BUCKETS_MS)
 HUB_FRAMES = Counter("ate_hub_frames_total", "Frames answered by the hub, by expert", ["hub", "expert"])
 TAU = Gauge("ate_tau", "Current confidence threshold", ["node"])

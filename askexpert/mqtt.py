@@ -21,8 +21,8 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from askexpert.log import get_logger
 from askexpert.protocol import status_topic
@@ -139,8 +139,7 @@ class MqttClient:
     def stop(self) -> None:
         """Say `offline` (retained), then disconnect cleanly: the will is only for crashes."""
         if self.announce and self.connected.is_set():
-            info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance),
-                                retain=True)  # fmt: skip
+            info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance), retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -231,8 +230,12 @@ class MqttClient:
         for topic_filter, (qos, _) in self._subs.items():
             if topic_filter.startswith("$share/") and not shared_ok:
                 self.refused[topic_filter] = "the broker's CONNACK says shared subscriptions are not available"
-                log.error("mqtt subscription not possible", topic_filter=topic_filter, reason=self.refused[topic_filter],
-                          hint="run one hub per expert set without --share-group, or use a broker with shared subscriptions")  # fmt: skip
+                log.error(
+                    "mqtt subscription not possible",
+                    topic_filter=topic_filter,
+                    reason=self.refused[topic_filter],
+                    hint="run one hub per expert set without --share-group, or use a broker with shared subscriptions",
+                )
                 continue
             self._subscribe(topic_filter, qos)
         if self.announce:
@@ -265,8 +268,7 @@ class MqttClient:
         self._unreachable_since = self._unreachable_since or now
         if now - self._unreachable_logged >= 30:
             self._unreachable_logged = now
-            log.warning("mqtt broker unreachable; retrying", broker=self.settings.broker,
-                        for_s=round(now - self._unreachable_since, 1))  # fmt: skip
+            log.warning("mqtt broker unreachable; retrying", broker=self.settings.broker, for_s=round(now - self._unreachable_since, 1))
 
     @staticmethod
     def _on_paho_log(client: mqtt.Client, userdata: object, level: int, buf: str) -> None:
@@ -293,8 +295,7 @@ class MqttClient:
 
     def _id_conflict(self, why: str) -> None:
         self.id_conflicts += 1
-        log.error(f"{why}: give every component its own id (--node-id / --hub-id)", client_id=self.client_id,
-                  times=self.id_conflicts)  # fmt: skip
+        log.error(f"{why}: give every component its own id (--node-id / --hub-id)", client_id=self.client_id, times=self.id_conflicts)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes, properties) -> None:
         with self._lock:
@@ -309,8 +310,12 @@ class MqttClient:
         bad = [rc for rc in reason_codes if rc.is_failure]
         if bad:  # the component must not look healthy while it receives nothing
             self.refused[topic_filter] = str(bad[0])
-            log.error("mqtt subscription refused by the broker", topic_filter=topic_filter, reason=str(bad[0]),
-                      hint="shared subscriptions ($share/...) need a broker that supports them")  # fmt: skip
+            log.error(
+                "mqtt subscription refused by the broker",
+                topic_filter=topic_filter,
+                reason=str(bad[0]),
+                hint="shared subscriptions ($share/...) need a broker that supports them",
+            )
         else:
             self.refused.pop(topic_filter, None)
 

@@ -21,6 +21,7 @@ class EdgeSettings(CommonSettings):
     batch_size: int = Field(32, ge=1, description="largest micro-batch for the generalist")
     batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits to fill")
     live_queue: int = Field(4, ge=1, description="frames a live source may keep waiting (oldest dropped)")
+
     @field_validator("node_id")
     @classmethod
     def _topic_safe(cls, v: str) -> str:

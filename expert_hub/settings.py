@@ -15,7 +15,8 @@ class HubSettings(CommonSettings):
     hub_id: str = Field(default_factory=socket.gethostname, description="this hub's id")
     experts: list[str] | None = Field(None, description="serve only these experts, e.g. 0,0-2; default all")
     expert_form: Literal["full", "compact"] = Field(
-        "full", description="full: the pack's whole-ViT experts; compact: its tails on one shared trunk (less memory)")
+        "full", description="full: the pack's whole-ViT experts; compact: its tails on one shared trunk (less memory)"
+    )
     share_group: str | None = Field(None, description="subscribe as $share/NAME/... so hubs split the load")
     max_batch: int = Field(64, ge=1, description="largest inference batch")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill after its first frame")

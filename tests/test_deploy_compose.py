@@ -98,7 +98,7 @@ def test_dockerfiles_pin_their_base_and_copy_only_what_exists(dockerfile):
     for stage, port in (("edge", 9101), ("hub", 9102)):
         block = text.split(f"AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
         assert f"EXPOSE {port}" in block and f"ATE_METRICS_PORT={port}" in block and "/healthz" in block
-        assert f'ENTRYPOINT ["{ "edge-node" if stage == "edge" else "expert-hub" }"]' in block
+        assert f'ENTRYPOINT ["{"edge-node" if stage == "edge" else "expert-hub"}"]' in block
 
 
 def test_every_bind_mount_and_config_file_exists(compose):
@@ -161,8 +161,14 @@ def test_two_box_override_splits_the_services_and_takes_the_broker_from_env():
 def test_broker_config_has_the_required_settings():
     conf = (REPO / "docker/mosquitto/mosquitto.conf").read_text()
     lines = {ln.strip() for ln in conf.splitlines() if ln.strip() and not ln.lstrip().startswith("#")}
-    for want in ("listener 1883", "set_tcp_nodelay true", "persistence true", "allow_anonymous false",
-                 "password_file /mosquitto/config/passwd", "acl_file /mosquitto/config/acl"):
+    for want in (
+        "listener 1883",
+        "set_tcp_nodelay true",
+        "persistence true",
+        "allow_anonymous false",
+        "password_file /mosquitto/config/passwd",
+        "acl_file /mosquitto/config/acl",
+    ):
         assert want in lines, want
     mounts = " ".join(services()["broker"]["volumes"])
     for target in ("/mosquitto/config/mosquitto.conf", "/mosquitto/config/passwd", "/mosquitto/config/acl", "/mosquitto/data"):
@@ -180,7 +186,10 @@ def test_deps_script_works_without_tomllib(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     native = subprocess.run(
         [sys.executable, "docker/deps.py", "pyproject.toml", "--skip", "torch", "--skip", "opencv-python-headless"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out == native and out
     assert not any(r.startswith(("torch", "opencv", "matplotlib")) for r in out)
