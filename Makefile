@@ -7,6 +7,8 @@ install:
 	PY=$(PY) bash scripts/install.sh
 
 test: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
 
 demo: install

@@ -15,9 +15,17 @@ import numpy as np
 
 FASHION_MNIST_DIR = Path(os.environ.get("ATE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = [
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-    "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
-]  # fmt: skip
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 class DatasetError(RuntimeError):
@@ -130,9 +138,7 @@ def load_cifar100(split: str, root: Path | None = None) -> LabelledImages:
         coarse = np.asarray(batch["coarse_labels"], dtype=np.int64)
         classes, super_names = _cifar_names(meta["fine_label_names"]), _cifar_names(meta["coarse_label_names"])
     else:
-        raise DatasetError(
-            f"CIFAR-100 not found in {root}: give the extracted cifar-100-python or cifar-100-binary folder"
-        )
+        raise DatasetError(f"CIFAR-100 not found in {root}: give the extracted cifar-100-python or cifar-100-binary folder")
     superclass = np.zeros(len(classes), dtype=np.int64)
     superclass[fine] = coarse
     return LabelledImages(images, fine, classes, superclass, super_names)
@@ -160,8 +166,7 @@ def load_image_folder(split: str, root: Path | None = None, size: int | None = N
     classes = sorted(d.name for d in base.iterdir() if d.is_dir() and d.name not in ("train", "test", "val"))
     if not classes:
         raise DatasetError(f"{base} has no class folders")
-    files = [(f, c) for c, name in enumerate(classes) for f in sorted((base / name).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]  # fmt: skip
+    files = [(f, c) for c, name in enumerate(classes) for f in sorted((base / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DatasetError(f"{base} has no images")
     raw = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f, _ in files]

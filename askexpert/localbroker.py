@@ -9,7 +9,6 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 MOSQUITTO = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
 
@@ -83,51 +82,6 @@ def spawn(module: str, *args: str, **popen: object) -> subprocess.Popen:
     import sys
 
     return subprocess.Popen([sys.executable, "-m", module, *args], **popen)  # type: ignore[call-overload]
-
-
-def wait_online(
-    host: str,
-    port: int,
-    role: str,
-    ident: str,
-    prefix: str = "ate/v1",
-    timeout: float = 60,
-    alive: Callable[[], None] | None = None,
-) -> None:
-    """Block until a component's retained status says `online` (it serves from then on).
-
-    `alive` is called while waiting and may raise to give up early (e.g. the process exited).
-    """
-    import json
-    import threading
-
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
-
-    online = threading.Event()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
-
-    def on_message(client, userdata, msg) -> None:
-        try:
-            if json.loads(msg.payload).get("state") == "online":
-                online.set()
-        except ValueError:
-            pass
-
-    c.on_message = on_message
-    c.on_connect = lambda client, *a: client.subscribe(f"{prefix}/status/{role}/{ident}", qos=1)
-    c.connect(host, port)
-    c.loop_start()
-    deadline = time.monotonic() + timeout
-    try:
-        while not online.wait(0.2):
-            if alive is not None:
-                alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{role} {ident} did not come online within {timeout} s")
-    finally:
-        c.disconnect()
-        c.loop_stop()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,12 +16,8 @@ REJECTED = Counter("ate_rejected_messages_total", "Messages rejected, by reason"
 QUEUE_DEPTH = Gauge("ate_queue_depth", "Items waiting in a queue", ["component", "queue"])
 BATCH_SIZE = Histogram("ate_batch_size", "Inference batch sizes", ["component", "model"], buckets=BATCH_BUCKETS)
 INFER_MS = Histogram("ate_inference_ms", "Inference time per batch", ["component", "model"], buckets=LATENCY_BUCKETS_MS)
-LABEL_LATENCY_MS = Histogram(
-    "ate_label_latency_ms", "Capture to final label, by source", ["node", "source"], buckets=LATENCY_BUCKETS_MS
-)
-OFFLOAD_RTT_MS = Histogram(
-    "ate_offload_rtt_ms", "Offload sent to expert reply received, at the edge", ["node"], buckets=LATENCY_BUCKETS_MS
-)
+LABEL_LATENCY_MS = Histogram("ate_label_latency_ms", "Capture to final label, by source", ["node", "source"], buckets=LATENCY_BUCKETS_MS)
+OFFLOAD_RTT_MS = Histogram("ate_offload_rtt_ms", "Offload sent to expert reply received, at the edge", ["node"], buckets=LATENCY_BUCKETS_MS)
 HUB_FRAMES = Counter("ate_hub_frames_total", "Frames answered by the hub, by expert", ["hub", "expert"])
 SOURCE_RECONNECTS = Counter("ate_source_reconnects_total", "Attempts to reopen a live source that dropped", ["outcome"])
 FRAME_AGE_S = Gauge("ate_last_frame_age_seconds", "Seconds since the source gave its last frame", ["node"])

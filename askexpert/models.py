@@ -39,9 +39,7 @@ class ViTArch:
     num_classes: int
 
     @classmethod
-    def from_shape(
-        cls, shape: str, *, depth: int, patch_size: int, img_size: int, in_chans: int, num_classes: int
-    ) -> "ViTArch":
+    def from_shape(cls, shape: str, *, depth: int, patch_size: int, img_size: int, in_chans: int, num_classes: int) -> "ViTArch":
         if shape not in SHAPES:
             raise ValueError(f"unknown shape {shape!r}; choose from {sorted(SHAPES)}")
         dim, heads = SHAPES[shape]

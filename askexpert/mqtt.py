@@ -21,8 +21,8 @@ from typing import Callable
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from askexpert.log import get_logger
 from askexpert.protocol import status_topic
@@ -154,8 +154,7 @@ class MqttClient:
     def stop(self) -> None:
         """Say `offline` (retained), then disconnect cleanly: the will is only for crashes."""
         if self.announce and self.connected.is_set():
-            info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance),
-                                retain=True)  # fmt: skip
+            info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance), retain=True)
             try:
                 info.wait_for_publish(timeout=2)
             except (RuntimeError, ValueError):
@@ -246,8 +245,12 @@ class MqttClient:
         for topic_filter, (qos, _) in self._subs.items():
             if topic_filter.startswith("$share/") and not shared_ok:
                 self.refused[topic_filter] = "the broker's CONNACK says shared subscriptions are not available"
-                log.error("mqtt subscription not possible", topic_filter=topic_filter, reason=self.refused[topic_filter],
-                          hint="run one hub per expert set without --share-group, or use a broker with shared subscriptions")  # fmt: skip
+                log.error(
+                    "mqtt subscription not possible",
+                    topic_filter=topic_filter,
+                    reason=self.refused[topic_filter],
+                    hint="run one hub per expert set without --share-group, or use a broker with shared subscriptions",
+                )
                 continue
             self._subscribe(topic_filter, qos)
         if self.announce:
@@ -283,8 +286,14 @@ class MqttClient:
             self._unreachable_logged = now
             host, for_s = self.settings.broker_host, round(now - self._unreachable_since, 1)
             if (why := unresolvable(host)) is not None:
-                log.error("mqtt broker host name does not resolve; retrying", broker=self.settings.broker, host=host,
-                          error=why, for_s=for_s, hint=RESOLVE_HINT)  # fmt: skip
+                log.error(
+                    "mqtt broker host name does not resolve; retrying",
+                    broker=self.settings.broker,
+                    host=host,
+                    error=why,
+                    for_s=for_s,
+                    hint=RESOLVE_HINT,
+                )
             else:
                 log.warning("mqtt broker unreachable; retrying", broker=self.settings.broker, for_s=for_s)
 
@@ -313,8 +322,7 @@ class MqttClient:
 
     def _id_conflict(self, why: str) -> None:
         self.id_conflicts += 1
-        log.error(f"{why}: give every component its own id (--node-id / --hub-id)", client_id=self.client_id,
-                  times=self.id_conflicts)  # fmt: skip
+        log.error(f"{why}: give every component its own id (--node-id / --hub-id)", client_id=self.client_id, times=self.id_conflicts)
 
     def _on_subscribe(self, client: mqtt.Client, userdata: object, mid: int, reason_codes, properties) -> None:
         with self._lock:
@@ -329,8 +337,12 @@ class MqttClient:
         bad = [rc for rc in reason_codes if rc.is_failure]
         if bad:  # the component must not look healthy while it receives nothing
             self.refused[topic_filter] = str(bad[0])
-            log.error("mqtt subscription refused by the broker", topic_filter=topic_filter, reason=str(bad[0]),
-                      hint="shared subscriptions ($share/...) need a broker that supports them")  # fmt: skip
+            log.error(
+                "mqtt subscription refused by the broker",
+                topic_filter=topic_filter,
+                reason=str(bad[0]),
+                hint="shared subscriptions ($share/...) need a broker that supports them",
+            )
         else:
             self.refused.pop(topic_filter, None)
 

@@ -150,8 +150,9 @@ class StatsPublisher:
     def publish_once(self) -> bool:
         try:
             data = {"ts": time.time(), **dict(self.stats())}
-            self.client.publish(self.topic, json.dumps(data, default=_json_default).encode(), qos=self.qos, retain=self.retain,
-                                expiry_s=self.expiry_s)  # fmt: skip
+            self.client.publish(
+                self.topic, json.dumps(data, default=_json_default).encode(), qos=self.qos, retain=self.retain, expiry_s=self.expiry_s
+            )
         except Exception:  # noqa: BLE001 - stats must never take a component down
             log.exception("stats publish failed", topic=self.topic)
             return False

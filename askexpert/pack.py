@@ -147,8 +147,7 @@ class Pack:
 
     @staticmethod
     def _entries(m: Manifest) -> list[ModelEntry]:
-        return [m.generalist, *([m.trunk] if m.trunk else []), *m.experts, *m.baselines.values(), *m.full_experts,
-                *m.compact_experts]
+        return [m.generalist, *([m.trunk] if m.trunk else []), *m.experts, *m.baselines.values(), *m.full_experts, *m.compact_experts]
 
     @property
     def pack_id(self) -> str:

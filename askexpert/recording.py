@@ -177,8 +177,12 @@ class Recording:
                     raise RecordingError(f"{self.dir}: video ends at frame {i}, sidecar has {len(self)}")
                 if grey:
                     image = image[:, :, :1].copy() if image.ndim == 3 else image[:, :, None]
-                yield RecordedFrame(int(self.sidecar.frames[i]), image, float(self.sidecar.t_capture[i]),
-                                    int(self.sidecar.labels[i]) if self.sidecar.labels[i] >= 0 else None)  # fmt: skip
+                yield RecordedFrame(
+                    int(self.sidecar.frames[i]),
+                    image,
+                    float(self.sidecar.t_capture[i]),
+                    int(self.sidecar.labels[i]) if self.sidecar.labels[i] >= 0 else None,
+                )
         finally:
             cap.release()
 

@@ -33,8 +33,12 @@ class CommonSettings(BaseSettings):
     pack: Path = Field(Path("packs/fashion-mnist"), description="model pack folder")
     backend: str = Field("torch", description="torch | onnx | tensorrt")
     device: str = Field("cpu", description="cpu | cuda (torch backend; fp16 on cuda)")
-    threads: int = Field(0, ge=0, description="CPU inference threads (torch, onnx); 0 = the library's default, one per core: "
-                         "give edge and hub a share each when they run on one box")
+    threads: int = Field(
+        0,
+        ge=0,
+        description="CPU inference threads (torch, onnx); 0 = the library's default, one per core: "
+        "give edge and hub a share each when they run on one box",
+    )
     log_level: str = Field("info", description="debug | info | warning | error")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off")
     stats_interval_s: float = Field(10.0, ge=0, description="period of the stats message on MQTT; 0 = off")

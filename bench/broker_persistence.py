@@ -73,8 +73,14 @@ def run(name: str, conf: str, n: int) -> dict:
     consumer.disconnect()
     consumer.loop_stop()
     broker.stop()
-    return {"bench": "broker_persistence", "setting": name, "labels": n, "all_acknowledged": acked,
-            "survived_kill9": len(set(got)), "queue_s": round(queue_s, 2)}  # fmt: skip
+    return {
+        "bench": "broker_persistence",
+        "setting": name,
+        "labels": n,
+        "all_acknowledged": acked,
+        "survived_kill9": len(set(got)),
+        "queue_s": round(queue_s, 2),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,8 +36,23 @@ def raw_loop(pack: Pack, images: np.ndarray, batch: int, backend: str) -> float:
 
 
 def edge_run(pack_dir: str, broker: Broker, frames: int, tau: float | None, backend: str) -> dict:
-    args = ["run", "--pack", pack_dir, "--broker", broker.url, "--node-id", "bench", "--backend", backend,
-            "--source", "dataset:fashion-mnist:test", "--max-frames", str(frames), "--stats-interval-s", "0"]  # fmt: skip
+    args = [
+        "run",
+        "--pack",
+        pack_dir,
+        "--broker",
+        broker.url,
+        "--node-id",
+        "bench",
+        "--backend",
+        backend,
+        "--source",
+        "dataset:fashion-mnist:test",
+        "--max-frames",
+        str(frames),
+        "--stats-interval-s",
+        "0",
+    ]
     if tau is not None:
         args += ["--tau", str(tau)]
     out = spawn("edge_node.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
@@ -58,8 +73,22 @@ def main() -> None:
     images = load_dataset("fashion-mnist", "test").images[: a.frames]
     raw = raw_loop(pack, images, a.batch, a.backend)
     broker = Broker().start()
-    hub = spawn("expert_hub.cli", "run", "--pack", a.pack, "--broker", broker.url, "--hub-id", "bench-hub",
-                "--backend", a.backend, "--stats-interval-s", "0", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    hub = spawn(
+        "expert_hub.cli",
+        "run",
+        "--pack",
+        a.pack,
+        "--broker",
+        broker.url,
+        "--hub-id",
+        "bench-hub",
+        "--backend",
+        a.backend,
+        "--stats-interval-s",
+        "0",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_online(CommonSettings(broker=broker.url), "hub", "bench-hub")
         edge_only = edge_run(a.pack, broker, a.frames, 0.0, a.backend)
@@ -68,12 +97,23 @@ def main() -> None:
         hub.terminate()
         hub.wait(10)
         broker.stop()
-    print(json.dumps({
-        "bench": "edge_throughput", "frames": a.frames, "backend": a.backend, "torch_threads": torch.get_num_threads(),
-        "raw_generalist_fps": round(raw, 1), "edge_only_fps": edge_only["fps"], "system_fps": system["fps"],
-        "system_tau": pack.manifest.tau, "system_offloaded": system["expert"] + system["fallback"],
-        "system_fallbacks": system["fallback"], "pipeline_vs_raw": round(edge_only["fps"] / raw, 3),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "edge_throughput",
+                "frames": a.frames,
+                "backend": a.backend,
+                "torch_threads": torch.get_num_threads(),
+                "raw_generalist_fps": round(raw, 1),
+                "edge_only_fps": edge_only["fps"],
+                "system_fps": system["fps"],
+                "system_tau": pack.manifest.tau,
+                "system_offloaded": system["expert"] + system["fallback"],
+                "system_fallbacks": system["fallback"],
+                "pipeline_vs_raw": round(edge_only["fps"] / raw, 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-
 from askexpert.localbroker import Broker, spawn
 from askexpert.protocol import decode_label, decode_reply
 from askexpert.settings import CommonSettings
@@ -36,9 +35,25 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     broker = Broker().start()
-    hubs = [spawn("expert_hub.cli", "run", "--pack", a.pack, "--broker", broker.url, "--hub-id", f"fleet-hub{i}",
-                  "--share-group", "fleet", "--stats-interval-s", "0", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for i in range(a.hubs)]  # fmt: skip
+    hubs = [
+        spawn(
+            "expert_hub.cli",
+            "run",
+            "--pack",
+            a.pack,
+            "--broker",
+            broker.url,
+            "--hub-id",
+            f"fleet-hub{i}",
+            "--share-group",
+            "fleet",
+            "--stats-interval-s",
+            "0",
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(a.hubs)
+    ]
     consumer = None
     try:
         for i in range(a.hubs):
@@ -47,12 +62,37 @@ def main(argv: list[str] | None = None) -> int:
         consumer = Subscriber(CommonSettings(broker=broker.url), "ate/v1/nodes/+/labels", "ate/v1/nodes/+/replies").start()
         extra = ["--tau", repr(a.tau)] if a.tau is not None else []
         t0 = time.monotonic()
-        edges = [subprocess.Popen([sys.executable, "-m", "edge_node.cli", "run", "--pack", a.pack, "--broker", broker.url,
-                                   "--node-id", f"fleet-cam{i}", "--source", "dataset:fashion-mnist:test",
-                                   "--max-frames", str(a.frames), "--fps", repr(a.fps), "--deadline-ms", repr(a.deadline_ms),
-                                   "--stats-interval-s", "0", *extra],
-                                  stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-                 for i in range(a.edges)]  # fmt: skip
+        edges = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "edge_node.cli",
+                    "run",
+                    "--pack",
+                    a.pack,
+                    "--broker",
+                    broker.url,
+                    "--node-id",
+                    f"fleet-cam{i}",
+                    "--source",
+                    "dataset:fashion-mnist:test",
+                    "--max-frames",
+                    str(a.frames),
+                    "--fps",
+                    repr(a.fps),
+                    "--deadline-ms",
+                    repr(a.deadline_ms),
+                    "--stats-interval-s",
+                    "0",
+                    *extra,
+                ],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+            )
+            for i in range(a.edges)
+        ]
         summaries = [json.loads(e.communicate(timeout=600)[0].strip().splitlines()[-1]) for e in edges]
         wall = time.monotonic() - t0
         time.sleep(0.5)  # the last labels on their way to the consumer
@@ -69,14 +109,26 @@ def main(argv: list[str] | None = None) -> int:
         broker.stop()
     per_frame = Counter((m.node, m.frame_id) for m in labels)
     expected = a.edges * a.frames
-    print(json.dumps({
-        "bench": "fleet", "pack": str(Path(a.pack)), "edges": a.edges, "hubs": a.hubs, "frames": expected,
-        "fps_per_edge": a.fps, "labels_per_s": round(len(labels) / wall, 1), "wall_s": round(wall, 2),
-        "missing": expected - len(per_frame), "duplicates": sum(n - 1 for n in per_frame.values() if n > 1),
-        "sources": dict(Counter(m.source for m in labels)), "fallbacks": sum(s["fallback"] for s in summaries),
-        "per_hub_answered": dict(sorted(Counter(r.hub for r in replies).items())),
-        "edge_exit_ok": all(s.get("unacknowledged", 0) == 0 for s in summaries),
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "fleet",
+                "pack": str(Path(a.pack)),
+                "edges": a.edges,
+                "hubs": a.hubs,
+                "frames": expected,
+                "fps_per_edge": a.fps,
+                "labels_per_s": round(len(labels) / wall, 1),
+                "wall_s": round(wall, 2),
+                "missing": expected - len(per_frame),
+                "duplicates": sum(n - 1 for n in per_frame.values() if n > 1),
+                "sources": dict(Counter(m.source for m in labels)),
+                "fallbacks": sum(s["fallback"] for s in summaries),
+                "per_hub_answered": dict(sorted(Counter(r.hub for r in replies).items())),
+                "edge_exit_ok": all(s.get("unacknowledged", 0) == 0 for s in summaries),
+            }
+        )
+    )
     return 0
 
 

@@ -36,8 +36,22 @@ def main() -> None:
     pack = Pack.load(a.pack)
     images = load_dataset("fashion-mnist", "test").images
     broker = Broker().start()
-    hub = spawn("expert_hub.cli", "run", "--pack", a.pack, "--broker", broker.url, "--hub-id", "rtt-hub",
-                "--backend", a.backend, "--stats-interval-s", "0", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    hub = spawn(
+        "expert_hub.cli",
+        "run",
+        "--pack",
+        a.pack,
+        "--broker",
+        broker.url,
+        "--hub-id",
+        "rtt-hub",
+        "--backend",
+        a.backend,
+        "--stats-interval-s",
+        "0",
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     client = MqttClient(CommonSettings(broker=broker.url), "edge", "rtt")
     got = threading.Event()
     client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (decode_reply(m.payload), got.set()))
@@ -51,8 +65,14 @@ def main() -> None:
             frame = FrameMsg("rtt", i, time.time(), pack.pack_id, [0, 5], [0.4, 0.3], images[i % len(images)])
             got.clear()
             t0 = time.perf_counter()
-            client.publish(frames_topic("ate/v1", a.expert, "rtt"), frame.encode(), qos=1,
-                           response_topic=replies_topic("ate/v1", "rtt"), correlation=correlation_id("rtt", "bench", i), expiry_s=5)  # fmt: skip
+            client.publish(
+                frames_topic("ate/v1", a.expert, "rtt"),
+                frame.encode(),
+                qos=1,
+                response_topic=replies_topic("ate/v1", "rtt"),
+                correlation=correlation_id("rtt", "bench", i),
+                expiry_s=5,
+            )
             if not got.wait(5):
                 raise TimeoutError("no reply within 5 s")
             if i >= 20:
@@ -63,9 +83,18 @@ def main() -> None:
         hub.wait(10)
         broker.stop()
     r = np.asarray(rtts)
-    print(json.dumps({"bench": "offload_rtt", "requests": len(r), "expert": a.expert, "backend": a.backend,
-                      **{f"p{q}_ms": round(float(np.percentile(r, q)), 3) for q in (50, 90, 99)},
-                      "max_ms": round(float(r.max()), 3)}))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "offload_rtt",
+                "requests": len(r),
+                "expert": a.expert,
+                "backend": a.backend,
+                **{f"p{q}_ms": round(float(np.percentile(r, q)), 3) for q in (50, 90, 99)},
+                "max_ms": round(float(r.max()), 3),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

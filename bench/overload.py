@@ -24,28 +24,58 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.datasets import load_dataset
-from askexpert.localbroker import Broker, wait_online
-from fleet import Consumer  # bench/ is the script's folder, so on sys.path
+from askexpert.localbroker import Broker
+from askexpert.protocol import LabelMsg, decode_label
+from askexpert.settings import CommonSettings
+from askexpert.subscriber import Subscriber, wait_online
 
 HERE = Path(__file__).parent
 
 
-def run_edges(a: argparse.Namespace, broker: Broker, consumer: Consumer, name: str, n: int, fps: float | None,
-              tau: float, extra: list[str]) -> list:  # fmt: skip
+def run_edges(
+    a: argparse.Namespace, broker: Broker, consumer: Subscriber, name: str, n: int, fps: float | None, tau: float, extra: list[str]
+) -> list[LabelMsg]:
     """Run the edges to the end of their frames; return their labels as the consumer saw them."""
-    with consumer.lock:
-        consumer.labels.clear()
+    with consumer.changed:
+        consumer.raw.clear()
     pace = ["--fps", repr(fps)] if fps else []
-    edges = [subprocess.Popen([sys.executable, "-m", "edge_node.cli", "run", "--pack", a.pack, "--broker", broker.url,
-                               "--node-id", f"{name}{i}", "--source", "dataset:fashion-mnist:test", "--max-frames", str(n),
-                               "--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms), "--stats-interval-s", "0", *pace, *extra],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-             for i in range(a.edges if fps else 1)]  # fmt: skip
+    edges = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_node.cli",
+                "run",
+                "--pack",
+                a.pack,
+                "--broker",
+                broker.url,
+                "--node-id",
+                f"{name}{i}",
+                "--source",
+                "dataset:fashion-mnist:test",
+                "--max-frames",
+                str(n),
+                "--tau",
+                repr(tau),
+                "--deadline-ms",
+                repr(a.deadline_ms),
+                "--stats-interval-s",
+                "0",
+                *pace,
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        for i in range(a.edges if fps else 1)
+    ]
     for e in edges:
         e.communicate(timeout=1800)
     time.sleep(0.5)  # the last labels on their way to the consumer
-    with consumer.lock:
-        return list(consumer.labels)
+    with consumer.changed:
+        return [decode_label(payload) for _, payload in consumer.raw]
 
 
 def report(labels: list, expected: int, truth: np.ndarray) -> dict:
@@ -55,7 +85,9 @@ def report(labels: list, expected: int, truth: np.ndarray) -> dict:
     taus = np.array([m.tau for m in labels], dtype=float)
     n = max(len(labels), 1)
     return {
-        "frames": expected, "missing": expected - len(per_frame), "duplicates": sum(c - 1 for c in per_frame.values() if c > 1),
+        "frames": expected,
+        "missing": expected - len(per_frame),
+        "duplicates": sum(c - 1 for c in per_frame.values() if c > 1),
         "fallback_pct": round(100 * sources["edge-fallback"] / n, 2),
         "alpha": round((sources["expert"] + sources["edge-fallback"]) / n, 4),
         "accuracy": round(float(np.mean([m.label == truth[m.frame_id] for m in labels])), 4) if labels else None,
@@ -63,7 +95,7 @@ def report(labels: list, expected: int, truth: np.ndarray) -> dict:
         "tau_effective_min": round(float(taus.min()), 4) if labels else None,
         "labels_per_s": round(len(labels) / max(max(published) - min(published), 1e-3), 1) if labels else 0.0,
         "sources": dict(sources),
-    }  # fmt: skip
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,16 +115,33 @@ def main(argv: list[str] | None = None) -> int:
     truth = load_dataset("fashion-mnist", "test").labels
     broker = Broker().start()
     slow = [str(HERE / "slow_hub.py"), repr(a.expert_ms / 1000)] if a.expert_ms else ["-m", "expert_hub.cli"]
-    hubs = [subprocess.Popen([sys.executable, *slow, "run", "--pack", a.pack, "--broker", broker.url, "--hub-id", f"ovl-hub{i}",
-                              "--share-group", "ovl", "--stats-interval-s", "0"],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            for i in range(a.hubs)]  # fmt: skip
+    hubs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                *slow,
+                "run",
+                "--pack",
+                a.pack,
+                "--broker",
+                broker.url,
+                "--hub-id",
+                f"ovl-hub{i}",
+                "--share-group",
+                "ovl",
+                "--stats-interval-s",
+                "0",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for i in range(a.hubs)
+    ]
     consumer = None
     try:
         for i in range(a.hubs):
-            wait_online("127.0.0.1", broker.port, "hub", f"ovl-hub{i}", timeout=600)
-        consumer = Consumer(broker.port)
-        time.sleep(0.3)
+            wait_online(CommonSettings(broker=broker.url), "hub", f"ovl-hub{i}", timeout=600)
+        consumer = Subscriber(CommonSettings(broker=broker.url), "ate/v1/nodes/+/labels").start()
         cal = run_edges(a, broker, consumer, "ovl-cal", a.calibrate_frames or a.frames, None, 1.0, [])
         answered = sorted(m.t_capture + m.latency_ms / 1000 for m in cal if m.source == "expert")
         capacity = (len(answered) - 1) / max(answered[-1] - answered[0], 1e-3) if len(answered) > 1 else 0.0
@@ -102,22 +151,34 @@ def main(argv: list[str] | None = None) -> int:
         fps = a.overload * capacity / (a.edges * alpha)
         modes = {}
         for mode in ("fixed", "adaptive"):
-            labels = run_edges(a, broker, consumer, f"ovl-{mode}", a.frames, fps, a.tau,
-                               ["--tau-mode", mode, "--tau-min", repr(a.tau_min)])  # fmt: skip
+            labels = run_edges(a, broker, consumer, f"ovl-{mode}", a.frames, fps, a.tau, ["--tau-mode", mode, "--tau-min", repr(a.tau_min)])
             modes[mode] = report(labels, a.edges * a.frames, truth)
     finally:
         if consumer is not None:
-            consumer.close()
+            consumer.stop()
         for h in hubs:
             h.terminate()
             h.wait(10)
         broker.stop()
-    print(json.dumps({
-        "bench": "overload", "pack": str(Path(a.pack)), "edges": a.edges, "hubs": a.hubs, "tau": a.tau, "tau_min": a.tau_min,
-        "deadline_ms": a.deadline_ms, "expert_ms": a.expert_ms, "hub_capacity_per_s": round(capacity, 1),
-        "alpha_at_tau": round(alpha, 4), "fps_per_edge": round(fps, 1), "offered_offloads_per_s": round(fps * a.edges * alpha, 1),
-        **modes,
-    }))  # fmt: skip
+    print(
+        json.dumps(
+            {
+                "bench": "overload",
+                "pack": str(Path(a.pack)),
+                "edges": a.edges,
+                "hubs": a.hubs,
+                "tau": a.tau,
+                "tau_min": a.tau_min,
+                "deadline_ms": a.deadline_ms,
+                "expert_ms": a.expert_ms,
+                "hub_capacity_per_s": round(capacity, 1),
+                "alpha_at_tau": round(alpha, 4),
+                "fps_per_edge": round(fps, 1),
+                "offered_offloads_per_s": round(fps * a.edges * alpha, 1),
+                **modes,
+            }
+        )
+    )
     return 0
 
 

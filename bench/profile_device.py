@@ -62,8 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from askexpert.backends import open_backend
-    from askexpert.pack import Pack
     from askexpert.models import shape_name
+    from askexpert.pack import Pack
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     m = pack.manifest
     be = open_backend(a.backend, a.device)
     models = {shape_name(m.generalist.arch): be.classifier(pack, m.generalist)}
-    for name, entry in m.baselines.items():
+    for entry in m.baselines.values():
         models.setdefault(shape_name(entry.arch), be.classifier(pack, entry))
     if m.experts:
         e = m.experts[0]
@@ -93,15 +93,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: " + ", ".join(f"b={b} {lat[str(b)]:.1f} ms" for b in batches), file=sys.stderr)
     host = socket.gethostname()
     profile = {
-        "device": a.name or f"{host} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {a.backend}/{a.device})",
+        "device": a.name
+        or f"{host} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {a.backend}/{a.device})",
         "role": a.role,
         "source": f"bench/profile_device.py on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, pack {m.name} "
-                  f"({spec.size}x{spec.size}x{spec.channels}), median of {a.repeats} calls",
+        f"({spec.size}x{spec.size}x{spec.channels}), median of {a.repeats} calls",
         "models": out,
         "power_w": None,
         "interpolation": "piecewise linear between measured batch sizes",
         "notes": ["energy_mj from Intel RAPL (CPU package) where present; otherwise set power_w by hand."],
-    }  # fmt: skip
+    }
     path = Path(a.out or f"profiles/{host}.json")
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(profile, indent=2) + "\n")

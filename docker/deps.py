@@ -27,7 +27,7 @@ def dependencies(text: str) -> list[str]:
         block = m.group(1) if m else text
         d = re.search(r"^dependencies\s*=\s*(\[.*?\])", block, re.S | re.M)
         if not d:
-            raise SystemExit("no [project] dependencies in pyproject.toml")
+            raise SystemExit("no [project] dependencies in pyproject.toml") from None
         return list(ast.literal_eval(d.group(1)))
 
 

@@ -56,8 +56,16 @@ class AdaptiveTau:
     """Thread-safe: the gate calls `tau` and `record` (inference thread), replies and deadlines call
     `result`, hub loads arrive through `on_message` (paho's network thread)."""
 
-    def __init__(self, node: str, pack: str, tau_min: float, deadline_s: float, target_rate: float | None = None,
-                 prefix: str = "ate/v1", clock: Callable[[], float] = time.monotonic) -> None:  # fmt: skip
+    def __init__(
+        self,
+        node: str,
+        pack: str,
+        tau_min: float,
+        deadline_s: float,
+        target_rate: float | None = None,
+        prefix: str = "ate/v1",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.node, self.pack, self.tau_min, self.deadline_s = node, pack, tau_min, deadline_s
         self.target_rate, self.prefix, self.clock = target_rate, prefix, clock
         self._lock = threading.Lock()
@@ -84,8 +92,14 @@ class AdaptiveTau:
             effective = min(max(self._quantile, self.tau_min), tau_operator)
             if self._logged is None or abs(effective - self._logged) >= LOG_STEP:
                 self._logged = effective
-                log.info("effective tau", node=self.node, tau_effective=round(effective, 4), tau_operator=tau_operator,
-                         tau_min=self.tau_min, **self.state)  # fmt: skip
+                log.info(
+                    "effective tau",
+                    node=self.node,
+                    tau_effective=round(effective, 4),
+                    tau_operator=tau_operator,
+                    tau_min=self.tau_min,
+                    **self.state,
+                )
         return effective
 
     def record(self, conf: np.ndarray, offloaded: np.ndarray) -> None:
@@ -175,9 +189,13 @@ class AdaptiveTau:
                 confs = np.fromiter((c for _, c, _ in self._frames), dtype=np.float64, count=n)
                 k = int(share * n)
                 self._quantile = float(np.partition(confs, k)[k])
-        self.state = {"offload_budget_per_s": None if budget is None else round(budget, 3),
-                      "frame_rate": round(frame_rate, 3), "offload_rate": round(own_rate, 3),
-                      "fallbacks_in_window": fell, **self.state_hubs()}  # fmt: skip
+        self.state = {
+            "offload_budget_per_s": None if budget is None else round(budget, 3),
+            "frame_rate": round(frame_rate, 3),
+            "offload_rate": round(own_rate, 3),
+            "fallbacks_in_window": fell,
+            **self.state_hubs(),
+        }
 
     def _budget(self, own_rate: float) -> float | None:
         """Offloads/s from the target or the hubs' loads (scaling `own_rate`); None when neither says anything."""
@@ -193,9 +211,12 @@ class AdaptiveTau:
 
     def state_hubs(self) -> dict[str, Any]:
         loads = [e.load for e in self._loads.values()]
-        return {"hubs": len(loads), "hub_capacity_per_s": round(sum(ld.capacity or 0.0 for ld in loads), 3),
-                "hub_arrivals_per_s": round(sum(ld.arrivals for ld in loads), 3),
-                "hub_queue": sum(ld.queue for ld in loads)}  # fmt: skip
+        return {
+            "hubs": len(loads),
+            "hub_capacity_per_s": round(sum(ld.capacity or 0.0 for ld in loads), 3),
+            "hub_arrivals_per_s": round(sum(ld.arrivals for ld in loads), 3),
+            "hub_queue": sum(ld.queue for ld in loads),
+        }
 
     def snapshot(self) -> dict[str, Any]:
         """For stats and /healthz: the controller's inputs and budget at its last update."""

@@ -27,8 +27,8 @@ from askexpert.protocol import (
     FrameMsg,
     LabelMsg,
     ProtocolError,
-    decode_reply,
     correlation_id,
+    decode_reply,
     frames_topic,
     hub_load_filter,
     labels_topic,
@@ -63,9 +63,13 @@ class EdgeNode:
         self.s, self.pack, self.classifier, self.client = settings, pack, classifier, client
         m = pack.manifest
         self.tau = TauControl(client, settings.prefix, settings.node_id, m.tau if settings.tau is None else settings.tau)
-        self.adaptive = (AdaptiveTau(settings.node_id, pack.pack_id, settings.tau_min, settings.deadline_ms / 1000,
-                                     settings.target_offload_rate, settings.prefix)
-                         if settings.tau_mode == "adaptive" else None)  # fmt: skip
+        self.adaptive = (
+            AdaptiveTau(
+                settings.node_id, pack.pack_id, settings.tau_min, settings.deadline_ms / 1000, settings.target_offload_rate, settings.prefix
+            )
+            if settings.tau_mode == "adaptive"
+            else None
+        )
         self.tau_effective = self.tau.value  # what the last batch was gated with
         self.k = settings.top_k or m.k
         self.node = settings.node_id
@@ -109,8 +113,13 @@ class EdgeNode:
 
     def snapshot(self) -> dict:
         """For the periodic stats message."""
-        return {"node": self.node, **self._tau_report(), "pending_offloads": len(self.pending),
-                "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
+        return {
+            "node": self.node,
+            **self._tau_report(),
+            "pending_offloads": len(self.pending),
+            "queue": self._queue.qsize(),
+            **vars(self.stats),
+        }
 
     def _tau_report(self) -> dict:
         """The operator's tau, the one frames are gated with, and (adaptive) why."""
@@ -223,13 +232,15 @@ class EdgeNode:
                 continue
             self._offload(frame, images[i], d.topk[i], d.probs[i], str(d.expert[i]), edge_label, conf, tau)
 
-    def _offload(self, frame: Frame, image: np.ndarray, top: np.ndarray, probs: np.ndarray, expert: str, edge_label: int,
-                 conf: float, tau: float) -> None:  # fmt: skip
+    def _offload(
+        self, frame: Frame, image: np.ndarray, top: np.ndarray, probs: np.ndarray, expert: str, edge_label: int, conf: float, tau: float
+    ) -> None:
         deadline_s = self.s.deadline_ms / 1000
         now = time.monotonic()
         self.pending.add(Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, now + deadline_s, now, tau, frame.label))
-        msg = FrameMsg(self.node, frame.frame_id, frame.t_capture, self.pack.pack_id,
-                       [int(c) for c in top], [float(probs[c]) for c in top], image)  # fmt: skip
+        msg = FrameMsg(
+            self.node, frame.frame_id, frame.t_capture, self.pack.pack_id, [int(c) for c in top], [float(probs[c]) for c in top], image
+        )
         self.client.publish(
             frames_topic(self.s.prefix, expert, self.node),
             msg.encode(),
@@ -268,20 +279,53 @@ class EdgeNode:
             log.debug("late or unknown reply dropped", frame_id=reply.frame_id, hub=reply.hub)
             return
         self._metric_rtt.observe((time.monotonic() - item.t_sent) * 1000)
-        self._publish_label(item.frame_id, item.t_capture, reply.label, reply.conf, "expert", item.expert,
-                            item.edge_label, item.edge_conf, item.tau)  # fmt: skip
+        self._publish_label(
+            item.frame_id, item.t_capture, reply.label, reply.conf, "expert", item.expert, item.edge_label, item.edge_conf, item.tau
+        )
         return None
 
     def _on_deadline(self, item: Offload) -> None:
-        self._publish_label(item.frame_id, item.t_capture, item.edge_label, item.edge_conf, "edge-fallback",
-                            item.expert, item.edge_label, item.edge_conf, item.tau)  # fmt: skip
+        self._publish_label(
+            item.frame_id,
+            item.t_capture,
+            item.edge_label,
+            item.edge_conf,
+            "edge-fallback",
+            item.expert,
+            item.edge_label,
+            item.edge_conf,
+            item.tau,
+        )
 
-    def _publish_label(self, frame_id: int, t_capture: float, label: int, conf: float, source: str,
-                       expert: str | None, edge_label: int, edge_conf: float, tau: float) -> None:  # fmt: skip
+    def _publish_label(
+        self,
+        frame_id: int,
+        t_capture: float,
+        label: int,
+        conf: float,
+        source: str,
+        expert: str | None,
+        edge_label: int,
+        edge_conf: float,
+        tau: float,
+    ) -> None:
         latency_ms = (time.time() - t_capture) * 1000
-        msg = LabelMsg(self.node, frame_id, label, self.pack.manifest.classes[label],
-                       round(conf, 6), source, expert, round(latency_ms, 3), t_capture, edge_label,
-                       round(edge_conf, 6), self.pack.pack_id, self.run_id, round(tau, 6))  # fmt: skip
+        msg = LabelMsg(
+            self.node,
+            frame_id,
+            label,
+            self.pack.manifest.classes[label],
+            round(conf, 6),
+            source,
+            expert,
+            round(latency_ms, 3),
+            t_capture,
+            edge_label,
+            round(edge_conf, 6),
+            self.pack.pack_id,
+            self.run_id,
+            round(tau, 6),
+        )
         self.client.publish(self.labels_topic, msg.encode(), qos=1)
         self._metric_labels[source].inc()
         self._metric_latency[source].observe(latency_ms)

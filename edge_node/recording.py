@@ -79,7 +79,6 @@ def open_replay(arg: str, fps: float | None) -> ReplaySource:
     return ReplaySource(path, fps, pace)
 
 
-
 def record(
     source_spec: str,
     out_dir: str | Path,

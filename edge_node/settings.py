@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import socket
-
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -17,18 +16,23 @@ class EdgeSettings(CommonSettings):
     source: str = Field("0", description="camera index, video file, RTSP/GStreamer URL, dir:PATH, dataset:NAME:SPLIT, replay:DIR")
     tau: float | None = Field(None, ge=0.0, le=1.0, description="confidence threshold; default: the pack's")
     tau_mode: Literal["fixed", "adaptive"] = Field(
-        "fixed", description="adaptive: lower the effective tau (down to tau_min) so offloads fit what the hubs can answer in time")
+        "fixed", description="adaptive: lower the effective tau (down to tau_min) so offloads fit what the hubs can answer in time"
+    )
     tau_min: float = Field(0.0, ge=0.0, le=1.0, description="adaptive tau's lower bound (the operator's tau is the upper one)")
     target_offload_rate: float | None = Field(
-        None, gt=0, description="adaptive: offloads/s this edge aims at, instead of following the hubs' published load")
+        None, gt=0, description="adaptive: offloads/s this edge aims at, instead of following the hubs' published load"
+    )
     top_k: int | None = Field(None, ge=1, description="top-k for routing; default: the pack's k")
     deadline_ms: float = Field(1000.0, gt=0, description="wait this long for an expert, then publish the edge's label")
     max_frames: int | None = Field(None, ge=1, description="stop after this many frames")
     fps: float | None = Field(None, ge=0, description="pace file and dataset sources; default as fast as possible")
     batch_size: int = Field(32, ge=1, description="largest micro-batch for the generalist")
-    batch_wait_ms: float = Field(2.0, ge=0, description="how long a micro-batch waits to fill when frames are queued (none when the queue is empty)")
+    batch_wait_ms: float = Field(
+        2.0, ge=0, description="how long a micro-batch waits to fill when frames are queued (none when the queue is empty)"
+    )
     live_queue: int = Field(4, ge=1, description="frames a live source may keep waiting (oldest dropped)")
     max_frame_age_s: float = Field(10.0, gt=0, description="/healthz turns unhealthy when a live source gives no frame this long")
+
     @field_validator("node_id")
     @classmethod
     def _topic_safe(cls, v: str) -> str:

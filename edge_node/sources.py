@@ -112,8 +112,7 @@ class CaptureSource(Source):
     instead of ending the stream (and the process, with exit 0) on the first failed read.
     """
 
-    def __init__(self, spec: str, fps: float | None, live: bool | None = None,
-                 backoff_s: tuple[float, float] = (0.5, 30.0)) -> None:  # fmt: skip
+    def __init__(self, spec: str, fps: float | None, live: bool | None = None, backoff_s: tuple[float, float] = (0.5, 30.0)) -> None:
         self.spec = spec
         self.live = (spec.isdigit() or "://" in spec or "!" in spec) if live is None else live
         self.fps = None if self.live else fps

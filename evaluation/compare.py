@@ -48,7 +48,13 @@ def rows(a: dict, b: dict) -> list[Row]:
         out.append(both(f"latency p{p} (ms)", lambda r, p=p: r.get("latency_ms", {}).get(f"p{p}"), "ms"))
     for src in sources:
         for p in PCTS:
-            out.append(both(f"latency p{p} {src} (ms)", lambda r, s=src, p=p: r.get("by_source", {}).get(s, {}).get("latency_ms", {}).get(f"p{p}"), "ms"))
+            out.append(
+                both(
+                    f"latency p{p} {src} (ms)",
+                    lambda r, s=src, p=p: r.get("by_source", {}).get(s, {}).get("latency_ms", {}).get(f"p{p}"),
+                    "ms",
+                )
+            )
     out += [
         both("frames per second", lambda r: r.get("fps"), "n"),
         both("fallbacks (deadline)", lambda r: r.get("fallbacks"), "n"),

@@ -62,18 +62,31 @@ class Profile:
         return None if self.power_w is None else self.power_w * self.latency_ms(model, batch)
 
 
-def estimate(edge: Profile, near: Profile, alpha: float, *, batch: int = 10, edge_model: str = "3H",
-             near_model: str = "4H") -> dict:  # fmt: skip
+def estimate(edge: Profile, near: Profile, alpha: float, *, batch: int = 10, edge_model: str = "3H", near_model: str = "4H") -> dict:
     """Section 4.2: T = T_E(B) + T_N(B alpha), E = E_E(B) + E_N(B alpha); ms and mJ per batch."""
     t_e, t_n = edge.latency_ms(edge_model, batch), near.latency_ms(near_model, batch * alpha)
     e_e, e_n = edge.energy_mj(edge_model, batch), near.energy_mj(near_model, batch * alpha)
     energy = None if e_e is None or e_n is None else e_e + e_n
-    return {"T_ms": t_e + t_n, "T_E_ms": t_e, "T_N_ms": t_n, "E_mJ": energy, "E_E_mJ": e_e, "E_N_mJ": e_n,
-            "offloaded_per_batch": batch * alpha}  # fmt: skip
+    return {
+        "T_ms": t_e + t_n,
+        "T_E_ms": t_e,
+        "T_N_ms": t_n,
+        "E_mJ": energy,
+        "E_E_mJ": e_e,
+        "E_N_mJ": e_n,
+        "offloaded_per_batch": batch * alpha,
+    }
 
 
-def scenario_costs(edge: Profile, near: Profile, alpha: Mapping[float, float], *, batch: int = 10,
-                   edge_model: str = "3H", near_models: Sequence[str] = ("4H", "6H")) -> dict:  # fmt: skip
+def scenario_costs(
+    edge: Profile,
+    near: Profile,
+    alpha: Mapping[float, float],
+    *,
+    batch: int = 10,
+    edge_model: str = "3H",
+    near_models: Sequence[str] = ("4H", "6H"),
+) -> dict:
     """The paper's Figure 5 in numbers: Edge-Only, Near-Edge-Only and co-inference per tau,
     absolute (ms, mJ per batch) and normalised to Edge-Only of the same near-edge model."""
     out: dict = {"batch": batch, "edge_device": edge.device, "near_device": near.device, "edge_model": edge_model, "models": {}}
@@ -85,12 +98,15 @@ def scenario_costs(edge: Profile, near: Profile, alpha: Mapping[float, float], *
         rows = {}
         for tau, a in alpha.items():
             est = estimate(edge, near, a, batch=batch, edge_model=edge_model, near_model=nm)
-            rows[tau] = {**est, "T_norm": est["T_ms"] / eo_t,
-                         "E_norm": None if est["E_mJ"] is None or not eo_e else est["E_mJ"] / eo_e}  # fmt: skip
+            rows[tau] = {**est, "T_norm": est["T_ms"] / eo_t, "E_norm": None if est["E_mJ"] is None or not eo_e else est["E_mJ"] / eo_e}
         out["models"][nm] = {
             "edge_only": {"T_ms": eo_t, "E_mJ": eo_e, "T_norm": 1.0, "E_norm": 1.0 if eo_e else None},
-            "near_edge_only": {"T_ms": ne_t, "E_mJ": ne_e, "T_norm": ne_t / eo_t,
-                               "E_norm": None if ne_e is None or not eo_e else ne_e / eo_e},  # fmt: skip
+            "near_edge_only": {
+                "T_ms": ne_t,
+                "E_mJ": ne_e,
+                "T_norm": ne_t / eo_t,
+                "E_norm": None if ne_e is None or not eo_e else ne_e / eo_e,
+            },
             "co_inference": rows,
         }
     return out
@@ -104,8 +120,11 @@ def costs_markdown(c: dict, taus: Sequence[float]) -> str:
         e = "" if r.get("E_mJ") is None else f", {r['E_mJ']:.0f} mJ ({r['E_norm']:.2f})"
         return t + e
 
-    L = [f"Batch B={c['batch']}; edge {c['edge_device']} runs {c['edge_model']}, near-edge {c['near_device']}. "
-         "Cells: latency, energy per batch (normalised to Edge-Only of the same model).", ""]  # fmt: skip
+    L = [
+        f"Batch B={c['batch']}; edge {c['edge_device']} runs {c['edge_model']}, near-edge {c['near_device']}. "
+        "Cells: latency, energy per batch (normalised to Edge-Only of the same model).",
+        "",
+    ]
     L += ["| scenario | " + " | ".join(f"tau={t:g}" for t in taus) + " |", "| --- " * (len(taus) + 1) + "|"]
     for nm, m in c["models"].items():
         L.append(f"| Edge-Only {nm} | " + " | ".join(cell(m["edge_only"]) for _ in taus) + " |")

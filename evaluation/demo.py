@@ -90,10 +90,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--fps", type=float, default=None, help="pace the source (default: as fast as it goes)")
     p.add_argument("--backend", default="torch")
     p.add_argument("--runs", default="runs", help="parent folder of the run folder")
-    p.add_argument("--offline-check", choices=["auto", "exact", "stored", "none"], default="auto",
-                   help="compare with Algorithm 1 offline: exact (recompute with the same models here), stored "
-                        "(the pack's stored fp16 test logits: instant, may differ within fp16 noise of tau), "
-                        "auto (exact up to 10000 frames, else stored when the pack has them)")  # fmt: skip
+    p.add_argument(
+        "--offline-check",
+        choices=["auto", "exact", "stored", "none"],
+        default="auto",
+        help="compare with Algorithm 1 offline: exact (recompute with the same models here), stored "
+        "(the pack's stored fp16 test logits: instant, may differ within fp16 noise of tau), "
+        "auto (exact up to 10000 frames, else stored when the pack has them)",
+    )
     p.add_argument("--timeout", type=float, default=600.0, help="give up after this many seconds of replay")
     p.set_defaults(func=run)
 
@@ -110,8 +114,7 @@ def run(a: argparse.Namespace) -> int:
         pack = Pack.load(a.pack)
     except PackError as exc:
         console.print(f"[red]The model pack is missing or unusable: {exc}")
-        console.print(f"Train the reference pack first (CPU, hours):  [bold]{TRAIN_HINT}[/]\n"
-                      f"or point --pack at another pack folder.")  # fmt: skip
+        console.print(f"Train the reference pack first (CPU, hours):  [bold]{TRAIN_HINT}[/]\nor point --pack at another pack folder.")
         return 2
     if not Path(MOSQUITTO).exists():
         console.print("[red]Mosquitto is not installed: `make install` (or apt-get install mosquitto) first.")
@@ -124,8 +127,10 @@ def run(a: argparse.Namespace) -> int:
     node, hub_id = "demo-edge", "demo-hub"
 
     children = Children(run_dir)
-    console.print(f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
-                  f"tau {', '.join(f'{t:g}' for t in taus)}, {a.frames} frames of {a.source}, run folder {run_dir}")  # fmt: skip
+    console.print(
+        f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
+        f"tau {', '.join(f'{t:g}' for t in taus)}, {a.frames} frames of {a.source}, run folder {run_dir}"
+    )
     t_start = time.monotonic()
     with capture_signals(interrupted):  # Ctrl-C and SIGTERM unwind alike: every child is stopped
         try:
@@ -143,7 +148,7 @@ def run(a: argparse.Namespace) -> int:
             with console.status("starting the expert hub (loading experts)..."):
                 hub = children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
                 wait_hub(port, hub_id, 180, children)
-            truth, classes = (load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None))
+            truth, classes = load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None)
             reference = Reference(pack, a, taus, truth)
             reports = []
             for i, tau in enumerate(taus):
@@ -178,16 +183,44 @@ def run(a: argparse.Namespace) -> int:
 COLLECTORS: list = []
 
 
-def replay_once(a, pack, tau: float, node: str, out: Path, truth, classes, reference: "Reference", *, settings, py,
-                common, env, children: Children, hub: subprocess.Popen) -> dict:  # fmt: skip
+def replay_once(
+    a,
+    pack,
+    tau: float,
+    node: str,
+    out: Path,
+    truth,
+    classes,
+    reference: "Reference",
+    *,
+    settings,
+    py,
+    common,
+    env,
+    children: Children,
+    hub: subprocess.Popen,
+) -> dict:
     """One replay through the running hub at one tau: collect, score, report into `out`."""
     from evaluation.report import print_report, write_report
     from evaluation.score import score
 
     collector = LabelSubscriber(settings, node).start()
     COLLECTORS.append(collector)
-    edge_argv = py + ["edge_node.cli", "run", *common, "--node-id", node, "--source", a.source,
-                      "--max-frames", str(a.frames), "--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms)]  # fmt: skip
+    edge_argv = py + [
+        "edge_node.cli",
+        "run",
+        *common,
+        "--node-id",
+        node,
+        "--source",
+        a.source,
+        "--max-frames",
+        str(a.frames),
+        "--tau",
+        repr(tau),
+        "--deadline-ms",
+        repr(a.deadline_ms),
+    ]
     if a.fps:
         edge_argv += ["--fps", repr(a.fps)]
     t_edge = time.monotonic()
@@ -202,8 +235,15 @@ def replay_once(a, pack, tau: float, node: str, out: Path, truth, classes, refer
             raise RuntimeError(f"the expert hub died (code {hub.returncode}); see its hub.log")
         return bool(exited_at) and time.monotonic() - exited_at[0] > 3.0  # the edge ended: last labels, then stop
 
-    with Progress(TextColumn(f"[bold]replay tau={tau:g}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[rate]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as prog:  # fmt: skip
+    with Progress(
+        TextColumn(f"[bold]replay tau={tau:g}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as prog:
         task = prog.add_task("labels", total=a.frames, rate="")
 
         def progress(n: int) -> None:
@@ -221,17 +261,36 @@ def replay_once(a, pack, tau: float, node: str, out: Path, truth, classes, refer
     labels = list(collector.labels)
     offline, offline_acc = reference.at(tau)
     n_expected = min(a.frames, len(truth)) if truth is not None else a.frames
-    rep = score(labels, truth, expected=range(n_expected), classes=classes or pack.manifest.classes, offline=offline,
-                wall_s=replay_s, malformed=collector.malformed)  # fmt: skip
-    rep.update(tau=tau, pack=str(a.pack), pack_id=pack.pack_id, source=a.source, stopped=why, edge=_last_json(out / "edge.log"),
-               offline_accuracy=offline_acc, offline_check=reference.mode, replay_s=replay_s,
-               date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), machine=_machine())  # fmt: skip
+    rep = score(
+        labels,
+        truth,
+        expected=range(n_expected),
+        classes=classes or pack.manifest.classes,
+        offline=offline,
+        wall_s=replay_s,
+        malformed=collector.malformed,
+    )
+    rep.update(
+        tau=tau,
+        pack=str(a.pack),
+        pack_id=pack.pack_id,
+        source=a.source,
+        stopped=why,
+        edge=_last_json(out / "edge.log"),
+        offline_accuracy=offline_acc,
+        offline_check=reference.mode,
+        replay_s=replay_s,
+        date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+        machine=_machine(),
+    )
     title = f"Ask-the-Expert demo, tau {tau:g}, {rep['frames']} frames"
     write_report(rep, out, labels, title=title)
     console.print()
     print_report(rep, title=title, console=console)
-    console.print(f"3H alone on these frames: {_pc(rep['edge_only_accuracy'])}   system: {_pc(rep['accuracy'])}   "
-                  f"alpha: {_pc(rep['alpha'])}   replay {replay_s:.1f} s")  # fmt: skip
+    console.print(
+        f"3H alone on these frames: {_pc(rep['edge_only_accuracy'])}   system: {_pc(rep['accuracy'])}   "
+        f"alpha: {_pc(rep['alpha'])}   replay {replay_s:.1f} s"
+    )
     if rep.get("missing"):
         console.print(f"[yellow]{rep['missing']} frames got no label (see report.json)")
     return rep
@@ -281,10 +340,20 @@ def live_sweep_table(reports: list[dict], run_dir: Path) -> None:
     rows = []
     for r in reports:
         o = r.get("offline") or {}
-        rows.append((f"{r['tau']:g}", _pc(r.get("alpha")), _pc(r.get("accuracy")), _pc(r.get("offline_accuracy")),
-                     _pc(r.get("edge_only_accuracy")), f"{o.get('agree', '-')}/{o.get('compared', '-')}",
-                     str(r.get("fallbacks", 0)), f"{r['latency_ms'].get('p50', float('nan')):.1f}",
-                     f"{r['latency_ms'].get('p99', float('nan')):.1f}", f"{r.get('fps') or 0:.1f}"))  # fmt: skip
+        rows.append(
+            (
+                f"{r['tau']:g}",
+                _pc(r.get("alpha")),
+                _pc(r.get("accuracy")),
+                _pc(r.get("offline_accuracy")),
+                _pc(r.get("edge_only_accuracy")),
+                f"{o.get('agree', '-')}/{o.get('compared', '-')}",
+                str(r.get("fallbacks", 0)),
+                f"{r['latency_ms'].get('p50', float('nan')):.1f}",
+                f"{r['latency_ms'].get('p99', float('nan')):.1f}",
+                f"{r.get('fps') or 0:.1f}",
+            )
+        )
     head = ("tau", "alpha", "acc. live", "acc. offline", "3H alone", "= offline", "fallbacks", "p50 ms", "p99 ms", "fps")
     t = Table(title="tau sweep, live through the broker")
     for h in head:
@@ -295,8 +364,30 @@ def live_sweep_table(reports: list[dict], run_dir: Path) -> None:
     md = ["# tau sweep, live through the broker", "", "| " + " | ".join(head) + " |", "| --- " * len(head) + "|"]
     md += ["| " + " | ".join(row) + " |" for row in rows]
     (run_dir / "sweep-live.md").write_text("\n".join(md) + "\n")
-    (run_dir / "sweep-live.json").write_text(json.dumps([{k: r.get(k) for k in ("tau", "alpha", "accuracy", "offline_accuracy",
-        "edge_only_accuracy", "offline", "fallbacks", "latency_ms", "fps")} for r in reports], indent=2, default=float) + "\n")  # fmt: skip
+    (run_dir / "sweep-live.json").write_text(
+        json.dumps(
+            [
+                {
+                    k: r.get(k)
+                    for k in (
+                        "tau",
+                        "alpha",
+                        "accuracy",
+                        "offline_accuracy",
+                        "edge_only_accuracy",
+                        "offline",
+                        "fallbacks",
+                        "latency_ms",
+                        "fps",
+                    )
+                }
+                for r in reports
+            ],
+            indent=2,
+            default=float,
+        )
+        + "\n"
+    )
 
 
 def exact_reference(pack, source: str, frames: int, tau_max: float, backend: str):
@@ -356,4 +447,3 @@ def _machine() -> str:
     import platform
 
     return f"{platform.node()} {platform.machine()} {os.cpu_count()} CPUs, Python {platform.python_version()}"
-

@@ -16,8 +16,17 @@ from askexpert.pack import Pack
 from askexpert.routing import decide, routed_logits
 
 
-def pack_logits(pack: Pack, images: np.ndarray, *, backend: str = "torch", device: str = "cpu", batch: int = 256,
-                baselines: bool = True, edge_logits: np.ndarray | None = None, tau: float | None = None) -> dict:  # fmt: skip
+def pack_logits(
+    pack: Pack,
+    images: np.ndarray,
+    *,
+    backend: str = "torch",
+    device: str = "cpu",
+    batch: int = 256,
+    baselines: bool = True,
+    edge_logits: np.ndarray | None = None,
+    tau: float | None = None,
+) -> dict:
     """Logits of a pack's models on uint8 images (N, H, W, C) at the pack's input size.
 
     Returns {"edge": generalist logits, "routed": each image's routed expert's logits,
@@ -75,9 +84,13 @@ def scenarios_from_stored(pack: Pack, z: dict) -> dict:
     exp_shape = shape_name(m.experts[0].arch) if m.experts else "?"
     d = decide(edge, m.partition, m.k)
     specs: dict = {}
-    for kind, label in (("progressive", f"{exp_shape} experts"), ("static", f"{exp_shape} static experts"),
-                        ("uniform", f"{exp_shape} uniform experts"), ("compact", f"{exp_shape} compact experts"),
-                        ("full", f"{exp_shape} full experts")):  # fmt: skip
+    for kind, label in (
+        ("progressive", f"{exp_shape} experts"),
+        ("static", f"{exp_shape} static experts"),
+        ("uniform", f"{exp_shape} uniform experts"),
+        ("compact", f"{exp_shape} compact experts"),
+        ("full", f"{exp_shape} full experts"),
+    ):
         per_key = {n.split("-", 1)[1]: z[n].astype(np.float32) for n in z if n.startswith(kind + "-") and n != f"{kind}-routed"}
         if per_key and set(d.expert) <= set(per_key):
             specs[label] = routed_logits(d, per_key)
@@ -100,7 +113,17 @@ def compute_scenarios(pack: Pack, dataset: str, split: str, max_frames: int | No
     lg = pack_logits(pack, images, backend=backend)
     print(f"computed logits of {n} {dataset}:{split} images in {time.monotonic() - t:.1f} s", file=sys.stderr)
     exp_shape = shape_name(pack.manifest.experts[0].arch) if pack.manifest.experts else "?"
-    np.savez_compressed(out / "logits-computed.npz", labels=data.labels[:n], edge=lg["edge"], routed=lg["routed"],
-                        **{f"baseline-{k}": v for k, v in lg["baselines"].items()})  # fmt: skip
-    return {"edge_logits": lg["edge"], "y": np.asarray(data.labels[:n]), "edge_name": shape_name(pack.manifest.generalist.arch),
-            "generalists": lg["baselines"], "specialists": {f"{exp_shape} experts": lg["routed"]}}  # fmt: skip
+    np.savez_compressed(
+        out / "logits-computed.npz",
+        labels=data.labels[:n],
+        edge=lg["edge"],
+        routed=lg["routed"],
+        **{f"baseline-{k}": v for k, v in lg["baselines"].items()},
+    )
+    return {
+        "edge_logits": lg["edge"],
+        "y": np.asarray(data.labels[:n]),
+        "edge_name": shape_name(pack.manifest.generalist.arch),
+        "generalists": lg["baselines"],
+        "specialists": {f"{exp_shape} experts": lg["routed"]},
+    }

@@ -61,7 +61,9 @@ def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> 
         s.add_column(col, justify="right")
     for src, r in rep["by_source"].items():
         lat = r["latency_ms"]
-        s.add_row(src, str(r["frames"]), _p(r["share"], 1), _p(r["accuracy"]), _ms(lat.get("p50")), _ms(lat.get("p95")), _ms(lat.get("p99")))
+        s.add_row(
+            src, str(r["frames"]), _p(r["share"], 1), _p(r["accuracy"]), _ms(lat.get("p50")), _ms(lat.get("p95")), _ms(lat.get("p99"))
+        )
     console.print(s)
     if rep["expert_load"]:
         e = Table(title="load per expert")
@@ -75,11 +77,18 @@ def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> 
 def to_markdown(rep: dict, title: str = "Ask-the-Expert run") -> str:
     L = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
     L += [f"| {k} | {v} |" for k, v in summary_rows(rep)]
-    L += ["", "## By label source", "", "| source | frames | share | accuracy | p50 ms | p95 ms | p99 ms |",
-          "| --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    L += [
+        "",
+        "## By label source",
+        "",
+        "| source | frames | share | accuracy | p50 ms | p95 ms | p99 ms |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for src, r in rep["by_source"].items():
         lat = r["latency_ms"]
-        L.append(f"| {src} | {r['frames']} | {_p(r['share'], 1)} | {_p(r['accuracy'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} |")
+        L.append(
+            f"| {src} | {r['frames']} | {_p(r['share'], 1)} | {_p(r['accuracy'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} |"
+        )
     if rep["expert_load"]:
         L += ["", "## Load per expert", "", "| expert | offloaded | answered | fallback | accuracy |", "| --- | --- | --- | --- | --- |"]
         for key, r in rep["expert_load"].items():
@@ -138,8 +147,13 @@ def plot_report(rep: dict, labels: Sequence[LabelMsg], out: Path) -> None:
     keys = list(rep["expert_load"])
     if keys:
         a.bar(keys, [rep["expert_load"][k]["answered"] for k in keys], color="tab:orange", label="answered")
-        a.bar(keys, [rep["expert_load"][k]["fallback"] for k in keys], bottom=[rep["expert_load"][k]["answered"] for k in keys],
-              color="tab:red", label="fallback")  # fmt: skip
+        a.bar(
+            keys,
+            [rep["expert_load"][k]["fallback"] for k in keys],
+            bottom=[rep["expert_load"][k]["answered"] for k in keys],
+            color="tab:red",
+            label="fallback",
+        )
         a.legend(fontsize=7)
     a.set_title(f"load per expert (alpha = {_p(rep.get('alpha'), 1)})")
     a.set_xlabel("expert (subset indices)")

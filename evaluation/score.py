@@ -13,17 +13,17 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
-from pathlib import Path
 from itertools import islice
+from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from askexpert.cli_common import load_settings
 from askexpert.log import get_logger
+from askexpert.protocol import LABEL_SOURCES, LabelMsg
 from askexpert.settings import CommonSettings, add_settings_arguments
 from askexpert.subscriber import LabelSubscriber
-from askexpert.protocol import LABEL_SOURCES, LabelMsg
 from evaluation import report
 from evaluation.report import PCTS
 
@@ -145,8 +145,12 @@ def score(
     if offline is not None:
         comp = [(m, offline[m.frame_id]) for m in msgs if m.source != "edge-fallback" and m.frame_id in offline]
         bad = [m.frame_id for m, o in comp if m.label != o]
-        rep["offline"] = {"compared": len(comp), "agree": len(comp) - len(bad), "mismatch_ids": bad[:50],
-                          "equal": not bad and len(comp) > 0}  # fmt: skip
+        rep["offline"] = {
+            "compared": len(comp),
+            "agree": len(comp) - len(bad),
+            "mismatch_ids": bad[:50],
+            "equal": not bad and len(comp) > 0,
+        }
     return rep
 
 
@@ -208,8 +212,14 @@ def run_score(
         why = col.wait(frames, idle_timeout, timeout)
     finally:
         col.stop()
-    rep = score(col.labels, truth_arr, expected=range(frames) if frames else None, classes=classes,
-                malformed=col.malformed, wall_s=time.monotonic() - t0)  # fmt: skip
+    rep = score(
+        col.labels,
+        truth_arr,
+        expected=range(frames) if frames else None,
+        classes=classes,
+        malformed=col.malformed,
+        wall_s=time.monotonic() - t0,
+    )
     rep["stopped"] = why
     rep["truth"] = truth
     report.write_report(rep, out_dir, col.labels, title=title or f"Live run of node {node}")
@@ -236,7 +246,6 @@ def run(args) -> int:
     """Score one node's live labels and write the report."""
     s = load_settings(CommonSettings, args)
     out = args.out or f"runs/score-{args.node_id}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
-    rep = run_score(s, args.node_id, out, truth=args.truth, frames=args.frames, idle_timeout=args.idle_timeout,
-                    timeout=args.timeout)  # fmt: skip
+    rep = run_score(s, args.node_id, out, truth=args.truth, frames=args.frames, idle_timeout=args.idle_timeout, timeout=args.timeout)
     print(f"report: {out}/report.md")
     return 0 if rep["frames"] else 1

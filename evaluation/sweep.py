@@ -109,10 +109,15 @@ def to_markdown(res: dict, title: str = "Offline tau sweep") -> str:
     head = "| scenario | " + " | ".join(f"tau={t:g}" for t in taus) + " |"
     rule = "| --- " * (len(taus) + 1) + "|"
     L = [f"# {title}", "", f"{res['n']} frames, edge model {res['edge']}, k={res['k']}. Values in %.", ""]
-    L += ["## Offload proportion alpha(tau) (paper Table 4)", "", head, rule,
-          "| alpha (this pack) | " + " | ".join(_pct(res["alpha"][t]) for t in taus) + " |",
-          "| alpha (paper, CIFAR-100) | " + " | ".join(f"{PAPER_ALPHA_PCT[t]:.1f}" if t in PAPER_ALPHA_PCT else "-" for t in taus) + " |",
-          ""]  # fmt: skip
+    L += [
+        "## Offload proportion alpha(tau) (paper Table 4)",
+        "",
+        head,
+        rule,
+        "| alpha (this pack) | " + " | ".join(_pct(res["alpha"][t]) for t in taus) + " |",
+        "| alpha (paper, CIFAR-100) | " + " | ".join(f"{PAPER_ALPHA_PCT[t]:.1f}" if t in PAPER_ALPHA_PCT else "-" for t in taus) + " |",
+        "",
+    ]
     L += ["## Accuracy per tau (paper Figure 4)", "", head, rule]
     for n, a in res["edge_only"].items():
         L.append(f"| Edge-Only {n} | " + " | ".join(_pct(a) for _ in taus) + " |")
@@ -123,9 +128,14 @@ def to_markdown(res: dict, title: str = "Offline tau sweep") -> str:
     for n, row in res["specialist_coinference"].items():
         L.append(f"| Specialist Co-inference {res['edge']}->{n} | " + " | ".join(_pct(row[t]) for t in taus) + " |")
     r = res["recall"]
-    L += ["", f"## Top-k accuracy and recall gaps of {res['edge']} (paper Table 5)", "",
-          "| data set | top-1 | top-2 | top-3 | gap 2-1 | gap 3-1 |", "| --- | --- | --- | --- | --- | --- |",
-          f"| this pack | {_pct(r['top1'])} | {_pct(r['top2'])} | {_pct(r['top3'])} | {_pct(r['gap_2_1'])} | {_pct(r['gap_3_1'])} |"]  # fmt: skip
+    L += [
+        "",
+        f"## Top-k accuracy and recall gaps of {res['edge']} (paper Table 5)",
+        "",
+        "| data set | top-1 | top-2 | top-3 | gap 2-1 | gap 3-1 |",
+        "| --- | --- | --- | --- | --- | --- |",
+        f"| this pack | {_pct(r['top1'])} | {_pct(r['top2'])} | {_pct(r['top3'])} | {_pct(r['gap_2_1'])} | {_pct(r['gap_3_1'])} |",
+    ]
     for name, (a1, a2, a3) in PAPER_TOPK.items():
         L.append(f"| {name} (paper) | {a1:.2f} | {a2:.2f} | {a3:.2f} | {a2 - a1:.2f} | {a3 - a1:.2f} |")
     L += ["", "## Routing quality and expert load", "", head, rule]
@@ -241,14 +251,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(a: argparse.Namespace) -> int:
     """Write the sweep's report, tables and plots for one pack."""
     from askexpert.pack import Pack, PackError  # torch: only for this command
-
     from evaluation.costmodel import Profile, costs_markdown, scenario_costs
     from evaluation.logits import compute_scenarios, scenarios_from_stored, stored_logits
 
     try:
         pack = Pack.load(a.pack)
     except PackError as exc:
-        print(f"error: {exc}\nTrain the reference pack first: trainer pack --dataset fashion-mnist --out packs/fashion-mnist", file=sys.stderr)
+        print(
+            f"error: {exc}\nTrain the reference pack first: trainer pack --dataset fashion-mnist --out packs/fashion-mnist", file=sys.stderr
+        )
         return 2
     taus = [float(t) for t in a.taus.split(",") if t.strip()]
     out = Path(a.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
@@ -260,16 +271,28 @@ def run(a: argparse.Namespace) -> int:
         origin = f"stored logits {pack.root / 'eval/logits-test.npz'} (fp16)"
         if a.max_frames:
             n = a.max_frames
-            sc = {**sc, "edge_logits": sc["edge_logits"][:n], "y": sc["y"][:n],
-                  "generalists": {k: v[:n] for k, v in sc["generalists"].items()},
-                  "specialists": {k: v[:n] for k, v in sc["specialists"].items()}}  # fmt: skip
+            sc = {
+                **sc,
+                "edge_logits": sc["edge_logits"][:n],
+                "y": sc["y"][:n],
+                "generalists": {k: v[:n] for k, v in sc["generalists"].items()},
+                "specialists": {k: v[:n] for k, v in sc["specialists"].items()},
+            }
     else:
         dataset = a.dataset or (pack.manifest.dataset if pack.manifest.dataset != "random" else "fashion-mnist")
         sc = compute_scenarios(pack, dataset, a.split, a.max_frames, a.backend, out)
         origin = f"logits computed with the {a.backend} backend on {dataset}:{a.split}"
     m = pack.manifest
-    res = sweep(sc["edge_logits"], sc["y"], m.partition, m.k, taus, edge_name=sc["edge_name"],
-                generalists=sc["generalists"], specialists=sc["specialists"])  # fmt: skip
+    res = sweep(
+        sc["edge_logits"],
+        sc["y"],
+        m.partition,
+        m.k,
+        taus,
+        edge_name=sc["edge_name"],
+        generalists=sc["generalists"],
+        specialists=sc["specialists"],
+    )
     res["pack"], res["origin"] = str(a.pack), origin
     try:
         edge_p, near_p = Profile.load(a.edge_profile), Profile.load(a.near_profile)
@@ -291,4 +314,3 @@ def run(a: argparse.Namespace) -> int:
     print(to_markdown(res, title))
     print(f"written: {out}/" + ", ".join(written))
     return 0
-

@@ -97,8 +97,15 @@ class ExpertHub:
         self._thread.start()
         if self.s.load_interval_s > 0:  # retained, so a new edge sees it at once; expiring, so a dead hub's goes
             expiry = math.ceil(LOAD_STALE_INTERVALS * self.s.load_interval_s)
-            self._load_publisher = StatsPublisher(self.client, self._load_topic, lambda: self.load.sample(self._queue.qsize()).to_dict(),
-                                                  self.s.load_interval_s, qos=0, retain=True, expiry_s=expiry).start()  # fmt: skip
+            self._load_publisher = StatsPublisher(
+                self.client,
+                self._load_topic,
+                lambda: self.load.sample(self._queue.qsize()).to_dict(),
+                self.s.load_interval_s,
+                qos=0,
+                retain=True,
+                expiry_s=expiry,
+            ).start()
         log.info("hub serving", experts=self.library.keys, share_group=self.s.share_group, pack=self.pack.pack_id)
 
     def health(self) -> dict:
@@ -106,14 +113,25 @@ class ExpertHub:
         alive = self._thread.is_alive()
         refused = dict(self.client.refused)
         healthy = self.client.connected.is_set() and alive and not refused and not self.client.id_conflicts
-        return {"healthy": healthy, "connected": self.client.connected.is_set(), "inference_thread": alive,
-                "subscriptions_refused": refused, "id_conflicts": self.client.id_conflicts,
-                "queue": self._queue.qsize(), **vars(self.stats)}  # fmt: skip
+        return {
+            "healthy": healthy,
+            "connected": self.client.connected.is_set(),
+            "inference_thread": alive,
+            "subscriptions_refused": refused,
+            "id_conflicts": self.client.id_conflicts,
+            "queue": self._queue.qsize(),
+            **vars(self.stats),
+        }
 
     def snapshot(self) -> dict:
         """For the periodic stats message."""
-        return {"hub": self.s.hub_id, "queue": self._queue.qsize(), "per_expert": dict(self.per_expert),
-                "capacity_per_s": self.load.capacity, **vars(self.stats)}  # fmt: skip
+        return {
+            "hub": self.s.hub_id,
+            "queue": self._queue.qsize(),
+            "per_expert": dict(self.per_expert),
+            "capacity_per_s": self.load.capacity,
+            **vars(self.stats),
+        }
 
     def stop(self) -> None:
         self.stop_event.set()
@@ -167,8 +185,14 @@ class ExpertHub:
         if response != replies_topic(self.s.prefix, frame.node):  # the hub answers only into the sender's replies
             return self._reject("foreign-response-topic", node=frame.node, response_topic=response[:200])
         expiry = getattr(raw.properties, "MessageExpiryInterval", None)
-        return Job(frame, expert, response, getattr(raw.properties, "CorrelationData", None), raw.t_arrival,
-                   raw.t_arrival + expiry if expiry else None)  # fmt: skip
+        return Job(
+            frame,
+            expert,
+            response,
+            getattr(raw.properties, "CorrelationData", None),
+            raw.t_arrival,
+            raw.t_arrival + expiry if expiry else None,
+        )
 
     def _batch(self) -> list[Job]:
         try:
@@ -208,8 +232,17 @@ class ExpertHub:
         metrics.INFER_MS.labels("hub", "experts").observe(infer_ms)
         labels = probs.argmax(axis=1)
         for j, label, p in zip(jobs, labels, probs):
-            reply = ReplyMsg(j.frame.node, j.frame.frame_id, int(label), float(p[label]), j.expert, self.s.hub_id,
-                             round((t0 - j.t_arrival) * 1000, 3), round(infer_ms, 3), len(jobs))  # fmt: skip
+            reply = ReplyMsg(
+                j.frame.node,
+                j.frame.frame_id,
+                int(label),
+                float(p[label]),
+                j.expert,
+                self.s.hub_id,
+                round((t0 - j.t_arrival) * 1000, 3),
+                round(infer_ms, 3),
+                len(jobs),
+            )
             self.client.publish(j.response_topic, reply.encode(), qos=1, correlation=j.correlation)
         for key, n in Counter(keys).items():  # per batch, not per frame
             metrics.HUB_FRAMES.labels(self.s.hub_id, key).inc(n)

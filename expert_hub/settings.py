@@ -15,14 +15,21 @@ class HubSettings(CommonSettings):
     hub_id: str = Field(default_factory=socket.gethostname, description="this hub's id")
     experts: list[str] | None = Field(None, description="serve only these experts, e.g. 0,0-2; default all")
     expert_form: Literal["full", "compact"] = Field(
-        "full", description="full: the pack's whole-ViT experts; compact: its tails on one shared trunk (less memory)")
+        "full", description="full: the pack's whole-ViT experts; compact: its tails on one shared trunk (less memory)"
+    )
     share_group: str | None = Field(None, description="subscribe as $share/NAME/... so hubs split the load")
     max_batch: int = Field(64, ge=1, description="largest inference batch")
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a batch waits to fill after its first frame, only when frames are queued behind it")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="how long a batch waits to fill after its first frame, only when frames are queued behind it"
+    )
     max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frame payloads are rejected")
     queue_size: int = Field(4096, ge=1, description="frames waiting for inference; beyond this the oldest is dropped")
-    load_interval_s: float = Field(1.0, ge=0, le=MAX_LOAD_INTERVAL_S,
-                                   description="period of the load message (capacity, arrivals, queue) that adaptive-tau edges follow; 0 = off")
+    load_interval_s: float = Field(
+        1.0,
+        ge=0,
+        le=MAX_LOAD_INTERVAL_S,
+        description="period of the load message (capacity, arrivals, queue) that adaptive-tau edges follow; 0 = off",
+    )
 
     @field_validator("hub_id")
     @classmethod

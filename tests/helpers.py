@@ -16,16 +16,28 @@ from askexpert.subscriber import Subscriber, wait_online
 
 
 def start_hub(pack: Path, broker_url: str, *extra: str) -> subprocess.Popen:
-    return spawn("expert_hub.cli", "run", "--pack", str(pack), "--broker", broker_url, *extra,
-                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return spawn(
+        "expert_hub.cli",
+        "run",
+        "--pack",
+        str(pack),
+        "--broker",
+        broker_url,
+        *extra,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_edge(pack: Path, broker_url: str, *extra: str, timeout: float = 120) -> dict:
     """Run an edge to the end of its source; return its summary line."""
     out = subprocess.run(
         [sys.executable, "-m", "edge_node.cli", "run", "--pack", str(pack), "--broker", broker_url, *extra],
-        capture_output=True, text=True, timeout=timeout,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -79,8 +91,9 @@ class AedesBroker(Broker):
     Installed by `.ci/run` (`npm ci` in tests/brokers/aedes). Stops like the Mosquitto `Broker`."""
 
     def start(self) -> "AedesBroker":
-        self.proc = subprocess.Popen(["node", str(AEDES_DIR / "server.mjs"), str(self.port)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
+        self.proc = subprocess.Popen(
+            ["node", str(AEDES_DIR / "server.mjs"), str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
         wait_port(self.port, proc=self.proc)
         return self
 

@@ -58,8 +58,7 @@ class SimHub:
             self.arrived, self.next_load = 0, self.next_load + 1.0
 
 
-def run(edges: list[AdaptiveTau], clock: Clock, hub: SimHub | None, seconds: float, tau_op: float = 0.8,
-        publish: bool = True) -> dict:  # fmt: skip
+def run(edges: list[AdaptiveTau], clock: Clock, hub: SimHub | None, seconds: float, tau_op: float = 0.8, publish: bool = True) -> dict:
     """Feed each edge FPS uniform confidences per second; returns counts and the taus used."""
     rng = np.random.default_rng(int(clock.t))
     frames = offloads = 0
@@ -156,7 +155,7 @@ def test_without_loads_fallbacks_hold_offloads_to_what_was_answered():
     clock, hub = Clock(), SimHub(capacity=10.0, deadline_s=0.5)
     e = edge(clock)
     run([e], clock, hub, 10.0, publish=False)
-    before, fallbacks_before = hub.answered, hub.fallbacks
+    fallbacks_before = hub.fallbacks
     out = run([e], clock, hub, 20.0, publish=False)
     assert out["offloads"] / 20.0 <= 2 * 10.0
     assert hub.fallbacks - fallbacks_before < out["offloads"] * 0.5
@@ -173,10 +172,28 @@ def _load(**kw) -> bytes:
 
 @pytest.mark.parametrize(
     "payload",
-    [b"", b"x" * 2000, b"\xff\xfe", b"[]", b"not json", _load(v=2), _load(capacity=-1), _load(capacity=float("nan")),
-     _load(arrivals=1e300), _load(arrivals="10"), _load(queue=-1), _load(queue=2**40), _load(queue=1.5), _load(busy=2),
-     _load(interval_s=0), _load(interval_s=3600), _load(hub="bad hub"), _load(pack="../x"), _load(ts=True)],
-)  # fmt: skip
+    [
+        b"",
+        b"x" * 2000,
+        b"\xff\xfe",
+        b"[]",
+        b"not json",
+        _load(v=2),
+        _load(capacity=-1),
+        _load(capacity=float("nan")),
+        _load(arrivals=1e300),
+        _load(arrivals="10"),
+        _load(queue=-1),
+        _load(queue=2**40),
+        _load(queue=1.5),
+        _load(busy=2),
+        _load(interval_s=0),
+        _load(interval_s=3600),
+        _load(hub="bad hub"),
+        _load(pack="../x"),
+        _load(ts=True),
+    ],
+)
 def test_decode_hub_load_rejects_malformed(payload):
     with pytest.raises(ProtocolError):
         decode_hub_load(payload)
@@ -267,22 +284,60 @@ def test_an_overloaded_hub_with_and_without_adaptive_tau(tiny_pack, broker):
     import sys
     from pathlib import Path
 
-    from askexpert.localbroker import spawn
     from helpers import Collector, run_edge, stop, wait_hub_online
 
     n, tau_min = 1000, 0.1  # a 10-class softmax's top-1 is never below 0.1: at tau_min nothing is offloaded
-    hub = subprocess.Popen([sys.executable, str(Path(__file__).parents[1] / "bench" / "slow_hub.py"), "0.05", "run", "--pack", str(tiny_pack),
-                            "--broker", broker.url, "--hub-id", "slowhub", "--stats-interval-s", "0", "--threads", "1"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    hub = subprocess.Popen(
+        [
+            sys.executable,
+            str(Path(__file__).parents[1] / "bench" / "slow_hub.py"),
+            "0.05",
+            "run",
+            "--pack",
+            str(tiny_pack),
+            "--broker",
+            broker.url,
+            "--hub-id",
+            "slowhub",
+            "--stats-interval-s",
+            "0",
+            "--threads",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     runs = {}
     try:
         wait_hub_online(broker.url, "slowhub", timeout=300)
         for mode, node in (("fixed", "camF"), ("adaptive", "camA")):
             sub = Collector(broker.url, f"ate/v1/nodes/{node}/labels", f"ate/v1/stats/edge/{node}")
-            summary = run_edge(tiny_pack, broker.url, "--node-id", node, "--source", "dataset:fashion-mnist:test",
-                               "--max-frames", str(n), "--fps", "160", "--tau", "1.0", "--deadline-ms", "500",
-                               "--tau-mode", mode, "--tau-min", repr(tau_min), "--stats-interval-s", "1",
-                               "--threads", "1", timeout=600)  # fmt: skip
+            summary = run_edge(
+                tiny_pack,
+                broker.url,
+                "--node-id",
+                node,
+                "--source",
+                "dataset:fashion-mnist:test",
+                "--max-frames",
+                str(n),
+                "--fps",
+                "160",
+                "--tau",
+                "1.0",
+                "--deadline-ms",
+                "500",
+                "--tau-mode",
+                mode,
+                "--tau-min",
+                repr(tau_min),
+                "--stats-interval-s",
+                "1",
+                "--threads",
+                "1",
+                timeout=600,
+            )
             labels = sub.wait_labels(n)
             sub.close()
             stats = [json.loads(p) for t, p in sub.raw if "/stats/" in t]

@@ -49,8 +49,9 @@ def make_passwords(auth: Path, users: dict[str, str]) -> subprocess.CompletedPro
     owner = broker_user()
     env = {"PATH": SCRIPT_PATH, "AUTH_DIR": str(auth), **{f"ATE_PW_{u}": pw for u, pw in users.items()}}
     env |= {"BROKER_UID": str(owner.pw_uid), "BROKER_GID": str(owner.pw_gid)} if owner else {"NO_CHOWN": "1"}
-    return subprocess.run(["bash", str(CONF_DIR / "make-passwords.sh"), *users], env=env, stdin=subprocess.DEVNULL,
-                          capture_output=True, text=True)  # fmt: skip
+    return subprocess.run(
+        ["bash", str(CONF_DIR / "make-passwords.sh"), *users], env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True
+    )
 
 
 def broker_dir() -> Path:

@@ -172,7 +172,7 @@ def test_dockerfiles_pin_their_base_and_copy_only_what_exists(dockerfile):
     for stage, port in (("edge", 9101), ("hub", 9102)):
         block = text.split(f"AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
         assert f"EXPOSE {port}" in block and f"ATE_METRICS_PORT={port}" in block and "/healthz" in block
-        assert f'ENTRYPOINT ["{ "edge-node" if stage == "edge" else "expert-hub" }"]' in block
+        assert f'ENTRYPOINT ["{"edge-node" if stage == "edge" else "expert-hub"}"]' in block
 
 
 @pytest.mark.parametrize("dockerfile", ["docker/Dockerfile.jetson", "docker/Dockerfile.cuda"])
@@ -181,7 +181,7 @@ def test_images_build_without_tensorrt_run_as_non_root_and_cache_dependencies(do
     runs = " ".join(re.findall(r"^RUN (.+(?:\\\n.+)*)", text, re.M))
     assert not re.search(r"import[^;\"]*\btensorrt\b", runs), "BuildKit has no nvidia runtime: tensorrt cannot load at build"
     steps = [ln for ln in text.splitlines() if ln.startswith(("COPY", "RUN", "FROM", "USER"))]
-    base = steps[[i for i, ln in enumerate(steps) if re.match(r"FROM \S+ AS base$", ln)][0]:]
+    base = steps[[i for i, ln in enumerate(steps) if re.match(r"FROM \S+ AS base$", ln)][0] :]
     deps = next(i for i, ln in enumerate(base) if "-r /tmp/requirements.txt" in ln)
     assert base[deps - 1] == "COPY --from=requirements /requirements.txt /tmp/requirements.txt"
     copies = [i for i, ln in enumerate(base) if ln.startswith("COPY") and "--from" not in ln]
@@ -193,8 +193,14 @@ def test_images_build_without_tensorrt_run_as_non_root_and_cache_dependencies(do
 def test_broker_config_has_the_required_settings():
     conf = (REPO / "docker/mosquitto/mosquitto.conf").read_text()
     lines = {ln.strip() for ln in conf.splitlines() if ln.strip() and not ln.lstrip().startswith("#")}
-    for want in ("listener 1883", "set_tcp_nodelay true", "persistence true", "allow_anonymous false",
-                 "password_file /mosquitto/auth/passwd", "acl_file /mosquitto/auth/acl"):  # fmt: skip
+    for want in (
+        "listener 1883",
+        "set_tcp_nodelay true",
+        "persistence true",
+        "allow_anonymous false",
+        "password_file /mosquitto/auth/passwd",
+        "acl_file /mosquitto/auth/acl",
+    ):
         assert want in lines, want
     assert "/mosquitto/data/" in conf
     auth_ignored = (REPO / "docker/mosquitto/auth/.gitignore").read_text().split()
@@ -210,7 +216,10 @@ def test_deps_script_works_without_tomllib(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
     native = subprocess.run(
         [sys.executable, "docker/deps.py", "pyproject.toml", "--skip", "torch", "--skip", "opencv-python-headless"],
-        cwd=REPO, capture_output=True, text=True, check=True,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split()
     assert out == native and out
     assert not any(r.startswith(("torch", "opencv", "matplotlib")) for r in out)

@@ -7,15 +7,15 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+from helpers import Collector
 
 from askexpert.backends import open_backend
+from askexpert.frames import fit_frame
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.frames import fit_frame
 from edge_node.node import EdgeNode
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Frame, Source, open_source
-from helpers import Collector
 
 
 class FastCamera(Source):
@@ -91,9 +91,11 @@ def test_replay_source_needs_no_import_side_effect(tmp_path):
     import subprocess
     import sys
 
-    code = ("import sys; from edge_node.sources import open_source, SourceError\n"
-            "try:\n    open_source(sys.argv[1])\nexcept SourceError as e:\n    print(e)\n"
-            "assert 'edge_node.recording' in sys.modules")  # fmt: skip
+    code = (
+        "import sys; from edge_node.sources import open_source, SourceError\n"
+        "try:\n    open_source(sys.argv[1])\nexcept SourceError as e:\n    print(e)\n"
+        "assert 'edge_node.recording' in sys.modules"
+    )
     out = subprocess.run([sys.executable, "-c", code, f"replay:{tmp_path}"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "not a recording" in out.stdout

@@ -7,6 +7,7 @@ import time
 from typing import Iterator
 
 import numpy as np
+from helpers import Collector
 
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
@@ -14,7 +15,6 @@ from askexpert.routing import decide, offline_labels
 from edge_node.node import EdgeNode
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Frame, Source
-from helpers import Collector
 
 NEG = -1e4  # exp underflows to exactly 0 in float64: the softmax of [0, 0, NEG, ...] is exactly 0.5
 

@@ -12,9 +12,9 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from askexpert.backends import open_backend
+from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
 from askexpert.protocol import FrameMsg, decode_reply, frames_topic
-from askexpert.mqtt import MqttClient
 from expert_hub.hub import ExpertHub
 from expert_hub.settings import HubSettings
 
@@ -69,11 +69,19 @@ def test_bad_frames_are_counted_and_the_hub_keeps_serving(tiny_pack, broker):
         # a JPEG whose header claims 16000 x 16000 pixels: refused before decoding
         _send(pub, topic, jpeg_bomb_frame(pack.pack_id))
         # node "n" asking for the answer to go into another node's replies
-        _send(pub, topic, FrameMsg("n", 5, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], image).encode(),
-              response="ate/v1/nodes/victim/replies")
+        _send(
+            pub,
+            topic,
+            FrameMsg("n", 5, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], image).encode(),
+            response="ate/v1/nodes/victim/replies",
+        )
         # a frame that names another node than the topic it came on (the one the ACL vouches for)
-        _send(pub, topic, FrameMsg("victim", 6, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], image).encode(),
-              response="ate/v1/nodes/victim/replies")
+        _send(
+            pub,
+            topic,
+            FrameMsg("victim", 6, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], image).encode(),
+            response="ate/v1/nodes/victim/replies",
+        )
         _send(pub, topic, FrameMsg("n", 4, time.time(), pack.pack_id, [0, 2], [0.4, 0.3], image).encode(), corr=b"good")
         assert got.wait(10), "a valid frame after the bad ones is answered"
         time.sleep(0.3)
@@ -100,6 +108,19 @@ def jpeg_bomb_frame(pack_id: str) -> bytes:
     data = bytearray(buf.tobytes())
     sof = data.index(b"\xff\xc0")  # baseline SOF0: length(2) precision(1) height(2) width(2)
     data[sof + 5 : sof + 9] = (16000).to_bytes(2, "big") * 2
-    return msgpack.packb({"v": 1, "node": "n", "fid": 9, "tc": time.time(), "ts": time.time(), "pack": pack_id,
-                          "topk": [0, 2], "topk_p": [0.4, 0.3], "enc": "jpeg", "shape": [28, 28, 1], "img": bytes(data)},
-                         use_bin_type=True)  # fmt: skip
+    return msgpack.packb(
+        {
+            "v": 1,
+            "node": "n",
+            "fid": 9,
+            "tc": time.time(),
+            "ts": time.time(),
+            "pack": pack_id,
+            "topk": [0, 2],
+            "topk_p": [0.4, 0.3],
+            "enc": "jpeg",
+            "shape": [28, 28, 1],
+            "img": bytes(data),
+        },
+        use_bin_type=True,
+    )

@@ -17,7 +17,7 @@ def test_flush_waits_for_qos1_acks_not_qos0_writes(broker):
     try:
         for i in range(20):
             c.publish("t/labels", b"label %d" % i, qos=1)
-        for i in range(50):  # stats-like QoS 0 messages: paho reports each as "published" once written
+        for _ in range(50):  # stats-like QoS 0 messages: paho reports each as "published" once written
             c.publish("t/stats", b"stats", qos=0)
         time.sleep(0.3)
         assert c.unacknowledged() == 20

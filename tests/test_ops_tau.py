@@ -27,8 +27,25 @@ def test_parse_tau_accepts_numbers_in_unit_interval(payload, want):
 
 @pytest.mark.parametrize(
     "payload",
-    [b"abc", b"-1", b"2", b"NaN", b"nan", b"Infinity", b"inf", b"", b"  ", b"true", b"null", b"[0.5]",
-     b'{"tau": "x"}', b'{"tau": 0.5, "x": 1}', b"\xff\xfe", b"0." + b"1" * 400, b"1.0000001"],
+    [
+        b"abc",
+        b"-1",
+        b"2",
+        b"NaN",
+        b"nan",
+        b"Infinity",
+        b"inf",
+        b"",
+        b"  ",
+        b"true",
+        b"null",
+        b"[0.5]",
+        b'{"tau": "x"}',
+        b'{"tau": 0.5, "x": 1}',
+        b"\xff\xfe",
+        b"0." + b"1" * 400,
+        b"1.0000001",
+    ],
 )
 def test_parse_tau_rejects_everything_else(payload):
     with pytest.raises(TauError):

@@ -6,13 +6,13 @@ import time
 
 import numpy as np
 import pytest
+from helpers import Collector, run_edge, start_hub, stop, wait_hub_online
 
 from askexpert.backends import open_backend
 from askexpert.datasets import load_dataset
 from askexpert.pack import Pack
 from askexpert.protocol import decode_frame, parse_frames_topic
 from askexpert.routing import decide
-from helpers import Collector, run_edge, start_hub, stop, wait_hub_online
 
 N = 300
 
@@ -56,8 +56,20 @@ def check_every_frame_labelled_once(tiny_pack, broker) -> None:
     try:
         wait_hub_online(broker.url, "h1")
         sub = Collector(broker.url, "ate/v1/nodes/cam1/labels", "ate/v1/experts/+/frames/+")
-        summary = run_edge(tiny_pack, broker.url, "--node-id", "cam1", "--source", "dataset:fashion-mnist:test",
-                           "--max-frames", str(N), "--tau", repr(tau), "--deadline-ms", "5000")  # fmt: skip
+        summary = run_edge(
+            tiny_pack,
+            broker.url,
+            "--node-id",
+            "cam1",
+            "--source",
+            "dataset:fashion-mnist:test",
+            "--max-frames",
+            str(N),
+            "--tau",
+            repr(tau),
+            "--deadline-ms",
+            "5000",
+        )
         labels = sub.wait_labels(N)
         sub.close()
     finally:
@@ -92,8 +104,20 @@ def check_every_frame_labelled_once(tiny_pack, broker) -> None:
 
 def test_hub_down_every_frame_falls_back(tiny_pack, broker):
     sub = Collector(broker.url, "ate/v1/nodes/cam2/labels")
-    summary = run_edge(tiny_pack, broker.url, "--node-id", "cam2", "--source", "dataset:fashion-mnist:test",
-                       "--max-frames", "50", "--tau", "1.0", "--deadline-ms", "300")  # fmt: skip
+    summary = run_edge(
+        tiny_pack,
+        broker.url,
+        "--node-id",
+        "cam2",
+        "--source",
+        "dataset:fashion-mnist:test",
+        "--max-frames",
+        "50",
+        "--tau",
+        "1.0",
+        "--deadline-ms",
+        "300",
+    )
     labels = sub.wait_labels(50)
     sub.close()
     assert summary["fallback"] == 50
@@ -115,9 +139,22 @@ def test_broker_restart_mid_stream(tiny_pack, tmp_path):
         result = {}
 
         def edge():
-            result["summary"] = run_edge(tiny_pack, broker.url, "--node-id", "cam3", "--source",
-                                         "dataset:fashion-mnist:test", "--max-frames", "300", "--fps", "100",
-                                         "--tau", "0.15", "--deadline-ms", "1000")  # fmt: skip
+            result["summary"] = run_edge(
+                tiny_pack,
+                broker.url,
+                "--node-id",
+                "cam3",
+                "--source",
+                "dataset:fashion-mnist:test",
+                "--max-frames",
+                "300",
+                "--fps",
+                "100",
+                "--tau",
+                "0.15",
+                "--deadline-ms",
+                "1000",
+            )
 
         t = threading.Thread(target=edge)
         t.start()
@@ -153,8 +190,20 @@ def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
         summaries: dict = {}
 
         def edge(node: str) -> None:
-            summaries[node] = run_edge(tiny_pack, broker.url, "--node-id", node, "--source", "dataset:fashion-mnist:test",
-                                       "--max-frames", "100", "--tau", "1.0", "--deadline-ms", "5000")  # fmt: skip
+            summaries[node] = run_edge(
+                tiny_pack,
+                broker.url,
+                "--node-id",
+                node,
+                "--source",
+                "dataset:fashion-mnist:test",
+                "--max-frames",
+                "100",
+                "--tau",
+                "1.0",
+                "--deadline-ms",
+                "5000",
+            )
 
         threads = [threading.Thread(target=edge, args=(n,)) for n in ("cam9", "cam10")]
         for t in threads:
@@ -183,7 +232,6 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
     no Correlation Data, another run's, a NaN confidence, another expert. Every one is dropped, so
     each expert label is the real hub's, and labels of two runs of one node carry different run ids."""
     import math
-    import threading
 
     import msgpack
     import paho.mqtt.client as mqtt
@@ -201,10 +249,24 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
         corr = msg.properties.CorrelationData
         node, run, fid = corr.decode().split("/")
         fid = int(fid)
-        bad = {"v": 1, "node": f.node, "frame_id": f.frame_id, "label": (int(expert_labels[fid]) + 1) % 10, "conf": 0.99,
-               "expert": parse_frames_topic("ate/v1", msg.topic)[0], "hub": "forger", "queue_ms": 0.0, "infer_ms": 0.0, "batch": 1}  # fmt: skip
-        for corr_i, extra in [(None, {}), (f"{node}/other/{fid}".encode(), {}), (corr, {"conf": math.nan}),
-                              (corr, {"expert": "3" if bad["expert"] != "3" else "2"})]:  # fmt: skip
+        bad = {
+            "v": 1,
+            "node": f.node,
+            "frame_id": f.frame_id,
+            "label": (int(expert_labels[fid]) + 1) % 10,
+            "conf": 0.99,
+            "expert": parse_frames_topic("ate/v1", msg.topic)[0],
+            "hub": "forger",
+            "queue_ms": 0.0,
+            "infer_ms": 0.0,
+            "batch": 1,
+        }
+        for corr_i, extra in [
+            (None, {}),
+            (f"{node}/other/{fid}".encode(), {}),
+            (corr, {"conf": math.nan}),
+            (corr, {"expert": "3" if bad["expert"] != "3" else "2"}),
+        ]:
             props = Properties(PacketTypes.PUBLISH)
             if corr_i is not None:
                 props.CorrelationData = corr_i
@@ -221,8 +283,20 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
         wait_hub_online(broker.url, "real")
         for _ in range(2):
             sub = Collector(broker.url, "ate/v1/nodes/cam7/labels")
-            run_edge(tiny_pack, broker.url, "--node-id", "cam7", "--source", "dataset:fashion-mnist:test",
-                     "--max-frames", str(n), "--tau", "1.0", "--deadline-ms", "5000")  # fmt: skip
+            run_edge(
+                tiny_pack,
+                broker.url,
+                "--node-id",
+                "cam7",
+                "--source",
+                "dataset:fashion-mnist:test",
+                "--max-frames",
+                str(n),
+                "--tau",
+                "1.0",
+                "--deadline-ms",
+                "5000",
+            )
             runs.append(sub.wait_labels(n))
             sub.close()
     finally:
@@ -246,11 +320,30 @@ def test_edge_without_a_broker_fails_loudly(tiny_pack):
     from askexpert.localbroker import free_port
 
     out = subprocess.run(
-        [sys.executable, "-m", "edge_node.cli", "run", "--pack", str(tiny_pack), "--broker", f"mqtt://127.0.0.1:{free_port()}",
-         "--node-id", "lonely", "--source", "dataset:fashion-mnist:test", "--max-frames", "20", "--tau", "0",
-         "--connect-timeout-s", "0.5"],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "edge_node.cli",
+            "run",
+            "--pack",
+            str(tiny_pack),
+            "--broker",
+            f"mqtt://127.0.0.1:{free_port()}",
+            "--node-id",
+            "lonely",
+            "--source",
+            "dataset:fashion-mnist:test",
+            "--max-frames",
+            "20",
+            "--tau",
+            "0",
+            "--connect-timeout-s",
+            "0.5",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 3, out.stderr[-2000:]
     assert "were not acknowledged by the broker" in out.stderr and "never answered" in out.stderr
     assert "mqtt broker unreachable; retrying" in out.stderr  # said while it happens, not only at the end
@@ -273,9 +366,26 @@ def test_share_group_failover_after_a_hub_is_killed(tiny_pack, broker):
     try:
         for h in hubs:
             wait_hub_online(broker.url, h)
-        t = threading.Thread(target=lambda: result.update(run_edge(
-            tiny_pack, broker.url, "--node-id", "cam8", "--source", "dataset:fashion-mnist:test", "--max-frames", str(n),
-            "--fps", "60", "--tau", "1.0", "--deadline-ms", "5000")))  # fmt: skip
+        t = threading.Thread(
+            target=lambda: result.update(
+                run_edge(
+                    tiny_pack,
+                    broker.url,
+                    "--node-id",
+                    "cam8",
+                    "--source",
+                    "dataset:fashion-mnist:test",
+                    "--max-frames",
+                    str(n),
+                    "--fps",
+                    "60",
+                    "--tau",
+                    "1.0",
+                    "--deadline-ms",
+                    "5000",
+                )
+            )
+        )
         t.start()
         while len([1 for topic, p in list(sub.raw) if topic.endswith("/replies") and decode_reply(p).hub == "f1"]) < 30:
             assert t.is_alive(), "the stream ended before hub f1 had answered 30 frames"
@@ -302,8 +412,9 @@ def test_a_broker_without_shared_subscriptions_is_reported_by_the_hub(tiny_pack)
     import shutil
     import urllib.request
 
-    from askexpert.localbroker import free_port
     from helpers import AEDES_DIR, AedesBroker
+
+    from askexpert.localbroker import free_port
 
     if not shutil.which("node") or not (AEDES_DIR / "node_modules" / "aedes").is_dir():
         pytest.skip("aedes not installed: cd tests/brokers/aedes && npm ci (.ci/run does it)")
@@ -343,9 +454,9 @@ def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
     from paho.mqtt.enums import CallbackAPIVersion
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
+    from test_hub_robustness import jpeg_bomb_frame
 
     from askexpert.protocol import FrameMsg
-    from test_hub_robustness import jpeg_bomb_frame
 
     n = 150
     _, _, experts, expert_labels = offline(tiny_pack, n)
@@ -354,8 +465,17 @@ def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
     good = FrameMsg("fz", 1, time.time(), pack_id, [0, 2], [0.4, 0.3], np.zeros((28, 28, 1), np.uint8)).encode()
     base = msgpack.unpackb(good)
     junk = [rng.bytes(int(rng.integers(1, 300))) for _ in range(20)] + [b"", b"\xc1", msgpack.packb([1, 2])]
-    junk += [msgpack.packb({**base, k: v}) for k, v in [("shape", [True, 28, 1]), ("fid", -1), ("topk_p", [float("nan")]),
-                                                         ("pack", "x" * 500), ("node", "fz/x"), ("img", b"\x00")]]  # fmt: skip
+    junk += [
+        msgpack.packb({**base, k: v})
+        for k, v in [
+            ("shape", [True, 28, 1]),
+            ("fid", -1),
+            ("topk_p", [float("nan")]),
+            ("pack", "x" * 500),
+            ("node", "fz/x"),
+            ("img", b"\x00"),
+        ]
+    ]
     junk += [jpeg_bomb_frame(pack_id), FrameMsg("fz", 2, time.time(), "f" * 16, [0], [0.5], np.zeros((28, 28, 1), np.uint8)).encode()]
     stop_flood = threading.Event()
     sent = [0]
@@ -383,8 +503,22 @@ def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
         sub = Collector(broker.url, "ate/v1/nodes/cam6/labels")
         flooder = threading.Thread(target=flood)
         flooder.start()
-        summary = run_edge(tiny_pack, broker.url, "--node-id", "cam6", "--source", "dataset:fashion-mnist:test",
-                           "--max-frames", str(n), "--fps", "50", "--tau", "1.0", "--deadline-ms", "5000")  # fmt: skip
+        summary = run_edge(
+            tiny_pack,
+            broker.url,
+            "--node-id",
+            "cam6",
+            "--source",
+            "dataset:fashion-mnist:test",
+            "--max-frames",
+            str(n),
+            "--fps",
+            "50",
+            "--tau",
+            "1.0",
+            "--deadline-ms",
+            "5000",
+        )
         stop_flood.set()
         flooder.join(10)
         labels = sub.wait_labels(n)
@@ -414,9 +548,26 @@ def test_a_partitioned_edge_still_labels_every_frame_once(tiny_pack, broker):
     try:
         wait_hub_online(broker.url, "part")
         sub = Collector(broker.url, "ate/v1/nodes/cam5/labels")
-        t = threading.Thread(target=lambda: result.update(run_edge(
-            tiny_pack, proxy.url, "--node-id", "cam5", "--source", "dataset:fashion-mnist:test", "--max-frames", str(n),
-            "--fps", "50", "--tau", "1.0", "--deadline-ms", "1000")))  # fmt: skip
+        t = threading.Thread(
+            target=lambda: result.update(
+                run_edge(
+                    tiny_pack,
+                    proxy.url,
+                    "--node-id",
+                    "cam5",
+                    "--source",
+                    "dataset:fashion-mnist:test",
+                    "--max-frames",
+                    str(n),
+                    "--fps",
+                    "50",
+                    "--tau",
+                    "1.0",
+                    "--deadline-ms",
+                    "1000",
+                )
+            )
+        )
         t.start()
         while len(sub.labels()) < 60:
             assert t.is_alive(), "the stream ended early"
@@ -450,9 +601,31 @@ def test_hub_kill9_and_restart_mid_stream(tiny_pack, broker):
     try:
         wait_hub_online(broker.url, "phoenix")
         sub = Collector(broker.url, "ate/v1/nodes/cam4/labels")
-        edge = subprocess.Popen([sys.executable, "-m", "edge_node.cli", "run", "--pack", str(tiny_pack), "--broker", broker.url,
-                                 "--node-id", "cam4", "--source", "dataset:fashion-mnist:test", "--fps", "40",
-                                 "--tau", "1.0", "--deadline-ms", "2000"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)  # fmt: skip
+        edge = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "edge_node.cli",
+                "run",
+                "--pack",
+                str(tiny_pack),
+                "--broker",
+                broker.url,
+                "--node-id",
+                "cam4",
+                "--source",
+                "dataset:fashion-mnist:test",
+                "--fps",
+                "40",
+                "--tau",
+                "1.0",
+                "--deadline-ms",
+                "2000",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
 
         def wait_for(cond, what: str) -> None:
             deadline = time.monotonic() + 120
@@ -466,8 +639,10 @@ def test_hub_kill9_and_restart_mid_stream(tiny_pack, broker):
         hub = start_hub(tiny_pack, broker.url, "--hub-id", "phoenix")
         wait_hub_online(broker.url, "phoenix")
         back_at = max(m.frame_id for m in sub.labels())
-        wait_for(lambda: sum(m.source == "expert" and m.frame_id > back_at + 40 for m in sub.labels()) >= 40,
-                 "the restarted hub answered 40 frames")  # fmt: skip
+        wait_for(
+            lambda: sum(m.source == "expert" and m.frame_id > back_at + 40 for m in sub.labels()) >= 40,
+            "the restarted hub answered 40 frames",
+        )
         edge.send_signal(signal.SIGINT)
         summary = json.loads(edge.communicate(timeout=60)[0].strip().splitlines()[-1])
         labels = sub.wait_labels(summary["frames"])

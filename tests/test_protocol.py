@@ -9,9 +9,17 @@ import numpy as np
 import pytest
 
 from askexpert.protocol import (
-    FrameMsg, LabelMsg, ProtocolError, ReplyMsg, decode_frame, decode_label, decode_reply,
-    frames_filter, frames_topic, parse_frames_topic,
-)  # fmt: skip
+    FrameMsg,
+    LabelMsg,
+    ProtocolError,
+    ReplyMsg,
+    decode_frame,
+    decode_label,
+    decode_reply,
+    frames_filter,
+    frames_topic,
+    parse_frames_topic,
+)
 from askexpert.routing import expert_key, parse_expert_key, required_experts, route, topk
 from edge_node.settings import EdgeSettings
 from expert_hub.settings import HubSettings
@@ -21,8 +29,13 @@ def test_topics_and_share_groups():
     assert frames_topic("ate/v1", "0-2", "cam1") == "ate/v1/experts/0-2/frames/cam1"
     assert frames_filter("ate/v1", "1", "hubs") == "$share/hubs/ate/v1/experts/1/frames/+"
     assert parse_frames_topic("ate/v1", "ate/v1/experts/0-3/frames/cam1") == ("0-3", "cam1")
-    for bad in ("ate/v1/experts/3-0/frames/c", "ate/v1/experts/x/frames/c", "ate/v1/nodes/a/labels",
-                "ate/v1/experts/0/frames", "ate/v1/experts/0/frames/a/b"):  # fmt: skip
+    for bad in (
+        "ate/v1/experts/3-0/frames/c",
+        "ate/v1/experts/x/frames/c",
+        "ate/v1/nodes/a/labels",
+        "ate/v1/experts/0/frames",
+        "ate/v1/experts/0/frames/a/b",
+    ):
         with pytest.raises(ProtocolError):
             parse_frames_topic("ate/v1", bad)
 
@@ -146,9 +159,22 @@ def test_jpeg_header_is_checked_before_decoding():
 
     big = np.zeros((2000, 2000, 1), np.uint8)  # 2000 x 2000 declared as 96 x 96
     ok, buf = cv2.imencode(".jpg", big)
-    payload = msgpack.packb({"v": 1, "node": "cam1", "fid": 1, "tc": 1.0, "ts": 1.0, "pack": "0c7d1a2b3c4d5e6f",
-                             "topk": [0], "topk_p": [0.5], "enc": "jpeg", "shape": [96, 96, 1], "img": buf.tobytes()},
-                            use_bin_type=True)  # fmt: skip
+    payload = msgpack.packb(
+        {
+            "v": 1,
+            "node": "cam1",
+            "fid": 1,
+            "tc": 1.0,
+            "ts": 1.0,
+            "pack": "0c7d1a2b3c4d5e6f",
+            "topk": [0],
+            "topk_p": [0.5],
+            "enc": "jpeg",
+            "shape": [96, 96, 1],
+            "img": buf.tobytes(),
+        },
+        use_bin_type=True,
+    )
     with pytest.raises(ProtocolError, match="header says 2000x2000"):
         decode_frame(payload)
 
@@ -156,8 +182,16 @@ def test_jpeg_header_is_checked_before_decoding():
 def test_replies_with_non_finite_or_out_of_range_values_are_refused():
     good = dict(v=1, node="cam1", frame_id=3, label=2, conf=0.9, expert="0-2", hub="h1", queue_ms=0.1, infer_ms=1.0, batch=4)
     assert decode_reply(msgpack.packb(good)).conf == 0.9
-    for key, bad in [("conf", float("nan")), ("conf", float("inf")), ("conf", 1.5), ("label", -1), ("frame_id", 2**64 - 1),
-                     ("hub", "h/1"), ("node", "x" * 65), ("infer_ms", -1.0)]:  # fmt: skip
+    for key, bad in [
+        ("conf", float("nan")),
+        ("conf", float("inf")),
+        ("conf", 1.5),
+        ("label", -1),
+        ("frame_id", 2**64 - 1),
+        ("hub", "h/1"),
+        ("node", "x" * 65),
+        ("infer_ms", -1.0),
+    ]:
         with pytest.raises(ProtocolError):
             decode_reply(msgpack.packb({**good, key: bad}))
 
@@ -170,17 +204,19 @@ def test_ids_that_go_into_topics_are_validated():
     assert EdgeSettings(node_id="cam-1.local").node_id == "cam-1.local"
 
 
-@pytest.mark.parametrize("module, flag, value, says", [
-    ("edge_node.cli", "--tau", "1.5", "--tau: Input should be less than or equal to 1 (got '1.5')"),
-    ("edge_node.cli", "--broker", "mqtt://x:notaport", "--broker: must look like mqtt://host:port"),
-    ("expert_hub.cli", "--max-batch", "0", "--max-batch: Input should be greater than or equal to 1"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "module, flag, value, says",
+    [
+        ("edge_node.cli", "--tau", "1.5", "--tau: Input should be less than or equal to 1 (got '1.5')"),
+        ("edge_node.cli", "--broker", "mqtt://x:notaport", "--broker: must look like mqtt://host:port"),
+        ("expert_hub.cli", "--max-batch", "0", "--max-batch: Input should be greater than or equal to 1"),
+    ],
+)
 def test_a_bad_flag_is_one_clear_line_said_once(module, flag, value, says):
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "run", flag, value],
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
+    out = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "run", flag, value], capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert says in out.stderr and out.stderr.count(flag + ":") == 1
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}

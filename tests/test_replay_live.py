@@ -7,18 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import run_edge, start_hub, stop, wait_hub_online
 
 from askexpert.pack import Pack
 from askexpert.recording import Recording
 from askexpert.routing import decide, offline_labels
 from askexpert.settings import CommonSettings
+from askexpert.subscriber import LabelSubscriber
 from evaluation.logits import pack_logits
 from evaluation.render import render_dataset
 from evaluation.report import write_report
-from askexpert.subscriber import LabelSubscriber
 from evaluation.score import load_truth, score
 from evaluation.sweep import sweep
-from helpers import run_edge, start_hub, stop, wait_hub_online
 
 N = 300
 
@@ -35,8 +35,15 @@ def test_live_replay_accuracy_equals_offline_sweep(tiny_pack, broker, tmp_path):
     d = decide(lg["edge"], pack.manifest.partition, pack.manifest.k)
     tau = float(np.median(d.conf))  # about half the frames offloaded
     off_labels, off_mask = offline_labels(d, lg["routed"], tau)
-    offline_acc = sweep(lg["edge"], truth, pack.manifest.partition, pack.manifest.k, [tau],
-                        generalists=lg["baselines"], specialists={"experts": lg["routed"]})["specialist_coinference"]["experts"][tau]  # fmt: skip
+    offline_acc = sweep(
+        lg["edge"],
+        truth,
+        pack.manifest.partition,
+        pack.manifest.k,
+        [tau],
+        generalists=lg["baselines"],
+        specialists={"experts": lg["routed"]},
+    )["specialist_coinference"]["experts"][tau]
     assert 0.3 < off_mask.mean() < 0.7
 
     hub = start_hub(tiny_pack, broker.url, "--hub-id", "hr")
@@ -44,8 +51,9 @@ def test_live_replay_accuracy_equals_offline_sweep(tiny_pack, broker, tmp_path):
     try:
         wait_hub_online(broker.url, "hr")
         col = LabelSubscriber(CommonSettings(broker=broker.url), "rp1").start()
-        summary = run_edge(tiny_pack, broker.url, "--node-id", "rp1", "--source", f"replay:{rec_dir}?pace=max",
-                           "--tau", repr(tau), "--deadline-ms", "5000")  # fmt: skip
+        summary = run_edge(
+            tiny_pack, broker.url, "--node-id", "rp1", "--source", f"replay:{rec_dir}?pace=max", "--tau", repr(tau), "--deadline-ms", "5000"
+        )
         assert col.wait(N, idle_timeout=15, timeout=60) == "done"
     finally:
         if col is not None:
@@ -104,8 +112,22 @@ def test_demo_runs_end_to_end_and_cleans_up(tiny_pack, tmp_path):
     render_dataset("fashion-mnist", "test", tmp_path / "rec", fps=1000, max_frames=120)
     runs, elsewhere = tmp_path / "runs", tmp_path / "elsewhere"
     elsewhere.mkdir()
-    argv = [sys.executable, "-m", "evaluation", "demo", "--frames", "120", "--pack", str(tiny_pack),
-            "--source", f"replay:{tmp_path / 'rec'}", "--runs", str(runs), "--tau", "0.2"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "evaluation",
+        "demo",
+        "--frames",
+        "120",
+        "--pack",
+        str(tiny_pack),
+        "--source",
+        f"replay:{tmp_path / 'rec'}",
+        "--runs",
+        str(runs),
+        "--tau",
+        "0.2",
+    ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=240, cwd=elsewhere)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     run = next(runs.iterdir())
@@ -129,8 +151,11 @@ def test_demo_ctrl_c_stops_everything(tiny_pack, tmp_path):
     import sys
     import time
 
-    proc = subprocess.Popen([sys.executable, "-m", "evaluation", "demo", "--frames", "10000", "--pack", str(tiny_pack),
-                             "--runs", str(tmp_path), "--fps", "50"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "evaluation", "demo", "--frames", "10000", "--pack", str(tiny_pack), "--runs", str(tmp_path), "--fps", "50"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.monotonic() + 120
     pids: dict = {}
     while time.monotonic() < deadline and "edge-node" not in pids:

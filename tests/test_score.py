@@ -13,9 +13,20 @@ from evaluation.score import latency_stats, score
 
 
 def lab(fid, label, source="edge", expert=None, lat=10.0, edge_label=None, t=1000.0):
-    return LabelMsg(node="n1", frame_id=fid, label=label, label_name=str(label), conf=0.9, source=source,
-                    expert=expert, latency_ms=lat, t_capture=t + fid * 0.01, edge_label=label if edge_label is None else edge_label,
-                    edge_conf=0.5, pack="p")  # fmt: skip
+    return LabelMsg(
+        node="n1",
+        frame_id=fid,
+        label=label,
+        label_name=str(label),
+        conf=0.9,
+        source=source,
+        expert=expert,
+        latency_ms=lat,
+        t_capture=t + fid * 0.01,
+        edge_label=label if edge_label is None else edge_label,
+        edge_conf=0.5,
+        pack="p",
+    )
 
 
 def stream():
@@ -95,7 +106,20 @@ def test_compare_puts_two_reports_side_by_side(tmp_path):
     assert by_name["expert 0-1: offloaded"] == (2, 0) and by_name["expert 1: offloaded"] == (0, 4)
     write_report(a, tmp_path / "a")
     write_report(b, tmp_path / "b")
-    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b" / "report.json"), "--names", "before,after", "--out", str(tmp_path / "c.md")]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                str(tmp_path / "a"),
+                str(tmp_path / "b" / "report.json"),
+                "--names",
+                "before,after",
+                "--out",
+                str(tmp_path / "c.md"),
+            ]
+        )
+        == 0
+    )
     md = (tmp_path / "c.md").read_text()
     assert "| metric | before | after | after - before |" in md
     assert "| accuracy expert | 66.67% | 25.00% | -41.67 pp |" in md

@@ -18,13 +18,15 @@ def probs_logits(*p):
 
 
 # edge probabilities per frame (logits = log p, so softmax gives p back)
-EDGE = np.stack([
-    probs_logits(0.95, 0.03, 0.01, 0.01),  # f0: conf .95, top2 {0,1} -> expert "0"
-    probs_logits(0.10, 0.85, 0.04, 0.01),  # f1: conf .85, top2 {1,0} -> "0"
-    probs_logits(0.05, 0.25, 0.65, 0.05),  # f2: conf .65, top2 {2,1} -> "0-1"
-    probs_logits(0.40, 0.05, 0.10, 0.45),  # f3: conf .45, top2 {3,0} -> "0-2"
-    probs_logits(0.30, 0.20, 0.20, 0.30),  # f4: tie .30/.30 -> lower index first: {0,3} -> "0-2"
-])  # fmt: skip
+EDGE = np.stack(
+    [
+        probs_logits(0.95, 0.03, 0.01, 0.01),  # f0: conf .95, top2 {0,1} -> expert "0"
+        probs_logits(0.10, 0.85, 0.04, 0.01),  # f1: conf .85, top2 {1,0} -> "0"
+        probs_logits(0.05, 0.25, 0.65, 0.05),  # f2: conf .65, top2 {2,1} -> "0-1"
+        probs_logits(0.40, 0.05, 0.10, 0.45),  # f3: conf .45, top2 {3,0} -> "0-2"
+        probs_logits(0.30, 0.20, 0.20, 0.30),  # f4: tie .30/.30 -> lower index first: {0,3} -> "0-2"
+    ]
+)
 Y = np.array([0, 0, 1, 0, 3])
 # expert logits per key over all frames (only the routed one matters per frame)
 E = {key: np.zeros((5, 4)) for key in ["0", "1", "2", "0-1", "0-2", "1-2"]}

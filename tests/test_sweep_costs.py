@@ -8,9 +8,9 @@ import shutil
 import numpy as np
 import pytest
 
-from evaluation.costmodel import Profile, _curve, estimate, scenario_costs
 from askexpert.pack import Pack
 from askexpert.routing import decide
+from evaluation.costmodel import Profile, _curve, estimate, scenario_costs
 from evaluation.logits import scenarios_from_stored, stored_logits
 from evaluation.sweep import sweep
 
@@ -43,9 +43,12 @@ def test_stored_logits_mapping(tiny_pack, tmp_path):
     rng = np.random.default_rng(0)
     n, c = 50, len(pack.manifest.classes)
     keys = list(pack.experts)
-    z = {"labels": rng.integers(0, c, n), "generalist-3H": rng.normal(size=(n, c)).astype(np.float16),
-         "baseline-4H": rng.normal(size=(n, c)).astype(np.float16),
-         **{f"progressive-{k}": rng.normal(size=(n, c)).astype(np.float16) for k in keys}}  # fmt: skip
+    z = {
+        "labels": rng.integers(0, c, n),
+        "generalist-3H": rng.normal(size=(n, c)).astype(np.float16),
+        "baseline-4H": rng.normal(size=(n, c)).astype(np.float16),
+        **{f"progressive-{k}": rng.normal(size=(n, c)).astype(np.float16) for k in keys},
+    }
     (pack_dir / "eval").mkdir()
     np.savez_compressed(pack_dir / "eval" / "logits-test.npz", **z)
     sc = scenarios_from_stored(pack, stored_logits(pack))
@@ -54,7 +57,14 @@ def test_stored_logits_mapping(tiny_pack, tmp_path):
     routed = sc["specialists"]["4H experts"]
     for i in range(n):
         assert np.array_equal(routed[i], z[f"progressive-{d.expert[i]}"][i].astype(np.float32))
-    res = sweep(sc["edge_logits"], sc["y"], pack.manifest.partition, pack.manifest.k, [0.5], **{k: sc[k] for k in ("edge_name", "generalists", "specialists")})
+    res = sweep(
+        sc["edge_logits"],
+        sc["y"],
+        pack.manifest.partition,
+        pack.manifest.k,
+        [0.5],
+        **{k: sc[k] for k in ("edge_name", "generalists", "specialists")},
+    )
     assert set(res["specialist_coinference"]) == {"4H experts"}
 
 

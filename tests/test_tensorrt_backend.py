@@ -206,10 +206,23 @@ def test_legacy_exporter_keyword_only_where_torch_takes_it():
 
     from askexpert.onnx_export import legacy_exporter_kwargs
 
-    def export_2_2(model, args, f, export_params=True, verbose=False, training=None, input_names=None,
-                   output_names=None, operator_export_type=None, opset_version=None, do_constant_folding=True,
-                   dynamic_axes=None, keep_initializers_as_inputs=None, custom_opsets=None,
-                   export_modules_as_functions=False):  # fmt: skip
+    def export_2_2(
+        model,
+        args,
+        f,
+        export_params=True,
+        verbose=False,
+        training=None,
+        input_names=None,
+        output_names=None,
+        operator_export_type=None,
+        opset_version=None,
+        do_constant_folding=True,
+        dynamic_axes=None,
+        keep_initializers_as_inputs=None,
+        custom_opsets=None,
+        export_modules_as_functions=False,
+    ):
         """torch.onnx.export's parameters in torch 2.2.2."""
 
     assert legacy_exporter_kwargs(export_2_2) == {}

@@ -14,8 +14,7 @@ def _cifar_python(root, n=12):
     rng = np.random.default_rng(0)
     fine = rng.integers(0, 100, n).tolist()
     for split in ("train", "test"):
-        batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), b"fine_labels": fine,
-                 b"coarse_labels": [f // 5 for f in fine]}  # fmt: skip
+        batch = {b"data": rng.integers(0, 255, (n, 3072), dtype=np.uint8), b"fine_labels": fine, b"coarse_labels": [f // 5 for f in fine]}
         (root / split).write_bytes(pickle.dumps(batch, protocol=2))
     meta = {b"fine_label_names": [f"c{i}" for i in range(100)], b"coarse_label_names": [f"s{i}" for i in range(20)]}
     (root / "meta").write_bytes(pickle.dumps(meta, protocol=2))

@@ -13,27 +13,75 @@ from askexpert.pack import Pack
 from trainer.cli import main, parse_args
 
 # a whole (tiny) training run: minutes on a busy 2-core box, so a longer limit than the default
-pytestmark = [pytest.mark.slow, pytest.mark.timeout(900), pytest.mark.skipif(
-    not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file()
-    and not __import__("os").environ.get("ATE_FASHION_MNIST_DIR"),
-    reason="Fashion-MNIST not installed",
-)]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(
+        not __import__("pathlib").Path("/usr/share/datasets/fashion-mnist/t10k-labels-idx1-ubyte.gz").is_file()
+        and not __import__("os").environ.get("ATE_FASHION_MNIST_DIR"),
+        reason="Fashion-MNIST not installed",
+    ),
+]
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("trainer")
-    argv = ["pack", "--dataset", "fashion-mnist", "--work", str(root / "work"), "--out", str(root / "pack"),
-            "--depth", "2", "--epochs", "1", "--max-train-samples", "256", "--expert-train-samples", "128",
-            "--max-test-samples", "200", "--max-val-samples", "200", "--batch-size", "64",
-            "--importance-batches", "1", "--expert-seeds", "2", "--threads", "2"]  # fmt: skip
+    argv = [
+        "pack",
+        "--dataset",
+        "fashion-mnist",
+        "--work",
+        str(root / "work"),
+        "--out",
+        str(root / "pack"),
+        "--depth",
+        "2",
+        "--epochs",
+        "1",
+        "--max-train-samples",
+        "256",
+        "--expert-train-samples",
+        "128",
+        "--max-test-samples",
+        "200",
+        "--max-val-samples",
+        "200",
+        "--batch-size",
+        "64",
+        "--importance-batches",
+        "1",
+        "--expert-seeds",
+        "2",
+        "--threads",
+        "2",
+    ]
     assert main(argv) == 0
     return root
 
 
-TINY = ["--dataset", "fashion-mnist", "--depth", "2", "--epochs", "1", "--max-train-samples", "256",
-        "--expert-train-samples", "128", "--max-test-samples", "200", "--max-val-samples", "200", "--batch-size", "64",
-        "--importance-batches", "1", "--expert-seeds", "2"]  # fmt: skip
+TINY = [
+    "--dataset",
+    "fashion-mnist",
+    "--depth",
+    "2",
+    "--epochs",
+    "1",
+    "--max-train-samples",
+    "256",
+    "--expert-train-samples",
+    "128",
+    "--max-test-samples",
+    "200",
+    "--max-val-samples",
+    "200",
+    "--batch-size",
+    "64",
+    "--importance-batches",
+    "1",
+    "--expert-seeds",
+    "2",
+]
 
 
 def test_tiny_pack_loads_and_runs(tiny):

@@ -51,12 +51,14 @@ def _write_logits(out: Path, all_path: Path, edge: str, partition: list[int], k:
         keep[f"{fam}-routed"] = routed
     keep["routed-key"] = rk.astype("U16")
     np.savez_compressed(dst, **keep)
-    return {"file": "eval/logits-test.npz", "keys": sorted(keep),
-            "layout": "generalists and progressive experts full; other expert families: the routed expert per image only"}  # fmt: skip
+    return {
+        "file": "eval/logits-test.npz",
+        "keys": sorted(keep),
+        "layout": "generalists and progressive experts full; other expert families: the routed expert per image only",
+    }
 
 
-def assemble(run: Run, command: str, wall_s: float, device_note: str = "", exported_by: str = "",
-             size_limit: bool = True) -> Path:
+def assemble(run: Run, command: str, wall_s: float, device_note: str = "", exported_by: str = "", size_limit: bool = True) -> Path:
     cfg, d = run.cfg, run.data
     rep = run.step_report()
     einfo, pinfo = run.info("experts"), run.info("partition")
@@ -72,29 +74,48 @@ def assemble(run: Run, command: str, wall_s: float, device_note: str = "", expor
         return {k: g[k] for k in ("top1", "top2", "top3") if k in g}
 
     edge, exp = cfg.edge_shape, cfg.expert_shape
-    gen_entry = ModelEntry(**model_entry(run.load_vit(edge, f"generalist-{edge}.safetensors"), run.arch(edge), out,
-                                         f"generalist-{edge}.safetensors"), metrics=metrics(f"generalist-{edge}"))  # fmt: skip
+    gen_entry = ModelEntry(
+        **model_entry(run.load_vit(edge, f"generalist-{edge}.safetensors"), run.arch(edge), out, f"generalist-{edge}.safetensors"),
+        metrics=metrics(f"generalist-{edge}"),
+    )
     trunk_raw = model_entry(run.load_vit(exp, f"generalist-{exp}.safetensors"), run.arch(exp), out, f"generalist-{exp}.safetensors")
     trunk = TrunkEntry(**trunk_raw, blocks=run.trunk_blocks(), metrics=metrics(f"baseline-{exp}")) if "compact" in einfo else None
     baselines = {exp: ModelEntry(**trunk_raw, metrics=metrics(f"baseline-{exp}"))}
     for s in cfg.baseline_shapes:
         if s not in baselines:
-            baselines[s] = ModelEntry(**model_entry(run.load_vit(s, f"generalist-{s}.safetensors"), run.arch(s), out,
-                                                    f"baseline-{s}.safetensors"), metrics=metrics(f"baseline-{s}"))  # fmt: skip
+            baselines[s] = ModelEntry(
+                **model_entry(run.load_vit(s, f"generalist-{s}.safetensors"), run.arch(s), out, f"baseline-{s}.safetensors"),
+                metrics=metrics(f"baseline-{s}"),
+            )
     experts, compact = [], []
     for key in einfo["keys"]:
         e = rep["experts"][key]
         m = {kind: {w: e[kind][w]["values"][0] for w in ("target", "overall")} for kind in ("progressive", "static", "uniform")}
         raw = model_entry(run.load_vit(exp, run.expert_rel("progressive", key, 0)), run.arch(exp), out, f"expert-{key}.safetensors")
-        experts.append(ExpertEntry(**raw, subset=[int(s) for s in key.split("-")],
-                                   metrics={"target_top1": m["progressive"]["target"], "overall_top1": m["progressive"]["overall"],
-                                            "static_target_top1": m["static"]["target"], "static_overall_top1": m["static"]["overall"],
-                                            "uniform_target_top1": m["uniform"]["target"], "uniform_overall_top1": m["uniform"]["overall"]}))  # fmt: skip
+        experts.append(
+            ExpertEntry(
+                **raw,
+                subset=[int(s) for s in key.split("-")],
+                metrics={
+                    "target_top1": m["progressive"]["target"],
+                    "overall_top1": m["progressive"]["overall"],
+                    "static_target_top1": m["static"]["target"],
+                    "static_overall_top1": m["static"]["overall"],
+                    "uniform_target_top1": m["uniform"]["target"],
+                    "uniform_overall_top1": m["uniform"]["overall"],
+                },
+            )
+        )
         if "compact" in einfo:
             tail = run.load_tail(f"experts/compact/expert-{key}.safetensors")
             raw = model_entry(tail, run.arch(exp), out, f"compact-expert-{key}.safetensors", kind="tail", tail_blocks=cfg.tail_blocks)
-            compact.append(ExpertEntry(**raw, subset=[int(s) for s in key.split("-")],
-                                       metrics={"target_top1": e["compact"]["target"], "overall_top1": e["compact"]["overall"]}))  # fmt: skip
+            compact.append(
+                ExpertEntry(
+                    **raw,
+                    subset=[int(s) for s in key.split("-")],
+                    metrics={"target_top1": e["compact"]["target"], "overall_top1": e["compact"]["overall"]},
+                )
+            )
     logits_info = _write_logits(out, run.work / "eval/logits-test-all.npz", f"generalist-{edge}", pinfo["partition"], cfg.k)
     report = {k: v for k, v in rep.items() if k != "markdown"}
     (out / "reports").mkdir(exist_ok=True)
@@ -109,7 +130,7 @@ def assemble(run: Run, command: str, wall_s: float, device_note: str = "", expor
         "recipe": run.recipe(),
         "teacher_recipe": cfg.teacher_recipe,
         "static_definition": "same init, data, teacher labels, epochs and optimiser as progressive; "
-                             "target-subset weight W constant from the first step",
+        "target-subset weight W constant from the first step",
         "uniform_definition": "the same again with weight 1 for every sample (no specialisation by weighting)",
         "experts_in_pack": "progressive, seed 0; compact_experts: tails on the shared trunk (a serving option)",
         "default_tau": rep["default_tau"],
@@ -133,9 +154,14 @@ def assemble(run: Run, command: str, wall_s: float, device_note: str = "", expor
         baselines=baselines,
         compact_experts=compact,
         training=training,
-        reports={"json": "reports/report.json", "markdown": "reports/report.md", "logits": logits_info,
-                 "table3": rep["table3"], "claims": [{k: c[k] for k in ("claim", "verdict")} for c in rep["claims"]],
-                 "generalists": {n: metrics(n) for n in gens}},  # fmt: skip
+        reports={
+            "json": "reports/report.json",
+            "markdown": "reports/report.md",
+            "logits": logits_info,
+            "table3": rep["table3"],
+            "claims": [{k: c[k] for k in ("claim", "verdict")} for c in rep["claims"]],
+            "generalists": {n: metrics(n) for n in gens},
+        },
     )
     write_manifest(out, manifest)
     check_sizes(out, limited=size_limit)

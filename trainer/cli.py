@@ -21,13 +21,35 @@ from rich.console import Console
 RECIPES: dict[str, dict] = {
     # about 2.2 h on 2 AVX-512/AMX cores (measured bf16 training: 3H 888, 4H 541, 6H 375 img/s). Experts start
     # from the 4H generalist: pruned from M_I they stayed 1.0 pt below it on target at this budget (trainer/README.md)
-    "cpu": dict(depth=4, patch_size=7, epochs_teacher=16, epochs_distill=8, epochs_subset_teacher=1, epochs_expert=2,
-                expert_train_samples=10000, expert_seeds=3, batch_size=256, expert_lr=5e-4, expert_init="generalist"),
+    "cpu": dict(
+        depth=4,
+        patch_size=7,
+        epochs_teacher=16,
+        epochs_distill=8,
+        epochs_subset_teacher=1,
+        epochs_expert=2,
+        expert_train_samples=10000,
+        expert_seeds=3,
+        batch_size=256,
+        expert_lr=5e-4,
+        expert_init="generalist",
+    ),
     # the paper's depth 12 on one GPU; the pack exceeds the repository's size limits (it stays in runs/)
-    "gpu": dict(depth=12, patch_size=4, epochs_teacher=30, epochs_distill=30, epochs_subset_teacher=3, epochs_expert=3,
-                expert_train_samples=20000, expert_seeds=3, batch_size=512, expert_lr=5e-4, device="cuda",
-                no_size_limit=True),
-}  # fmt: skip
+    "gpu": dict(
+        depth=12,
+        patch_size=4,
+        epochs_teacher=30,
+        epochs_distill=30,
+        epochs_subset_teacher=3,
+        epochs_expert=3,
+        expert_train_samples=20000,
+        expert_seeds=3,
+        batch_size=512,
+        expert_lr=5e-4,
+        device="cuda",
+        no_size_limit=True,
+    ),
+}
 
 STEPS = ["teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report", "export", "pack"]
 
@@ -63,12 +85,20 @@ def _common(p: argparse.ArgumentParser) -> None:
     a("--expert-train-samples", type=int, default=0, help="train experts on at most this many (0: all)")
     a("--max-test-samples", type=int, default=0, help="smoke tests only: evaluate on part of the test split")
     a("--max-val-samples", type=int, default=0, help="smoke tests only: a smaller validation split")
-    a("--expert-init", choices=["pruned-teacher", "generalist"], default=c.expert_init,
-      help="pruned-teacher: M_I pruned to the expert shape (the paper); generalist: start from the 4H generalist")
+    a(
+        "--expert-init",
+        choices=["pruned-teacher", "generalist"],
+        default=c.expert_init,
+        help="pruned-teacher: M_I pruned to the expert shape (the paper); generalist: start from the 4H generalist",
+    )
     a("--expert-seeds", type=int, default=c.expert_seeds, help="seeds of every expert and its static/uniform controls")
     a("--no-compact-experts", action="store_true", help="skip the compact (tail on shared trunk) experts")
-    a("--tau-tolerance", type=float, default=c.tau_tolerance,
-      help="default tau: the lowest whose validation accuracy is within this many points of the best")
+    a(
+        "--tau-tolerance",
+        type=float,
+        default=c.tau_tolerance,
+        help="default tau: the lowest whose validation accuracy is within this many points of the best",
+    )
     a("--importance-batches", type=int, default=c.importance_batches)
     a("--val-fraction", type=float, default=c.val_fraction)
     a("--tau", type=float, default=None, help="default tau written to the manifest (default: chosen on validation)")
@@ -144,8 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         _save_wall(run, prev + time.time() - t0)
     wall = time.time() - t0 + prev
     command = ns.as_command or "trainer " + shlex.join(argv)
-    out = assemble(run, command, wall, device_note=ns.device_note, size_limit=not ns.no_size_limit,
-                   exported_by=("trainer " + shlex.join(argv)) if ns.as_command else "")
+    out = assemble(
+        run,
+        command,
+        wall,
+        device_note=ns.device_note,
+        size_limit=not ns.no_size_limit,
+        exported_by=("trainer " + shlex.join(argv)) if ns.as_command else "",
+    )
     sizes = check_sizes(out, limited=not ns.no_size_limit)
     log(f"pack written to {out}: {sizes['total_mib']} MiB in {len(sizes['files'])} files")
     print(run.info("report")["markdown"])

@@ -37,9 +37,14 @@ class Job:
 
 def progress_bar() -> Progress:
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(), TimeRemainingColumn(), transient=False,
-    )  # fmt: skip
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        transient=False,
+    )
 
 
 @lru_cache(maxsize=1)
@@ -115,7 +120,9 @@ def save_checkpoint(ckpt_dir: Path, jobs: list[Job], epochs_done: int, extra: di
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     groups = {}
     for job in jobs:
-        save_file({k: v.detach().cpu().contiguous() for k, v in job.model.state_dict().items()}, str(ckpt_dir / f"{job.name}.model.safetensors"))
+        save_file(
+            {k: v.detach().cpu().contiguous() for k, v in job.model.state_dict().items()}, str(ckpt_dir / f"{job.name}.model.safetensors")
+        )
         opt_t, groups[job.name] = _save_optimizer(job.optimizer)
         save_file(opt_t, str(ckpt_dir / f"{job.name}.optim.safetensors"))
     tmp = ckpt_dir / "state.json.tmp"
@@ -130,8 +137,9 @@ def load_checkpoint(ckpt_dir: Path, jobs: list[Job], device: torch.device) -> di
     state = json.loads(path.read_text())
     for job in jobs:
         job.model.load_state_dict(load_file(str(ckpt_dir / f"{job.name}.model.safetensors"), device=str(device)))
-        _load_optimizer(job.optimizer, load_file(str(ckpt_dir / f"{job.name}.optim.safetensors"), device=str(device)),
-                        state["optim_groups"][job.name])  # fmt: skip
+        _load_optimizer(
+            job.optimizer, load_file(str(ckpt_dir / f"{job.name}.optim.safetensors"), device=str(device)), state["optim_groups"][job.name]
+        )
     return state
 
 
@@ -167,7 +175,8 @@ def fit(
         decay = [p for p in job.model.parameters() if p.ndim >= 2 and p.requires_grad]
         no_decay = [p for p in job.model.parameters() if p.ndim < 2 and p.requires_grad]
         job.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr,
+            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=lr,
             fused=device.type == "cuda",
         )
     start_epoch = 0
@@ -226,8 +235,13 @@ def fit(
 
 
 @torch.no_grad()
-def predict(fn: Callable[[torch.Tensor], torch.Tensor], inputs: torch.Tensor, batch_size: int = 512,
-            device: torch.device = torch.device("cpu"), out_dtype=torch.float32) -> torch.Tensor:  # fmt: skip
+def predict(
+    fn: Callable[[torch.Tensor], torch.Tensor],
+    inputs: torch.Tensor,
+    batch_size: int = 512,
+    device: torch.device = torch.device("cpu"),
+    out_dtype=torch.float32,
+) -> torch.Tensor:
     """Apply fn batch by batch (eval mode is the caller's business); outputs on the CPU."""
     outs = []
     for i in range(0, len(inputs), batch_size):

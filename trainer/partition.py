@@ -118,8 +118,9 @@ def topk_within_subset_rate(logits: np.ndarray, partition: list[int], k: int = 2
     return float((sub == sub[:, :1]).all(axis=1).mean())
 
 
-def subset_names_for(partition: list[int], classes: list[str], superclass_names: list[str] | None = None,
-                     superclass: list[int] | None = None) -> list[str]:  # fmt: skip
+def subset_names_for(
+    partition: list[int], classes: list[str], superclass_names: list[str] | None = None, superclass: list[int] | None = None
+) -> list[str]:
     """Readable subset names: their superclasses, else their first classes."""
     n = max(partition) + 1
     names = []

@@ -141,10 +141,17 @@ def load_data(cfg: Config) -> Data:
         classes=list(full.classes),
         superclass=None if full.superclass is None else [int(s) for s in full.superclass],
         superclass_names=list(full.superclass_names),
-        mean=[round(float(m), 4) for m in mean], std=[round(float(s), 4) for s in std],
-        img_size=int(train.images.shape[1]), channels=int(train.images.shape[-1]),
-        x_train=xtr, y_train=ytr, x_val=xva, y_val=yva, x_test=xte, y_test=yte,
-    )  # fmt: skip
+        mean=[round(float(m), 4) for m in mean],
+        std=[round(float(s), 4) for s in std],
+        img_size=int(train.images.shape[1]),
+        channels=int(train.images.shape[-1]),
+        x_train=xtr,
+        y_train=ytr,
+        x_val=xva,
+        y_val=yva,
+        x_test=xte,
+        y_test=yte,
+    )
 
 
 def auto_patch(img_size: int) -> int:
@@ -190,8 +197,14 @@ class Run:
         return d
 
     def arch(self, shape: str) -> ViTArch:
-        return ViTArch.from_shape(shape, depth=self.cfg.depth, patch_size=self.patch, img_size=self.data.img_size,
-                                  in_chans=self.data.channels, num_classes=len(self.data.classes))  # fmt: skip
+        return ViTArch.from_shape(
+            shape,
+            depth=self.cfg.depth,
+            patch_size=self.patch,
+            img_size=self.data.img_size,
+            in_chans=self.data.channels,
+            num_classes=len(self.data.classes),
+        )
 
     # weights in the work folder are fp32 safetensors; `info` JSON marks a finished step
     def save_model(self, model: torch.nn.Module, rel: str) -> None:
@@ -239,15 +252,32 @@ class Run:
         arch = self.arch(cfg.teacher_shape)
         model = build_vit(arch, drop_path_rate=0.1 if cfg.epochs_teacher >= 20 else 0.0)
         self.log(f"[teacher] {cfg.teacher_shape} depth {cfg.depth} patch {self.patch} on {len(self.data.y_train)} images")
-        summary = fit([Job("teacher", model)], self.data.x_train, self.data.y_train, None, epochs=cfg.epochs_teacher,
-                      batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay, aug=self.aug(),
-                      device=self.device, ckpt_dir=self.work / "ckpt/teacher", desc="teacher", seed=cfg.seed, log=self.log)  # fmt: skip
+        summary = fit(
+            [Job("teacher", model)],
+            self.data.x_train,
+            self.data.y_train,
+            None,
+            epochs=cfg.epochs_teacher,
+            batch_size=cfg.batch_size,
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            aug=self.aug(),
+            device=self.device,
+            ckpt_dir=self.work / "ckpt/teacher",
+            desc="teacher",
+            seed=cfg.seed,
+            log=self.log,
+        )
         self.save_model(model, "teacher.safetensors")
         train_logits = self.logits(model, self.data.x_train)
         save_file({"train": train_logits.argmax(1).contiguous()}, str(self.work / "teacher-labels.safetensors"))
-        info = {"shape": cfg.teacher_shape, "arch": arch.to_dict(), "fit": summary,
-                "val_top1": self.acc(self.logits(model, self.data.x_val), self.data.y_val),
-                "train_top1": self.acc(train_logits, self.data.y_train)}  # fmt: skip
+        info = {
+            "shape": cfg.teacher_shape,
+            "arch": arch.to_dict(),
+            "fit": summary,
+            "val_top1": self.acc(self.logits(model, self.data.x_val), self.data.y_val),
+            "train_top1": self.acc(train_logits, self.data.y_train),
+        }
         self.set_info("teacher", info)
         self.log(f"[teacher] done: val top-1 {info['val_top1']}%, {summary['wall_s']} s")
         return info
@@ -260,8 +290,10 @@ class Run:
         cfg = self.cfg
         n = min(len(self.data.y_train), cfg.importance_batches * cfg.batch_size)
         idx = torch.randperm(len(self.data.y_train), generator=torch.Generator().manual_seed(cfg.seed + 7))[:n]
-        return [(self.data.x_train[idx[i : i + cfg.batch_size]], self.data.y_train[idx[i : i + cfg.batch_size]])
-                for i in range(0, n, cfg.batch_size)]  # fmt: skip
+        return [
+            (self.data.x_train[idx[i : i + cfg.batch_size]], self.data.y_train[idx[i : i + cfg.batch_size]])
+            for i in range(0, n, cfg.batch_size)
+        ]
 
     def _prune_from_teacher(self, shapes: list[str], name: str) -> dict:
         """Prune the teacher to each shape and distill all of them together."""
@@ -281,10 +313,22 @@ class Run:
             self.log(f"[{name}] pruned {cfg.teacher_shape} -> {shape}: val top-1 before distillation {pruned_val}%")
             jobs.append(Job(f"{shape}", student))
             jobs[-1].pruned_val = pruned_val  # type: ignore[attr-defined]
-        summary = fit(jobs, self.data.x_train, self.data.y_train, self.teacher_labels(), epochs=cfg.epochs_distill,
-                      batch_size=cfg.batch_size, lr=cfg.distill_lr, weight_decay=cfg.weight_decay, aug=self.aug(),
-                      device=self.device, ckpt_dir=self.work / f"ckpt/{name}", desc=f"distill {'+'.join(shapes)}",
-                      seed=cfg.seed, log=self.log)  # fmt: skip
+        summary = fit(
+            jobs,
+            self.data.x_train,
+            self.data.y_train,
+            self.teacher_labels(),
+            epochs=cfg.epochs_distill,
+            batch_size=cfg.batch_size,
+            lr=cfg.distill_lr,
+            weight_decay=cfg.weight_decay,
+            aug=self.aug(),
+            device=self.device,
+            ckpt_dir=self.work / f"ckpt/{name}",
+            desc=f"distill {'+'.join(shapes)}",
+            seed=cfg.seed,
+            log=self.log,
+        )
         info = {"fit": summary, "importance_s": imp_s, "importance_samples": n, "models": {}}
         for job in jobs:
             self.save_model(job.model, f"generalist-{job.name}.safetensors")
@@ -352,8 +396,7 @@ class Run:
             how = f"confusion of the {cfg.edge_shape} generalist on the validation split, balanced, S={S}"
         else:
             raise SystemExit(f"unknown partition {cfg.partition!r}")
-        info = {"partition": p, "subset_names": names, "how": how,
-                "experts": [expert_key(c) for c in part.expert_list(S, cfg.k)]}  # fmt: skip
+        info = {"partition": p, "subset_names": names, "how": how, "experts": [expert_key(c) for c in part.expert_list(S, cfg.k)]}
         if (self.work / f"generalist-{cfg.edge_shape}.safetensors").is_file():
             g = self.load_vit(cfg.edge_shape, f"generalist-{cfg.edge_shape}.safetensors")
             info["val_topk_within_one_subset"] = part.topk_within_subset_rate(self.logits(g, d.x_val).numpy(), p, cfg.k)
@@ -412,20 +455,33 @@ class Run:
             rel = self.expert_teacher_rel(key)
             if not (self.work / rel).is_file():
                 m = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
-                fit([Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)], x, y, None,
-                    epochs=cfg.epochs_subset_teacher, batch_size=cfg.batch_size, lr=cfg.expert_lr,
-                    weight_decay=cfg.weight_decay, max_weight=cfg.max_weight, omega_schedule=cfg.omega_schedule,
-                    aug=self.aug(), device=self.device, ckpt_dir=self.work / f"ckpt/subset-teacher-{key}",
-                    desc=f"teacher M_{key}", seed=cfg.seed, log=self.log)  # fmt: skip
+                fit(
+                    [Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)],
+                    x,
+                    y,
+                    None,
+                    epochs=cfg.epochs_subset_teacher,
+                    batch_size=cfg.batch_size,
+                    lr=cfg.expert_lr,
+                    weight_decay=cfg.weight_decay,
+                    max_weight=cfg.max_weight,
+                    omega_schedule=cfg.omega_schedule,
+                    aug=self.aug(),
+                    device=self.device,
+                    ckpt_dir=self.work / f"ckpt/subset-teacher-{key}",
+                    desc=f"teacher M_{key}",
+                    seed=cfg.seed,
+                    log=self.log,
+                )
                 self.save_model(m, rel)
-                save_file({"train": self.logits(m, x).argmax(1).contiguous()},
-                          str(self.work / f"subset-teachers/labels-{key}.safetensors"))  # fmt: skip
+                save_file({"train": self.logits(m, x).argmax(1).contiguous()}, str(self.work / f"subset-teachers/labels-{key}.safetensors"))
             m = self.load_vit(cfg.teacher_shape, rel)
             lv = self.logits(m, d.x_val)
             on_target = torch.isin(part_of[d.y_val], torch.tensor(list(sub)))
             info["models"][key] = {"val_top1": self.acc(lv, d.y_val), "val_target_top1": self.acc(lv[on_target], d.y_val[on_target])}
-            self.log(f"[subset teachers] M_{key}: val {info['models'][key]['val_top1']}%, "
-                     f"on target {info['models'][key]['val_target_top1']}%")  # fmt: skip
+            self.log(
+                f"[subset teachers] M_{key}: val {info['models'][key]['val_top1']}%, on target {info['models'][key]['val_target_top1']}%"
+            )
         self.set_info("subset-teachers", info)
         return info
 
@@ -465,8 +521,15 @@ class Run:
         idx = self._expert_samples()
         x, y = d.x_train[idx], d.y_train[idx]
         fits = self.info("expert-fits") or {}
-        info: dict = {"keys": keys, "samples": len(idx), "teacher_recipe": cfg.teacher_recipe, "kinds": list(EXPERT_KINDS),
-                      "seeds": list(range(cfg.expert_seeds)), "init": (f"M_I pruned to {cfg.expert_shape}" if cfg.expert_init == "pruned-teacher" else f"the {cfg.expert_shape} generalist"), "init_val_top1": {}}  # fmt: skip
+        info: dict = {
+            "keys": keys,
+            "samples": len(idx),
+            "teacher_recipe": cfg.teacher_recipe,
+            "kinds": list(EXPERT_KINDS),
+            "seeds": list(range(cfg.expert_seeds)),
+            "init": (f"M_I pruned to {cfg.expert_shape}" if cfg.expert_init == "pruned-teacher" else f"the {cfg.expert_shape} generalist"),
+            "init_val_top1": {},
+        }
         for key, sub in zip(keys, subsets):
             init = self.expert_init(key)
             info["init_val_top1"][key] = self.acc(self.logits(init, d.x_val), d.y_val)
@@ -475,12 +538,24 @@ class Run:
                 if all((self.work / self.expert_rel(kind, key, s)).is_file() for kind in EXPERT_KINDS):
                     continue
                 jobs = [Job(kind, copy.deepcopy(init), kind, self.target_mask(sub)) for kind in EXPERT_KINDS]
-                fits[f"{key}/seed{s}"] = fit(jobs, x, y, ty, epochs=cfg.epochs_expert, batch_size=cfg.batch_size,
-                                             lr=cfg.expert_lr, weight_decay=cfg.weight_decay, max_weight=cfg.max_weight,
-                                             omega_schedule=cfg.omega_schedule, aug=self.aug(), device=self.device,
-                                             ckpt_dir=self.work / f"ckpt/experts/{key}/seed{s}",
-                                             desc=f"expert {key} seed {s} ({'+'.join(EXPERT_KINDS)})",
-                                             seed=cfg.seed + 1000 * s, log=self.log)  # fmt: skip
+                fits[f"{key}/seed{s}"] = fit(
+                    jobs,
+                    x,
+                    y,
+                    ty,
+                    epochs=cfg.epochs_expert,
+                    batch_size=cfg.batch_size,
+                    lr=cfg.expert_lr,
+                    weight_decay=cfg.weight_decay,
+                    max_weight=cfg.max_weight,
+                    omega_schedule=cfg.omega_schedule,
+                    aug=self.aug(),
+                    device=self.device,
+                    ckpt_dir=self.work / f"ckpt/experts/{key}/seed{s}",
+                    desc=f"expert {key} seed {s} ({'+'.join(EXPERT_KINDS)})",
+                    seed=cfg.seed + 1000 * s,
+                    log=self.log,
+                )
                 for j in jobs:
                     self.save_model(j.model, self.expert_rel(j.name, key, s))
                 self.set_info("expert-fits", fits)
@@ -501,17 +576,32 @@ class Run:
         trunk = copy.deepcopy(base).half().float().eval().to(self.device)  # the trunk as stored in the pack (fp16)
         tok_dtype = torch.float16 if self.device.type == "cpu" else torch.float32
         tokens = predict(self.trunk_fn(trunk), x, 512, self.device, out_dtype=tok_dtype)
-        jobs = [Job(f"compact-{key}", ExpertTail.from_vit(base, arch, cfg.tail_blocks), "progressive", self.target_mask(sub))
-                for key, sub in zip(keys, subsets)]  # fmt: skip
+        jobs = [
+            Job(f"compact-{key}", ExpertTail.from_vit(base, arch, cfg.tail_blocks), "progressive", self.target_mask(sub))
+            for key, sub in zip(keys, subsets)
+        ]
         teach = {j.name: self.expert_teacher_labels(j.name.split("-", 1)[1]) for j in jobs}
-        summary = fit(jobs, tokens, y, teach, epochs=cfg.epochs_expert, batch_size=cfg.batch_size, lr=cfg.expert_lr,
-                      weight_decay=cfg.weight_decay, max_weight=cfg.max_weight, omega_schedule=cfg.omega_schedule,
-                      aug=None, device=self.device, ckpt_dir=self.work / "ckpt/compact",
-                      desc=f"{len(jobs)} compact (tail) experts", seed=cfg.seed, log=self.log)  # fmt: skip
+        summary = fit(
+            jobs,
+            tokens,
+            y,
+            teach,
+            epochs=cfg.epochs_expert,
+            batch_size=cfg.batch_size,
+            lr=cfg.expert_lr,
+            weight_decay=cfg.weight_decay,
+            max_weight=cfg.max_weight,
+            omega_schedule=cfg.omega_schedule,
+            aug=None,
+            device=self.device,
+            ckpt_dir=self.work / "ckpt/compact",
+            desc=f"{len(jobs)} compact (tail) experts",
+            seed=cfg.seed,
+            log=self.log,
+        )
         for j in jobs:
             self.save_model(j.model, f"experts/compact/expert-{j.name.split('-', 1)[1]}.safetensors")
-        return {"tail_blocks": cfg.tail_blocks, "trunk_blocks": self.trunk_blocks(), "fit": summary,
-                "wall_s": round(time.time() - t0, 1)}  # fmt: skip
+        return {"tail_blocks": cfg.tail_blocks, "trunk_blocks": self.trunk_blocks(), "fit": summary, "wall_s": round(time.time() - t0, 1)}
 
     # ---------------------------------------------------------------------------------------- evaluate
     def step_report(self) -> dict:
@@ -564,7 +654,8 @@ class Run:
         np_val = {k: v.numpy().astype(np.float32) for k, v in val.items()}
         rep = build_report(self, np_test, d.y_test.numpy(), pinfo, einfo, seeds, np_val, d.y_val.numpy())
         (self.work / "eval").mkdir(exist_ok=True)
-        np.savez_compressed(self.work / "eval/logits-test-all.npz", labels=d.y_test.numpy(),
-                            **{k: v.astype(np.float16) for k, v in np_test.items()})  # fmt: skip
+        np.savez_compressed(
+            self.work / "eval/logits-test-all.npz", labels=d.y_test.numpy(), **{k: v.astype(np.float16) for k, v in np_test.items()}
+        )
         self.set_info("report", rep)
         return rep

@@ -29,9 +29,7 @@ class Importance:
     channels: torch.Tensor  # (embed dim,)
 
 
-def compute_importance(
-    vit: VisionTransformer, batches, loss_fn=None, max_batches: int | None = None
-) -> Importance:
+def compute_importance(vit: VisionTransformer, batches, loss_fn=None, max_batches: int | None = None) -> Importance:
     """Accumulate |dL/dgate| for heads, MLP neurons and embedding channels over `batches` of (x, y)."""
     depth = len(vit.blocks)
     n_heads = vit.blocks[0].attn.num_heads
@@ -45,6 +43,7 @@ def compute_importance(
     imp = Importance(torch.zeros(depth, n_heads), torch.zeros(depth, hidden), torch.zeros(dim))
     hooks = []
     for i, blk in enumerate(vit.blocks):
+
         def head_hook(mod, args, i=i):
             (x,) = args
             b, n, _ = x.shape
@@ -96,7 +95,11 @@ def prune_vit(vit: VisionTransformer, src: ViTArch, dst: ViTArch, imp: Importanc
     if dst.embed_dim // dst.num_heads != head_dim:
         raise ValueError("pruning keeps the head dim: dst embed_dim / num_heads must equal src's")
     if (dst.depth, dst.patch_size, dst.img_size, dst.in_chans, dst.num_classes) != (
-        src.depth, src.patch_size, src.img_size, src.in_chans, src.num_classes
+        src.depth,
+        src.patch_size,
+        src.img_size,
+        src.in_chans,
+        src.num_classes,
     ):
         raise ValueError("pruning changes width, heads and MLP size only")
     if dst.embed_dim > src.embed_dim or dst.num_heads > src.num_heads or dst.mlp_ratio > src.mlp_ratio:

@@ -75,8 +75,10 @@ def build_flags(trt_version: str, fp16: bool, gpu: GpuId, has_fp16_flag: bool) -
     major = int(m.group(1)) if (m := re.match(r"(\d+)", trt_version)) else 10
     if major >= 11 or not has_fp16_flag:
         if fp16:
-            raise ValueError(f"TensorRT {trt_version} builds fp16 only from an fp16 ONNX graph, which is not exported "
-                             "yet: set ATE_TRT_FP16=0 or use TensorRT 10 (JetPack 6)")  # fmt: skip
+            raise ValueError(
+                f"TensorRT {trt_version} builds fp16 only from an fp16 ONNX graph, which is not exported "
+                "yet: set ATE_TRT_FP16=0 or use TensorRT 10 (JetPack 6)"
+            )
         return BuildFlags(strongly_typed=True, fp16_flag=False)
     return BuildFlags(strongly_typed=False, fp16_flag=fp16 and gpu.fast_fp16)
 

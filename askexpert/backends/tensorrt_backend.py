@@ -163,7 +163,15 @@ def progress_monitor(trt: Any, model: str) -> Any | None:
     return Monitor()
 
 
-_TRT_TO_TORCH = {"FLOAT": "float32", "HALF": "float16", "INT32": "int32", "INT8": "int8", "BOOL": "bool", "INT64": "int64", "BF16": "bfloat16"}
+_TRT_TO_TORCH = {
+    "FLOAT": "float32",
+    "HALF": "float16",
+    "INT32": "int32",
+    "INT8": "int8",
+    "BOOL": "bool",
+    "INT64": "int64",
+    "BF16": "bfloat16",
+}
 
 
 class _Engine:
@@ -243,8 +251,14 @@ class TensorRTBackend(Backend):
         self.flags = build_flags(self.trt.__version__, self.profile.fp16, self.gpu, hasattr(self.trt.BuilderFlag, "FP16"))
         self.trt_logger = structlog_trt_logger(self.trt)
         self.runtime = self.trt.Runtime(self.trt_logger)
-        log.info("tensorrt backend", tensorrt=self.trt.__version__, gpu=self.gpu.tag, profile=self.profile.tag,
-                 strongly_typed=self.flags.strongly_typed, fp16_flag=self.flags.fp16_flag)  # fmt: skip
+        log.info(
+            "tensorrt backend",
+            tensorrt=self.trt.__version__,
+            gpu=self.gpu.tag,
+            profile=self.profile.tag,
+            strongly_typed=self.flags.strongly_typed,
+            fp16_flag=self.flags.fp16_flag,
+        )
 
     # ------------------------------------------------------------ status
     def _status(self, state: str, **info: Any) -> None:
@@ -307,8 +321,13 @@ class TensorRTBackend(Backend):
 
         def build() -> bytes:
             onnx_path = onnx_for(pack, entry, role, self.cache_dir)
-            log.warning("building TensorRT engine: first use of this model on this GPU, may take minutes on a Jetson",
-                        model=name, onnx=str(onnx_path), engine=str(path), profile=self.profile.tag)  # fmt: skip
+            log.warning(
+                "building TensorRT engine: first use of this model on this GPU, may take minutes on a Jetson",
+                model=name,
+                onnx=str(onnx_path),
+                engine=str(path),
+                profile=self.profile.tag,
+            )
             self._status("building-engine", model=name, engine=path.name)
             t0 = time.perf_counter()
             data = self.build_engine(onnx_path, name)
