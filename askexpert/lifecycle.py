@@ -1,5 +1,5 @@
-"""One component lifecycle for the edge and the hub, after uvicorn's `Server`: signals captured for
-the whole run, then startup, the main loop and shutdown, always in that order.
+"""One component lifecycle for the edge and the hub, after uvicorn's `Server`: startup, the main
+loop with signals captured, and shutdown, always in that order.
 
     startup     connect (status `starting`), load the models (a TensorRT build reports its progress
                 in the status), /metrics, /healthz and stats, then status `online`
@@ -75,16 +75,20 @@ class Server:
         self._stoppers: list[Callable[[], None]] = []
 
     def run(self, component: Component) -> int:
+        """Startup, then the main loop with signals captured, then shutdown. A signal during startup
+        (a model load, a TensorRT build: minutes) ends the process at once, as before any state is
+        worth saving; the broker then publishes the will, `offline`."""
+
         def on_exit() -> None:
             self.should_exit.set()
             component.stop()
 
-        with capture_signals(on_exit):
-            self.startup(component)
-            try:
+        self.startup(component)
+        try:
+            with capture_signals(on_exit):
                 return self.main_loop(component)
-            finally:
-                self.shutdown()
+        finally:
+            self.shutdown()
 
     def startup(self, component: Component) -> None:
         from askexpert.backends import open_backend  # torch: only once the settings are good

@@ -43,8 +43,6 @@ class EdgeComponent:
 
     def serve(self, should_exit: threading.Event) -> int:
         assert self.node is not None and self.source is not None
-        if should_exit.is_set():  # a signal while the model loaded: end at once, cleanly
-            self.node.stop()
         stats = self.node.run(self.source)
         print(json.dumps({"node": self.s.node_id, **vars(stats)}))
         if stats.unacknowledged:  # labelled into the void: say so, and fail
