@@ -103,7 +103,11 @@ class Server:
             client.stop()
             fail(f"backend {s.backend}: {exc}")
         if s.metrics_port:
-            self._stoppers.append(start_ops_server(s.metrics_port, component.health).stop)
+            try:
+                self._stoppers.append(start_ops_server(s.metrics_port, component.health).stop)
+            except OSError as exc:  # the port is taken: say so in one line, leave the broker cleanly
+                client.stop()
+                fail(f"metrics port {s.metrics_port}: {exc}")
         if s.stats_interval_s > 0:
             topic = stats_topic(s.prefix, client.role, client.ident)
             self._stoppers.append(StatsPublisher(client, topic, component.snapshot, s.stats_interval_s).start().stop)

@@ -314,12 +314,47 @@ class LabelMsg:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
 
 
+MAX_LABEL_BYTES = 64 * 1024
+LABEL_SOURCES = ("edge", "expert", "edge-fallback")
+
+
+def _text(msg: dict, key: str, default: str | None = None, max_len: int = 256) -> str:
+    value = msg.get(key, default)
+    if not isinstance(value, str) or len(value) > max_len:
+        raise ProtocolError(f"field {key!r} missing or not a string of at most {max_len} characters")
+    return value
+
+
 def decode_label(payload: bytes) -> LabelMsg:
+    """A label as a consumer must read it: every field checked (types, ranges), fields it does not
+    know ignored, so that labels from newer edges still read."""
+    if len(payload) > MAX_LABEL_BYTES:
+        raise ProtocolError(f"label of {len(payload)} bytes exceeds {MAX_LABEL_BYTES}")
     try:
-        data = json.loads(payload)
-        return LabelMsg(**data)
-    except (ValueError, TypeError) as exc:
+        msg = json.loads(payload)
+    except ValueError as exc:
         raise ProtocolError(f"bad label payload: {exc}") from exc
+    if not isinstance(msg, dict):
+        raise ProtocolError("label is not a JSON object")
+    source = _text(msg, "source")
+    if source not in LABEL_SOURCES:
+        raise ProtocolError(f"label source {source[:20]!r} is not one of {LABEL_SOURCES}")
+    return LabelMsg(
+        node=_name(msg, "node"),
+        frame_id=_count(msg, "frame_id"),
+        label=_count(msg, "label"),
+        label_name=_text(msg, "label_name"),
+        conf=_number(msg, "conf", 0.0, 1.0),
+        source=source,
+        expert=None if msg.get("expert") is None else _name(msg, "expert"),
+        latency_ms=_number(msg, "latency_ms"),
+        t_capture=_number(msg, "t_capture"),
+        edge_label=_count(msg, "edge_label"),
+        edge_conf=_number(msg, "edge_conf", 0.0, 1.0),
+        pack=_text(msg, "pack"),
+        run=_text(msg, "run", ""),
+        tau=None if msg.get("tau") is None else _number(msg, "tau", 0.0, 1.0),
+    )
 
 
 # ---------------------------------------------------------------- hub load (hub -> edges)

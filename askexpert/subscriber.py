@@ -22,13 +22,21 @@ from askexpert.settings import CommonSettings
 
 
 class Subscriber:
-    """Keeps every message on `topics` (QoS 1). `session_expiry_s`: a persistent session, so that
-    nothing is lost while away (a broker restart), as a consumer that must lose nothing would."""
+    """Keeps every message on `topics` (QoS 1) in `raw`, unless `keep_raw` is off (subclasses that
+    decode keep only what they decode). `session_expiry_s`: a persistent session, so that nothing is
+    lost while away (a broker restart), as a consumer that must lose nothing would."""
 
-    def __init__(self, settings: CommonSettings, *topics: str, ident: str | None = None, session_expiry_s: int | None = None) -> None:
+    def __init__(
+        self,
+        settings: CommonSettings,
+        *topics: str,
+        ident: str | None = None,
+        session_expiry_s: int | None = None,
+        keep_raw: bool = True,
+    ) -> None:
         self.client = MqttClient(settings, "listener", ident or secrets.token_hex(6), announce=False, session_expiry_s=session_expiry_s)
         self.raw: list[tuple[str, bytes]] = []
-        self.t_recv: list[float] = []
+        self.keep_raw = keep_raw
         self.changed = threading.Condition()
         for topic in topics:
             self.client.subscribe(topic, self._on_message, qos=1)
@@ -36,8 +44,8 @@ class Subscriber:
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         with self.changed:
             self.accept(message.topic, message.payload)
-            self.raw.append((message.topic, message.payload))
-            self.t_recv.append(time.time())
+            if self.keep_raw:
+                self.raw.append((message.topic, message.payload))
             self.changed.notify_all()
 
     def accept(self, topic: str, payload: bytes) -> None:
@@ -64,7 +72,7 @@ class LabelSubscriber(Subscriber):
     """One node's (or, with `+`, every node's) final labels, decoded; malformed ones are counted."""
 
     def __init__(self, settings: CommonSettings, node: str, **kw: object) -> None:
-        super().__init__(settings, labels_topic(settings.prefix, node), **kw)  # type: ignore[arg-type]
+        super().__init__(settings, labels_topic(settings.prefix, node), keep_raw=False, **kw)  # type: ignore[arg-type]
         self.labels: list[LabelMsg] = []
         self.frame_ids: set[int] = set()
         self.malformed = 0

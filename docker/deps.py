@@ -14,8 +14,6 @@ import ast
 import re
 import sys
 
-TRAINING_ONLY = {"matplotlib", "rich"}  # the trainer's plots and tables; not needed to serve
-
 
 def dependencies(text: str) -> list[str]:
     try:
@@ -39,9 +37,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("pyproject")
     ap.add_argument("--skip", action="append", default=[], help="a distribution the base image provides")
-    ap.add_argument("--with-training", action="store_true", help="keep matplotlib and rich")
-    args = ap.parse_args()
-    skip = {s.lower() for s in args.skip} | (set() if args.with_training else TRAINING_ONLY)
+    args = ap.parse_args()  # plots and tables (matplotlib, rich) are extras, never in this list
+    skip = {s.lower() for s in args.skip}
     with open(args.pyproject, encoding="utf-8") as f:
         for req in dependencies(f.read()):
             if name_of(req) not in skip:

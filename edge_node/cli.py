@@ -9,9 +9,11 @@ import threading
 from typing import TYPE_CHECKING
 
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings
+from askexpert.datasets import DatasetError
 from askexpert.engine_step import add_build_parser
 from askexpert.lifecycle import Server
 from askexpert.mqtt import MqttClient
+from askexpert.recording import RecordingError
 from edge_node.recording import add_record_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Source, SourceError, open_source
@@ -36,7 +38,7 @@ class EdgeComponent:
         classifier = backend.classifier(self.pack, self.pack.manifest.generalist)
         try:  # after the model: a live stream is not left unread while an engine loads
             self.source = open_source(self.s.source, self.s.fps or None)
-        except (SourceError, OSError) as exc:
+        except (SourceError, DatasetError, RecordingError, OSError) as exc:  # a source's own errors, not the backend's
             self.client.stop()
             fail(f"source {self.s.source!r}: {exc}")
         self.node = EdgeNode(self.s, self.pack, classifier, self.client)

@@ -87,6 +87,7 @@ class EdgeNode:
         self._metric_latency = {s: metrics.LABEL_LATENCY_MS.labels(self.node, s) for s in sources}
         self._metric_rtt = metrics.OFFLOAD_RTT_MS.labels(self.node)
         self._live = False
+        self._source: Source | None = None
         self._last_frame = time.monotonic()  # run() resets it; a frozen live source ages it
         metrics.FRAME_AGE_S.labels(self.node).set_function(self.frame_age_s)
         metrics.TAU_EFFECTIVE.labels(self.node).set_function(lambda: self.tau_effective)
@@ -136,7 +137,7 @@ class EdgeNode:
         # Live: newest frames only. Lossless: one batch ahead, so a frame waits at most about one batch
         # before inference (a deeper queue only adds latency when the source outruns the model).
         self._queue = queue.Queue(maxsize=self.s.live_queue if source.live else self.s.batch_size)
-        self._live, self._last_frame = source.live, time.monotonic()
+        self._live, self._last_frame, self._source = source.live, time.monotonic(), source
         reader = threading.Thread(target=self._read, args=(source,), name="source", daemon=True)
         reader.start()
         log.info("edge running", source=source.description, live=source.live, tau=self.tau.value, k=self.k, pack=self.pack.pack_id)
@@ -157,6 +158,8 @@ class EdgeNode:
 
     def stop(self) -> None:
         self.stop_event.set()
+        if self._source is not None:
+            self._source.interrupt()  # a live source waiting to reopen would otherwise hold the reader
 
     # ------------------------------------------------------------ source
     def _read(self, source: Source) -> None:

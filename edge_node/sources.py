@@ -48,6 +48,9 @@ class Source(ABC):
     def close(self) -> None:
         """Release devices and files."""
 
+    def interrupt(self) -> None:
+        """From another thread: make frames() end soon (a stop while a live source waits to reopen)."""
+
 
 class Pacer:
     """Sleeps so that frames leave at `fps` (None: as fast as the consumer takes them)."""
@@ -160,6 +163,9 @@ class CaptureSource(Source):
             pacer.wait()
             yield Frame(i, image, time.time())
             i += 1
+
+    def interrupt(self) -> None:
+        self.closed.set()  # ends a reopen wait; the capture itself is released by close(), in the reading thread
 
     def close(self) -> None:
         self.closed.set()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from askexpert.protocol import LABEL_SOURCES
@@ -110,6 +111,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Print (and write) the comparison."""
     names = tuple(args.names.split(",", 1)) if args.names else (str(args.a), str(args.b))
+    if len(names) != 2:
+        print(f"error: --names needs two names, comma-separated (got {args.names!r})", file=sys.stderr)
+        return 2
     md = to_markdown(load_report(args.a), load_report(args.b), names)
     print(md, end="")
     if args.out:

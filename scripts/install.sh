@@ -20,7 +20,7 @@ if ! $PY -c "import torch, torchvision, timm" >/dev/null 2>&1; then
   echo "installing torch + torchvision"
   $PY -m pip install -q "torch==2.14.1" "torchvision==0.29.1"
 fi
-if ! $PY -c "import askexpert, edge_node, expert_hub, trainer, evaluation, matplotlib, pytest_timeout" >/dev/null 2>&1 \
+if ! $PY -c "import askexpert, edge_node, expert_hub, trainer, evaluation, matplotlib, rich, ruff, pytest_timeout" >/dev/null 2>&1 \
    || [ pyproject.toml -nt .install-stamp ]; then
   $PY -m pip install -q -e ".[dev]"
   touch .install-stamp

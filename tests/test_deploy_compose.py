@@ -228,14 +228,17 @@ def test_deps_script_works_without_tomllib(tmp_path):
 
 @pytest.mark.parametrize("dockerfile", ["docker/Dockerfile.jetson", "docker/Dockerfile.cuda"])
 def test_images_copy_every_package_pyproject_installs(dockerfile):
-    """Every package but evaluation: the serving images leave it out, as they leave out its plotting deps."""
+    """Every package but evaluation and trainer: the serving images leave them out, as they leave out
+    their extras (plots, rich); the images serve, they neither train nor evaluate."""
     text = (REPO / dockerfile).read_text()
     include = re.search(r"include\s*=\s*\[([^\]]*)\]", (REPO / "pyproject.toml").read_text()).group(1)
     for pattern in re.findall(r'"([^"]+)"', include):
         pkg = pattern.rstrip("*")
-        if pkg == "evaluation":
-            continue
-        assert re.search(rf"^COPY {pkg} {pkg}$", text, re.M), f"{dockerfile} does not COPY {pkg}"
+        copied = re.search(rf"^COPY {pkg} {pkg}$", text, re.M)
+        if pkg in ("evaluation", "trainer"):
+            assert not copied, f"{dockerfile} copies {pkg}, whose extra the image does not install"
+        else:
+            assert copied, f"{dockerfile} does not COPY {pkg}"
 
 
 def test_served_commands_import_without_training_only_packages():

@@ -165,8 +165,7 @@ def test_a_frozen_live_source_turns_the_edge_unhealthy(tiny_pack, broker, tmp_pa
     while time.monotonic() < end and (not seen or seen[-1]["healthy"]):
         seen.append(node.health())
         time.sleep(0.05)
-    node.stop()
-    source.close()
+    node.stop()  # alone: it must end a reader that waits for the source to come back (SIGTERM in a container)
     runner.join(10)
     client.stop()
     assert seen[0]["healthy"] and not seen[-1]["healthy"]

@@ -87,6 +87,34 @@ def test_reply_and_label_round_trip():
         decode_label(b'{"frame_id": 1}')
 
 
+def test_labels_are_checked_field_by_field_and_unknown_fields_ignored():
+    """A consumer reads labels from the network: wrong types and ranges are refused (a list as a
+    frame id would break every set of ids downstream), fields from newer edges are ignored."""
+    import json
+
+    good = json.loads(LabelMsg("cam1", 5, 3, "Dress", 0.9, "expert", "0-2", 12.5, 1.0, 1, 0.4, "p", "r1", 0.8).encode())
+    assert decode_label(json.dumps({**good, "added_later": {"x": 1}}).encode()).tau == 0.8
+    for field, bad in [
+        ("frame_id", [1]),
+        ("frame_id", -1),
+        ("frame_id", True),
+        ("conf", 1.5),
+        ("conf", "0.9"),
+        ("source", "hub"),
+        ("node", "a/b"),
+        ("expert", 3),
+        ("latency_ms", None),
+        ("tau", 2.0),
+        ("label_name", "x" * 300),
+        ("run", 7),
+    ]:
+        with pytest.raises(ProtocolError):
+            decode_label(json.dumps({**good, field: bad}).encode())
+    for payload in (b"[]", b"NaN", b"{" * 10, b" " * (64 * 1024 + 1)):
+        with pytest.raises(ProtocolError):
+            decode_label(payload)
+
+
 def test_settings_precedence_flag_env_file(tmp_path, monkeypatch):
     cfg = tmp_path / "edge.yaml"
     cfg.write_text("tau: 0.6\ndeadline_ms: 250\nnode_id: from-file\n")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from askexpert.models import ViTArch, build_vit
-from askexpert.paper import PAPER_ALPHA_PCT
+from askexpert.paper import PAPER_ALPHA_PCT, PAPER_TOPK
 from askexpert.routing import decide, routed_logits
 
 TAUS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99]
@@ -163,7 +163,7 @@ def build_report(run, logits: dict, y: np.ndarray, pinfo: dict, einfo: dict, see
     claims = _claims(cfg, table3, at, off, d, routed, seeds, keys, y, logits, gens, teacher, experts)
     recall = {
         "3H": {f"top{k}": topk_acc(logits[edge_name], y, k) for k in (1, 2, 3)},
-        "paper_cifar100": {"top1": 80.16, "top2": 89.73, "top3": 93.40},
+        "paper_cifar100": dict(zip(("top1", "top2", "top3"), PAPER_TOPK["CIFAR-100"])),
     }
     alpha = [{"tau": t, "ours_pct": round(100.0 * float(d.offloaded(t).mean()), 2), "paper_pct": PAPER_ALPHA_PCT.get(t)} for t in TAUS]
     rep = {
