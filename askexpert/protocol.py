@@ -27,6 +27,7 @@ DEFAULT_PREFIX = "ate/v1"
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a frame payload larger than this is rejected unread
 RAW_LIMIT_BYTES = 16 * 1024  # images up to this many bytes travel raw, larger ones as JPEG
 LABEL_SOURCES = ("edge", "expert", "edge-fallback")
+LATENCY_PARTS = ("wait_ms", "infer_ms", "hub_queue_ms", "hub_infer_ms", "network_ms")  # LabelMsg's latency breakdown
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # node, hub and run ids, pack ids: short and printable
 MAX_TOPK = 16
 
@@ -309,6 +310,14 @@ class LabelMsg:
     pack: str
     run: str = ""  # the edge process's run id: frame ids restart at 0 when an edge restarts
     tau: float | None = None  # the threshold this frame was gated with (adaptive tau moves it)
+    # where latency_ms went (ms; None where it does not apply): waiting at the edge (capture to the
+    # start of its batch), the edge's batch inference, and for expert labels the hub's queue, the
+    # hub's inference, and the rest of the round trip (network, broker, encoding: rtt - hub's share)
+    wait_ms: float | None = None
+    infer_ms: float | None = None
+    hub_queue_ms: float | None = None
+    hub_infer_ms: float | None = None
+    network_ms: float | None = None
 
     def encode(self) -> bytes:
         return json.dumps(asdict(self), separators=(",", ":")).encode()
@@ -354,6 +363,7 @@ def decode_label(payload: bytes) -> LabelMsg:
         pack=_text(msg, "pack"),
         run=_text(msg, "run", ""),
         tau=None if msg.get("tau") is None else _number(msg, "tau", 0.0, 1.0),
+        **{k: None if msg.get(k) is None else _number(msg, k, 0.0) for k in LATENCY_PARTS},
     )
 
 

@@ -211,15 +211,16 @@ class EdgeNode:
             depth.set(self._queue.qsize())
             if batch:
                 images = np.stack([fit_frame(f.image, spec) for f in batch])
-                t0 = time.perf_counter()
+                t_batch, t0 = time.time(), time.perf_counter()
                 logits = self.classifier(images)
-                metrics.INFER_MS.labels("edge", "generalist").observe((time.perf_counter() - t0) * 1000)
+                infer_ms = (time.perf_counter() - t0) * 1000
+                metrics.INFER_MS.labels("edge", "generalist").observe(infer_ms)
                 metrics.BATCH_SIZE.labels("edge", "generalist").observe(len(batch))
-                self._gate(batch, images, decide(logits, self.pack.manifest.partition, self.k))
+                self._gate(batch, images, decide(logits, self.pack.manifest.partition, self.k), t_batch, infer_ms)
             if ended:
                 return
 
-    def _gate(self, batch: list[Frame], images: np.ndarray, d: Decision) -> None:
+    def _gate(self, batch: list[Frame], images: np.ndarray, d: Decision, t_batch: float, infer_ms: float) -> None:
         """Algorithm 1 (`askexpert.routing.decide`): conf >= tau is final; else the routed expert.
         With adaptive tau, tau is the effective one for this batch (edge_node/adaptive_tau.py)."""
         tau = self.adaptive.tau(self.tau.value) if self.adaptive else self.tau.value
@@ -230,17 +231,28 @@ class EdgeNode:
         for i, frame in enumerate(batch):
             self.stats.frames += 1
             edge_label, conf = int(d.edge_label[i]), float(d.conf[i])
+            parts = {"wait_ms": max(0.0, (t_batch - frame.t_capture) * 1000), "infer_ms": infer_ms}
             if not offloaded[i]:
-                self._publish_label(frame.frame_id, frame.t_capture, edge_label, conf, "edge", None, edge_label, conf, tau)
+                self._publish_label(frame.frame_id, frame.t_capture, edge_label, conf, "edge", None, edge_label, conf, tau, **parts)
                 continue
-            self._offload(frame, images[i], d.topk[i], d.probs[i], str(d.expert[i]), edge_label, conf, tau)
+            self._offload(frame, images[i], d.topk[i], d.probs[i], str(d.expert[i]), edge_label, conf, tau, parts)
 
     def _offload(
-        self, frame: Frame, image: np.ndarray, top: np.ndarray, probs: np.ndarray, expert: str, edge_label: int, conf: float, tau: float
+        self,
+        frame: Frame,
+        image: np.ndarray,
+        top: np.ndarray,
+        probs: np.ndarray,
+        expert: str,
+        edge_label: int,
+        conf: float,
+        tau: float,
+        parts: dict[str, float],
     ) -> None:
         deadline_s = self.s.deadline_ms / 1000
         now = time.monotonic()
-        self.pending.add(Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, now + deadline_s, now, tau, frame.label))
+        offload = Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, now + deadline_s, now, tau, **parts, label=frame.label)
+        self.pending.add(offload)
         msg = FrameMsg(
             self.node, frame.frame_id, frame.t_capture, self.pack.pack_id, [int(c) for c in top], [float(probs[c]) for c in top], image
         )
@@ -281,9 +293,23 @@ class EdgeNode:
             metrics.LATE_REPLIES.labels(self.node).inc()
             log.debug("late or unknown reply dropped", frame_id=reply.frame_id, hub=reply.hub)
             return
-        self._metric_rtt.observe((time.monotonic() - item.t_sent) * 1000)
+        rtt_ms = (time.monotonic() - item.t_sent) * 1000
+        self._metric_rtt.observe(rtt_ms)
         self._publish_label(
-            item.frame_id, item.t_capture, reply.label, reply.conf, "expert", item.expert, item.edge_label, item.edge_conf, item.tau
+            item.frame_id,
+            item.t_capture,
+            reply.label,
+            reply.conf,
+            "expert",
+            item.expert,
+            item.edge_label,
+            item.edge_conf,
+            item.tau,
+            wait_ms=item.wait_ms,
+            infer_ms=item.infer_ms,
+            hub_queue_ms=reply.queue_ms,
+            hub_infer_ms=reply.infer_ms,
+            network_ms=max(0.0, rtt_ms - reply.queue_ms - reply.infer_ms),
         )
         return None
 
@@ -298,6 +324,8 @@ class EdgeNode:
             item.edge_label,
             item.edge_conf,
             item.tau,
+            wait_ms=item.wait_ms,
+            infer_ms=item.infer_ms,
         )
 
     def _publish_label(
@@ -311,7 +339,9 @@ class EdgeNode:
         edge_label: int,
         edge_conf: float,
         tau: float,
+        **parts: float,
     ) -> None:
+        """`parts`: where the latency went (LabelMsg's wait_ms ... network_ms), rounded to µs."""
         latency_ms = (time.time() - t_capture) * 1000
         msg = LabelMsg(
             self.node,
@@ -328,6 +358,7 @@ class EdgeNode:
             self.pack.pack_id,
             self.run_id,
             round(tau, 6),
+            **{k: round(v, 3) for k, v in parts.items()},
         )
         self.client.publish(self.labels_topic, msg.encode(), qos=1)
         self._metric_labels[source].inc()

@@ -23,6 +23,8 @@ class Offload:
     deadline: float  # time.monotonic()
     t_sent: float  # time.monotonic() when offloaded
     tau: float  # the threshold it was gated with, for its label
+    wait_ms: float  # capture to the start of its edge batch
+    infer_ms: float  # the edge batch's inference
     label: int | None = field(default=None)  # ground truth, when known
 
 

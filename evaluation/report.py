@@ -45,6 +45,15 @@ def summary_rows(rep: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def breakdown_rows(rep: dict) -> list[tuple[str, str, str, str]]:
+    """(source, part, p50, p99) for every part of latency the labels carried (LabelMsg.wait_ms ...)."""
+    return [
+        (src, part.removesuffix("_ms").replace("_", " "), _ms(s.get("p50")), _ms(s.get("p99")))
+        for src, r in rep["by_source"].items()
+        for part, s in r.get("latency_parts_ms", {}).items()
+    ]
+
+
 def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -65,6 +74,13 @@ def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> 
             src, str(r["frames"]), _p(r["share"], 1), _p(r["accuracy"]), _ms(lat.get("p50")), _ms(lat.get("p95")), _ms(lat.get("p99"))
         )
     console.print(s)
+    if rows := breakdown_rows(rep):
+        b = Table(title="where the latency went (ms)")
+        for col in ("source", "part", "p50", "p99"):
+            b.add_column(col, justify="right")
+        for row in rows:
+            b.add_row(*row)
+        console.print(b)
     if rep["expert_load"]:
         e = Table(title="load per expert")
         for col in ("expert", "offloaded", "answered", "fallback", "accuracy"):
@@ -89,6 +105,9 @@ def to_markdown(rep: dict, title: str = "Ask-the-Expert run") -> str:
         L.append(
             f"| {src} | {r['frames']} | {_p(r['share'], 1)} | {_p(r['accuracy'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} |"
         )
+    if rows := breakdown_rows(rep):
+        L += ["", "## Where the latency went (ms)", "", "| source | part | p50 | p99 |", "| --- | --- | --- | --- |"]
+        L += [f"| {' | '.join(row)} |" for row in rows]
     if rep["expert_load"]:
         L += ["", "## Load per expert", "", "| expert | offloaded | answered | fallback | accuracy |", "| --- | --- | --- | --- | --- |"]
         for key, r in rep["expert_load"].items():

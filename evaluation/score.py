@@ -21,7 +21,7 @@ import numpy as np
 
 from askexpert.cli_common import load_settings
 from askexpert.log import get_logger
-from askexpert.protocol import LABEL_SOURCES, LabelMsg
+from askexpert.protocol import LABEL_SOURCES, LATENCY_PARTS, LabelMsg
 from askexpert.settings import CommonSettings, add_settings_arguments
 from askexpert.subscriber import LabelSubscriber
 from evaluation import report
@@ -107,6 +107,12 @@ def score(
             "accuracy": float(np.mean([m.label == t for m, t in ms])) if ms else None,
             "edge_accuracy": float(np.mean([m.edge_label == t for m, t in ms])) if ms else None,
             "latency_ms": latency_stats([m.latency_ms for m in msgs if m.source == src]),
+            # where the time went, for labels that carry it (edges before the breakdown send none)
+            "latency_parts_ms": {
+                part: latency_stats(v)
+                for part in LATENCY_PARTS
+                if (v := [getattr(m, part) for m in msgs if m.source == src and getattr(m, part) is not None])
+            },
         }
     rep["by_source"] = sources
 

@@ -98,6 +98,8 @@ def check_every_frame_labelled_once(tiny_pack, broker) -> None:
             assert m.label == int(expert_labels[i])
         assert m.label_name == Pack.load(tiny_pack).manifest.classes[m.label]
         assert m.latency_ms > 0
+        parts = [m.wait_ms, m.infer_ms] + ([m.hub_queue_ms, m.hub_infer_ms, m.network_ms] if m.source == "expert" else [])
+        assert None not in parts and sum(parts) <= m.latency_ms + 0.01, "the breakdown is within the label's latency"
     assert near_tau <= 2
     assert 0.3 < sum(m.source == "expert" for m in labels) / N < 0.7
 

@@ -140,3 +140,25 @@ def test_scoring_leaves_nothing_retained_on_the_broker(broker, tmp_path):
     time.sleep(0.5)
     late.stop()
     assert late.raw == []
+
+
+def test_latency_breakdown_by_source():
+    """Labels that carry where their latency went are summarised per source and part; labels
+    without it (older edges) add nothing."""
+    from dataclasses import replace
+
+    msgs = [
+        replace(lab(0, 0, lat=5.0), wait_ms=1.0, infer_ms=3.0),
+        replace(lab(1, 1, lat=7.0), wait_ms=3.0, infer_ms=3.0),
+        replace(lab(3, 0, "expert", "0-1", lat=20.0), wait_ms=1.0, infer_ms=3.0, hub_queue_ms=4.0, hub_infer_ms=6.0, network_ms=5.0),
+        lab(2, 2, lat=4.0),  # no breakdown
+    ]
+    r = score(msgs, TRUTH)
+    edge, expert = r["by_source"]["edge"]["latency_parts_ms"], r["by_source"]["expert"]["latency_parts_ms"]
+    assert set(edge) == {"wait_ms", "infer_ms"} and edge["wait_ms"]["n"] == 2 and edge["wait_ms"]["p50"] == 2.0
+    assert set(expert) == {"wait_ms", "infer_ms", "hub_queue_ms", "hub_infer_ms", "network_ms"}
+    assert expert["network_ms"]["p99"] == 5.0 and r["by_source"]["edge-fallback"]["latency_parts_ms"] == {}
+    from evaluation.report import to_markdown
+
+    md = to_markdown(r)
+    assert "| expert | hub queue | 4.0 | 4.0 |" in md and "| edge | wait | 2.0 | 3.0 |" in md
