@@ -96,7 +96,7 @@ class Server:
         s, client = self.settings, self.client
         client.start()  # status `starting` while the models load
         try:
-            backend = open_backend(s.backend, s.device, s.threads)
+            backend = open_backend(s.backend, s.device, s.threads, s.precision)
             backend.on_status = client.publish_status
             component.load(backend)
         except (ImportError, RuntimeError, ValueError) as exc:

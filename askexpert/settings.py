@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, TypeVar, get_args, get_origin
+from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlparse
 
 from pydantic import Field, field_validator
@@ -33,6 +33,9 @@ class CommonSettings(BaseSettings):
     pack: Path = Field(Path("packs/fashion-mnist"), description="model pack folder")
     backend: str = Field("torch", description="torch | onnx | tensorrt")
     device: str = Field("cpu", description="cpu | cuda (torch backend; fp16 on cuda)")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="torch backend: auto (fp16 on cuda, fp32 on cpu), fp32, bf16 (cpu with native bf16, else fp32), fp16 (cuda)"
+    )
     threads: int = Field(
         0,
         ge=0,

@@ -116,3 +116,25 @@ def test_thread_setting_reaches_the_libraries(tiny_pack, tmp_path, monkeypatch):
         torch.set_num_threads(before)
     clf = open_backend("onnx", threads=1).classifier(pack, pack.manifest.generalist)
     assert clf.session.get_session_options().intra_op_num_threads == 1
+
+
+def test_precision_setting(tiny_pack, batch):
+    """bf16 on a CPU runs under autocast where the CPU has native bf16 (else fp32, warned); fp16 is
+    CUDA's; other backends refuse a torch precision rather than ignore it."""
+    from askexpert.backends.torch_backend import resolve_precision
+    from askexpert.hardware import cpu_has_bf16
+
+    assert resolve_precision("auto", "cpu") == "fp32" and resolve_precision("auto", "cuda") == "fp16"
+    assert resolve_precision("bf16", "cpu") == ("bf16" if cpu_has_bf16() else "fp32")
+    with pytest.raises(ValueError, match="CUDA only"):
+        resolve_precision("fp16", "cpu")
+    with pytest.raises(ValueError, match="choose one of"):
+        resolve_precision("int4", "cpu")
+    with pytest.raises(ValueError, match="torch backend setting"):
+        open_backend("onnx", precision="bf16")
+    images, _ = batch
+    pack = Pack.load(tiny_pack)
+    fp32 = open_backend("torch").classifier(pack, pack.manifest.generalist)(images)
+    bf16 = open_backend("torch", precision="bf16").classifier(pack, pack.manifest.generalist)(images)
+    assert bf16.dtype == np.float32 and np.allclose(bf16, fp32, atol=0.1)
+    assert (bf16 != fp32).any() == cpu_has_bf16()  # bf16 really ran where the CPU has it

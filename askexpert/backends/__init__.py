@@ -10,16 +10,19 @@ from __future__ import annotations
 from askexpert.backends.base import Backend, Classifier, ExpertLibrary, to_input
 
 
-def open_backend(name: str, device: str = "cpu", threads: int = 0) -> Backend:
+def open_backend(name: str, device: str = "cpu", threads: int = 0, precision: str = "auto") -> Backend:
     """The backend called `name`; an import error names what is missing.
 
     `threads` > 0 caps CPU inference threads, so that processes sharing a box do not oversubscribe
-    its cores (0: the library's default, one per core).
+    its cores (0: the library's default, one per core). `precision` (torch only; onnx runs fp32,
+    tensorrt builds its own): auto | fp32 | bf16 | fp16, see askexpert/backends/torch_backend.py.
     """
+    if name != "torch" and precision != "auto":
+        raise ValueError(f"precision {precision} is a torch backend setting; {name} chooses its own")
     if name == "torch":
         from askexpert.backends.torch_backend import TorchBackend
 
-        return TorchBackend(device, threads)
+        return TorchBackend(device, threads, precision)
     if name == "onnx":
         from askexpert.backends.onnx_backend import OnnxBackend
 

@@ -1,26 +1,62 @@
-"""PyTorch backend: CPU in fp32, CUDA in fp16."""
+"""PyTorch backend: CPU in fp32 (bf16 on request), CUDA in fp16.
+
+Precision (`precision` setting): `auto` is fp16 on CUDA and fp32 on the CPU. `bf16` on the CPU
+runs the models under bf16 autocast where the CPU has native bf16 (AVX-512 BF16, AMX; about 2x
+here) and falls back to fp32, with a warning, where it has not. Not the CPU default: in bf16 a
+frame's logits depend on the batch it shares (up to 0.03 here, fp32: 7e-6), so labels near tau can
+differ from an offline replay of the same frames; `bench/precision.py` measures speed and top-1
+agreement with fp32.
+"""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from askexpert.backends.base import Backend, Classifier, ExpertLibrary, group_rows, to_input
+from askexpert.hardware import cpu_has_bf16
+from askexpert.log import get_logger
 from askexpert.pack import ExpertEntry, ModelEntry, Pack
+
+log = get_logger("askexpert.backends.torch")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """The precision that runs: auto picks per device; bf16 needs native bf16 on a CPU."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+    cuda = device.startswith("cuda")
+    if precision == "auto":
+        return "fp16" if cuda else "fp32"
+    if precision == "fp16" and not cuda:
+        raise ValueError("fp16 runs on CUDA only; on a CPU use bf16 (or fp32)")
+    if precision == "bf16" and not cuda and not cpu_has_bf16():
+        log.warning("this CPU has no native bf16 (AVX-512 BF16 or AMX): running fp32")
+        return "fp32"
+    return precision
 
 
 class TorchBackend(Backend):
     name = "torch"
 
-    def __init__(self, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, device: str = "cpu", threads: int = 0, precision: str = "auto") -> None:
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise RuntimeError("device cuda asked for, but PyTorch sees no CUDA GPU")
         if threads:
             torch.set_num_threads(threads)  # process-wide: one backend per process
         self.device = torch.device(device)
-        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.precision = resolve_precision(precision, device)
+        cpu_bf16 = self.precision == "bf16" and self.device.type == "cpu"
+        if cpu_bf16:  # by autocast: weights and layer norms stay fp32, matmuls run in bf16
+            self.dtype = torch.float32
+            self.autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)
+        else:  # the weights themselves in the inference dtype (on CUDA)
+            self.dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.precision, torch.float32)
+            self.autocast = nullcontext
 
     def _place(self, module: torch.nn.Module) -> torch.nn.Module:
         return module.to(self.device, self.dtype).eval()
@@ -45,7 +81,8 @@ class _TorchClassifier(Classifier):
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray) -> np.ndarray:
-        return self.model(self.backend._tensor(self.pack, images)).float().cpu().numpy()
+        with self.backend.autocast():
+            return self.model(self.backend._tensor(self.pack, images)).float().cpu().numpy()
 
 
 class _TorchExperts(ExpertLibrary):
@@ -55,6 +92,10 @@ class _TorchExperts(ExpertLibrary):
 
     @torch.inference_mode()
     def __call__(self, images: np.ndarray, keys: Sequence[str]) -> np.ndarray:
+        with self.backend.autocast():
+            return self._run(images, keys)
+
+    def _run(self, images: np.ndarray, keys: Sequence[str]) -> np.ndarray:
         x = self.backend._tensor(self.pack, images)
         groups = group_rows(keys)
         tokens = self.trunk(x) if self.trunk is not None and self.tails & groups.keys() else None
