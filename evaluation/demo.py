@@ -88,6 +88,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--taus", default=None, help="the sweep live: comma-separated taus, one replay each (hub stays up)")
     p.add_argument("--deadline-ms", type=float, default=1000.0)
     p.add_argument("--fps", type=float, default=None, help="pace the source (default: as fast as it goes)")
+    p.add_argument(
+        "--paced-fps",
+        type=float,
+        default=200.0,
+        help="then a paced run at this rate, for latency (an as-fast-as-possible replay measures the queue); 0: none",
+    )
+    p.add_argument("--paced-frames", type=int, default=2000, help="frames of the paced run")
     p.add_argument("--backend", default="torch")
     p.add_argument("--runs", default="runs", help="parent folder of the run folder")
     p.add_argument(
@@ -161,6 +168,12 @@ def run(a: argparse.Namespace) -> int:
                 reports.append(rep)
             if len(taus) > 1:
                 live_sweep_table(reports, run_dir)
+            if a.paced_fps > 0 and not a.fps:  # latency at a rate the system keeps up with, reported on its own
+                paced = argparse.Namespace(**{**vars(a), "fps": a.paced_fps, "frames": min(a.paced_frames, a.frames)})
+                out = run_dir / "paced"
+                out.mkdir(parents=True, exist_ok=True)
+                ctx = dict(settings=settings, py=py, common=common, env=env, children=children, hub=hub)
+                reports.append(replay_once(paced, pack, taus[0], f"{node}-paced", out, truth, classes, reference, **ctx))
             console.print(f"whole demo {time.monotonic() - t_start:.1f} s")
             console.print(f"\n[bold]Run folder:[/] {run_dir}")
             ok = all(r.get("missing", 0) == 0 and r["duplicates"] == 0 for r in reports)
@@ -224,7 +237,7 @@ def replay_once(
     if a.fps:
         edge_argv += ["--fps", repr(a.fps)]
     t_edge = time.monotonic()
-    name = f"edge-node@{tau:g}" if out.name.startswith("tau-") else "edge-node"
+    name = f"edge-node@{tau:g}" if out.name.startswith("tau-") else "edge-node-paced" if out.name == "paced" else "edge-node"
     edge = children.start(name, edge_argv, out / "edge.log", env)
     exited_at: list[float] = []
 
@@ -283,7 +296,8 @@ def replay_once(
         date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
         machine=_machine(),
     )
-    title = f"Ask-the-Expert demo, tau {tau:g}, {rep['frames']} frames"
+    pace = f"paced at {a.fps:g} frames/s" if a.fps else "as fast as possible (latency is mostly queueing)"
+    title = f"Ask-the-Expert demo, tau {tau:g}, {rep['frames']} frames, {pace}"
     write_report(rep, out, labels, title=title)
     console.print()
     print_report(rep, title=title, console=console)

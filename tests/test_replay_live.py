@@ -138,8 +138,11 @@ def test_demo_runs_end_to_end_and_cleans_up(tiny_pack, tmp_path):
     for f in ("report.md", "latency.png", "load.png", "labels.jsonl", "hub.log", "edge.log"):
         assert (run / f).is_file(), f
     assert str(run) in out.stdout.replace("\n", "")
+    paced = json.loads((run / "paced" / "report.json").read_text())  # then the same frames paced, for latency
+    assert paced["frames"] == 120 and paced["missing"] == 0 and paced["duplicates"] == 0
+    assert "paced at 200 frames/s" in out.stdout and "as fast as possible" in out.stdout
     pids = json.loads((run / "pids.json").read_text())
-    assert set(pids) == {"mosquitto", "expert-hub", "edge-node"}
+    assert set(pids) == {"mosquitto", "expert-hub", "edge-node", "edge-node-paced"}
     assert not any(_alive(p) for p in pids.values()), "the demo left processes running"
 
 
