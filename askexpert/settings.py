@@ -33,8 +33,10 @@ class CommonSettings(BaseSettings):
     pack: Path = Field(Path("packs/fashion-mnist"), description="model pack folder")
     backend: str = Field("torch", description="torch | onnx | tensorrt")
     device: str = Field("cpu", description="cpu | cuda (torch backend; fp16 on cuda)")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="torch backend: auto (fp16 on cuda, fp32 on cpu), fp32, bf16 (cpu with native bf16, else fp32), fp16 (cuda)"
+    precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
+        "auto",
+        description="auto (torch: fp16 on cuda, fp32 on cpu; onnx: fp32), fp32, bf16 (torch, cpu with native bf16, else fp32), "
+        "fp16 (torch, cuda), int8 (onnx: dynamic quantization)",
     )
     threads: int = Field(
         0,

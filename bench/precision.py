@@ -1,10 +1,11 @@
-"""Raw model loops per precision on the torch backend: speed and top-1 agreement with fp32.
+"""Raw model loops per precision (torch: fp32, bf16; onnx: fp32, int8): speed and top-1 agreement with fp32.
 
 Prints one JSON line: for the generalist and for the experts (each frame to its routed expert, as
 the hub runs them), images per second and top-1 accuracy at each precision, and the share of
 frames whose top-1 equals fp32's. `bf16` runs only where the CPU has native bf16 (else fp32).
 
     python bench/precision.py --pack packs/fashion-mnist --frames 10000 --threads 2
+    python bench/precision.py --backend onnx --threads 2
 """
 
 from __future__ import annotations
@@ -38,16 +39,21 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--precisions", default="fp32,bf16")
+    ap.add_argument("--backend", choices=["torch", "onnx"], default="torch")
+    ap.add_argument("--precisions", default=None, help="default: fp32,bf16 (torch) or fp32,int8 (onnx)")
     a = ap.parse_args()
     pack = Pack.load(a.pack)
     data = load_dataset("fashion-mnist", "test")
     images, y = data.images[: a.frames], data.labels[: a.frames]
-    out: dict = {"device": f"{platform.machine()} {a.device}, {a.threads or torch.get_num_threads()} threads", "batch": a.batch}
+    out: dict = {
+        "device": f"{platform.machine()} {a.device}, {a.threads or torch.get_num_threads()} threads",
+        "backend": a.backend,
+        "batch": a.batch,
+    }
     ref: dict[str, np.ndarray] = {}
     keys = None  # every precision's experts get the frames the first one routed, so they compare
-    for precision in a.precisions.split(","):
-        be = open_backend("torch", a.device, a.threads, precision)
+    for precision in (a.precisions or {"torch": "fp32,bf16", "onnx": "fp32,int8"}[a.backend]).split(","):
+        be = open_backend(a.backend, a.device, a.threads, precision)
         logits, fps = timed(be.classifier(pack, pack.manifest.generalist), images, a.batch)
         if keys is None:
             keys = np.asarray(decide(logits, pack.manifest.partition, pack.manifest.k).expert, dtype=object)

@@ -130,11 +130,27 @@ def test_precision_setting(tiny_pack, batch):
         resolve_precision("fp16", "cpu")
     with pytest.raises(ValueError, match="choose one of"):
         resolve_precision("int4", "cpu")
-    with pytest.raises(ValueError, match="torch backend setting"):
+    with pytest.raises(ValueError, match="onnx backend runs"):
         open_backend("onnx", precision="bf16")
+    with pytest.raises(ValueError, match="tensorrt backend chooses its own"):
+        open_backend("tensorrt", precision="int8")
     images, _ = batch
     pack = Pack.load(tiny_pack)
     fp32 = open_backend("torch").classifier(pack, pack.manifest.generalist)(images)
     bf16 = open_backend("torch", precision="bf16").classifier(pack, pack.manifest.generalist)(images)
     assert bf16.dtype == np.float32 and np.allclose(bf16, fp32, atol=0.1)
     assert (bf16 != fp32).any() == cpu_has_bf16()  # bf16 really ran where the CPU has it
+
+
+def test_onnx_int8_is_a_quantized_copy(tiny_pack, batch, tmp_path, monkeypatch):
+    """int8: ONNX Runtime's dynamic quantization of the exported model, cached beside it."""
+    monkeypatch.setattr("askexpert.onnx_export.CACHE_DIR", tmp_path)
+    images, keys = batch
+    pack = Pack.load(tiny_pack)
+    fp32 = open_backend("onnx").classifier(pack, pack.manifest.generalist)(images)
+    int8 = open_backend("onnx", precision="int8")
+    out = int8.classifier(pack, pack.manifest.generalist)(images)
+    assert out.shape == fp32.shape and np.isfinite(out).all() and not np.array_equal(out, fp32)
+    assert np.abs(out - fp32).max() < 0.5 * np.abs(fp32).max()  # quantized, not a different model
+    assert list(tmp_path.glob("onnx/*-vit-int8.onnx"))
+    assert int8.experts(pack, pack.manifest.experts)(images, keys).shape == (len(keys), len(pack.manifest.classes))

@@ -14,11 +14,11 @@ def open_backend(name: str, device: str = "cpu", threads: int = 0, precision: st
     """The backend called `name`; an import error names what is missing.
 
     `threads` > 0 caps CPU inference threads, so that processes sharing a box do not oversubscribe
-    its cores (0: the library's default, one per core). `precision` (torch only; onnx runs fp32,
-    tensorrt builds its own): auto | fp32 | bf16 | fp16, see askexpert/backends/torch_backend.py.
+    its cores (0: the library's default, one per core). `precision`: torch auto | fp32 | bf16 | fp16,
+    onnx auto | fp32 | int8 (see each backend); tensorrt builds its own (auto only).
     """
-    if name != "torch" and precision != "auto":
-        raise ValueError(f"precision {precision} is a torch backend setting; {name} chooses its own")
+    if name == "tensorrt" and precision != "auto":
+        raise ValueError(f"precision {precision}: the tensorrt backend chooses its own (fp16 where the GPU has it)")
     if name == "torch":
         from askexpert.backends.torch_backend import TorchBackend
 
@@ -26,7 +26,7 @@ def open_backend(name: str, device: str = "cpu", threads: int = 0, precision: st
     if name == "onnx":
         from askexpert.backends.onnx_backend import OnnxBackend
 
-        return OnnxBackend(device, threads)
+        return OnnxBackend(device, threads, precision)
     if name == "tensorrt":
         from askexpert.backends.tensorrt_backend import TensorRTBackend
 

@@ -1,7 +1,13 @@
-"""ONNX Runtime backend (CPU): models exported from the pack once, then cached."""
+"""ONNX Runtime backend (CPU): models exported from the pack once, then cached.
+
+Precision: fp32 (`auto`), or `int8`: ONNX Runtime's dynamic quantization (int8 weights of the
+matrix multiplications, activations quantized per call), made once next to the fp32 file;
+`bench/precision.py --backend onnx` measures its speed and top-1 agreement with fp32.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -14,12 +20,17 @@ from askexpert.pack import ExpertEntry, ModelEntry, Pack
 class OnnxBackend(Backend):
     name = "onnx"
 
-    def __init__(self, device: str = "cpu", threads: int = 0) -> None:
+    def __init__(self, device: str = "cpu", threads: int = 0, precision: str = "auto") -> None:
+        if precision not in ("auto", "fp32", "int8"):
+            raise ValueError(f"precision {precision!r}: the onnx backend runs auto (fp32), fp32 or int8")
         self.device, self.threads = device, threads
+        self.precision = "int8" if precision == "int8" else "fp32"
 
-    def _session(self, path):
+    def _session(self, path: Path):
         import onnxruntime as ort
 
+        if self.precision == "int8":
+            path = int8_for(path)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads  # 0: one per core
         cuda = ["CUDAExecutionProvider"] if self.device.startswith("cuda") else []
@@ -59,3 +70,15 @@ class _OnnxExperts(ExpertLibrary):
             feed = {"tokens": tokens[rows]} if key in self.tails else {"images": x[rows]}
             out[rows] = self.sessions[key].run(None, feed)[0]
         return out
+
+
+def int8_for(path: Path) -> Path:
+    """The dynamically quantized copy of an fp32 ONNX file, made on first use (atomic, like the export)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = path.with_name(path.stem + "-int8.onnx")
+    if not out.is_file():
+        tmp = out.with_suffix(".onnx.tmp")
+        quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
+        tmp.replace(out)
+    return out
