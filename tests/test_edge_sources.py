@@ -169,5 +169,5 @@ def test_a_frozen_live_source_turns_the_edge_unhealthy(tiny_pack, broker, tmp_pa
     runner.join(10)
     client.stop()
     assert seen[0]["healthy"] and not seen[-1]["healthy"]
-    assert seen[-1]["connected"] and seen[-1]["last_frame_age_s"] > 0.5 and seen[-1]["frames"] == 3
+    assert seen[-1]["connected"] and seen[-1]["last_frame_age_s"] >= 0.5 and seen[-1]["frames"] == 3  # reported rounded to ms
     assert not runner.is_alive()
