@@ -238,6 +238,10 @@ class Run:
         top = logits.topk(k, dim=1).indices
         return round(100.0 * float((top == y[:, None]).any(dim=1).float().mean()), 2)
 
+    def _fit(self, *args, **kw):
+        """engine.fit with what every fit of this pipeline shares: weight decay, device, log."""
+        return fit(*args, weight_decay=self.cfg.weight_decay, device=self.device, log=self.log, **kw)
+
     def aug(self) -> dict | None:
         if not self.cfg.augment:
             return None
@@ -252,7 +256,7 @@ class Run:
         arch = self.arch(cfg.teacher_shape)
         model = build_vit(arch, drop_path_rate=0.1 if cfg.epochs_teacher >= 20 else 0.0)
         self.log(f"[teacher] {cfg.teacher_shape} depth {cfg.depth} patch {self.patch} on {len(self.data.y_train)} images")
-        summary = fit(
+        summary = self._fit(
             [Job("teacher", model)],
             self.data.x_train,
             self.data.y_train,
@@ -260,13 +264,10 @@ class Run:
             epochs=cfg.epochs_teacher,
             batch_size=cfg.batch_size,
             lr=cfg.lr,
-            weight_decay=cfg.weight_decay,
             aug=self.aug(),
-            device=self.device,
             ckpt_dir=self.work / "ckpt/teacher",
             desc="teacher",
             seed=cfg.seed,
-            log=self.log,
         )
         self.save_model(model, "teacher.safetensors")
         train_logits = self.logits(model, self.data.x_train)
@@ -313,7 +314,7 @@ class Run:
             self.log(f"[{name}] pruned {cfg.teacher_shape} -> {shape}: val top-1 before distillation {pruned_val}%")
             jobs.append(Job(f"{shape}", student))
             jobs[-1].pruned_val = pruned_val  # type: ignore[attr-defined]
-        summary = fit(
+        summary = self._fit(
             jobs,
             self.data.x_train,
             self.data.y_train,
@@ -321,13 +322,10 @@ class Run:
             epochs=cfg.epochs_distill,
             batch_size=cfg.batch_size,
             lr=cfg.distill_lr,
-            weight_decay=cfg.weight_decay,
             aug=self.aug(),
-            device=self.device,
             ckpt_dir=self.work / f"ckpt/{name}",
             desc=f"distill {'+'.join(shapes)}",
             seed=cfg.seed,
-            log=self.log,
         )
         info = {"fit": summary, "importance_s": imp_s, "importance_samples": n, "models": {}}
         for job in jobs:
@@ -455,7 +453,7 @@ class Run:
             rel = self.expert_teacher_rel(key)
             if not (self.work / rel).is_file():
                 m = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
-                fit(
+                self._fit(
                     [Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)],
                     x,
                     y,
@@ -463,15 +461,12 @@ class Run:
                     epochs=cfg.epochs_subset_teacher,
                     batch_size=cfg.batch_size,
                     lr=cfg.expert_lr,
-                    weight_decay=cfg.weight_decay,
                     max_weight=cfg.max_weight,
                     omega_schedule=cfg.omega_schedule,
                     aug=self.aug(),
-                    device=self.device,
                     ckpt_dir=self.work / f"ckpt/subset-teacher-{key}",
                     desc=f"teacher M_{key}",
                     seed=cfg.seed,
-                    log=self.log,
                 )
                 self.save_model(m, rel)
                 save_file({"train": self.logits(m, x).argmax(1).contiguous()}, str(self.work / f"subset-teachers/labels-{key}.safetensors"))
@@ -538,7 +533,7 @@ class Run:
                 if all((self.work / self.expert_rel(kind, key, s)).is_file() for kind in EXPERT_KINDS):
                     continue
                 jobs = [Job(kind, copy.deepcopy(init), kind, self.target_mask(sub)) for kind in EXPERT_KINDS]
-                fits[f"{key}/seed{s}"] = fit(
+                fits[f"{key}/seed{s}"] = self._fit(
                     jobs,
                     x,
                     y,
@@ -546,15 +541,12 @@ class Run:
                     epochs=cfg.epochs_expert,
                     batch_size=cfg.batch_size,
                     lr=cfg.expert_lr,
-                    weight_decay=cfg.weight_decay,
                     max_weight=cfg.max_weight,
                     omega_schedule=cfg.omega_schedule,
                     aug=self.aug(),
-                    device=self.device,
                     ckpt_dir=self.work / f"ckpt/experts/{key}/seed{s}",
                     desc=f"expert {key} seed {s} ({'+'.join(EXPERT_KINDS)})",
                     seed=cfg.seed + 1000 * s,
-                    log=self.log,
                 )
                 for j in jobs:
                     self.save_model(j.model, self.expert_rel(j.name, key, s))
@@ -581,7 +573,7 @@ class Run:
             for key, sub in zip(keys, subsets)
         ]
         teach = {j.name: self.expert_teacher_labels(j.name.split("-", 1)[1]) for j in jobs}
-        summary = fit(
+        summary = self._fit(
             jobs,
             tokens,
             y,
@@ -589,15 +581,12 @@ class Run:
             epochs=cfg.epochs_expert,
             batch_size=cfg.batch_size,
             lr=cfg.expert_lr,
-            weight_decay=cfg.weight_decay,
             max_weight=cfg.max_weight,
             omega_schedule=cfg.omega_schedule,
             aug=None,
-            device=self.device,
             ckpt_dir=self.work / "ckpt/compact",
             desc=f"{len(jobs)} compact (tail) experts",
             seed=cfg.seed,
-            log=self.log,
         )
         for j in jobs:
             self.save_model(j.model, f"experts/compact/expert-{j.name.split('-', 1)[1]}.safetensors")
