@@ -84,6 +84,52 @@ def spawn(module: str, *args: str, **popen: object) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", module, *args], **popen)  # type: ignore[call-overload]
 
 
+def hub_args(pack: str, broker: str, hub_id: str, *extra: str) -> list[str]:
+    """`expert-hub run` arguments for a hub on a private broker (no periodic stats); `extra` last."""
+    return ["run", "--pack", str(pack), "--broker", broker, "--hub-id", hub_id, "--stats-interval-s", "0", *extra]
+
+
+def edge_args(pack: str, broker: str, node_id: str, frames: int, *extra: str, source: str = "dataset:fashion-mnist:test") -> list[str]:
+    """`edge-node run` arguments for `frames` frames of `source` (no periodic stats); `extra` last."""
+    return [
+        "run",
+        "--pack",
+        str(pack),
+        "--broker",
+        broker,
+        "--node-id",
+        node_id,
+        "--source",
+        source,
+        "--max-frames",
+        str(frames),
+        "--stats-interval-s",
+        "0",
+        *extra,
+    ]
+
+
+def spawn_quiet(module: str, *args: str) -> subprocess.Popen:
+    """A component whose output nobody reads (a benchmark's hub)."""
+    return spawn(module, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def spawn_edge(*args: str) -> subprocess.Popen:
+    """`edge-node` with its stdout captured: its last line is the run's summary (`edge_summary`)."""
+    return spawn("edge_node.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+
+
+def edge_summary(edge: subprocess.Popen, timeout: float = 1800) -> dict:
+    """Wait for an edge started by `spawn_edge`; its summary (frames, sources, elapsed_s) as a dict."""
+    import json
+
+    stdout, _ = edge.communicate(timeout=timeout)
+    lines = stdout.strip().splitlines()
+    if edge.returncode or not lines:
+        raise RuntimeError(f"edge-node exited with code {edge.returncode} and no summary")
+    return json.loads(lines[-1])
+
+
 def main(argv: list[str] | None = None) -> int:
     """`python -m askexpert.localbroker [--port N]`: a development broker (loopback, anonymous, no
     persistence, Nagle off) on a port of your choice or a free one, until Ctrl-C."""

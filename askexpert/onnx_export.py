@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import secrets
 import warnings
 from pathlib import Path
 from typing import Callable
@@ -29,7 +30,7 @@ def legacy_exporter_kwargs(export: Callable) -> dict[str, bool]:
 def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, input_name: str, output_name: str) -> Path:
     """Export with a dynamic batch axis (legacy TorchScript exporter: no onnxscript needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".onnx.tmp")
+    tmp = unique_tmp(path)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -44,6 +45,12 @@ def export_onnx(model: torch.nn.Module, sample: torch.Tensor, path: Path, input_
         )
     tmp.replace(path)  # atomic: a half-written file never looks cached
     return path
+
+
+def unique_tmp(path: Path) -> Path:
+    """A temporary name beside `path` that no other process uses: an edge and a hub starting together
+    may export the same model at once, and each then renames its own complete file into place."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
 
 
 def onnx_for(pack: Pack, entry: ModelEntry, role: str, cache_dir: Path | None = None) -> Path:

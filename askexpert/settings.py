@@ -31,7 +31,7 @@ class CommonSettings(BaseSettings):
     tls_cert: Path | None = Field(None, description="client certificate for mutual TLS")
     tls_key: Path | None = Field(None, description="client key for mutual TLS")
     pack: Path = Field(Path("packs/fashion-mnist"), description="model pack folder")
-    backend: str = Field("torch", description="torch | onnx | tensorrt")
+    backend: str = Field("auto", description="auto (onnx on cpu: lowest latency there; torch on cuda) | torch | onnx | tensorrt")
     device: str = Field("cpu", description="cpu | cuda (torch backend; fp16 on cuda)")
     precision: Literal["auto", "fp32", "bf16", "fp16", "int8"] = Field(
         "auto",
@@ -41,8 +41,8 @@ class CommonSettings(BaseSettings):
     threads: int = Field(
         0,
         ge=0,
-        description="CPU inference threads (torch, onnx); 0 = the library's default, one per core: "
-        "give edge and hub a share each when they run on one box",
+        description="CPU inference threads (torch, onnx); 0 = auto, half the usable cores (at least 1): "
+        "an edge and a hub on one box each get their half",
     )
     log_level: str = Field("info", description="debug | info | warning | error")
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off")

@@ -1,33 +1,36 @@
 """Edge throughput on a dataset source: the live pipeline next to the raw generalist loop.
 
-Prints one JSON line:
-- raw_generalist_fps: the generalist alone, in-process, batches of --batch (the ceiling);
-- edge_only_fps: `edge-node run` with tau 0 (nothing offloaded): source, gate, MQTT labels;
-- system_fps: `edge-node run` at the pack's tau with the expert hub on the same machine.
+For each precision (same backend, threads and batch size for both), alternating, --repeats times:
+- raw: the generalist alone, in this process, batches of --batch (the ceiling);
+- edge: `edge-node run` at tau 0 (nothing offloaded): source, gate, one MQTT label per frame.
+Medians are reported, with pipeline_vs_raw = edge / raw, and fast_vs_fp32 = raw at each precision /
+raw at fp32. Then, with --system-tau, the whole system (edge + expert hub on this machine) once at
+the last precision. Prints one JSON line.
 
-    python bench/edge_throughput.py --pack packs/fashion-mnist --frames 3000
+    python bench/edge_throughput.py --frames 5000 --precisions fp32,bf16
+    python bench/edge_throughput.py --backend onnx --precisions fp32,int8 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
+import statistics
 import time
 
 import numpy as np
-import torch
 
 from askexpert.backends import open_backend
 from askexpert.datasets import load_dataset
-from askexpert.localbroker import Broker, spawn
+from askexpert.hardware import default_threads
+from askexpert.localbroker import Broker, edge_args, edge_summary, hub_args, spawn_edge, spawn_quiet
 from askexpert.pack import Pack
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
 
 
-def raw_loop(pack: Pack, images: np.ndarray, batch: int, backend: str) -> float:
-    clf = open_backend(backend).classifier(pack, pack.manifest.generalist)
+def raw_loop(pack: Pack, images: np.ndarray, batch: int, backend: str, threads: int, precision: str) -> float:
+    clf = open_backend(backend, threads=threads, precision=precision).classifier(pack, pack.manifest.generalist)
     clf(images[:batch])  # warm up
     t0 = time.perf_counter()
     for i in range(0, len(images), batch):
@@ -35,85 +38,71 @@ def raw_loop(pack: Pack, images: np.ndarray, batch: int, backend: str) -> float:
     return len(images) / (time.perf_counter() - t0)
 
 
-def edge_run(pack_dir: str, broker: Broker, frames: int, tau: float | None, backend: str) -> dict:
-    args = [
-        "run",
-        "--pack",
-        pack_dir,
-        "--broker",
-        broker.url,
-        "--node-id",
-        "bench",
-        "--backend",
-        backend,
-        "--source",
-        "dataset:fashion-mnist:test",
-        "--max-frames",
-        str(frames),
-        "--stats-interval-s",
-        "0",
-    ]
-    if tau is not None:
-        args += ["--tau", str(tau)]
-    out = spawn("edge_node.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    stdout, _ = out.communicate(timeout=900)
-    summary = json.loads(stdout.strip().splitlines()[-1])
-    summary["fps"] = round(summary["frames"] / summary["elapsed_s"], 1)
-    return summary
+def edge_fps(a: argparse.Namespace, broker: Broker, node: str, tau: float, precision: str) -> dict:
+    opts = ["--backend", a.backend, "--precision", precision, "--threads", str(a.threads), "--batch-size", str(a.batch)]
+    summary = edge_summary(spawn_edge(*edge_args(a.pack, broker.url, node, a.frames, "--tau", repr(tau), *opts)))
+    return {**summary, "fps": summary["frames"] / summary["elapsed_s"]}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", default="packs/fashion-mnist")
-    ap.add_argument("--frames", type=int, default=3000)
-    ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--backend", default="torch")
+    ap.add_argument("--frames", type=int, default=5000)
+    ap.add_argument("--batch", type=int, default=32, help="the raw loop's batch and the edge's --batch-size")
+    ap.add_argument("--backend", default="torch", help="torch | onnx (auto would hide which one ran)")
+    ap.add_argument("--precisions", default="fp32,bf16", help="comma-separated; the first is the reference (fp32)")
+    ap.add_argument("--threads", type=int, default=0, help="inference threads, raw and edge alike (0: auto, half the cores)")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--system-tau", type=float, default=None, help="also run edge + hub at this tau (last precision)")
     a = ap.parse_args()
     pack = Pack.load(a.pack)
     images = load_dataset("fashion-mnist", "test").images[: a.frames]
-    raw = raw_loop(pack, images, a.batch, a.backend)
+    precisions = a.precisions.split(",")
     broker = Broker().start()
-    hub = spawn(
-        "expert_hub.cli",
-        "run",
-        "--pack",
-        a.pack,
-        "--broker",
-        broker.url,
-        "--hub-id",
-        "bench-hub",
-        "--backend",
-        a.backend,
-        "--stats-interval-s",
-        "0",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    out: dict = {
+        "bench": "edge_throughput",
+        "frames": a.frames,
+        "backend": a.backend,
+        "batch": a.batch,
+        "threads": a.threads or default_threads(),
+        "repeats": a.repeats,
+    }
     try:
-        wait_online(CommonSettings(broker=broker.url), "hub", "bench-hub")
-        edge_only = edge_run(a.pack, broker, a.frames, 0.0, a.backend)
-        system = edge_run(a.pack, broker, a.frames, None, a.backend)
-    finally:
-        hub.terminate()
-        hub.wait(10)
-        broker.stop()
-    print(
-        json.dumps(
-            {
-                "bench": "edge_throughput",
-                "frames": a.frames,
-                "backend": a.backend,
-                "torch_threads": torch.get_num_threads(),
-                "raw_generalist_fps": round(raw, 1),
-                "edge_only_fps": edge_only["fps"],
-                "system_fps": system["fps"],
-                "system_tau": pack.manifest.tau,
-                "system_offloaded": system["expert"] + system["fallback"],
-                "system_fallbacks": system["fallback"],
-                "pipeline_vs_raw": round(edge_only["fps"] / raw, 3),
+        runs: dict[str, dict[str, list[float]]] = {p: {"raw": [], "edge": []} for p in precisions}
+        for r in range(a.repeats):  # alternating, so that a busy moment does not land on one side only
+            for p in precisions:
+                runs[p]["raw"].append(raw_loop(pack, images, a.batch, a.backend, a.threads, p))
+                runs[p]["edge"].append(edge_fps(a, broker, f"bench-{p}-{r}", 0.0, p)["fps"])
+        ref = statistics.median(runs[precisions[0]]["raw"])
+        for p in precisions:
+            raw, edge = statistics.median(runs[p]["raw"]), statistics.median(runs[p]["edge"])
+            out[p] = {
+                "raw_fps": round(raw, 1),
+                "edge_fps": round(edge, 1),
+                "pipeline_vs_raw": round(edge / raw, 3),
+                f"raw_vs_{precisions[0]}": round(raw / ref, 2),
+                "raw_runs": [round(x, 1) for x in runs[p]["raw"]],
+                "edge_runs": [round(x, 1) for x in runs[p]["edge"]],
             }
-        )
-    )
+        if a.system_tau is not None:
+            p = precisions[-1]
+            hub = spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, "bench-hub", "--backend", a.backend, "--precision", p))
+            try:
+                wait_online(CommonSettings(broker=broker.url), "hub", "bench-hub")
+                system = edge_fps(a, broker, "bench-system", a.system_tau, p)
+            finally:
+                hub.terminate()
+                hub.wait(10)
+            out["system"] = {
+                "precision": p,
+                "tau": a.system_tau,
+                "fps": round(system["fps"], 1),
+                "offloaded": system["expert"] + system["fallback"],
+                "fallbacks": system["fallback"],
+            }
+    finally:
+        broker.stop()
+    print(json.dumps(out))
 
 
 if __name__ == "__main__":

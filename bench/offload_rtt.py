@@ -2,26 +2,27 @@
 
 One request in flight at a time (the latency a single uncertain frame sees), QoS 1 both ways,
 MQTT v5 Response Topic + Correlation Data, exactly as the edge does it. Prints one JSON line
-with p50/p90/p99/max in milliseconds.
+with p50/p90/p99/max in milliseconds of the round trip, of the hub's own inference (as its reply
+says), and of the round trip beyond that inference (network, broker, queueing, encoding).
 
     python bench/offload_rtt.py --pack packs/fashion-mnist --requests 500
+    python bench/offload_rtt.py --backend onnx --precision int8 --threads 1
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import threading
 import time
 
 import numpy as np
 
 from askexpert.datasets import load_dataset
-from askexpert.localbroker import Broker, spawn
+from askexpert.localbroker import Broker, hub_args, spawn_quiet
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.protocol import FrameMsg, correlation_id, decode_reply, frames_topic, replies_topic
+from askexpert.protocol import FrameMsg, ReplyMsg, correlation_id, decode_reply, frames_topic, replies_topic
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
 
@@ -32,30 +33,20 @@ def main() -> None:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--expert", default="0-2")
     ap.add_argument("--backend", default="torch")
+    ap.add_argument("--precision", default="auto")
+    ap.add_argument("--threads", type=int, default=0, help="the hub's inference threads (0: the library's default)")
     a = ap.parse_args()
     pack = Pack.load(a.pack)
     images = load_dataset("fashion-mnist", "test").images
     broker = Broker().start()
-    hub = spawn(
-        "expert_hub.cli",
-        "run",
-        "--pack",
-        a.pack,
-        "--broker",
-        broker.url,
-        "--hub-id",
-        "rtt-hub",
-        "--backend",
-        a.backend,
-        "--stats-interval-s",
-        "0",
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    opts = ["--backend", a.backend, "--precision", a.precision, "--threads", str(a.threads)]
+    hub = spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, "rtt-hub", *opts))
     client = MqttClient(CommonSettings(broker=broker.url), "edge", "rtt")
     got = threading.Event()
-    client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (decode_reply(m.payload), got.set()))
+    replies: list[ReplyMsg] = []
+    client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (replies.append(decode_reply(m.payload)), got.set()))
     rtts: list[float] = []
+    infer: list[float] = []
     try:
         wait_online(CommonSettings(broker=broker.url), "hub", "rtt-hub")
         client.start()
@@ -77,12 +68,17 @@ def main() -> None:
                 raise TimeoutError("no reply within 5 s")
             if i >= 20:
                 rtts.append((time.perf_counter() - t0) * 1000)
+                infer.append(replies[-1].infer_ms)
     finally:
         client.stop()
         hub.terminate()
         hub.wait(10)
         broker.stop()
-    r = np.asarray(rtts)
+    r, h = np.asarray(rtts), np.asarray(infer)
+
+    def spread(x: np.ndarray) -> dict:
+        return {**{f"p{q}": round(float(np.percentile(x, q)), 3) for q in (50, 90, 99)}, "max": round(float(x.max()), 3)}
+
     print(
         json.dumps(
             {
@@ -90,8 +86,11 @@ def main() -> None:
                 "requests": len(r),
                 "expert": a.expert,
                 "backend": a.backend,
-                **{f"p{q}_ms": round(float(np.percentile(r, q)), 3) for q in (50, 90, 99)},
-                "max_ms": round(float(r.max()), 3),
+                "precision": a.precision,
+                "threads": a.threads,
+                "rtt_ms": spread(r),
+                "hub_infer_ms": spread(h),
+                "beyond_inference_ms": spread(r - h),
             }
         )
     )

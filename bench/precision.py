@@ -16,10 +16,10 @@ import platform
 import time
 
 import numpy as np
-import torch
 
 from askexpert.backends import open_backend
 from askexpert.datasets import load_dataset
+from askexpert.hardware import default_threads
 from askexpert.pack import Pack
 from askexpert.routing import decide
 
@@ -46,7 +46,7 @@ def main() -> None:
     data = load_dataset("fashion-mnist", "test")
     images, y = data.images[: a.frames], data.labels[: a.frames]
     out: dict = {
-        "device": f"{platform.machine()} {a.device}, {a.threads or torch.get_num_threads()} threads",
+        "device": f"{platform.machine()} {a.device}, {a.threads or default_threads()} threads",
         "backend": a.backend,
         "batch": a.batch,
     }

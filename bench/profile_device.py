@@ -56,20 +56,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--name", default=None, help="device name (default: host name and CPU)")
     p.add_argument("--role", default="edge", help="edge | near-edge")
     p.add_argument("--out", default=None, help="profile file (default profiles/<host>.json)")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--threads", type=int, default=0, help="CPU inference threads (0: auto, half the cores)")
     a = p.parse_args(argv)
 
-    import torch
-
     from askexpert.backends import open_backend
+    from askexpert.hardware import default_threads
     from askexpert.models import shape_name
     from askexpert.pack import Pack
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
     pack = Pack.load(a.pack)
     m = pack.manifest
-    be = open_backend(a.backend, a.device)
+    be = open_backend(a.backend, a.device, a.threads)
     models = {shape_name(m.generalist.arch): be.classifier(pack, m.generalist)}
     for entry in m.baselines.values():
         models.setdefault(shape_name(entry.arch), be.classifier(pack, entry))
@@ -94,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     host = socket.gethostname()
     profile = {
         "device": a.name
-        or f"{host} ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {a.backend}/{a.device})",
+        or f"{host} ({platform.processor() or platform.machine()}, {a.threads or default_threads()} threads, {a.backend}/{a.device})",
         "role": a.role,
         "source": f"bench/profile_device.py on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, pack {m.name} "
         f"({spec.size}x{spec.size}x{spec.channels}), median of {a.repeats} calls",

@@ -1,8 +1,10 @@
 """The edge node: source -> generalist -> confidence gate -> final label or top-k offload.
 
 Threads: the source reader (bounded queue: newest-only for live sources, backpressure for files
-and datasets), the inference loop (micro-batches), paho's network thread (replies: decode, pop the
-pending frame, publish its label; never blocks), and the deadline thread (edge-fallback labels).
+and datasets), the inference loop (micro-batches), the gate (one thread after inference: labels and
+offloads of a batch are published while the next batch runs, in frame order), paho's network
+thread (replies: decode, pop the pending frame, publish its label; never blocks), and the deadline
+thread (edge-fallback labels).
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ import queue
 import secrets
 import threading
 import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -43,6 +47,7 @@ from edge_node.tau_control import TauControl
 
 log = get_logger("edge_node")
 _END = object()
+GATE_AHEAD = 2  # batches inferred but not yet gated
 
 
 @dataclass
@@ -204,21 +209,31 @@ class EdgeNode:
         return fill_batch(self._queue, first, self.s.batch_size, self.s.batch_wait_ms / 1000, end=_END)
 
     def _infer_loop(self) -> None:
+        """Batches through the generalist; each batch's gate runs on one gate thread, in order, while
+        the next batch is inferred (publishing labels is Python work that would otherwise add to
+        every batch). At most GATE_AHEAD batches wait for the gate: it cannot fall behind unbounded."""
         spec = self.pack.manifest.input
         depth = metrics.QUEUE_DEPTH.labels("edge", "frames")
-        while True:
-            batch, ended = self._next_batch()
-            depth.set(self._queue.qsize())
-            if batch:
-                images = np.stack([fit_frame(f.image, spec) for f in batch])
-                t_batch, t0 = time.time(), time.perf_counter()
-                logits = self.classifier(images)
-                infer_ms = (time.perf_counter() - t0) * 1000
-                metrics.INFER_MS.labels("edge", "generalist").observe(infer_ms)
-                metrics.BATCH_SIZE.labels("edge", "generalist").observe(len(batch))
-                self._gate(batch, images, decide(logits, self.pack.manifest.partition, self.k), t_batch, infer_ms)
-            if ended:
-                return
+        gating: deque[Future] = deque()
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate") as gate:
+            while True:
+                batch, ended = self._next_batch()
+                depth.set(self._queue.qsize())
+                if batch:
+                    images = np.stack([fit_frame(f.image, spec) for f in batch])
+                    t_batch, t0 = time.time(), time.perf_counter()
+                    logits = self.classifier(images)
+                    infer_ms = (time.perf_counter() - t0) * 1000
+                    metrics.INFER_MS.labels("edge", "generalist").observe(infer_ms)
+                    metrics.BATCH_SIZE.labels("edge", "generalist").observe(len(batch))
+                    while len(gating) >= GATE_AHEAD:
+                        gating.popleft().result()  # re-raises what the gate raised
+                    decision = decide(logits, self.pack.manifest.partition, self.k)
+                    gating.append(gate.submit(self._gate, batch, images, decision, t_batch, infer_ms))
+                if ended:
+                    break
+            for done in gating:
+                done.result()
 
     def _gate(self, batch: list[Frame], images: np.ndarray, d: Decision, t_batch: float, infer_ms: float) -> None:
         """Algorithm 1 (`askexpert.routing.decide`): conf >= tau is final; else the routed expert.

@@ -95,7 +95,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="then a paced run at this rate, for latency (an as-fast-as-possible replay measures the queue); 0: none",
     )
     p.add_argument("--paced-frames", type=int, default=2000, help="frames of the paced run")
-    p.add_argument("--backend", default="torch")
+    p.add_argument("--backend", default="auto", help="auto (onnx on a CPU, torch on CUDA) | torch | onnx | tensorrt")
     p.add_argument("--runs", default="runs", help="parent folder of the run folder")
     p.add_argument(
         "--offline-check",

@@ -13,7 +13,7 @@ from typing import Sequence
 import numpy as np
 
 from askexpert.backends.base import Backend, Classifier, ExpertLibrary, group_rows, to_input
-from askexpert.onnx_export import onnx_for
+from askexpert.onnx_export import onnx_for, unique_tmp
 from askexpert.pack import ExpertEntry, ModelEntry, Pack
 
 
@@ -32,7 +32,7 @@ class OnnxBackend(Backend):
         if self.precision == "int8":
             path = int8_for(path)
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.threads  # 0: one per core
+        options.intra_op_num_threads = self.threads  # 0: ONNX Runtime's default, one per core
         cuda = ["CUDAExecutionProvider"] if self.device.startswith("cuda") else []
         return ort.InferenceSession(str(path), options, providers=[*cuda, "CPUExecutionProvider"])
 
@@ -78,7 +78,7 @@ def int8_for(path: Path) -> Path:
 
     out = path.with_name(path.stem + "-int8.onnx")
     if not out.is_file():
-        tmp = out.with_suffix(".onnx.tmp")
+        tmp = unique_tmp(out)
         quantize_dynamic(str(path), str(tmp), weight_type=QuantType.QInt8)
         tmp.replace(out)
     return out
