@@ -66,6 +66,7 @@ def main() -> None:
         "batch": a.batch,
         "threads": a.threads or default_threads(),
         "repeats": a.repeats,
+        "precisions": precisions,
     }
     try:
         runs: dict[str, dict[str, list[float]]] = {p: {"raw": [], "edge": []} for p in precisions}

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from askexpert.localbroker import Broker, spawn
+from askexpert.localbroker import Broker, edge_args, edge_summary, hub_args, spawn_edge, spawn_quiet
 from askexpert.protocol import decode_label, decode_reply
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import Subscriber, wait_online
@@ -35,25 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
 
     broker = Broker().start()
-    hubs = [
-        spawn(
-            "expert_hub.cli",
-            "run",
-            "--pack",
-            a.pack,
-            "--broker",
-            broker.url,
-            "--hub-id",
-            f"fleet-hub{i}",
-            "--share-group",
-            "fleet",
-            "--stats-interval-s",
-            "0",
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for i in range(a.hubs)
-    ]
+    hubs = [spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, f"fleet-hub{i}", "--share-group", "fleet")) for i in range(a.hubs)]
     consumer = None
     try:
         for i in range(a.hubs):
@@ -62,38 +42,9 @@ def main(argv: list[str] | None = None) -> int:
         consumer = Subscriber(CommonSettings(broker=broker.url), "ate/v1/nodes/+/labels", "ate/v1/nodes/+/replies").start()
         extra = ["--tau", repr(a.tau)] if a.tau is not None else []
         t0 = time.monotonic()
-        edges = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "edge_node.cli",
-                    "run",
-                    "--pack",
-                    a.pack,
-                    "--broker",
-                    broker.url,
-                    "--node-id",
-                    f"fleet-cam{i}",
-                    "--source",
-                    "dataset:fashion-mnist:test",
-                    "--max-frames",
-                    str(a.frames),
-                    "--fps",
-                    repr(a.fps),
-                    "--deadline-ms",
-                    repr(a.deadline_ms),
-                    "--stats-interval-s",
-                    "0",
-                    *extra,
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL,
-                text=True,
-            )
-            for i in range(a.edges)
-        ]
-        summaries = [json.loads(e.communicate(timeout=600)[0].strip().splitlines()[-1]) for e in edges]
+        pace = ["--fps", repr(a.fps), "--deadline-ms", repr(a.deadline_ms), *extra]
+        edges = [spawn_edge(*edge_args(a.pack, broker.url, f"fleet-cam{i}", a.frames, *pace)) for i in range(a.edges)]
+        summaries = [edge_summary(e, 600) for e in edges]
         wall = time.monotonic() - t0
         time.sleep(0.5)  # the last labels on their way to the consumer
         with consumer.changed:

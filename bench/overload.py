@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.datasets import load_dataset
-from askexpert.localbroker import Broker
+from askexpert.localbroker import Broker, edge_args, edge_summary, hub_args, spawn_edge
 from askexpert.protocol import LabelMsg, decode_label
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import Subscriber, wait_online
@@ -39,40 +39,10 @@ def run_edges(
     with consumer.changed:
         consumer.raw.clear()
     pace = ["--fps", repr(fps)] if fps else []
-    edges = [
-        subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "edge_node.cli",
-                "run",
-                "--pack",
-                a.pack,
-                "--broker",
-                broker.url,
-                "--node-id",
-                f"{name}{i}",
-                "--source",
-                "dataset:fashion-mnist:test",
-                "--max-frames",
-                str(n),
-                "--tau",
-                repr(tau),
-                "--deadline-ms",
-                repr(a.deadline_ms),
-                "--stats-interval-s",
-                "0",
-                *pace,
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        for i in range(a.edges if fps else 1)
-    ]
+    opts = ["--tau", repr(tau), "--deadline-ms", repr(a.deadline_ms), *pace, *extra]
+    edges = [spawn_edge(*edge_args(a.pack, broker.url, f"{name}{i}", n, *opts)) for i in range(a.edges if fps else 1)]
     for e in edges:
-        e.communicate(timeout=1800)
+        edge_summary(e)
     time.sleep(0.5)  # the last labels on their way to the consumer
     with consumer.changed:
         return [decode_label(payload) for _, payload in consumer.raw]
@@ -83,6 +53,8 @@ def report(labels: list, expected: int, truth: np.ndarray) -> dict:
     sources = Counter(m.source for m in labels)
     published = [m.t_capture + m.latency_ms / 1000 for m in labels]
     taus = np.array([m.tau for m in labels], dtype=float)
+    answered = [m.latency_ms for m in labels if m.source == "expert"]
+    offloaded = sources["expert"] + sources["edge-fallback"]
     n = max(len(labels), 1)
     return {
         "frames": expected,
@@ -91,6 +63,8 @@ def report(labels: list, expected: int, truth: np.ndarray) -> dict:
         "fallback_pct": round(100 * sources["edge-fallback"] / n, 2),
         "alpha": round((sources["expert"] + sources["edge-fallback"]) / n, 4),
         "accuracy": round(float(np.mean([m.label == truth[m.frame_id] for m in labels])), 4) if labels else None,
+        "expert_latency_p99_ms": round(float(np.percentile(answered, 99)), 1) if answered else None,
+        "deadline_met_pct": round(100 * (1 - sources["edge-fallback"] / offloaded), 2) if offloaded else None,
         "tau_effective_mean": round(float(taus.mean()), 4) if labels else None,
         "tau_effective_min": round(float(taus.min()), 4) if labels else None,
         "labels_per_s": round(len(labels) / max(max(published) - min(published), 1e-3), 1) if labels else 0.0,
@@ -117,21 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     slow = [str(HERE / "slow_hub.py"), repr(a.expert_ms / 1000)] if a.expert_ms else ["-m", "expert_hub.cli"]
     hubs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                *slow,
-                "run",
-                "--pack",
-                a.pack,
-                "--broker",
-                broker.url,
-                "--hub-id",
-                f"ovl-hub{i}",
-                "--share-group",
-                "ovl",
-                "--stats-interval-s",
-                "0",
-            ],
+            [sys.executable, *slow, *hub_args(a.pack, broker.url, f"ovl-hub{i}", "--share-group", "ovl")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )

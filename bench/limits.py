@@ -1,0 +1,111 @@
+"""Performance at the limit of this machine: the measurements of issue 11 side by side, in one run.
+
+Runs the other bench scripts one after another (each its own process: thread settings are
+per process), then prints one JSON line: every script's result, and a `targets` table (what was
+measured against what was asked, and whether it was met). About 10 minutes on 2 cores; run it on
+a quiet machine (nothing else training or testing), as the numbers are speeds.
+
+    python bench/limits.py [--pack packs/fashion-mnist] [--quick]
+
+- raw loops: torch fp32 at the library's old default (every core, batch 32) is the reference;
+  the fast paths (torch bf16, ONNX Runtime int8) run on every core at batch 64, with top-1
+  agreement with fp32 on the whole test split (bench/precision.py);
+- the edge pipeline against its raw loop at the same backend, precision, threads and batch
+  (bench/edge_throughput.py);
+- the offload round trip beyond the expert's own inference (bench/offload_rtt.py);
+- paced latency at 200 frames/s, tau 0.8, broker + hub + edge on this machine: the old defaults
+  (torch, every core in each process) and the new ones (auto backend, half the cores each)
+  (bench/paced_latency.py);
+- a fleet at twice what its hub answers, fixed and adaptive tau (bench/overload.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+
+
+def bench(script: str, *args: str) -> dict:
+    """Run one bench script; its last stdout line is its JSON result."""
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, str(HERE / script), *args], capture_output=True, text=True, timeout=1800)
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("{")]
+    if out.returncode or not lines:
+        raise RuntimeError(f"{script} {' '.join(args)} failed ({out.returncode}): {out.stderr[-2000:]}")
+    print(f"{script} {' '.join(args)}: {time.monotonic() - t0:.0f} s", file=sys.stderr)
+    return json.loads(lines[-1])
+
+
+def target(name: str, measured: float, op: str, wanted: float, **context: object) -> dict:
+    met = measured >= wanted if op == ">=" else measured <= wanted
+    return {"target": name, "measured": measured, "wanted": f"{op} {wanted:g}", "met": met, **context}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pack", default="packs/fashion-mnist")
+    ap.add_argument("--quick", action="store_true", help="fewer frames and repeats: a smoke run, not numbers to quote")
+    a = ap.parse_args()
+    pk = ["--pack", a.pack]
+    frames, repeats, paced = ("2000", "1", "400") if a.quick else ("10000", "3", "2000")
+    r: dict = {}
+    r["precision_torch"] = bench("precision.py", *pk, "--frames", frames, "--threads", "2", "--batch", "64")
+    r["precision_onnx"] = bench("precision.py", *pk, "--frames", frames, "--threads", "2", "--backend", "onnx", "--batch", "64")
+    common = [*pk, "--frames", frames, "--repeats", repeats]
+    r["edge_torch"] = bench("edge_throughput.py", *common, "--threads", "2", "--batch", "32", "--precisions", "fp32,bf16")
+    r["edge_onnx"] = bench(
+        "edge_throughput.py", *common, "--threads", "1", "--batch", "64", "--backend", "onnx", "--precisions", "fp32,int8"
+    )
+    r["rtt_torch"] = bench("offload_rtt.py", *pk, "--backend", "torch", "--threads", "2")
+    r["rtt_auto"] = bench("offload_rtt.py", *pk, "--backend", "auto")
+    pace = [*pk, "--fps", "200", "--frames", paced, "--tau", "0.8"]
+    r["paced_old_defaults"] = bench("paced_latency.py", *pace, "--backend", "torch", "--edge-threads", "2", "--hub-threads", "2")
+    r["paced_defaults"] = bench("paced_latency.py", *pace, "--backend", "auto")
+    r["overload"] = bench("overload.py", *pk, "--frames", "400" if a.quick else "1500", "--edges", "2")
+
+    today = r["edge_torch"]["fp32"]["raw_fps"]  # torch fp32, every core, batch 32: the issue's reference
+    t = []
+    for name, res, prec in (("torch bf16", r["precision_torch"], "bf16"), ("onnx int8", r["precision_onnx"], "int8")):
+        fast = res["generalist"][prec]["img_s"]
+        t.append(target(f"raw loop through the fast path ({name}) vs today's fp32", round(fast / today, 2), ">=", 1.8, img_s=fast))
+        for model in ("generalist", "experts"):
+            t.append(target(f"top-1 agreement with fp32, {name}, {model}", res[model][prec]["agreement_with_fp32_pct"], ">=", 99.5))
+    for key in ("edge_torch", "edge_onnx"):
+        res = r[key]
+        for prec in res["precisions"]:
+            ctx = {"backend": res["backend"], "threads": res["threads"], "batch": res["batch"]}
+            t.append(target(f"edge pipeline vs raw loop, {res['backend']} {prec}", res[prec]["pipeline_vs_raw"], ">=", 0.95, **ctx))
+    for key in ("rtt_torch", "rtt_auto"):
+        t.append(
+            target(f"offload round trip beyond inference, p50 ms ({r[key]['backend']})", r[key]["beyond_inference_ms"]["p50"], "<=", 2.0)
+        )
+    for key in ("paced_old_defaults", "paced_defaults"):
+        by = r[key]["by_source"]
+        t.append(
+            target(
+                f"paced 200/s tau 0.8, expert labels p99 ms ({key})", by.get("expert", {}).get("latency_ms", {}).get("p99", 0.0), "<=", 30.0
+            )
+        )
+        t.append(target(f"paced 200/s tau 0.8, edge labels p99 ms ({key})", by["edge"]["latency_ms"]["p99"], "<=", 10.0))
+    ovl = r["overload"]
+    t.append(
+        target(
+            "overload 2x, adaptive tau: fallbacks % of frames",
+            ovl["adaptive"]["fallback_pct"],
+            "<=",
+            1.0,
+            fixed_tau_fallback_pct=ovl["fixed"]["fallback_pct"],
+            fixed_tau_fallbacks=ovl["fixed"]["sources"].get("edge-fallback", 0),
+        )
+    )
+    print(json.dumps({"bench": "limits", "quick": a.quick, "today_fp32_raw_fps": today, "targets": t, "results": r}))
+
+
+if __name__ == "__main__":
+    main()
