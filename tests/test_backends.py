@@ -154,3 +154,48 @@ def test_onnx_int8_is_a_quantized_copy(tiny_pack, batch, tmp_path, monkeypatch):
     assert np.abs(out - fp32).max() < 0.5 * np.abs(fp32).max()  # quantized, not a different model
     assert list(tmp_path.glob("onnx/*-vit-int8.onnx"))
     assert int8.experts(pack, pack.manifest.experts)(images, keys).shape == (len(keys), len(pack.manifest.classes))
+
+
+def test_backend_auto_and_default_threads(monkeypatch):
+    """`auto` is ONNX Runtime on a CPU and torch on CUDA (and for the precisions only torch runs);
+    `threads` 0 is half the cores this process may use, at least one, read from its CPU affinity."""
+    from askexpert.backends import resolve_backend
+    from askexpert.hardware import default_threads
+
+    assert resolve_backend("auto", "cpu", "auto") == "onnx"
+    assert resolve_backend("auto", "cpu", "int8") == "onnx"
+    assert resolve_backend("auto", "cpu", "bf16") == "torch"
+    assert resolve_backend("auto", "cuda", "auto") == resolve_backend("auto", "cuda:1", "fp16") == "torch"
+    assert resolve_backend("torch", "cpu", "auto") == "torch" and resolve_backend("tensorrt", "cuda", "auto") == "tensorrt"
+    assert open_backend("auto").name == "onnx"
+    with pytest.raises(ValueError, match="choose auto, torch, onnx or tensorrt"):
+        open_backend("tflite")
+    for cores, want in ((1, 1), (2, 1), (3, 1), (6, 3), (12, 6)):
+        monkeypatch.setattr("os.sched_getaffinity", lambda pid, n=cores: set(range(n)))
+        assert default_threads() == want
+        assert open_backend("onnx").threads == want  # 0 means the default, never "every core"
+
+
+def test_onnx_exports_under_unique_temporary_names(tiny_pack, tmp_path):
+    """Two processes exporting one model at once (an edge and a hub starting together) each write
+    their own temporary file and rename it into place: the cache never holds a half-written model."""
+    import subprocess
+    import sys
+
+    import onnx
+
+    from askexpert.onnx_export import unique_tmp
+
+    target = tmp_path / "m.onnx"
+    assert len({unique_tmp(target) for _ in range(50)}) == 50 and unique_tmp(target).parent == tmp_path
+    code = (
+        "import sys; from pathlib import Path; from askexpert.pack import Pack; from askexpert.onnx_export import onnx_for; "
+        "p = Pack.load(sys.argv[1]); print(onnx_for(p, p.manifest.generalist, 'vit', Path(sys.argv[2])))"
+    )
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code, str(tiny_pack), str(tmp_path)], stdout=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    paths = {p.communicate(timeout=120)[0].strip() for p in procs}
+    assert all(p.returncode == 0 for p in procs) and len(paths) == 1
+    assert not list(tmp_path.rglob("*.tmp")), "no temporary file is left behind"
+    onnx.checker.check_model(paths.pop())

@@ -82,3 +82,34 @@ def test_edge_gate_equals_offline_labeller_at_and_around_tau(tiny_pack, broker):
                 assert m.label == int(offline[i])
         at_tau = [i for i in range(len(logits)) if d.conf[i] == tau]
         assert at_tau and all(labels[i].source == "edge" for i in at_tau), "conf == tau stays at the edge"
+
+
+def test_gate_thread_keeps_frame_order_and_reports_its_failure(tiny_pack, broker):
+    """The gate runs on its own thread while the next batch is inferred: labels still leave in frame
+    order, batch after batch, and an error in the gate ends the run with that error (no hang)."""
+    import pytest
+
+    pack = Pack.load(tiny_pack)
+    logits = designed_logits(len(pack.manifest.classes))
+    s = EdgeSettings(broker=broker.url, pack=tiny_pack, node_id="order", tau=0.0, batch_size=3, deadline_ms=200, stats_interval_s=0)
+    client = MqttClient(s, "edge", "order")
+    node = EdgeNode(s, pack, lambda images: logits[images[:, 0, 0, 0].astype(int)], client)
+    sub = Collector(broker.url, "ate/v1/nodes/order/labels")
+    client.start()
+    assert client.wait_connected(10)
+    node.run(Rows(len(logits), pack.manifest.input.size))
+    assert [m.frame_id for m in sub.wait_labels(len(logits), timeout=10)] == list(range(len(logits)))
+    sub.close()
+
+    failing = EdgeNode(s, pack, lambda images: logits[images[:, 0, 0, 0].astype(int)], client)
+    published = failing._publish_label
+
+    def publish_then_fail(frame_id: int, *args, **kw) -> None:
+        if frame_id == 7:
+            raise RuntimeError("gate broke")
+        published(frame_id, *args, **kw)
+
+    failing._publish_label = publish_then_fail
+    with pytest.raises(RuntimeError, match="gate broke"):
+        failing.run(Rows(len(logits), pack.manifest.input.size))
+    client.stop()
