@@ -5,7 +5,7 @@ per process), then prints one JSON line: every script's result, and a `targets` 
 measured against what was asked, and whether it was met). About 10 minutes on 2 cores; run it on
 a quiet machine (nothing else training or testing), as the numbers are speeds.
 
-    python bench/limits.py [--pack packs/fashion-mnist] [--quick]
+    python bench/limits.py [--pack packs/fashion-mnist] [--quick] [--md docs/results/limits.md]
 
 - raw loops: torch fp32 at the library's old default (every core, batch 32) is the reference;
   the fast paths (torch bf16, ONNX Runtime int8) run on every core at batch 64, with top-1
@@ -52,6 +52,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", default="packs/fashion-mnist")
     ap.add_argument("--quick", action="store_true", help="fewer frames and repeats: a smoke run, not numbers to quote")
+    ap.add_argument("--md", type=Path, default=None, help="also write the targets as markdown here (and the JSON beside it)")
     a = ap.parse_args()
     pk = ["--pack", a.pack]
     frames, repeats, paced = ("2000", "1", "400") if a.quick else ("10000", "3", "2000")
@@ -107,7 +108,30 @@ def main() -> None:
             fixed_tau_fallbacks=ovl["fixed"]["sources"].get("edge-fallback", 0),
         )
     )
-    print(json.dumps({"bench": "limits", "quick": a.quick, "today_fp32_raw_fps": today, "targets": t, "results": r}))
+    out = {"bench": "limits", "quick": a.quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "today_fp32_raw_fps": today}
+    out |= {"targets": t, "results": r}
+    if a.md:
+        a.md.write_text(markdown(out))
+        a.md.with_suffix(".json").write_text(json.dumps(out, indent=1) + "\n")
+    print(json.dumps(out))
+
+
+def markdown(out: dict) -> str:
+    """The targets as a table, with the context each was measured in."""
+    rows = ["| target | measured | wanted | met |", "| --- | --- | --- | --- |"]
+    for t in out["targets"]:
+        extra = {k: v for k, v in t.items() if k not in ("target", "measured", "wanted", "met")}
+        note = f" ({', '.join(f'{k} {v}' for k, v in extra.items())})" if extra else ""
+        rows.append(f"| {t['target']}{note} | {t['measured']} | {t['wanted']} | {'yes' if t['met'] else '**no**'} |")
+    head = [
+        f"# Performance at the limit of this machine ({out['date']})",
+        "",
+        "`python bench/limits.py --md docs/results/limits.md` on the 2-core x86-64 development machine",
+        f"(AVX-512, AMX), nothing else running. Today's fp32 reference: {out['today_fp32_raw_fps']} frames/s",
+        "(torch fp32 generalist, every core, batch 32). Every script's full result is in `limits.json`.",
+        "",
+    ]
+    return "\n".join(head + rows) + "\n"
 
 
 if __name__ == "__main__":

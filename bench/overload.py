@@ -1,7 +1,8 @@
 """A fleet at about twice what its hubs can answer, with a fixed tau and with adaptive tau.
 
-Calibration: one edge offloads every frame (tau 1) as fast as it can; the experts' answers per
-second are the hubs' capacity C, and the edge confidences of those frames give the share alpha
+Calibration: one edge offloads every frame (tau 1) as fast as it can; the hubs' capacity C is
+then what they report in their load messages (frames answered per second of work: what the
+adaptive edges follow too), and the edge confidences of those frames give the share alpha
 offloaded at --tau. Then each edge is paced at overload * C / (edges * alpha) frames/s, once with
 a fixed tau and once adaptive (tau_min..tau). Prints one JSON line with, per mode: fallbacks
 (% of frames), the offloaded share alpha, accuracy on the Fashion-MNIST test split, the effective
@@ -25,7 +26,7 @@ import numpy as np
 
 from askexpert.datasets import load_dataset
 from askexpert.localbroker import Broker, edge_args, edge_summary, hub_args, spawn_edge
-from askexpert.protocol import LabelMsg, decode_label
+from askexpert.protocol import LabelMsg, decode_hub_load, decode_label, hub_load_filter
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import Subscriber, wait_online
 
@@ -48,6 +49,34 @@ def run_edges(
         return [decode_label(payload) for _, payload in consumer.raw]
 
 
+def hub_capacity(broker: Broker, hubs: int) -> float:
+    """The hubs' capacities as their load messages say, once each has reported after the calibration."""
+    time.sleep(1.5)  # a load period after the calibration load (its default interval is 1 s)
+    loads = Subscriber(CommonSettings(broker=broker.url), hub_load_filter("ate/v1")).start()
+    try:
+        latest: dict[str, float] = {}
+        deadline = time.monotonic() + 10
+        while len(latest) < hubs and time.monotonic() < deadline:
+            with loads.changed:
+                loads.changed.wait(0.2)
+                for _, payload in loads.raw:
+                    if payload:
+                        ld = decode_hub_load(payload)
+                        latest[ld.hub] = ld.capacity or 0.0
+    finally:
+        loads.stop()
+    return sum(latest.values())
+
+
+def fallbacks_by_second(labels: list) -> list[int]:
+    """Fallbacks per second of the run (by capture time): a start-up transient, or a steady state."""
+    if not labels:
+        return []
+    t0 = min(m.t_capture for m in labels)
+    counts = Counter(int(m.t_capture - t0) for m in labels if m.source == "edge-fallback")
+    return [counts.get(i, 0) for i in range(int(max(m.t_capture for m in labels) - t0) + 1)]
+
+
 def report(labels: list, expected: int, truth: np.ndarray) -> dict:
     per_frame = Counter((m.node, m.frame_id) for m in labels)
     sources = Counter(m.source for m in labels)
@@ -65,6 +94,7 @@ def report(labels: list, expected: int, truth: np.ndarray) -> dict:
         "accuracy": round(float(np.mean([m.label == truth[m.frame_id] for m in labels])), 4) if labels else None,
         "expert_latency_p99_ms": round(float(np.percentile(answered, 99)), 1) if answered else None,
         "deadline_met_pct": round(100 * (1 - sources["edge-fallback"] / offloaded), 2) if offloaded else None,
+        "fallbacks_by_second": fallbacks_by_second(labels),
         "tau_effective_mean": round(float(taus.mean()), 4) if labels else None,
         "tau_effective_min": round(float(taus.min()), 4) if labels else None,
         "labels_per_s": round(len(labels) / max(max(published) - min(published), 1e-3), 1) if labels else 0.0,
@@ -103,8 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             wait_online(CommonSettings(broker=broker.url), "hub", f"ovl-hub{i}", timeout=600)
         consumer = Subscriber(CommonSettings(broker=broker.url), "ate/v1/nodes/+/labels").start()
         cal = run_edges(a, broker, consumer, "ovl-cal", a.calibrate_frames or a.frames, None, 1.0, [])
-        answered = sorted(m.t_capture + m.latency_ms / 1000 for m in cal if m.source == "expert")
-        capacity = (len(answered) - 1) / max(answered[-1] - answered[0], 1e-3) if len(answered) > 1 else 0.0
+        capacity = hub_capacity(broker, a.hubs)
         alpha = float(np.mean([m.edge_conf < a.tau for m in cal])) if cal else 0.0
         if capacity <= 0 or alpha <= 0:
             raise SystemExit(f"calibration failed: capacity {capacity:.1f}/s, alpha at tau {a.tau} = {alpha:.3f}")

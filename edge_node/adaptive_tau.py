@@ -10,6 +10,8 @@ its recent frames' confidences lie, so that it offloads about `budget` frames pe
   drain within a deadline) and are asked `sum(arrivals)`. Every edge scales its own offload rate
   by sqrt(spare / arrivals), at most x2 per update (damped, since a hub's load lags by about one
   period), so the fleet's offloads converge on the spare capacity, shared as the offloads were;
+- following loads, the budget is at most the hubs' whole spare capacity, and at most twice what
+  was answered in the window: a starting edge grows into the capacity from below (slow start);
 - when frames fell back (deadline) in the window, the budget is at most the rate the experts
   answered in time: whatever the loads say, more would only become fallbacks;
 - without any of these (no fresh loads, no target, no fallbacks) the budget is unbounded: the
@@ -106,8 +108,8 @@ class AdaptiveTau:
         """A gated batch: each frame's top-1 confidence and whether it was offloaded."""
         now = self.clock()
         with self._lock:
-            if self._first is None:
-                self._first = now
+            if self._first is None:  # the next batch is gated by a controller that has seen this one
+                self._first = self._next_update = now
             self._frames.extend((now, float(c), bool(o)) for c, o in zip(conf, offloaded))
 
     def result(self, answered: bool) -> None:
@@ -142,6 +144,7 @@ class AdaptiveTau:
             full = load.hub not in self._loads and len(self._loads) >= MAX_HUBS
             if not full:
                 self._loads[load.hub] = _Load(load, now)
+                self._next_update = -math.inf  # news: the next batch is gated with it (at most one update a batch)
         if full:
             self._reject("too-many-hubs", hub=load.hub)
 
@@ -173,10 +176,11 @@ class AdaptiveTau:
         n = len(self._frames)
         frame_rate = n / span
         own_rate = sum(1 for _, _, o in self._frames if o) / span
-        budget = self._budget(max(own_rate, MIN_SHARE * frame_rate))
+        floor = MIN_SHARE * frame_rate
         fell = sum(1 for _, ok in self._results if not ok)
+        answered_rate = (len(self._results) - fell) / span
+        budget = self._budget(max(own_rate, floor), max(answered_rate, floor))
         if fell:
-            answered_rate = (len(self._results) - fell) / span
             budget = answered_rate if budget is None else min(budget, answered_rate)
         if budget is None:
             self._quantile = 1.0
@@ -197,8 +201,11 @@ class AdaptiveTau:
             **self.state_hubs(),
         }
 
-    def _budget(self, own_rate: float) -> float | None:
-        """Offloads/s from the target or the hubs' loads (scaling `own_rate`); None when neither says anything."""
+    def _budget(self, own_rate: float, answered_rate: float) -> float | None:
+        """Offloads/s from the target or the hubs' loads (scaling `own_rate`); None when neither says anything.
+        Following loads, the budget is also at most MAX_STEP times what was answered in the window
+        (a slow start): an edge that starts, or comes back from fallbacks, grows into the spare
+        capacity from below instead of flooding the hubs for the period their loads lag."""
         if self.target_rate is not None:
             return self.target_rate
         loads = [e.load for e in self._loads.values()]
@@ -207,7 +214,9 @@ class AdaptiveTau:
         spare = HEADROOM * sum(ld.capacity or 0.0 for ld in loads) - sum(ld.queue for ld in loads) / self.deadline_s
         demand = sum(ld.arrivals for ld in loads)
         scale = spare / demand if demand > 0 else math.inf
-        return own_rate * min(MAX_STEP, math.sqrt(max(scale, 0.0)))
+        # never more than the hubs can answer in all: an edge that starts (or hubs that were idle) would
+        # otherwise scale an unbounded rate until the hubs' next loads show its arrivals
+        return min(own_rate * min(MAX_STEP, math.sqrt(max(scale, 0.0))), max(spare, 0.0), MAX_STEP * answered_rate)
 
     def state_hubs(self) -> dict[str, Any]:
         loads = [e.load for e in self._loads.values()]

@@ -122,6 +122,21 @@ def test_a_fleet_shares_the_capacity():
     assert hub.answered - before >= 0.6 * 60 * 20 * 0.9
 
 
+def test_a_starting_edge_grows_into_the_capacity_from_below():
+    """Slow start: the hubs report their capacity (a retained load) when an edge starts. It must not
+    flood them for the second their loads lag behind it: it grows into the spare capacity from
+    below, and barely a frame falls back from its first second on."""
+    clock, hub = Clock(), SimHub(capacity=10.0, deadline_s=0.5)
+    e = edge(clock)
+    e.observe(HubLoad("hub1", "pack1", 10.0, 0.0, 0, 0.0, 1.0))  # idle hubs, as retained before the start
+    out = run([e], clock, hub, 3.0)
+    assert hub.fallbacks <= 3  # an edge that offloads 8x what the hub answers, from its first batch on
+    assert out["taus"][0] == 0.8 and min(out["taus"][1:4]) < 0.2  # the first batch, then the controller
+    answered = hub.answered
+    run([e], clock, hub, 5.0)
+    assert hub.answered - answered >= 0.6 * 10.0 * 5  # and then it fills the capacity
+
+
 def test_bounds_are_respected():
     clock, hub = Clock(), SimHub(capacity=5.0, deadline_s=0.5)
     e = edge(clock, tau_min=0.3)
