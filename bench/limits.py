@@ -12,6 +12,7 @@ a quiet machine (nothing else training or testing), as the numbers are speeds.
   agreement with fp32 on the whole test split (bench/precision.py);
 - the edge pipeline against its raw loop at the same backend, precision, threads and batch
   (bench/edge_throughput.py);
+- the expert hub against its raw expert loop (bench/hub_throughput.py; reported, no target);
 - the offload round trip beyond the expert's own inference (bench/offload_rtt.py);
 - paced latency at 200 frames/s, tau 0.8, broker + hub + edge on this machine: the old defaults
   (torch, every core in each process) and the new ones (auto backend, half the cores each)
@@ -64,6 +65,7 @@ def main() -> None:
     r["edge_onnx"] = bench(
         "edge_throughput.py", *common, "--threads", "1", "--batch", "64", "--backend", "onnx", "--precisions", "fp32,int8"
     )
+    r["hub"] = bench("hub_throughput.py", *pk, "--frames", "1000" if a.quick else "3000")
     r["rtt_torch"] = bench("offload_rtt.py", *pk, "--backend", "torch", "--threads", "2")
     r["rtt_auto"] = bench("offload_rtt.py", *pk, "--backend", "auto")
     pace = [*pk, "--fps", "200", "--frames", paced, "--tau", "0.8"]
