@@ -26,7 +26,7 @@ import numpy as np
 
 from askexpert.datasets import load_dataset
 from askexpert.localbroker import Broker, edge_args, edge_summary, hub_args, spawn_edge
-from askexpert.protocol import LabelMsg, decode_hub_load, decode_label, hub_load_filter
+from askexpert.protocol import HubLoad, LabelMsg, decode_hub_load, decode_label, hub_load_filter
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import Subscriber, wait_online
 
@@ -49,23 +49,24 @@ def run_edges(
         return [decode_label(payload) for _, payload in consumer.raw]
 
 
-def hub_capacity(broker: Broker, hubs: int) -> float:
-    """The hubs' capacities as their load messages say, once each has reported after the calibration."""
-    time.sleep(1.5)  # a load period after the calibration load (its default interval is 1 s)
+def idle_hubs(broker: Broker, hubs: int, timeout: float = 30.0) -> list[HubLoad]:
+    """The hubs' loads once every hub has reported an empty queue: each mode starts from idle hubs,
+    not behind the frames the previous mode left queued (the hub serves a frame until its MQTT
+    expiry, whole seconds, past the edge's own deadline)."""
+    time.sleep(1.5)  # a load period after the previous run's (the default interval is 1 s)
     loads = Subscriber(CommonSettings(broker=broker.url), hub_load_filter("ate/v1")).start()
     try:
-        latest: dict[str, float] = {}
-        deadline = time.monotonic() + 10
-        while len(latest) < hubs and time.monotonic() < deadline:
+        latest: dict[str, HubLoad] = {}
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
             with loads.changed:
                 loads.changed.wait(0.2)
-                for _, payload in loads.raw:
-                    if payload:
-                        ld = decode_hub_load(payload)
-                        latest[ld.hub] = ld.capacity or 0.0
+                latest.update((ld.hub, ld) for ld in (decode_hub_load(p) for _, p in loads.raw if p))
+            if len(latest) >= hubs and all(ld.queue == 0 for ld in latest.values()):
+                return list(latest.values())
     finally:
         loads.stop()
-    return sum(latest.values())
+    raise TimeoutError(f"hubs not idle within {timeout:.0f} s: {latest}")
 
 
 def fallbacks_by_second(labels: list) -> list[int]:
@@ -133,13 +134,14 @@ def main(argv: list[str] | None = None) -> int:
             wait_online(CommonSettings(broker=broker.url), "hub", f"ovl-hub{i}", timeout=600)
         consumer = Subscriber(CommonSettings(broker=broker.url), "ate/v1/nodes/+/labels").start()
         cal = run_edges(a, broker, consumer, "ovl-cal", a.calibrate_frames or a.frames, None, 1.0, [])
-        capacity = hub_capacity(broker, a.hubs)
+        capacity = sum(ld.capacity or 0.0 for ld in idle_hubs(broker, a.hubs))
         alpha = float(np.mean([m.edge_conf < a.tau for m in cal])) if cal else 0.0
         if capacity <= 0 or alpha <= 0:
             raise SystemExit(f"calibration failed: capacity {capacity:.1f}/s, alpha at tau {a.tau} = {alpha:.3f}")
         fps = a.overload * capacity / (a.edges * alpha)
         modes = {}
         for mode in ("fixed", "adaptive"):
+            idle_hubs(broker, a.hubs)
             labels = run_edges(a, broker, consumer, f"ovl-{mode}", a.frames, fps, a.tau, ["--tau-mode", mode, "--tau-min", repr(a.tau_min)])
             modes[mode] = report(labels, a.edges * a.frames, truth)
     finally:

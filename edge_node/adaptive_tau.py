@@ -12,8 +12,9 @@ its recent frames' confidences lie, so that it offloads about `budget` frames pe
   period), so the fleet's offloads converge on the spare capacity, shared as the offloads were;
 - following loads, the budget is at most the hubs' whole spare capacity, and at most twice what
   was answered in the window: a starting edge grows into the capacity from below (slow start);
-- when frames fell back (deadline) in the window, the budget is at most the rate the experts
-  answered in time: whatever the loads say, more would only become fallbacks;
+- when frames fell back (deadline) in the window, or answers came later than half the deadline in
+  the last period (the hubs queue: the early sign, before anything falls back), the budget is at
+  most the rate the experts answered in time: whatever the loads say, more would only queue;
 - without any of these (no fresh loads, no target, no fallbacks) the budget is unbounded: the
   operator's tau.
 
@@ -46,6 +47,7 @@ MAX_STEP = 2.0  # the budget grows at most this much per update
 MIN_SHARE = 0.01  # the budget is at least this share of the frame rate
 MAX_HUBS = 256  # hub loads tracked at most: a flood of made-up hub ids cannot grow memory
 LOG_STEP = 0.05  # a change of the effective tau this large is logged
+SLOW_SHARE = 0.5  # an answer later than this share of the deadline says the hubs queue: stop growing
 
 
 @dataclass
@@ -72,7 +74,7 @@ class AdaptiveTau:
         self.target_rate, self.prefix, self.clock = target_rate, prefix, clock
         self._lock = threading.Lock()
         self._frames: deque[tuple[float, float, bool]] = deque(maxlen=MAX_WINDOW)  # (t, conf, offloaded)
-        self._results: deque[tuple[float, bool]] = deque(maxlen=MAX_WINDOW)  # (t, answered in time)
+        self._results: deque[tuple[float, bool, float]] = deque(maxlen=MAX_WINDOW)  # (t, answered in time, latency s)
         self._loads: dict[str, _Load] = {}
         self._first: float | None = None
         self._next_update = -math.inf
@@ -112,11 +114,12 @@ class AdaptiveTau:
                 self._first = self._next_update = now
             self._frames.extend((now, float(c), bool(o)) for c, o in zip(conf, offloaded))
 
-    def result(self, answered: bool) -> None:
-        """An offloaded frame's outcome: the expert's label (True) or a deadline fallback (False)."""
+    def result(self, answered: bool, latency_s: float = 0.0) -> None:
+        """An offloaded frame's outcome: the expert's label (True) or a deadline fallback (False),
+        and how long after capture it came."""
         now = self.clock()
         with self._lock:
-            self._results.append((now, answered))
+            self._results.append((now, answered, latency_s))
 
     # ------------------------------------------------------------ hub loads
     def on_message(self, message: Any) -> None:
@@ -177,10 +180,12 @@ class AdaptiveTau:
         frame_rate = n / span
         own_rate = sum(1 for _, _, o in self._frames if o) / span
         floor = MIN_SHARE * frame_rate
-        fell = sum(1 for _, ok in self._results if not ok)
+        fell = sum(1 for _, ok, _ in self._results if not ok)
         answered_rate = (len(self._results) - fell) / span
+        # answers that took over half the deadline in the last update period: the hubs are queueing
+        slow = sum(1 for t, ok, lat in self._results if ok and t >= now - UPDATE_S and lat > SLOW_SHARE * self.deadline_s)
         budget = self._budget(max(own_rate, floor), max(answered_rate, floor))
-        if fell:
+        if fell or slow:  # more than what was answered would only queue up, and then fall back
             budget = answered_rate if budget is None else min(budget, answered_rate)
         if budget is None:
             self._quantile = 1.0
@@ -198,6 +203,7 @@ class AdaptiveTau:
             "frame_rate": round(frame_rate, 3),
             "offload_rate": round(own_rate, 3),
             "fallbacks_in_window": fell,
+            "slow_answers": slow,
             **self.state_hubs(),
         }
 

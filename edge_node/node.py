@@ -379,7 +379,7 @@ class EdgeNode:
         self._metric_labels[source].inc()
         self._metric_latency[source].observe(latency_ms)
         if self.adaptive and source != "edge":
-            self.adaptive.result(answered=source == "expert")
+            self.adaptive.result(answered=source == "expert", latency_s=latency_ms / 1000)
         with self._count_lock:
             if source == "edge":
                 self.stats.edge += 1

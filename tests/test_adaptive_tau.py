@@ -137,6 +137,31 @@ def test_a_starting_edge_grows_into_the_capacity_from_below():
     assert hub.answered - answered >= 0.6 * 10.0 * 5  # and then it fills the capacity
 
 
+def test_late_answers_stop_the_growth_before_anything_falls_back():
+    """Answers later than half the deadline say the hubs are queueing (their loads may lag or
+    overstate the capacity): the budget is then held at what was answered, before frames fall back."""
+
+    def budget_after(latency_s: float) -> float:
+        clock = Clock()
+        e = edge(clock)
+        e.observe(HubLoad("hub1", "pack1", 1000.0, 10.0, 0, 0.1, 1.0))  # a hub that says it has room
+        rng = np.random.default_rng(0)
+        for _ in range(30):  # 3 s at 100 frames/s; every offload answered, `latency_s` after capture
+            conf = rng.uniform(0, 1, 10)
+            sent = conf < e.tau(0.8)
+            e.record(conf, sent)
+            for _ in range(int(sent.sum())):
+                e.result(answered=True, latency_s=latency_s)
+            clock.t += STEP
+            e.observe(HubLoad("hub1", "pack1", 1000.0, 10.0, 0, 0.1, 1.0))
+        e.tau(0.8)
+        return e.state["offload_budget_per_s"], e.state["slow_answers"]
+
+    fast, slow = budget_after(0.05), budget_after(0.4)
+    assert fast[1] == 0 and slow[1] > 0
+    assert slow[0] < 0.6 * fast[0]  # held at the answered rate; with timely answers it may double (MAX_STEP)
+
+
 def test_bounds_are_respected():
     clock, hub = Clock(), SimHub(capacity=5.0, deadline_s=0.5)
     e = edge(clock, tau_min=0.3)
