@@ -94,6 +94,7 @@ def test_tau_set_over_mqtt(broker):
     assert client.wait_connected(5)
     tau.start()
     assert metrics.TAU.labels(node="camT")._value.get() == 0.8
+    assert client.flush(5)  # the retained value is at the broker before anyone subscribes: else it arrives live
 
     first = _Watcher(broker.port, tau_topic(settings.prefix, "camT"))
     msg, retained = first.next()
