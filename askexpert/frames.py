@@ -32,6 +32,11 @@ def fit_frame(image: np.ndarray, spec: "InputSpec") -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
+def blank_frames(spec: "InputSpec", n: int) -> np.ndarray:
+    """`n` black frames at the models' input shape: what a model is warmed up with before real frames."""
+    return np.zeros((n, spec.size, spec.size, spec.channels), np.uint8)
+
+
 def dataset_frames(data: LabelledImages) -> Iterator[tuple[int, np.ndarray, int]]:
     """(index, frame, label) in split order; colour frames BGR, as a camera gives them (data sets are RGB)."""
     for i in range(len(data)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -121,8 +122,6 @@ def spawn_edge(*args: str) -> subprocess.Popen:
 
 def edge_summary(edge: subprocess.Popen, timeout: float = 1800) -> dict:
     """Wait for an edge started by `spawn_edge`; its summary (frames, sources, elapsed_s) as a dict."""
-    import json
-
     stdout, _ = edge.communicate(timeout=timeout)
     lines = stdout.strip().splitlines()
     if edge.returncode or not lines:

@@ -25,7 +25,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from askexpert.log import get_logger
-from askexpert.protocol import status_topic
+from askexpert.protocol import FrameMsg, correlation_id, frames_topic, replies_topic, status_topic
 from askexpert.settings import CommonSettings
 
 Handler = Callable[[mqtt.MQTTMessage], None]
@@ -210,6 +210,19 @@ class MqttClient:
             elif len(self._qos0) < 65536:  # one that is never written (disconnected) is never reported
                 self._qos0.add(info.mid)
         return info
+
+    def publish_frame(self, prefix: str, expert: str, frame: FrameMsg, run_id: str, expiry_s: int) -> mqtt.MQTTMessageInfo:
+        """Offload one frame to `expert` as the wire protocol says: QoS 1, the sender's replies topic
+        as Response Topic, the frame's correlation id (the hub echoes it), expiring when the sender
+        stops waiting. One definition for the edge and the benchmarks that stand in for it."""
+        return self.publish(
+            frames_topic(prefix, expert, frame.node),
+            frame.encode(),
+            qos=1,
+            response_topic=replies_topic(prefix, frame.node),
+            correlation=correlation_id(frame.node, run_id, frame.frame_id),
+            expiry_s=expiry_s,
+        )
 
     def flush(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every QoS>0 message published so far."""

@@ -25,7 +25,7 @@ from askexpert.datasets import load_dataset
 from askexpert.localbroker import Broker, hub_args, spawn_quiet
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.protocol import FrameMsg, ReplyMsg, correlation_id, decode_reply, frames_topic, replies_topic
+from askexpert.protocol import FrameMsg, ReplyMsg, decode_reply, replies_topic
 from askexpert.routing import decide
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
@@ -78,14 +78,7 @@ def main() -> None:
                 if not answered.wait_for(lambda i=i: i - len(replies) < a.window, 60):
                     raise TimeoutError(f"no reply for 60 s after {len(replies)} of {len(images)}")
             frame = FrameMsg("tput", i, time.time(), pack.pack_id, [int(c) for c in top.topk[i]], [0.4, 0.3], image)
-            client.publish(
-                frames_topic("ate/v1", keys[i], "tput"),
-                frame.encode(),
-                qos=1,
-                response_topic=replies_topic("ate/v1", "tput"),
-                correlation=correlation_id("tput", "bench", i),
-                expiry_s=600,
-            )
+            client.publish_frame("ate/v1", keys[i], frame, "bench", expiry_s=600)
         with answered:
             if not answered.wait_for(lambda: len(replies) >= len(images), 60):
                 raise TimeoutError(f"{len(replies)} of {len(images)} replies")

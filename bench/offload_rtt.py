@@ -22,7 +22,7 @@ from askexpert.datasets import load_dataset
 from askexpert.localbroker import Broker, hub_args, spawn_quiet
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.protocol import FrameMsg, ReplyMsg, correlation_id, decode_reply, frames_topic, replies_topic
+from askexpert.protocol import FrameMsg, ReplyMsg, decode_reply, replies_topic
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
 
@@ -56,14 +56,7 @@ def main() -> None:
             frame = FrameMsg("rtt", i, time.time(), pack.pack_id, [0, 5], [0.4, 0.3], images[i % len(images)])
             got.clear()
             t0 = time.perf_counter()
-            client.publish(
-                frames_topic("ate/v1", a.expert, "rtt"),
-                frame.encode(),
-                qos=1,
-                response_topic=replies_topic("ate/v1", "rtt"),
-                correlation=correlation_id("rtt", "bench", i),
-                expiry_s=5,
-            )
+            client.publish_frame("ate/v1", a.expert, frame, "bench", expiry_s=5)
             if not got.wait(5):
                 raise TimeoutError("no reply within 5 s")
             if i >= 20:

@@ -8,11 +8,10 @@ import sys
 import threading
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings
 from askexpert.datasets import DatasetError
 from askexpert.engine_step import add_build_parser
+from askexpert.frames import blank_frames
 from askexpert.lifecycle import Server
 from askexpert.mqtt import MqttClient
 from askexpert.recording import RecordingError
@@ -38,9 +37,8 @@ class EdgeComponent:
         from edge_node.node import EdgeNode
 
         classifier = backend.classifier(self.pack, self.pack.manifest.generalist)
-        spec = self.pack.manifest.input
         for n in (self.s.batch_size, 1):  # warm up: the first frames must not pay lazy initialisation
-            classifier(np.zeros((n, spec.size, spec.size, spec.channels), np.uint8))
+            classifier(blank_frames(self.pack.manifest.input, n))
         try:  # after the model: a live stream is not left unread while an engine loads
             self.source = open_source(self.s.source, self.s.fps or None)
         except (SourceError, DatasetError, RecordingError, OSError) as exc:  # a source's own errors, not the backend's

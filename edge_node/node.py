@@ -33,7 +33,6 @@ from askexpert.protocol import (
     ProtocolError,
     correlation_id,
     decode_reply,
-    frames_topic,
     hub_load_filter,
     labels_topic,
     replies_topic,
@@ -271,14 +270,7 @@ class EdgeNode:
         msg = FrameMsg(
             self.node, frame.frame_id, frame.t_capture, self.pack.pack_id, [int(c) for c in top], [float(probs[c]) for c in top], image
         )
-        self.client.publish(
-            frames_topic(self.s.prefix, expert, self.node),
-            msg.encode(),
-            qos=1,
-            response_topic=self.replies_topic,
-            correlation=correlation_id(self.node, self.run_id, frame.frame_id),
-            expiry_s=max(1, int(round(deadline_s + 0.499))),
-        )
+        self.client.publish_frame(self.s.prefix, expert, msg, self.run_id, expiry_s=max(1, int(round(deadline_s + 0.499))))
         metrics.OFFLOADS.labels(self.node, expert).inc()
 
     # ------------------------------------------------------------ results

@@ -6,10 +6,9 @@ import argparse
 import threading
 from typing import TYPE_CHECKING
 
-import numpy as np
-
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings
 from askexpert.engine_step import add_build_parser
+from askexpert.frames import blank_frames
 from askexpert.lifecycle import Server
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
@@ -35,8 +34,7 @@ class HubComponent:
 
         library = backend.experts(self.pack, self.entries)
         keys = [e.key for e in self.entries]
-        spec = self.pack.manifest.input
-        library(np.zeros((len(keys), spec.size, spec.size, spec.channels), np.uint8), keys)  # warm up
+        library(blank_frames(self.pack.manifest.input, len(keys)), keys)  # warm up
         self.hub = ExpertHub(self.s, self.pack, library, self.client)
         self.hub.start()  # subscribes: frames are answered from here on
 

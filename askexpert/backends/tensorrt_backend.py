@@ -43,6 +43,7 @@ from askexpert.backends.engine_cache import (
     file_lock,
     timing_cache_path,
 )
+from askexpert.frames import blank_frames
 from askexpert.log import get_logger
 from askexpert.onnx_export import onnx_for
 from askexpert.pack import ExpertEntry, ModelEntry, Pack
@@ -368,10 +369,9 @@ class TensorRTBackend(Backend):
         return torch.cat([engine(x[i : i + m]) for i in range(0, x.shape[0], m)])
 
     def warm_up(self, pack: Pack, call: Callable[[np.ndarray], Any], name: str) -> None:
-        spec = pack.manifest.input
         self._status("warming-up", model=name)
         for n in sorted({self.profile.min_batch, self.profile.opt_batch}):
-            call(np.zeros((n, spec.size, spec.size, spec.channels), dtype=np.uint8))
+            call(blank_frames(pack.manifest.input, n))
 
     # ------------------------------------------------------------ Backend interface
     def classifier(self, pack: Pack, entry: ModelEntry) -> Classifier:
