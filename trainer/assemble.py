@@ -127,7 +127,7 @@ def assemble(run: Run, command: str, wall_s: float, device_note: str = "", expor
         "wall_s": round(wall_s, 1),
         "device": device_words(run.device, torch.get_num_threads()) + (f"; {device_note}" if device_note else ""),
         "torch": torch.__version__,
-        "recipe": run.recipe(),
+        "recipe": {k: v for k, v in run.recipe().items() if k not in ("work", "out")},  # no paths of the training machine
         "teacher_recipe": cfg.teacher_recipe,
         "static_definition": "same init, data, teacher labels, epochs and optimiser as progressive; "
         "target-subset weight W constant from the first step",

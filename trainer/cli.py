@@ -19,20 +19,27 @@ from rich.console import Console
 
 # The two reference recipes (`trainer pack --recipe cpu|gpu`); any flag given as well overrides them.
 RECIPES: dict[str, dict] = {
-    # about 2.2 h on 2 AVX-512/AMX cores (measured bf16 training: 3H 888, 4H 541, 6H 375 img/s). Experts start
-    # from the 4H generalist: pruned from M_I they stayed 1.0 pt below it on target at this budget (trainer/README.md)
+    # The reference pack (make pack-cpu), within 2 h on 2 AVX-512/AMX cores. Head dim 16 at depth 3 is
+    # the cheapest setting of the premise sweep (step premise) where 3H < 4H < 6H < 12H by >= 1 pt
+    # each on validation; every difference from the paper's Table 6 is in docs/results/fashion-mnist.
     "cpu": dict(
-        depth=4,
+        head_dim=16,
+        depth=3,
         patch_size=7,
-        epochs_teacher=16,
-        epochs_distill=8,
-        epochs_subset_teacher=1,
-        epochs_expert=2,
-        expert_train_samples=10000,
+        teacher_shape="12H",
+        epochs_teacher=15,
+        epochs_distill=10,
+        epochs_subset_teacher=2,
+        epochs_expert=6,
         expert_seeds=3,
+        busy_experts=4,
         batch_size=256,
-        expert_lr=5e-4,
-        expert_init="generalist",
+        lr=1e-3,
+        distill_lr=1e-3,
+        subset_teacher_lr=2e-4,
+        expert_lr=1e-3,
+        warmup_epochs=0.5,
+        expert_init="pruned-teacher",
     ),
     # the paper's depth 12 on one GPU; the pack exceeds the repository's size limits (it stays in runs/)
     "gpu": dict(
@@ -51,10 +58,11 @@ RECIPES: dict[str, dict] = {
     ),
 }
 
-STEPS = ["teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report", "export", "pack"]
+STEPS = ["premise", "teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report", "export", "pack"]
 
 
 def _common(p: argparse.ArgumentParser) -> None:
+    from askexpert.models import SHAPES
     from trainer.pipeline import Config
 
     c = Config()
@@ -66,7 +74,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     a("--k", type=int, default=c.k)
     a("--partition", choices=["superclass", "confusion"], default=c.partition)
     a("--teacher-recipe", choices=["shared", "per-subset"], default=c.teacher_recipe)
-    a("--teacher-shape", default=c.teacher_shape, choices=sorted(["3H", "4H", "6H", "12H"]))
+    a("--teacher-shape", default=c.teacher_shape, choices=sorted(SHAPES))
+    a("--expert-shape", default=c.expert_shape, choices=["4H", "6H"], help="the experts' shape (the paper's Table 3 has both)")
+    a("--head-dim", type=int, default=c.head_dim, help="every shape's head dim (the paper's DeiT: 64; 4H/16 = 4 heads of 16)")
     a("--depth", type=int, default=c.depth, help="ViT depth (the paper: 12)")
     a("--patch-size", type=int, default=c.patch_size, help="0: chosen from the image size (7 for 28, 4 for 32)")
     a("--tail-blocks", type=int, default=c.tail_blocks, help="blocks each expert owns on top of the shared trunk")
@@ -78,7 +88,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     a("--batch-size", type=int, default=c.batch_size)
     a("--lr", type=float, default=c.lr)
     a("--distill-lr", type=float, default=c.distill_lr)
+    a("--subset-teacher-lr", type=float, default=c.subset_teacher_lr)
     a("--expert-lr", type=float, default=c.expert_lr)
+    a("--warmup-epochs", type=float, default=c.warmup_epochs, help="linear LR warm-up of every fit, in epochs")
+    a("--clip-grad", type=float, default=c.clip_grad, help="gradient-norm clipping of every fit (0: none)")
     a("--max-weight", "-W", type=float, default=c.max_weight, help="W in eq. 1")
     a("--omega-schedule", choices=["step", "epoch"], default=c.omega_schedule)
     a("--max-train-samples", type=int, default=0, help="use at most this many training images (0: all)")
@@ -92,6 +105,9 @@ def _common(p: argparse.ArgumentParser) -> None:
         help="pruned-teacher: M_I pruned to the expert shape (the paper); generalist: start from the 4H generalist",
     )
     a("--expert-seeds", type=int, default=c.expert_seeds, help="seeds of every expert and its static/uniform controls")
+    a("--busy-experts", type=int, default=c.busy_experts, help="N > 0: only the N busiest experts get --expert-seeds seeds, the rest 1")
+    a("--premise-grid", type=lambda v: [x for x in v.split(",") if x], default=c.premise_grid, help="premise sweep: HDxDEPTH[@LR],...")
+    a("--premise-epochs", type=int, default=c.premise_epochs)
     a("--no-compact-experts", action="store_true", help="skip the compact (tail on shared trunk) experts")
     a(
         "--tau-tolerance",
@@ -160,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     cfg = config_from(ns)
     run = Run(cfg, log=log)
-    if ns.cmd in ("teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report"):
+    if ns.cmd in ("premise", "teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report"):
         getattr(run, f"step_{ns.cmd.replace('-', '_')}")()
         if ns.cmd == "report":
             print(run.info("report")["markdown"])
@@ -169,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.assemble import assemble, check_sizes
 
     prev = _previous_wall(run)
-    for step in ("teacher", "prune", "baselines", "partition", "subset_teachers", "experts", "report"):
+    for step in ("premise", "teacher", "prune", "baselines", "partition", "subset_teachers", "experts", "report"):
         getattr(run, f"step_{step}")()
         _save_wall(run, prev + time.time() - t0)
     wall = time.time() - t0 + prev

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from askexpert.hardware import cpu_has_bf16
+from askexpert.models import use_math_attention
 from trainer.losses import distill_loss, sample_weights, weight_for
 
 
@@ -29,10 +30,27 @@ class Job:
 
     name: str
     model: nn.Module
-    schedule: str = "none"  # none | progressive | static
+    schedule: str = "none"  # none | progressive | static | uniform
     target_mask: torch.Tensor | None = None  # bool per class: D_I
     use_teacher: bool = True
     optimizer: torch.optim.Optimizer | None = field(default=None, repr=False)
+
+
+@dataclass(frozen=True)
+class FitSpec:
+    """What one fit needs besides its models and data: the optimisation schedule (AdamW, linear
+    warm-up then cosine to 1% of the peak), the progressive weights, augmentation and the seed."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    weight_decay: float = 0.05
+    warmup_epochs: float = 0.5
+    clip: float = 1.0  # gradient-norm clipping; 0: none
+    max_weight: float = 14.0  # W in eq. 1
+    omega_schedule: str = "step"
+    aug: dict | None = None
+    seed: int = 0
 
 
 def progress_bar() -> Progress:
@@ -77,8 +95,9 @@ def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator, fill: t
     return x
 
 
-def lr_at(step: int, total: int, base: float, warmup_frac: float = 0.05, floor: float = 0.01) -> float:
-    warm = max(1, int(total * warmup_frac))
+def lr_at(step: int, total: int, base: float, warm: int, floor: float = 0.01) -> float:
+    """Linear warm-up over `warm` steps, then cosine from `base` down to `floor * base`."""
+    warm = max(1, min(warm, total))
     if step < warm:
         return base * (step + 1) / warm
     p = (step - warm) / max(1, total - warm)
@@ -138,18 +157,11 @@ def fit(
     inputs: torch.Tensor,
     labels: torch.Tensor,
     teacher_labels: torch.Tensor | dict[str, torch.Tensor] | None,
+    spec: FitSpec,
     *,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float = 0.05,
-    max_weight: float = 4.0,
-    omega_schedule: str = "step",
-    aug: dict | None = None,
     device: torch.device = torch.device("cpu"),
     ckpt_dir: Path | None = None,
     desc: str = "train",
-    seed: int = 0,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Train every job on the same mini-batches of (inputs, labels[, teacher labels]).
@@ -157,15 +169,18 @@ def fit(
     `teacher_labels` is one tensor for all jobs, or one per job name (per-subset teachers).
     Returns a summary (wall time, final losses). Jobs with schedule progressive/static apply eq. 1-3.
     """
+    epochs, batch_size, lr = spec.epochs, spec.batch_size, spec.lr
     n = len(labels)
     steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch
     total = epochs * steps_per_epoch
     for job in jobs:
         job.model.to(device).train()
+        if device.type == "cpu":
+            use_math_attention(job.model)
         decay = [p for p in job.model.parameters() if p.ndim >= 2 and p.requires_grad]
         no_decay = [p for p in job.model.parameters() if p.ndim < 2 and p.requires_grad]
         job.optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=lr,
             fused=device.type == "cuda",
         )
@@ -184,7 +199,7 @@ def fit(
     with progress_bar() as bar:
         task = bar.add_task(desc, total=total, completed=start_epoch * steps_per_epoch, info="")
         for epoch in range(start_epoch, epochs):
-            gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+            gen = torch.Generator().manual_seed(spec.seed * 1000 + epoch)
             perm = torch.randperm(n, generator=gen).to(device)
             running = {j.name: torch.zeros((), device=device) for j in jobs}  # summed on the device: no sync per step
             for s in range(steps_per_epoch):
@@ -193,23 +208,24 @@ def fit(
                 x, y = inputs_d[idx], labels_d[idx]
                 if x.dtype != torch.float32 and device.type == "cpu":
                     x = x.float()
-                if aug:
-                    x = augment(x, aug.get("pad", 0), aug.get("flip", False), gen, aug.get("fill"))
-                t = (epoch + s / steps_per_epoch) if omega_schedule == "step" else float(epoch)
-                cur_lr = lr_at(step, total, lr)
+                if spec.aug:
+                    x = augment(x, spec.aug.get("pad", 0), spec.aug.get("flip", False), gen, spec.aug.get("fill"))
+                t = (epoch + s / steps_per_epoch) if spec.omega_schedule == "step" else float(epoch)
+                cur_lr = lr_at(step, total, lr, round(spec.warmup_epochs * steps_per_epoch))
                 for job in jobs:
                     for g in job.optimizer.param_groups:
                         g["lr"] = cur_lr
                     w = None
                     if job.schedule != "none":
-                        w = sample_weights(y, job.target_mask, weight_for(job.schedule, t, epochs, max_weight))
+                        w = sample_weights(y, job.target_mask, weight_for(job.schedule, t, epochs, spec.max_weight))
                     ty = teach_d[job.name][idx] if (job.use_teacher and job.name in teach_d) else None
                     with autocast(device):
                         logits = job.model(x)
                     loss = distill_loss(logits, y, ty, w)
                     job.optimizer.zero_grad(set_to_none=True)
                     loss.backward()
-                    torch.nn.utils.clip_grad_norm_(job.model.parameters(), 1.0)
+                    if spec.clip:
+                        torch.nn.utils.clip_grad_norm_(job.model.parameters(), spec.clip)
                     job.optimizer.step()
                     running[job.name] += loss.detach()
                 info = ""
@@ -233,6 +249,8 @@ def predict(
     out_dtype=torch.float32,
 ) -> torch.Tensor:
     """Apply fn batch by batch (eval mode is the caller's business); outputs on the CPU."""
+    if device.type == "cpu" and isinstance(fn, nn.Module):
+        use_math_attention(fn)
     outs = []
     for i in range(0, len(inputs), batch_size):
         x = inputs[i : i + batch_size].to(device)

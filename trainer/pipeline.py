@@ -36,7 +36,7 @@ from askexpert.datasets import LabelledImages, load_dataset, train_val_split
 from askexpert.models import ExpertTail, ViTArch, build_vit, trunk_tokens
 from askexpert.routing import expert_key
 from trainer import partition as part
-from trainer.engine import Job, fit, predict
+from trainer.engine import FitSpec, Job, fit, predict
 from trainer.prune import compute_importance, prune_vit
 
 PACK_FILE_LIMIT = 32 * 2**20
@@ -57,6 +57,7 @@ class Config:
     edge_shape: str = "3H"
     expert_shape: str = "4H"
     baseline_shapes: list[str] = field(default_factory=lambda: ["4H", "6H"])
+    head_dim: int = 64  # the paper's DeiT; every shape keeps its head count (4H/16: 4 heads of 16)
     depth: int = 12
     patch_size: int = 0  # 0: chosen from the image size
     tail_blocks: int = 1
@@ -65,10 +66,13 @@ class Config:
     epochs_expert: int = 10
     epochs_subset_teacher: int = 5
     batch_size: int = 256
-    lr: float = 1e-3
-    distill_lr: float = 5e-4
-    expert_lr: float = 2e-4
+    lr: float = 1e-3  # the generalist teacher M_D (from scratch)
+    distill_lr: float = 5e-4  # the pruned generalists (3H, 4H, 6H)
+    subset_teacher_lr: float = 2e-4  # M_I, fine-tuned from M_D
+    expert_lr: float = 2e-4  # m_I, pruned from M_I
     weight_decay: float = 0.05
+    warmup_epochs: float = 0.5  # linear warm-up of every fit, then cosine (Table 6: 5 of 200 epochs)
+    clip_grad: float = 1.0  # gradient-norm clipping of every fit (Table 6: 1.0 for students)
     max_weight: float = 14.0  # W (the paper's Table 6)
     omega_schedule: str = "step"
     max_train_samples: int = 0
@@ -77,6 +81,9 @@ class Config:
     max_val_samples: int = 0  # for smoke tests only
     expert_init: str = "pruned-teacher"  # pruned-teacher (the paper: M_I pruned to 4H) | generalist (the 4H generalist)
     expert_seeds: int = 3  # seeds of every expert and its controls (data order, augmentation)
+    busy_experts: int = 0  # >0: only the N busiest experts (validation offloads) get expert_seeds seeds, the rest one
+    premise_grid: list[str] = field(default_factory=list)  # "HDxDEPTH[@LR]" settings of the premise sweep (step premise)
+    premise_epochs: int = 6
     compact_experts: bool = True  # also train tails on the shared 4H trunk (a serving option)
     tau_tolerance: float = 0.25  # default tau: the lowest whose validation accuracy is within this (pt) of the best
     importance_batches: int = 8
@@ -154,6 +161,16 @@ def load_data(cfg: Config) -> Data:
     )
 
 
+def parse_premise(item: str, default_lr: float) -> tuple[int, int, float]:
+    """'16x3' -> (16, 3, default_lr); '16x3@2e-3' -> (16, 3, 0.002)."""
+    try:
+        shape, _, lr = item.partition("@")
+        hd, depth = (int(v) for v in shape.lower().split("x"))
+        return hd, depth, float(lr) if lr else default_lr
+    except ValueError:
+        raise SystemExit(f"premise setting {item!r}: expected HEADDIMxDEPTH[@LR], e.g. 16x3 or 16x3@2e-3") from None
+
+
 def auto_patch(img_size: int) -> int:
     for p in (16, 8, 7, 4):
         if img_size % p == 0 and img_size // p >= 4:
@@ -185,7 +202,7 @@ class Run:
         recipe = self.recipe()
         if path.is_file():
             old = json.loads(path.read_text())
-            keys = ["dataset", "depth", "patch_size", "max_train_samples", "seed", "val_fraction", "teacher_shape"]
+            keys = ["dataset", "head_dim", "depth", "patch_size", "max_train_samples", "seed", "val_fraction", "teacher_shape"]
             diff = {k: (old.get(k), recipe.get(k)) for k in keys if old.get(k) != recipe.get(k)}
             if diff:
                 raise SystemExit(f"{self.work} was trained with other settings {diff}: use another --work or delete it")
@@ -199,6 +216,7 @@ class Run:
     def arch(self, shape: str) -> ViTArch:
         return ViTArch.from_shape(
             shape,
+            head_dim=self.cfg.head_dim,
             depth=self.cfg.depth,
             patch_size=self.patch,
             img_size=self.data.img_size,
@@ -238,9 +256,26 @@ class Run:
         top = logits.topk(k, dim=1).indices
         return round(100.0 * float((top == y[:, None]).any(dim=1).float().mean()), 2)
 
-    def _fit(self, *args, **kw):
-        """engine.fit with what every fit of this pipeline shares: weight decay, device, log."""
-        return fit(*args, weight_decay=self.cfg.weight_decay, device=self.device, log=self.log, **kw)
+    def spec(self, epochs: int, lr: float, seed: int | None = None, aug: bool = True) -> FitSpec:
+        """A fit's schedule: what every fit of this pipeline shares (batch, weight decay, warm-up,
+        clipping, W, the omega schedule, augmentation) with its own epochs, LR and seed."""
+        cfg = self.cfg
+        return FitSpec(
+            epochs=epochs,
+            batch_size=cfg.batch_size,
+            lr=lr,
+            weight_decay=cfg.weight_decay,
+            warmup_epochs=cfg.warmup_epochs,
+            clip=cfg.clip_grad,
+            max_weight=cfg.max_weight,
+            omega_schedule=cfg.omega_schedule,
+            aug=self.aug() if aug else None,
+            seed=cfg.seed if seed is None else seed,
+        )
+
+    def _fit(self, jobs: list[Job], x: torch.Tensor, y: torch.Tensor, teacher, spec: FitSpec, name: str, desc: str) -> dict:
+        """engine.fit on this run's device and log, checkpointing under ckpt/<name>."""
+        return fit(jobs, x, y, teacher, spec, device=self.device, ckpt_dir=self.work / "ckpt" / name, desc=desc, log=self.log)
 
     def aug(self) -> dict | None:
         if not self.cfg.augment:
@@ -249,6 +284,78 @@ class Run:
         return {"pad": max(1, self.data.img_size // 14), "flip": True, "fill": fill}
 
     # ------------------------------------------------------------------------------------------ steps
+    def ladder(self) -> list[str]:
+        """The generalist shapes from the edge model up to the teacher, smallest first."""
+        cfg = self.cfg
+        shapes = {cfg.edge_shape, cfg.expert_shape, *cfg.baseline_shapes, cfg.teacher_shape}
+        return sorted(shapes, key=lambda s: int(s[:-1]))
+
+    def step_premise(self) -> dict:
+        """The premise of the method, checked before any expert is trained: a ladder of generalists
+        (3H < 4H < 6H < teacher, each step >= 1 pt on the validation split) at each model setting of
+        `premise_grid` ("HDxDEPTH[@LR]": head dim, depth, teacher LR), each shape trained from
+        scratch with cross-entropy for `premise_epochs`. A setting whose models all saturate at one
+        accuracy leaves nothing for a bigger or more specialised model to add. The choice is the
+        cheapest setting (fewest ladder parameters) where the ladder holds."""
+        cfg, d = self.cfg, self.data
+        if (done := self.info("premise")) is not None:
+            return done  # also when an earlier `trainer premise` ran it in this work folder
+        if not cfg.premise_grid:
+            return {}
+        results = self.info("premise-fits") or {}
+        ladder = self.ladder()
+        for item in cfg.premise_grid:
+            if item in results:
+                continue
+            hd, depth, lr = parse_premise(item, cfg.lr)
+            archs = {
+                sh: ViTArch.from_shape(
+                    sh,
+                    head_dim=hd,
+                    depth=depth,
+                    patch_size=self.patch,
+                    img_size=d.img_size,
+                    in_chans=d.channels,
+                    num_classes=len(d.classes),
+                )
+                for sh in ladder
+            }
+            torch.manual_seed(cfg.seed)
+            jobs = [Job(sh, build_vit(a)) for sh, a in archs.items()]
+            summary = self._fit(jobs, d.x_train, d.y_train, None, self.spec(cfg.premise_epochs, lr), f"premise/{item}", f"premise {item}")
+            val = {j.name: self.acc(self.logits(j.model, d.x_val), d.y_val) for j in jobs}
+            steps = [round(val[b] - val[a], 2) for a, b in zip(ladder, ladder[1:])]
+            results[item] = {
+                "head_dim": hd,
+                "depth": depth,
+                "lr": lr,
+                "val_top1": val,
+                "steps_pt": steps,
+                "ladder_holds": all(x >= 1.0 for x in steps),
+                "ladder_params": sum(sum(p.numel() for p in j.model.parameters()) for j in jobs),
+                "wall_s": summary["wall_s"],
+            }
+            self.log(f"[premise] {item}: " + " < ".join(f"{k} {v}%" for k, v in val.items()) + f" (steps {steps})")
+            self.set_info("premise-fits", results)
+        holding = [k for k in cfg.premise_grid if results[k]["ladder_holds"]]
+        chosen = (
+            min(holding, key=lambda k: (results[k]["ladder_params"], -float(np.mean(list(results[k]["val_top1"].values())))))
+            if holding
+            else None
+        )
+        info = {
+            "ladder": ladder,
+            "epochs": cfg.premise_epochs,
+            "rule": "cheapest setting whose ladder steps are all >= 1 pt on validation",
+            "settings": results,
+            "chosen": chosen,
+            "recipe": {"head_dim": cfg.head_dim, "depth": cfg.depth, "lr": cfg.lr},
+            "recipe_is_chosen": chosen is not None and (results[chosen]["head_dim"], results[chosen]["depth"]) == (cfg.head_dim, cfg.depth),
+        }
+        self.set_info("premise", info)
+        self.log(f"[premise] chosen: {chosen}; the recipe {'is' if info['recipe_is_chosen'] else 'is NOT'} that setting")
+        return info
+
     def step_teacher(self) -> dict:
         if (done := self.info("teacher")) is not None:
             return done
@@ -257,17 +364,7 @@ class Run:
         model = build_vit(arch, drop_path_rate=0.1 if cfg.epochs_teacher >= 20 else 0.0)
         self.log(f"[teacher] {cfg.teacher_shape} depth {cfg.depth} patch {self.patch} on {len(self.data.y_train)} images")
         summary = self._fit(
-            [Job("teacher", model)],
-            self.data.x_train,
-            self.data.y_train,
-            None,
-            epochs=cfg.epochs_teacher,
-            batch_size=cfg.batch_size,
-            lr=cfg.lr,
-            aug=self.aug(),
-            ckpt_dir=self.work / "ckpt/teacher",
-            desc="teacher",
-            seed=cfg.seed,
+            [Job("teacher", model)], self.data.x_train, self.data.y_train, None, self.spec(cfg.epochs_teacher, cfg.lr), "teacher", "teacher"
         )
         self.save_model(model, "teacher.safetensors")
         train_logits = self.logits(model, self.data.x_train)
@@ -307,33 +404,21 @@ class Run:
         imp = compute_importance(teacher.to(self.device), batches)
         teacher.cpu()
         imp_s = round(time.time() - t0, 1)
-        jobs = []
+        jobs, pruned_val = [], {}
         for shape in shapes:
             student = prune_vit(teacher, src, self.arch(shape), imp)
-            pruned_val = self.acc(self.logits(student, self.data.x_val), self.data.y_val)
-            self.log(f"[{name}] pruned {cfg.teacher_shape} -> {shape}: val top-1 before distillation {pruned_val}%")
+            pruned_val[shape] = self.acc(self.logits(student, self.data.x_val), self.data.y_val)
+            self.log(f"[{name}] pruned {cfg.teacher_shape} -> {shape}: val top-1 before distillation {pruned_val[shape]}%")
             jobs.append(Job(f"{shape}", student))
-            jobs[-1].pruned_val = pruned_val  # type: ignore[attr-defined]
-        summary = self._fit(
-            jobs,
-            self.data.x_train,
-            self.data.y_train,
-            self.teacher_labels(),
-            epochs=cfg.epochs_distill,
-            batch_size=cfg.batch_size,
-            lr=cfg.distill_lr,
-            aug=self.aug(),
-            ckpt_dir=self.work / f"ckpt/{name}",
-            desc=f"distill {'+'.join(shapes)}",
-            seed=cfg.seed,
-        )
+        spec = self.spec(cfg.epochs_distill, cfg.distill_lr)
+        summary = self._fit(jobs, self.data.x_train, self.data.y_train, self.teacher_labels(), spec, name, f"distill {'+'.join(shapes)}")
         info = {"fit": summary, "importance_s": imp_s, "importance_samples": n, "models": {}}
         for job in jobs:
             self.save_model(job.model, f"generalist-{job.name}.safetensors")
             info["models"][job.name] = {
                 "arch": self.arch(job.name).to_dict(),
                 "pruned_from": cfg.teacher_shape,
-                "val_top1_pruned": job.pruned_val,  # type: ignore[attr-defined]
+                "val_top1_pruned": pruned_val[job.name],
                 "val_top1": self.acc(self.logits(job.model, self.data.x_val), self.data.y_val),
             }
         return info
@@ -342,30 +427,31 @@ class Run:
         if (done := self.info("prune")) is not None:
             return done
         self.step_teacher()
-        shapes = [self.cfg.edge_shape] + ([self.cfg.expert_shape] if self.cfg.expert_shape != self.cfg.edge_shape else [])
-        info = self._prune_from_teacher(shapes, "prune")
+        info = self._prune_from_teacher(self.student_shapes(), "prune")
         self.set_info("prune", info)
         self.log("[prune] done: " + ", ".join(f"{k} val {v['val_top1']}%" for k, v in info["models"].items()))
         return info
 
+    def student_shapes(self) -> list[str]:
+        """The generalists pruned from the teacher and distilled together: edge, expert-shaped and
+        every baseline that is not the teacher itself."""
+        cfg = self.cfg
+        shapes = [cfg.edge_shape, cfg.expert_shape, *cfg.baseline_shapes]
+        return [s for i, s in enumerate(shapes) if s not in shapes[:i] and s != cfg.teacher_shape]
+
     def step_baselines(self) -> dict:
+        """Same-size generalists for the controls: distilled students (step prune), or the teacher."""
         if (done := self.info("baselines")) is not None:
             return done
-        self.step_prune()
         cfg = self.cfg
         have = set(self.step_prune()["models"])
         info: dict = {"models": {}}
-        need = [s for s in cfg.baseline_shapes if s not in have and s != cfg.teacher_shape]
-        if need:
-            sub = self._prune_from_teacher(need, "baselines")
-            info["fit"] = sub["fit"]
-            info["models"].update(sub["models"])
         for s in cfg.baseline_shapes:
-            if s == cfg.teacher_shape and s not in have:
+            if s in have:
+                info["models"][s] = {"arch": self.arch(s).to_dict(), "source": "pruned and distilled (step prune)"}
+            else:  # the teacher's own shape
                 self.save_model(self.load_vit(s, "teacher.safetensors"), f"generalist-{s}.safetensors")
                 info["models"][s] = {"arch": self.arch(s).to_dict(), "source": "the teacher itself (cross-entropy)"}
-            elif s in have:
-                info["models"][s] = {"arch": self.arch(s).to_dict(), "source": "pruned and distilled (step prune)"}
         self.set_info("baselines", info)
         return info
 
@@ -446,6 +532,8 @@ class Run:
             raise SystemExit(f"unknown teacher recipe {cfg.teacher_recipe!r}")
         info: dict = {"recipe": cfg.teacher_recipe, "models": {}}
         keys, subsets = self.experts_of()
+        self.step_prune()
+        gen_val = self.logits(self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors"), d.x_val)
         idx = self._expert_samples()
         x, y = d.x_train[idx], d.y_train[idx]
         part_of = torch.tensor(self.step_partition()["partition"])
@@ -453,29 +541,25 @@ class Run:
             rel = self.expert_teacher_rel(key)
             if not (self.work / rel).is_file():
                 m = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
-                self._fit(
-                    [Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)],
-                    x,
-                    y,
-                    None,
-                    epochs=cfg.epochs_subset_teacher,
-                    batch_size=cfg.batch_size,
-                    lr=cfg.expert_lr,
-                    max_weight=cfg.max_weight,
-                    omega_schedule=cfg.omega_schedule,
-                    aug=self.aug(),
-                    ckpt_dir=self.work / f"ckpt/subset-teacher-{key}",
-                    desc=f"teacher M_{key}",
-                    seed=cfg.seed,
-                )
+                job = Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)
+                spec = self.spec(cfg.epochs_subset_teacher, cfg.subset_teacher_lr)
+                self._fit([job], x, y, None, spec, f"subset-teacher-{key}", f"teacher M_{key}")
                 self.save_model(m, rel)
                 save_file({"train": self.logits(m, x).argmax(1).contiguous()}, str(self.work / f"subset-teachers/labels-{key}.safetensors"))
             m = self.load_vit(cfg.teacher_shape, rel)
             lv = self.logits(m, d.x_val)
             on_target = torch.isin(part_of[d.y_val], torch.tensor(list(sub)))
-            info["models"][key] = {"val_top1": self.acc(lv, d.y_val), "val_target_top1": self.acc(lv[on_target], d.y_val[on_target])}
+            row = {
+                "val_top1": self.acc(lv, d.y_val),
+                "val_target_top1": self.acc(lv[on_target], d.y_val[on_target]),
+                "generalist_val_target_top1": self.acc(gen_val[on_target], d.y_val[on_target]),
+            }
+            # the premise of distilling m_I from M_I: M_I beats the expert-shaped generalist on D_I
+            row["margin_over_generalist_pt"] = round(row["val_target_top1"] - row["generalist_val_target_top1"], 2)
+            info["models"][key] = row
             self.log(
-                f"[subset teachers] M_{key}: val {info['models'][key]['val_top1']}%, on target {info['models'][key]['val_target_top1']}%"
+                f"[subset teachers] M_{key}: val {row['val_top1']}%, on target {row['val_target_top1']}% "
+                f"({row['margin_over_generalist_pt']:+.2f} pt over the {cfg.expert_shape} generalist)"
             )
         self.set_info("subset-teachers", info)
         return info
@@ -502,10 +586,32 @@ class Run:
             self.save_model(prune_vit(teacher, self.arch(cfg.teacher_shape), self.arch(cfg.expert_shape), imp), rel)
         return self.load_vit(cfg.expert_shape, rel)
 
+    def expert_seeds(self) -> dict[str, list[int]]:
+        """Seeds per expert: `expert_seeds` for every expert, or, with `busy_experts` N, for the N
+        experts that most validation frames are offloaded to (3H at tau 0.9) and one seed for the
+        rest, where controls over seeds matter least for the system."""
+        cfg = self.cfg
+        keys, _ = self.experts_of()
+        if not cfg.busy_experts or cfg.busy_experts >= len(keys):
+            return {k: list(range(cfg.expert_seeds)) for k in keys}
+        busy = self.offload_share()
+        top = sorted(keys, key=lambda k: (-busy.get(k, 0.0), keys.index(k)))[: cfg.busy_experts]
+        return {k: list(range(cfg.expert_seeds if k in top else 1)) for k in keys}
+
+    def offload_share(self, tau: float = 0.9) -> dict[str, float]:
+        """Share (%) of the validation frames offloaded to each expert by the edge generalist at tau."""
+        from askexpert.routing import decide
+
+        cfg = self.cfg
+        edge = self.load_vit(cfg.edge_shape, f"generalist-{cfg.edge_shape}.safetensors")
+        dec = decide(self.logits(edge, self.data.x_val).numpy(), self.step_partition()["partition"], cfg.k)
+        keys, counts = np.unique(dec.expert[dec.offloaded(tau)].astype(str), return_counts=True)
+        return {str(k): round(100.0 * int(c) / len(dec.conf), 2) for k, c in zip(keys, counts)}
+
     def step_experts(self) -> dict:
         """Full experts m_I (every block trainable, pruned from M_I) with the progressive schedule and
         its two controls on the same init, data, teacher labels, epochs and LR schedule: static
-        (constant W) and uniform (weight 1), for each of `expert_seeds` seeds (data order and
+        (constant W) and uniform (weight 1), for each of the expert's seeds (data order and
         augmentation). Plus, optionally, compact experts: tails on the frozen 4H generalist trunk."""
         if (done := self.info("experts")) is not None:
             return done
@@ -516,12 +622,15 @@ class Run:
         idx = self._expert_samples()
         x, y = d.x_train[idx], d.y_train[idx]
         fits = self.info("expert-fits") or {}
+        seeds = self.expert_seeds()
         info: dict = {
             "keys": keys,
             "samples": len(idx),
             "teacher_recipe": cfg.teacher_recipe,
             "kinds": list(EXPERT_KINDS),
-            "seeds": list(range(cfg.expert_seeds)),
+            "seeds": list(range(max(len(v) for v in seeds.values()))),
+            "seeds_per_expert": seeds,
+            "val_offload_share_pct_tau_0.9": self.offload_share(),
             "init": (f"M_I pruned to {cfg.expert_shape}" if cfg.expert_init == "pruned-teacher" else f"the {cfg.expert_shape} generalist"),
             "init_val_top1": {},
         }
@@ -529,25 +638,13 @@ class Run:
             init = self.expert_init(key)
             info["init_val_top1"][key] = self.acc(self.logits(init, d.x_val), d.y_val)
             ty = self.expert_teacher_labels(key)
-            for s in range(cfg.expert_seeds):
+            for s in seeds[key]:
                 if all((self.work / self.expert_rel(kind, key, s)).is_file() for kind in EXPERT_KINDS):
                     continue
                 jobs = [Job(kind, copy.deepcopy(init), kind, self.target_mask(sub)) for kind in EXPERT_KINDS]
-                fits[f"{key}/seed{s}"] = self._fit(
-                    jobs,
-                    x,
-                    y,
-                    ty,
-                    epochs=cfg.epochs_expert,
-                    batch_size=cfg.batch_size,
-                    lr=cfg.expert_lr,
-                    max_weight=cfg.max_weight,
-                    omega_schedule=cfg.omega_schedule,
-                    aug=self.aug(),
-                    ckpt_dir=self.work / f"ckpt/experts/{key}/seed{s}",
-                    desc=f"expert {key} seed {s} ({'+'.join(EXPERT_KINDS)})",
-                    seed=cfg.seed + 1000 * s,
-                )
+                spec = self.spec(cfg.epochs_expert, cfg.expert_lr, seed=cfg.seed + 1000 * s)
+                desc = f"expert {key} seed {s} ({'+'.join(EXPERT_KINDS)})"
+                fits[f"{key}/seed{s}"] = self._fit(jobs, x, y, ty, spec, f"experts/{key}/seed{s}", desc)
                 for j in jobs:
                     self.save_model(j.model, self.expert_rel(j.name, key, s))
                 self.set_info("expert-fits", fits)
@@ -573,21 +670,8 @@ class Run:
             for key, sub in zip(keys, subsets)
         ]
         teach = {j.name: self.expert_teacher_labels(j.name.split("-", 1)[1]) for j in jobs}
-        summary = self._fit(
-            jobs,
-            tokens,
-            y,
-            teach,
-            epochs=cfg.epochs_expert,
-            batch_size=cfg.batch_size,
-            lr=cfg.expert_lr,
-            max_weight=cfg.max_weight,
-            omega_schedule=cfg.omega_schedule,
-            aug=None,
-            ckpt_dir=self.work / "ckpt/compact",
-            desc=f"{len(jobs)} compact (tail) experts",
-            seed=cfg.seed,
-        )
+        spec = self.spec(cfg.epochs_expert, cfg.expert_lr, aug=False)
+        summary = self._fit(jobs, tokens, y, teach, spec, "compact", f"{len(jobs)} compact (tail) experts")
         for j in jobs:
             self.save_model(j.model, f"experts/compact/expert-{j.name.split('-', 1)[1]}.safetensors")
         return {"tail_blocks": cfg.tail_blocks, "trunk_blocks": self.trunk_blocks(), "fit": summary, "wall_s": round(time.time() - t0, 1)}
@@ -623,11 +707,17 @@ class Run:
             test[name] = self.logits(m16, d.x_test)
             if not name.startswith("subset-teacher-"):
                 val[name] = self.logits(m16, d.x_val)
+        # seeds[s]: every expert's test logits for seed s; an expert trained with fewer seeds
+        # (busy_experts) stands in with its seed 0, and the report says which experts vary
         seeds: list[dict[str, np.ndarray]] = []
+        per_expert = einfo.get("seeds_per_expert") or {k: einfo["seeds"] for k in einfo["keys"]}
         for s in einfo["seeds"]:
             per: dict[str, np.ndarray] = {}
             for kind in EXPERT_KINDS:
                 for key in einfo["keys"]:
+                    if s not in per_expert[key]:
+                        per[f"{kind}-{key}"] = seeds[0][f"{kind}-{key}"]
+                        continue
                     m = r16(self.load_vit(cfg.expert_shape, self.expert_rel(kind, key, s)))
                     per[f"{kind}-{key}"] = self.logits(m, d.x_test).numpy()
                     if s == 0 and kind == "progressive":
