@@ -75,9 +75,12 @@ def scenarios_from_stored(pack: Pack, z: dict) -> dict:
     compact or full (older packs), or <kind>-routed (NaN rows where that kind has no expert) with
     routed-key; labels."""
     m = pack.manifest
-    edge_name = shape_name(m.generalist.arch)
-    edge = z[f"generalist-{edge_name}"].astype(np.float32)
-    gens = {n.split("-", 1)[1]: z[n].astype(np.float32) for n in z if n.startswith("baseline-")}
+    edge_name = shape_name(m.generalist.arch)  # "3H/16": a label; the trainer's keys name the head count only
+    edge = z[next(n for n in z if n.startswith("generalist-"))].astype(np.float32)
+    def label(shape: str) -> str:  # "4H" -> "4H/16" where the pack's models have head dim 16
+        return shape_name(m.baselines[shape].arch) if shape in m.baselines else shape
+
+    gens = {label(n.split("-", 1)[1]): z[n].astype(np.float32) for n in z if n.startswith("baseline-")}
     for n in z:
         if n.startswith("teacher-") and n.split("-", 1)[1] not in gens:
             gens[n.split("-", 1)[1] + " (teacher)"] = z[n].astype(np.float32)

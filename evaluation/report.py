@@ -17,6 +17,11 @@ def _p(v: float | None, digits: int = 2) -> str:
     return "-" if v is None or v != v else f"{100 * v:.{digits}f}%"
 
 
+def _pt(a: float | None, b: float | None) -> str:
+    """The difference of two accuracies (fractions) in percentage points."""
+    return "-" if a is None or b is None or a != a or b != b else f"{100 * (a - b):+.2f} pt"
+
+
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
@@ -27,6 +32,7 @@ def summary_rows(rep: dict) -> list[tuple[str, str]]:
         ("frames labelled", f"{rep['frames']}" + (f" of {rep['expected']}" if "expected" in rep else "")),
         ("accuracy (system)", _p(rep.get("accuracy"))),
         ("accuracy, edge model alone (same frames)", _p(rep.get("edge_only_accuracy"))),
+        ("gain from asking the experts", _pt(rep.get("accuracy"), rep.get("edge_only_accuracy"))),
         ("offload proportion alpha", _p(rep.get("alpha"))),
         ("latency p50 / p95 / p99 (ms)", " / ".join(_ms(lat.get(f"p{p}")) for p in PCTS)),
         ("frames per second", "-" if not rep.get("fps") else f"{rep['fps']:.1f}"),

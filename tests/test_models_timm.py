@@ -12,7 +12,7 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from askexpert.models import ExpertTail, SharedTrunk, ViTArch, build_vit, trunk_tokens
+from askexpert.models import ExpertTail, SharedTrunk, ViTArch, build_vit, shape_name, trunk_tokens, use_math_attention
 from askexpert.pack import Pack
 
 REFERENCE_PACK = Path(__file__).resolve().parent.parent / "packs" / "fashion-mnist"
@@ -77,3 +77,24 @@ def test_committed_pack_gives_the_same_logits_through_the_public_api():
         new = pack.load_expert(e)
         old = old_tail(e.vit_arch, int(e.tail_blocks), pack.state_dict(e))
         assert torch.equal(new(tokens), old(reference)), e.key
+
+
+def test_shapes_keep_head_counts_at_any_head_dim():
+    common = dict(depth=3, patch_size=7, img_size=28, in_chans=1, num_classes=10)
+    paper, small = ViTArch.from_shape("4H", **common), ViTArch.from_shape("4H", head_dim=16, **common)
+    assert (paper.embed_dim, paper.num_heads) == (256, 4) and (small.embed_dim, small.num_heads) == (64, 4)
+    assert shape_name(paper.to_dict()) == "4H" and shape_name(small.to_dict()) == "4H/16"
+    assert shape_name(ViTArch.from_shape("12H", head_dim=24, **common).to_dict()) == "12H/24"
+    with pytest.raises(ValueError):
+        ViTArch.from_shape("5H", **common)
+
+
+@torch.no_grad()
+def test_math_attention_gives_the_fused_kernels_logits():
+    torch.manual_seed(0)
+    arch = ViTArch.from_shape("6H", head_dim=16, depth=2, patch_size=7, img_size=28, in_chans=1, num_classes=10)
+    vit = build_vit(arch).eval()
+    x = torch.randn(8, 1, 28, 28)
+    fused = vit(x)
+    assert torch.allclose(use_math_attention(vit)(x), fused, atol=1e-5)
+    assert all(not m.fused_attn for m in vit.modules() if hasattr(m, "fused_attn"))

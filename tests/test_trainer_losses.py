@@ -49,3 +49,23 @@ def test_uniform_control_weighs_every_sample_one():
         assert torch.allclose(distill_loss(logits, y, teacher, w), distill_loss(logits, y, teacher))
     # while progressive and static do weigh the target samples (0 and 2)
     assert sample_weights(y, mask, weight_for("static", 0, 10, 14.0)).tolist() == [14.0, 1.0, 14.0, 1.0]
+
+
+def test_warmup_in_steps_then_cosine_to_the_floor():
+    from trainer.engine import lr_at
+
+    assert lr_at(0, 100, 1.0, warm=10) == pytest.approx(0.1)
+    assert lr_at(9, 100, 1.0, warm=10) == pytest.approx(1.0)
+    assert lr_at(10, 100, 1.0, warm=10) == pytest.approx(1.0)
+    assert lr_at(99, 100, 1.0, warm=10) == pytest.approx(0.01, abs=1e-3)
+    assert lr_at(0, 5, 1.0, warm=50) == pytest.approx(0.2)  # warm-up longer than the fit: capped at the fit
+
+
+def test_a_claim_holds_above_its_target_with_every_seed_and_beyond_two_std():
+    from trainer.report import verdict
+
+    assert verdict([3.5, 3.6, 3.4], 3.0) == "holds"
+    assert verdict([3.5, 2.9, 3.7], 3.0) == "mixed"  # one seed below the target
+    assert verdict([0.1, 2.0, 0.1], 0.0) == "mixed"  # every seed above 0, but the mean within 2 std
+    assert verdict([2.9, 2.8], 3.0) == "does not hold"
+    assert verdict([0.4], 0.0) == "holds"  # one seed: no spread to compare

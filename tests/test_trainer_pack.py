@@ -1,7 +1,8 @@
-"""A one-epoch tiny `trainer pack` on a few hundred images: the pack loads, the edge's and the hub's
+"""A one-epoch tiny `trainer pack` on a few hundred images, in the reference recipe's shapes (head
+dim 16, a 12H teacher): the premise sweep runs first, the pack loads, the edge's and the hub's
 backends run it (full and compact experts), experts start as their pruned per-subset teacher and
-train on its labels, the report holds every control and claim, ONNX matches PyTorch, and a fit
-resumes from its checkpoint."""
+train on its labels, only the busiest experts get several seeds, the report holds every control
+and claim, ONNX matches PyTorch, and a fit resumes from its checkpoint."""
 
 import json
 
@@ -22,42 +23,6 @@ pytestmark = [
         reason="Fashion-MNIST not installed",
     ),
 ]
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainer")
-    argv = [
-        "pack",
-        "--dataset",
-        "fashion-mnist",
-        "--work",
-        str(root / "work"),
-        "--out",
-        str(root / "pack"),
-        "--depth",
-        "2",
-        "--epochs",
-        "1",
-        "--max-train-samples",
-        "256",
-        "--expert-train-samples",
-        "128",
-        "--max-test-samples",
-        "200",
-        "--max-val-samples",
-        "200",
-        "--batch-size",
-        "64",
-        "--importance-batches",
-        "1",
-        "--expert-seeds",
-        "2",
-        "--threads",
-        "2",
-    ]
-    assert main(argv) == 0
-    return root
 
 
 TINY = [
@@ -81,19 +46,49 @@ TINY = [
     "1",
     "--expert-seeds",
     "2",
+    "--busy-experts",
+    "3",
+    "--head-dim",
+    "16",
+    "--teacher-shape",
+    "12H",
 ]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer")
+    argv = [
+        "pack",
+        "--dataset",
+        "fashion-mnist",
+        "--work",
+        str(root / "work"),
+        "--out",
+        str(root / "pack"),
+        *TINY,
+        "--threads",
+        "2",
+        "--premise-grid",
+        "16x2,8x2@2e-3",
+        "--premise-epochs",
+        "1",
+    ]
+    assert main(argv) == 0
+    return root
 
 
 def test_tiny_pack_loads_and_runs(tiny):
     pack = Pack.load(tiny / "pack")
     m = pack.manifest
     assert len(m.experts) == 10 and not m.missing_experts()
-    assert all(e.kind == "vit" and e.vit_arch.embed_dim == 256 for e in m.experts)  # whole 4H ViTs
+    assert all(e.kind == "vit" and (e.vit_arch.embed_dim, e.vit_arch.num_heads) == (64, 4) for e in m.experts)  # whole 4H/16 ViTs
     assert [e.key for e in m.compact_experts] == [e.key for e in m.experts]
     assert all(e.kind == "tail" and e.tail_blocks == 1 for e in m.compact_experts)
     assert m.trunk is not None and m.trunk.blocks == 1
     assert set(m.baselines) == {"4H", "6H"}
     assert m.training["recipe"]["depth"] == 2 and m.training["wall_s"] > 0
+    assert "work" not in m.training["recipe"] and str(tiny) not in json.dumps(m.training)  # no paths of the training machine
     assert m.training["recipe"]["max_weight"] == 14.0 and m.training["teacher_recipe"] == "per-subset"
     assert m.training["device"].startswith("cpu")
     assert m.tau == m.training["default_tau"]["tau"]  # chosen on the validation split
@@ -116,9 +111,23 @@ def test_tiny_pack_loads_and_runs(tiny):
     # reports and logits: every expert kind over both seeds, the system controls, the claims
     rep = json.loads((tiny / "pack" / "reports" / "report.json").read_text())
     assert {"generalists", "table3", "experts", "system_sweep", "claims", "default_tau", "alpha", "recall"} <= set(rep)
+    per_expert = rep["expert_training"]["seeds_per_expert"]
+    busy = [k for k, s in per_expert.items() if s == [0, 1]]
+    assert len(busy) == 3 and all(s in ([0], [0, 1]) for s in per_expert.values())  # the 3 busiest get both seeds
+    assert rep["table3"]["multi_seed"]["experts"] == busy
     for kind in ("progressive", "static", "uniform"):
         assert len(rep["table3"][kind]["target"]["values"]) == 2
         assert all(len(e[kind]["overall"]["values"]) == 2 for e in rep["experts"].values())
+        one_seed = [k for k in per_expert if k not in busy]
+        assert all(len(set(rep["experts"][k][kind]["overall"]["values"])) == 1 for k in one_seed)
+    assert {c["target_pt"] for c in rep["claims"]} >= {0.0, 1.5, 2.0, 3.0}
+    dom = rep["offload_domains_tau_0.9"]
+    off = next(r for r in rep["system_sweep"] if r["tau"] == 0.9)["alpha_pct"]
+    assert dom["in_domain"]["n"] + dom["out_of_domain"]["n"] == round(off * 200 / 100)
+    assert set(rep["subset_teachers"]) == set(per_expert)
+    prem = rep["premise"]
+    assert set(prem["settings"]) == {"16x2", "8x2@2e-3"} and prem["ladder"] == ["3H", "4H", "6H", "12H"]
+    assert prem["settings"]["8x2@2e-3"]["lr"] == 2e-3 and prem["settings"]["8x2@2e-3"]["head_dim"] == 8
     row = rep["at_default_tau"]
     assert {"progressive", "static", "uniform", "compact", "coinference_4H", "coinference_6H", "fixed_expert"} <= set(row)
     assert {c["verdict"] for c in rep["claims"]} <= {"holds", "mixed", "does not hold"}
@@ -146,7 +155,7 @@ def test_onnx_parity(tiny, tmp_path):
 
 def test_fit_resumes_after_interruption(tmp_path):
     from askexpert.models import ViTArch, build_vit
-    from trainer.engine import Job, fit
+    from trainer.engine import FitSpec, Job, fit
 
     arch = ViTArch(64, 1, 1, 2.0, 7, 28, 1, 10)
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
@@ -154,9 +163,10 @@ def test_fit_resumes_after_interruption(tmp_path):
     a = build_vit(arch)
     b = build_vit(arch)
     b.load_state_dict(a.state_dict())
-    kw = dict(batch_size=32, lr=1e-3, seed=3, log=lambda s: None)
-    fit([Job("m", a)], x, y, None, epochs=2, ckpt_dir=tmp_path / "straight", **kw)
-    fit([Job("m", b)], x, y, None, epochs=1, ckpt_dir=tmp_path / "split", **kw)  # "interrupted" after epoch 1
+    two, one = FitSpec(epochs=2, batch_size=32, lr=1e-3, seed=3), FitSpec(epochs=1, batch_size=32, lr=1e-3, seed=3)
+    kw = dict(log=lambda s: None)
+    fit([Job("m", a)], x, y, None, two, ckpt_dir=tmp_path / "straight", **kw)
+    fit([Job("m", b)], x, y, None, one, ckpt_dir=tmp_path / "split", **kw)  # "interrupted" after epoch 1
     state = json.loads((tmp_path / "split" / "state.json").read_text())
     assert state["epochs_done"] == 1
     # a new process: fresh model, resumes from the checkpoint (weights, AdamW state) at epoch 2 of 2
@@ -167,7 +177,7 @@ def test_fit_resumes_after_interruption(tmp_path):
     shutil.copytree(tmp_path / "split", tmp_path / "resumed")
     st = json.loads((tmp_path / "resumed" / "state.json").read_text())
     assert st["epochs_done"] == 1
-    fit([Job("m", c)], x, y, None, epochs=2, ckpt_dir=tmp_path / "resumed", **kw)
+    fit([Job("m", c)], x, y, None, two, ckpt_dir=tmp_path / "resumed", **kw)
     for k, v in a.state_dict().items():
         assert torch.allclose(v, c.state_dict()[k], atol=1e-5), k
 
@@ -183,25 +193,27 @@ def test_experts_start_as_their_pruned_subset_teacher(tiny):
 
     run = Run(config_from(parse_args(["experts", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
     key = "0-2"
-    m_i = run.load_vit("6H", run.expert_teacher_rel(key))
+    m_i = run.load_vit("12H", run.expert_teacher_rel(key))
     assert run.expert_teacher_rel(key) != "teacher.safetensors"
-    generalist = run.load_vit("6H", "teacher.safetensors")
+    generalist = run.load_vit("12H", "teacher.safetensors")
     assert any(not torch.equal(a, b) for a, b in zip(m_i.state_dict().values(), generalist.state_dict().values()))
     imp = compute_importance(m_i, run._importance_batches())
-    want = prune_vit(m_i, run.arch("6H"), run.arch("4H"), imp).state_dict()
+    want = prune_vit(m_i, run.arch("12H"), run.arch("4H"), imp).state_dict()
     got = load_file(str(tiny / "work" / "experts" / "init" / f"expert-{key}.safetensors"))
     assert set(got) == set(want) and all(torch.allclose(got[k], want[k]) for k in want)
     x = run.data.x_train[run._expert_samples()]
     assert torch.equal(run.expert_teacher_labels(key), run.logits(m_i, x).argmax(1))
     # every kind of every seed was trained away from that same init
+    seed = run.info("experts")["seeds_per_expert"][key][-1]
     for kind in ("progressive", "static", "uniform"):
-        trained = load_file(str(tiny / "work" / run.expert_rel(kind, key, 1)))
+        trained = load_file(str(tiny / "work" / run.expert_rel(kind, key, seed)))
         assert not torch.equal(trained["head.weight"], got["head.weight"])
 
 
 def test_recipes_are_defaults_that_flags_override():
     ns = parse_args(["pack", "--recipe", "cpu", "--epochs-expert", "7"])
-    assert (ns.depth, ns.patch_size, ns.expert_seeds, ns.epochs_expert) == (4, 7, 3, 7)
+    assert (ns.head_dim, ns.depth, ns.patch_size, ns.teacher_shape, ns.expert_seeds, ns.epochs_expert) == (16, 3, 7, "12H", 3, 7)
+    assert ns.premise_grid == [] and parse_args(["premise", "--premise-grid", "16x3,24x3@5e-4"]).premise_grid == ["16x3", "24x3@5e-4"]
     assert ns.work == "runs/fashion-mnist-cpu" and ns.device == "cpu" and not ns.no_size_limit
     ns = parse_args(["pack", "--recipe", "gpu", "--device", "cpu"])
     assert (ns.depth, ns.device, ns.no_size_limit) == (12, "cpu", True)

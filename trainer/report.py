@@ -449,7 +449,8 @@ def to_markdown(rep: dict) -> str:
             )
     if rep.get("premise"):
         pr = rep["premise"]
-        L += ["", f"## Premise sweep (validation, {pr['epochs']} epochs of cross-entropy from scratch; {pr['rule']})", ""]
+        where = f"; ran on {pr['ran_on']}" if pr.get("ran_on") else ""
+        L += ["", f"## Premise sweep (validation, {pr['epochs']} epochs of cross-entropy from scratch; {pr['rule']}{where})", ""]
         L += ["| setting | " + " | ".join(pr["ladder"]) + " | steps (pt) | ladder holds | params | wall (s) |"]
         L += ["| --- " * (len(pr["ladder"]) + 5) + "|"]
         for name, r in pr["settings"].items():
