@@ -77,6 +77,7 @@ def scenarios_from_stored(pack: Pack, z: dict) -> dict:
     m = pack.manifest
     edge_name = shape_name(m.generalist.arch)  # "3H/16": a label; the trainer's keys name the head count only
     edge = z[next(n for n in z if n.startswith("generalist-"))].astype(np.float32)
+
     def label(shape: str) -> str:  # "4H" -> "4H/16" where the pack's models have head dim 16
         return shape_name(m.baselines[shape].arch) if shape in m.baselines else shape
 
