@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from askexpert.cli_common import command_parser, dispatch, fail, load_pack, load_settings
@@ -49,7 +51,13 @@ class EdgeComponent:
     def serve(self, should_exit: threading.Event) -> int:
         assert self.node is not None and self.source is not None
         stats = self.node.run(self.source)
-        print(json.dumps({"node": self.s.node_id, **vars(stats)}))
+        summary = json.dumps({"node": self.s.node_id, **vars(stats)})
+        print(summary)
+        if self.s.summary_json is not None:
+            try:
+                write_summary(self.s.summary_json, summary)
+            except OSError as exc:
+                fail(f"summary file {self.s.summary_json}: {exc}")
         if stats.unacknowledged:  # labelled into the void: say so, and fail
             never = "" if self.client.connects else f"; the broker at {self.s.broker} never answered"
             print(
@@ -69,6 +77,14 @@ class EdgeComponent:
 
     def snapshot(self) -> dict:
         return self.node.snapshot() if self.node is not None else {}
+
+
+def write_summary(path: Path, summary: str) -> None:
+    """Whole or not at all (a temporary file renamed): whoever reads it never sees half a summary."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(summary + "\n")
+    os.replace(tmp, path)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator
@@ -32,6 +33,9 @@ class EdgeSettings(CommonSettings):
     )
     live_queue: int = Field(4, ge=1, description="frames a live source may keep waiting (oldest dropped)")
     max_frame_age_s: float = Field(10.0, gt=0, description="/healthz turns unhealthy when a live source gives no frame this long")
+    summary_json: Path | None = Field(
+        None, description="at exit, also write the run's summary (the JSON line it prints last) to this file, for whoever started it"
+    )
 
     @field_validator("node_id")
     @classmethod

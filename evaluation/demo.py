@@ -29,6 +29,7 @@ from askexpert.subscriber import LabelSubscriber, wait_online
 from evaluation import REFERENCE_PACK
 
 console = Console(width=None if sys.stdout.isatty() else 110)
+SUMMARY = "edge-summary.json"  # each replay's edge writes its summary here (edge-node --summary-json)
 TRAIN_HINT = "trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist"
 
 
@@ -233,6 +234,8 @@ def replay_once(
         repr(tau),
         "--deadline-ms",
         repr(a.deadline_ms),
+        "--summary-json",
+        str(out / SUMMARY),
     ]
     if a.fps:
         edge_argv += ["--fps", repr(a.fps)]
@@ -289,7 +292,7 @@ def replay_once(
         pack_id=pack.pack_id,
         source=a.source,
         stopped=why,
-        edge=_last_json(out / "edge.log"),
+        edge=_read_json(out / SUMMARY),
         offline_accuracy=offline_acc,
         offline_check=reference.mode,
         replay_s=replay_s,
@@ -443,14 +446,12 @@ def stored_reference(pack, source: str, frames: int):
     return np.arange(n), decide(sc["edge_logits"][:n], pack.manifest.partition, pack.manifest.k), routed
 
 
-def _last_json(path: Path) -> dict | None:
+def _read_json(path: Path) -> dict | None:
+    """The edge's own summary file (`--summary-json`); None when it ended before writing one."""
     try:
-        for line in reversed(path.read_text().splitlines()):
-            if line.startswith("{") and '"node"' in line and '"frames"' in line:
-                return json.loads(line)
+        return json.loads(path.read_text())
     except (OSError, ValueError):
-        pass
-    return None
+        return None
 
 
 def _pc(v) -> str:

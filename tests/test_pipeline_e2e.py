@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -104,8 +105,9 @@ def check_every_frame_labelled_once(tiny_pack, broker) -> None:
     assert 0.3 < sum(m.source == "expert" for m in labels) / N < 0.7
 
 
-def test_hub_down_every_frame_falls_back(tiny_pack, broker):
+def test_hub_down_every_frame_falls_back(tiny_pack, broker, tmp_path):
     sub = Collector(broker.url, "ate/v1/nodes/cam2/labels")
+    written = tmp_path / "out" / "summary.json"  # where its starter asked: nobody reads its stdout or log for it
     summary = run_edge(
         tiny_pack,
         broker.url,
@@ -119,9 +121,12 @@ def test_hub_down_every_frame_falls_back(tiny_pack, broker):
         "1.0",
         "--deadline-ms",
         "300",
+        "--summary-json",
+        str(written),
     )
     labels = sub.wait_labels(50)
     sub.close()
+    assert json.loads(written.read_text()) == summary
     assert summary["fallback"] == 50
     assert sorted(m.frame_id for m in labels) == list(range(50))
     assert all(m.source == "edge-fallback" and m.label == m.edge_label for m in labels)
@@ -315,7 +320,6 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
 
 def test_edge_without_a_broker_fails_loudly(tiny_pack):
     """Nothing listens on the port: the edge labels its frames, none is acknowledged, exit code 3."""
-    import json
     import subprocess
     import sys
 
@@ -410,7 +414,6 @@ def test_share_group_failover_after_a_hub_is_killed(tiny_pack, broker):
 def test_a_broker_without_shared_subscriptions_is_reported_by_the_hub(tiny_pack):
     """On aedes (no $share), `--share-group` is not silently dead: the hub logs the refusal and its
     /healthz says unhealthy."""
-    import json
     import shutil
     import urllib.request
 
@@ -593,7 +596,6 @@ def test_hub_kill9_and_restart_mid_stream(tiny_pack, broker):
     """The only hub is killed -9 mid-stream and started again: frames in between fall back, the
     restarted hub answers again (the edge streams until it has answered 40 later frames, then is
     stopped with SIGINT, a clean stop), and every frame gets exactly one label."""
-    import json
     import signal
     import subprocess
     import sys

@@ -135,6 +135,7 @@ def test_demo_runs_end_to_end_and_cleans_up(tiny_pack, tmp_path):
     assert rep["frames"] == 120 and rep["missing"] == 0 and rep["duplicates"] == 0
     assert rep["offline_check"] == "exact" and rep["offline"]["compared"] > 0
     assert len(rep["offline"]["mismatch_ids"]) <= 1  # only float noise right at tau may flip a frame
+    assert rep["edge"] == json.loads((run / "edge-summary.json").read_text()) and rep["edge"]["frames"] == 120
     for f in ("report.md", "latency.png", "load.png", "labels.jsonl", "hub.log", "edge.log"):
         assert (run / f).is_file(), f
     assert str(run) in out.stdout.replace("\n", "")
