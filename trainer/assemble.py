@@ -58,7 +58,9 @@ def _write_logits(out: Path, all_path: Path, edge: str, partition: list[int], k:
     }
 
 
-def assemble(run: Run, command: str, wall_s: float, device_note: str = "", exported_by: str = "", size_limit: bool = True) -> Path:
+def assemble(
+    run: Run, command: str, wall_s: float, device_note: str = "", exported_by: str = "", size_limit: bool = True, table6: dict | None = None
+) -> Path:
     cfg, d = run.cfg, run.data
     rep = run.step_report()
     einfo, pinfo = run.info("experts"), run.info("partition")
@@ -137,6 +139,7 @@ def assemble(run: Run, command: str, wall_s: float, device_note: str = "", expor
         "loss_normalisation": "sum_i w_i [CE(y)/2 + CE(teacher)/2] / batch size",
         "step_wall_s": {n: _walls(i) for n, i in fits.items() if i},
         **({"exported_by": exported_by} if exported_by else {}),
+        **({"table6": table6} if table6 else {}),
         "notes": "the paper's depth is 12; this pack's depth, epochs and sample counts are in `recipe`",
     }
     manifest = Manifest(
