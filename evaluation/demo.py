@@ -17,7 +17,9 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -27,6 +29,11 @@ from askexpert.localbroker import MOSQUITTO, free_port, wait_port, write_config
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import LabelSubscriber, wait_online
 from evaluation import REFERENCE_PACK
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from askexpert.pack import Pack
 
 console = Console(width=None if sys.stdout.isatty() else 110)
 SUMMARY = "edge-summary.json"  # each replay's edge writes its summary here (edge-node --summary-json)
@@ -130,52 +137,16 @@ def run(a: argparse.Namespace) -> int:
     taus = [float(t) for t in a.taus.split(",")] if a.taus else [pack.manifest.tau if a.tau is None else a.tau]
     run_dir = Path(a.runs) / time.strftime("%Y%m%d-%H%M%S", time.gmtime())
     run_dir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    broker = f"mqtt://127.0.0.1:{port}"
-    node, hub_id = "demo-edge", "demo-hub"
-
-    children = Children(run_dir)
+    demo = Demo(a, pack, run_dir)
     console.print(
         f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
         f"tau {', '.join(f'{t:g}' for t in taus)}, {a.frames} frames of {a.source}, run folder {run_dir}"
     )
-    t_start = time.monotonic()
     with capture_signals(interrupted):  # Ctrl-C and SIGTERM unwind alike: every child is stopped
         try:
-            conf = write_config(run_dir / "mosquitto.conf", port, "log_type warning\nmax_queued_messages 100000")
-            mosq = children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], run_dir / "mosquitto.log")
-            wait_port(port, proc=mosq)
-
-            from evaluation.score import load_truth
-
-            settings = CommonSettings(broker=broker)
-            env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
-            env.pop("ATE_CONFIG", None)
-            py = [sys.executable, "-m"]
-            common = ["--pack", str(a.pack), "--broker", broker, "--backend", a.backend, "--stats-interval-s", "0"]
-            with console.status("starting the expert hub (loading experts)..."):
-                hub = children.start("expert-hub", py + ["expert_hub.cli", "run", *common, "--hub-id", hub_id], run_dir / "hub.log", env)
-                wait_hub(port, hub_id, 180, children)
-            truth, classes = load_truth(a.source) if a.source.startswith(("dataset:", "replay:")) else (None, None)
-            reference = Reference(pack, a, taus, truth)
-            reports = []
-            for i, tau in enumerate(taus):
-                out = run_dir if len(taus) == 1 else run_dir / f"tau-{tau:g}"
-                out.mkdir(parents=True, exist_ok=True)
-                ctx = dict(settings=settings, py=py, common=common, env=env, children=children, hub=hub)
-                rep = replay_once(a, pack, tau, f"{node}-{i}" if len(taus) > 1 else node, out, truth, classes, reference, **ctx)
-                rep["demo_wall_s"] = time.monotonic() - t_start
-                (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
-                reports.append(rep)
-            if len(taus) > 1:
-                live_sweep_table(reports, run_dir)
-            if a.paced_fps > 0 and not a.fps:  # latency at a rate the system keeps up with, reported on its own
-                paced = argparse.Namespace(**{**vars(a), "fps": a.paced_fps, "frames": min(a.paced_frames, a.frames)})
-                out = run_dir / "paced"
-                out.mkdir(parents=True, exist_ok=True)
-                ctx = dict(settings=settings, py=py, common=common, env=env, children=children, hub=hub)
-                reports.append(replay_once(paced, pack, taus[0], f"{node}-paced", out, truth, classes, reference, **ctx))
-            console.print(f"whole demo {time.monotonic() - t_start:.1f} s")
+            demo.start(taus)
+            reports = demo.replays(taus)
+            console.print(f"whole demo {time.monotonic() - demo.t_start:.1f} s")
             console.print(f"\n[bold]Run folder:[/] {run_dir}")
             ok = all(r.get("missing", 0) == 0 and r["duplicates"] == 0 for r in reports)
             return 0 if ok else 1
@@ -186,131 +157,187 @@ def run(a: argparse.Namespace) -> int:
             console.print(f"[red]demo failed: {exc}[/]  (logs in {run_dir})")
             return 1
         finally:
-            for c in list(COLLECTORS):
-                try:
-                    c.stop()
-                except Exception:  # noqa: BLE001 - already stopped
-                    pass
-            children.stop_all()
+            demo.stop()
 
 
-COLLECTORS: list = []
+@dataclass(frozen=True)
+class Replay:
+    """One pass of the frames through the running hub, at one tau, into its own folder."""
+
+    tau: float
+    node: str  # the edge's node id
+    name: str  # the edge's name among the demo's processes (pids.json)
+    out: Path
+    frames: int
+    fps: float | None
 
 
-def replay_once(
-    a,
-    pack,
-    tau: float,
-    node: str,
-    out: Path,
-    truth,
-    classes,
-    reference: "Reference",
-    *,
-    settings,
-    py,
-    common,
-    env,
-    children: Children,
-    hub: subprocess.Popen,
-) -> dict:
-    """One replay through the running hub at one tau: collect, score, report into `out`."""
-    from evaluation.report import print_report, write_report
-    from evaluation.score import score
+class Demo:
+    """One demo run: the processes it started (stopped by stop(), whatever happens) and what every
+    replay shares: the settings, the broker, the hub, the truth and the offline reference."""
 
-    collector = LabelSubscriber(settings, node).start()
-    COLLECTORS.append(collector)
-    edge_argv = py + [
-        "edge_node.cli",
-        "run",
-        *common,
-        "--node-id",
-        node,
-        "--source",
-        a.source,
-        "--max-frames",
-        str(a.frames),
-        "--tau",
-        repr(tau),
-        "--deadline-ms",
-        repr(a.deadline_ms),
-        "--summary-json",
-        str(out / SUMMARY),
-    ]
-    if a.fps:
-        edge_argv += ["--fps", repr(a.fps)]
-    t_edge = time.monotonic()
-    name = f"edge-node@{tau:g}" if out.name.startswith("tau-") else "edge-node-paced" if out.name == "paced" else "edge-node"
-    edge = children.start(name, edge_argv, out / "edge.log", env)
-    exited_at: list[float] = []
+    NODE, HUB = "demo-edge", "demo-hub"
 
-    def stop_now() -> bool:
-        if edge.poll() is not None and not exited_at:
-            exited_at.append(time.monotonic())
-        if hub.poll() is not None:
-            raise RuntimeError(f"the expert hub died (code {hub.returncode}); see its hub.log")
-        return bool(exited_at) and time.monotonic() - exited_at[0] > 3.0  # the edge ended: last labels, then stop
+    def __init__(self, a: argparse.Namespace, pack: Pack, run_dir: Path) -> None:
+        self.a, self.pack, self.run_dir = a, pack, run_dir
+        self.port = free_port()
+        self.broker = f"mqtt://127.0.0.1:{self.port}"
+        self.settings = CommonSettings(broker=self.broker)
+        self.children = Children(run_dir)
+        self.collectors: list[LabelSubscriber] = []  # open subscriptions, closed by stop() on any exit
+        self.env = {**os.environ, "ATE_LOG_LEVEL": os.environ.get("ATE_LOG_LEVEL", "info"), "PYTHONUNBUFFERED": "1"}
+        self.env.pop("ATE_CONFIG", None)
+        self.py = [sys.executable, "-m"]
+        self.common = ["--pack", str(a.pack), "--broker", self.broker, "--backend", a.backend, "--stats-interval-s", "0"]
+        self.hub: subprocess.Popen | None = None
+        self.truth: np.ndarray | None = None  # label by frame id
+        self.classes: list[str] | None = None
+        self.reference: Reference | None = None
+        self.t_start = time.monotonic()
 
-    with Progress(
-        TextColumn(f"[bold]replay tau={tau:g}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as prog:
-        task = prog.add_task("labels", total=a.frames, rate="")
+    def start(self, taus: list[float]) -> None:
+        """The broker, then the hub (until it says `online`), then the truth for the source."""
+        conf = write_config(self.run_dir / "mosquitto.conf", self.port, "log_type warning\nmax_queued_messages 100000")
+        mosq = self.children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], self.run_dir / "mosquitto.log")
+        wait_port(self.port, proc=mosq)
 
-        def progress(n: int) -> None:
-            dt = time.monotonic() - t_edge
-            prog.update(task, completed=n, rate=f"{n / dt:7.1f} frames/s" if dt > 0 else "")
+        from evaluation.score import load_truth
 
-        why = collector.wait(a.frames, idle_timeout=60.0, timeout=a.timeout, progress=progress, stop=stop_now)
-    replay_s = time.monotonic() - t_edge
-    try:
-        edge.wait(15)
-    except subprocess.TimeoutExpired:
-        pass
-    collector.stop()
-    COLLECTORS.remove(collector)
-    labels = list(collector.labels)
-    offline, offline_acc = reference.at(tau)
-    n_expected = min(a.frames, len(truth)) if truth is not None else a.frames
-    rep = score(
-        labels,
-        truth,
-        expected=range(n_expected),
-        classes=classes or pack.manifest.classes,
-        offline=offline,
-        wall_s=replay_s,
-        malformed=collector.malformed,
-    )
-    rep.update(
-        tau=tau,
-        pack=str(a.pack),
-        pack_id=pack.pack_id,
-        source=a.source,
-        stopped=why,
-        edge=_read_json(out / SUMMARY),
-        offline_accuracy=offline_acc,
-        offline_check=reference.mode,
-        replay_s=replay_s,
-        date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-        machine=_machine(),
-    )
-    pace = f"paced at {a.fps:g} frames/s" if a.fps else "as fast as possible (latency is mostly queueing)"
-    title = f"Ask-the-Expert demo, tau {tau:g}, {rep['frames']} frames, {pace}"
-    write_report(rep, out, labels, title=title)
-    console.print()
-    print_report(rep, title=title, console=console)
-    console.print(
-        f"3H alone on these frames: {_pc(rep['edge_only_accuracy'])}   system: {_pc(rep['accuracy'])}   "
-        f"alpha: {_pc(rep['alpha'])}   replay {replay_s:.1f} s"
-    )
-    if rep.get("missing"):
-        console.print(f"[yellow]{rep['missing']} frames got no label (see report.json)")
-    return rep
+        hub_argv = self.py + ["expert_hub.cli", "run", *self.common, "--hub-id", self.HUB]
+        with console.status("starting the expert hub (loading experts)..."):
+            self.hub = self.children.start("expert-hub", hub_argv, self.run_dir / "hub.log", self.env)
+            wait_hub(self.port, self.HUB, 180, self.children)
+        source = self.a.source
+        if source.startswith(("dataset:", "replay:")):
+            self.truth, self.classes = load_truth(source)
+        self.reference = Reference(self.pack, self.a, taus, self.truth)
+
+    def replays(self, taus: list[float]) -> list[dict]:
+        """One replay per tau (and the live sweep table when several), then the paced one."""
+        a, reports = self.a, []
+        for i, tau in enumerate(taus):
+            sweep = len(taus) > 1
+            out = self.run_dir / f"tau-{tau:g}" if sweep else self.run_dir
+            node, name = (f"{self.NODE}-{i}", f"edge-node@{tau:g}") if sweep else (self.NODE, "edge-node")
+            rep = self.replay(Replay(tau=tau, node=node, name=name, out=out, frames=a.frames, fps=a.fps))
+            rep["demo_wall_s"] = time.monotonic() - self.t_start
+            (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
+            reports.append(rep)
+        if len(taus) > 1:
+            live_sweep_table(reports, self.run_dir)
+        if a.paced_fps > 0 and not a.fps:  # latency at a rate the system keeps up with, reported on its own
+            frames = min(a.paced_frames, a.frames)
+            paced = Replay(
+                tau=taus[0], node=f"{self.NODE}-paced", name="edge-node-paced", out=self.run_dir / "paced", frames=frames, fps=a.paced_fps
+            )
+            reports.append(self.replay(paced))
+        return reports
+
+    def replay(self, r: Replay) -> dict:
+        """One replay through the running hub: collect, score, report into `r.out`."""
+        r.out.mkdir(parents=True, exist_ok=True)
+        collector = LabelSubscriber(self.settings, r.node).start()
+        self.collectors.append(collector)
+        t_edge = time.monotonic()
+        edge = self.children.start(r.name, self._edge_argv(r), r.out / "edge.log", self.env)
+        why = self._collect(r, collector, edge, t_edge)
+        replay_s = time.monotonic() - t_edge
+        try:
+            edge.wait(15)
+        except subprocess.TimeoutExpired:
+            pass
+        collector.stop()
+        self.collectors.remove(collector)
+        return self._report(r, collector, why, replay_s)
+
+    def _edge_argv(self, r: Replay) -> list[str]:
+        a = self.a
+        argv = self.py + ["edge_node.cli", "run", *self.common, "--node-id", r.node, "--source", a.source, "--max-frames", str(r.frames)]
+        argv += ["--tau", repr(r.tau), "--deadline-ms", repr(a.deadline_ms), "--summary-json", str(r.out / SUMMARY)]
+        return argv + (["--fps", repr(r.fps)] if r.fps else [])
+
+    def _collect(self, r: Replay, collector: LabelSubscriber, edge: subprocess.Popen, t_edge: float) -> str:
+        """Labels until every frame has one, the edge ended (plus 3 s for its last labels), or a timeout."""
+        hub = self.hub
+        assert hub is not None
+        exited_at: list[float] = []
+
+        def stop_now() -> bool:
+            if edge.poll() is not None and not exited_at:
+                exited_at.append(time.monotonic())
+            if hub.poll() is not None:
+                raise RuntimeError(f"the expert hub died (code {hub.returncode}); see its hub.log")
+            return bool(exited_at) and time.monotonic() - exited_at[0] > 3.0  # the edge ended: last labels, then stop
+
+        with Progress(
+            TextColumn(f"[bold]replay tau={r.tau:g}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[rate]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        ) as prog:
+            task = prog.add_task("labels", total=r.frames, rate="")
+
+            def progress(n: int) -> None:
+                dt = time.monotonic() - t_edge
+                prog.update(task, completed=n, rate=f"{n / dt:7.1f} frames/s" if dt > 0 else "")
+
+            return collector.wait(r.frames, idle_timeout=60.0, timeout=self.a.timeout, progress=progress, stop=stop_now)
+
+    def _report(self, r: Replay, collector: LabelSubscriber, why: str, replay_s: float) -> dict:
+        """Score the labels against the truth and Algorithm 1 offline; write and print the report."""
+        from evaluation.report import print_report, write_report
+        from evaluation.score import score
+
+        assert self.reference is not None
+        labels = list(collector.labels)
+        offline, offline_acc = self.reference.at(r.tau)
+        n_expected = min(r.frames, len(self.truth)) if self.truth is not None else r.frames
+        rep = score(
+            labels,
+            self.truth,
+            expected=range(n_expected),
+            classes=self.classes or self.pack.manifest.classes,
+            offline=offline,
+            wall_s=replay_s,
+            malformed=collector.malformed,
+        )
+        rep.update(
+            tau=r.tau,
+            pack=str(self.a.pack),
+            pack_id=self.pack.pack_id,
+            source=self.a.source,
+            stopped=why,
+            edge=_read_json(r.out / SUMMARY),
+            offline_accuracy=offline_acc,
+            offline_check=self.reference.mode,
+            replay_s=replay_s,
+            date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
+            machine=_machine(),
+        )
+        pace = f"paced at {r.fps:g} frames/s" if r.fps else "as fast as possible (latency is mostly queueing)"
+        title = f"Ask-the-Expert demo, tau {r.tau:g}, {rep['frames']} frames, {pace}"
+        write_report(rep, r.out, labels, title=title)
+        console.print()
+        print_report(rep, title=title, console=console)
+        console.print(
+            f"3H alone on these frames: {_pc(rep['edge_only_accuracy'])}   system: {_pc(rep['accuracy'])}   "
+            f"alpha: {_pc(rep['alpha'])}   replay {replay_s:.1f} s"
+        )
+        if rep.get("missing"):
+            console.print(f"[yellow]{rep['missing']} frames got no label (see report.json)")
+        return rep
+
+    def stop(self) -> None:
+        """Every subscription still open, then every process, edge first."""
+        for c in list(self.collectors):
+            try:
+                c.stop()
+            except Exception:  # already stopped
+                pass
+        self.children.stop_all()
 
 
 class Reference:
