@@ -1,82 +1,16 @@
-"""Record any source to a recording folder, and replay one as a lossless source (`replay:DIR`).
-
-Replay pacing, in this order of precedence:
-  - `--fps F` (F > 0): F frames per second;  `--fps 0`: as fast as backpressure allows;
-  - `replay:DIR?pace=max` (as fast as possible), `replay:DIR?pace=recorded` (the default) or
-    `replay:DIR?pace=F` (F frames per second);
-  - otherwise the recorded pace: frames leave with the gaps between their recorded timestamps.
-Frame ids are the recording's frame indices and labels come from its sidecar. A replayed frame's
-`t_capture` is the time it left the source (so latency is measured live); the recorded timestamp
-travels beside it as `t_recorded`.
+"""Record any source to a recording folder (`edge-node record`); `replay:DIR` plays one back
+(edge_node.sources.ReplaySource, beside the other sources).
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
-from urllib.parse import parse_qs
 
 from askexpert.log import get_logger
-from askexpert.recording import Recording, RecordingError, RecordingWriter
-from edge_node.sources import Frame, Pacer, Source, SourceError, open_source
+from askexpert.recording import RecordingError, RecordingWriter
+from edge_node.sources import SourceError, open_source
 
 log = get_logger("edge_node.recording")
-
-
-@dataclass
-class ReplayFrame(Frame):
-    t_recorded: float = 0.0  # the frame's timestamp in the recording
-
-
-class ReplaySource(Source):
-    """`replay:DIR[?pace=recorded|max|F]`: a recording, lossless, in order."""
-
-    live = False
-
-    def __init__(self, path: str | Path, fps: float | None = None, pace: str = "recorded") -> None:
-        try:
-            self.rec = Recording(path)
-        except RecordingError as exc:
-            raise SourceError(str(exc)) from exc
-        if fps is not None:
-            pace = "max" if fps <= 0 else str(fps)
-        if pace not in ("recorded", "max"):
-            try:
-                if float(pace) <= 0:
-                    pace = "max"
-            except ValueError as exc:
-                raise SourceError(f"replay pace must be recorded, max or a number, got {pace!r}") from exc
-        self.pace = pace
-        self.classes = self.rec.classes
-        self.description = f"replay:{path} (pace {pace}, {len(self.rec)} frames)"
-
-    def frames(self) -> Iterator[Frame]:
-        if self.pace == "recorded":
-            yield from self._recorded_pace()
-            return
-        pacer = Pacer(None if self.pace == "max" else float(self.pace))
-        for rf in self.rec.frames():
-            pacer.wait()
-            yield ReplayFrame(rf.index, rf.image, time.time(), rf.label, rf.t_capture)
-
-    def _recorded_pace(self) -> Iterator[Frame]:
-        start = t0 = None
-        for rf in self.rec.frames():
-            if start is None:
-                start, t0 = time.monotonic(), rf.t_capture
-            delay = start + (rf.t_capture - t0) - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            yield ReplayFrame(rf.index, rf.image, time.time(), rf.label, rf.t_capture)
-
-
-def open_replay(arg: str, fps: float | None) -> ReplaySource:
-    """`replay:DIR[?pace=recorded|fps|none]` (registered in `edge_node.sources.SOURCE_KINDS`)."""
-    path, _, query = arg.partition("?")
-    pace = parse_qs(query).get("pace", ["recorded"])[-1]
-    return ReplaySource(path, fps, pace)
 
 
 def record(

@@ -2,7 +2,8 @@
 
 Every source yields Frame objects in order. A *live* source (camera, network stream) runs ahead
 of the pipeline and only its newest frames matter; a *lossless* one (file, folder, dataset,
-recording) must never lose a frame, so the pipeline applies backpressure to it instead.
+recording) must never lose a frame, so the pipeline applies backpressure to it instead. The
+`--source` text is parsed by `askexpert.sources_spec`, as everywhere else.
 """
 
 from __future__ import annotations
@@ -21,13 +22,11 @@ from askexpert import metrics
 from askexpert.datasets import load_dataset
 from askexpert.frames import dataset_frames
 from askexpert.log import get_logger
+from askexpert.recording import Recording, RecordingError
+from askexpert.sources_spec import SourceError, SourceSpec, is_live_target, parse_source
 
 log = get_logger("edge_node.sources")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"}
-
-
-class SourceError(RuntimeError):
-    """A source that cannot be opened."""
 
 
 @dataclass
@@ -117,7 +116,7 @@ class CaptureSource(Source):
 
     def __init__(self, spec: str, fps: float | None, live: bool | None = None, backoff_s: tuple[float, float] = (0.5, 30.0)) -> None:
         self.spec = spec
-        self.live = (spec.isdigit() or "://" in spec or "!" in spec) if live is None else live
+        self.live = is_live_target(spec) if live is None else live
         self.fps = None if self.live else fps
         self.backoff_s = backoff_s
         self.description = spec
@@ -172,30 +171,72 @@ class CaptureSource(Source):
         self.cap.release()
 
 
-def _replay(arg: str, fps: float | None) -> Source:
-    from edge_node.recording import open_replay  # recordings build on this module's sources
+@dataclass
+class ReplayFrame(Frame):
+    t_recorded: float = 0.0  # the frame's timestamp in the recording
 
-    return open_replay(arg, fps)
+
+class ReplaySource(Source):
+    """`replay:DIR[?pace=recorded|max|F]`: a recording (askexpert.recording), lossless, in order.
+
+    Pacing, in this order of precedence:
+      - `--fps F` (F > 0): F frames per second;  `--fps 0`: as fast as backpressure allows;
+      - `?pace=max` (as fast as possible), `?pace=recorded` (the default) or `?pace=F` (F frames per second);
+      - otherwise the recorded pace: frames leave with the gaps between their recorded timestamps.
+    Frame ids are the recording's frame indices and labels come from its sidecar. A replayed frame's
+    `t_capture` is the time it left the source (so latency is measured live); the recorded timestamp
+    travels beside it as `t_recorded`.
+    """
+
+    live = False
+
+    def __init__(self, path: str | Path, fps: float | None = None, pace: str = "recorded") -> None:
+        try:
+            self.rec = Recording(path)
+        except RecordingError as exc:
+            raise SourceError(str(exc)) from exc
+        if fps is not None:
+            pace = "max" if fps <= 0 else str(fps)
+        if pace not in ("recorded", "max"):
+            try:
+                if float(pace) <= 0:
+                    pace = "max"
+            except ValueError as exc:
+                raise SourceError(f"replay pace must be recorded, max or a number, got {pace!r}") from exc
+        self.pace = pace
+        self.classes = self.rec.classes
+        self.description = f"replay:{path} (pace {pace}, {len(self.rec)} frames)"
+
+    def frames(self) -> Iterator[Frame]:
+        if self.pace == "recorded":
+            yield from self._recorded_pace()
+            return
+        pacer = Pacer(None if self.pace == "max" else float(self.pace))
+        for rf in self.rec.frames():
+            pacer.wait()
+            yield ReplayFrame(rf.index, rf.image, time.time(), rf.label, rf.t_capture)
+
+    def _recorded_pace(self) -> Iterator[Frame]:
+        start = t0 = None
+        for rf in self.rec.frames():
+            if start is None:
+                start, t0 = time.monotonic(), rf.t_capture
+            delay = start + (rf.t_capture - t0) - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            yield ReplayFrame(rf.index, rf.image, time.time(), rf.label, rf.t_capture)
 
 
-# Every source kind with a prefix, in one table (anything else goes to OpenCV's VideoCapture).
-SOURCE_KINDS: dict[str, Callable[[str, float | None], Source]] = {
-    "dataset": lambda arg, fps: DatasetSource(*_split_dataset(arg), fps),
-    "dir": lambda arg, fps: FolderSource(Path(arg), fps),
-    "replay": _replay,
+# Every source kind, in one table (the kinds are askexpert.sources_spec's).
+SOURCE_KINDS: dict[str, Callable[[SourceSpec, float | None], Source]] = {
+    "dataset": lambda s, fps: DatasetSource(s.name, s.split, fps),
+    "dir": lambda s, fps: FolderSource(Path(s.path), fps),
+    "replay": lambda s, fps: ReplaySource(s.path, fps, s.pace),
+    "capture": lambda s, fps: CaptureSource(s.text, fps),
 }
 
 
-def _split_dataset(arg: str) -> tuple[str, str]:
-    name, _, split = arg.rpartition(":")
-    if not name:
-        raise SourceError(f"dataset source needs NAME:SPLIT, got {arg!r}")
-    return name, split
-
-
 def open_source(spec: str, fps: float | None = None) -> Source:
-    """Parse a --source value."""
-    kind, sep, arg = spec.partition(":")
-    if sep and kind in SOURCE_KINDS:
-        return SOURCE_KINDS[kind](arg, fps)
-    return CaptureSource(spec, fps)
+    """Open a --source value."""
+    parsed = parse_source(spec)
+    return SOURCE_KINDS[parsed.kind](parsed, fps)

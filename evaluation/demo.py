@@ -27,6 +27,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from askexpert.lifecycle import capture_signals
 from askexpert.localbroker import MOSQUITTO, free_port, wait_port, write_config
 from askexpert.settings import CommonSettings
+from askexpert.sources_spec import parse_source
 from askexpert.subscriber import LabelSubscriber, wait_online
 from evaluation import REFERENCE_PACK
 
@@ -207,9 +208,8 @@ class Demo:
         with console.status("starting the expert hub (loading experts)..."):
             self.hub = self.children.start("expert-hub", hub_argv, self.run_dir / "hub.log", self.env)
             wait_hub(self.port, self.HUB, 180, self.children)
-        source = self.a.source
-        if source.startswith(("dataset:", "replay:")):
-            self.truth, self.classes = load_truth(source)
+        if parse_source(self.a.source).has_truth:
+            self.truth, self.classes = load_truth(self.a.source)
         self.reference = Reference(self.pack, self.a, taus, self.truth)
 
     def replays(self, taus: list[float]) -> list[dict]:
@@ -460,7 +460,8 @@ def stored_reference(pack, source: str, frames: int):
     from askexpert.routing import decide
     from evaluation.logits import scenarios_from_stored, stored_logits
 
-    if not (source.startswith(f"dataset:{pack.manifest.dataset}:") and source.endswith(":test")):
+    src = parse_source(source)
+    if (src.kind, src.name, src.split) != ("dataset", pack.manifest.dataset, "test"):
         return None
     z = stored_logits(pack)
     if z is None:

@@ -23,6 +23,7 @@ from askexpert.cli_common import load_settings
 from askexpert.log import get_logger
 from askexpert.protocol import LABEL_SOURCES, LATENCY_PARTS, LabelMsg
 from askexpert.settings import CommonSettings, add_settings_arguments
+from askexpert.sources_spec import parse_source
 from askexpert.subscriber import LabelSubscriber
 from evaluation import report
 from evaluation.report import PCTS
@@ -163,16 +164,15 @@ def score(
 # ---------------------------------------------------------------------------------------- truth
 def load_truth(spec: str) -> tuple[np.ndarray, list[str] | None]:
     """Truth labels by frame id from `replay:DIR`, a recording folder, or `dataset:NAME:SPLIT`."""
-    if spec.startswith("dataset:"):
+    src = parse_source(spec)
+    if src.kind == "dataset":
         from askexpert.datasets import load_dataset
 
-        name, _, split = spec[len("dataset:") :].rpartition(":")
-        data = load_dataset(name, split)
+        data = load_dataset(src.name, src.split)
         return np.asarray(data.labels, dtype=np.int64), list(data.classes)
     from askexpert.recording import Recording
 
-    path = spec[len("replay:") :] if spec.startswith("replay:") else spec
-    rec = Recording(path.partition("?")[0])
+    rec = Recording(src.recording)
     s = rec.sidecar
     out = np.full(int(s.frames.max()) + 1 if len(s.frames) else 0, -1, dtype=np.int64)
     out[s.frames] = s.labels
@@ -182,17 +182,16 @@ def load_truth(spec: str) -> tuple[np.ndarray, list[str] | None]:
 def truth_frames(spec: str, frames: int | None = None) -> Iterator[tuple[int, np.ndarray]]:
     """(frame id, frame) of `dataset:NAME:SPLIT` or `replay:DIR`, exactly as the edge's source yields
     them (same pixels, same ids), for recomputing Algorithm 1 offline on the frames of a live run."""
-    if spec.startswith("dataset:"):
+    src = parse_source(spec)
+    if src.kind == "dataset":
         from askexpert.datasets import load_dataset
         from askexpert.frames import dataset_frames
 
-        name, _, split = spec[len("dataset:") :].rpartition(":")
-        yield from ((i, image) for i, image, _ in islice(dataset_frames(load_dataset(name, split)), frames))
+        yield from ((i, image) for i, image, _ in islice(dataset_frames(load_dataset(src.name, src.split)), frames))
         return
     from askexpert.recording import Recording
 
-    path = spec[len("replay:") :] if spec.startswith("replay:") else spec
-    yield from ((rf.index, rf.image) for rf in islice(Recording(path.partition("?")[0]).frames(), frames))
+    yield from ((rf.index, rf.image) for rf in islice(Recording(src.recording).frames(), frames))
 
 
 def run_score(

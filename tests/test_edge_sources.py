@@ -7,12 +7,14 @@ from typing import Iterator
 
 import cv2
 import numpy as np
+import pytest
 from helpers import Collector
 
 from askexpert.backends import open_backend
 from askexpert.frames import fit_frame
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
+from askexpert.sources_spec import SourceError, parse_source
 from edge_node.node import EdgeNode
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Frame, Source, open_source
@@ -85,16 +87,41 @@ def test_colour_dataset_frames_are_bgr_and_reach_the_model_as_rgb(tmp_path):
     assert rgb[0, 0].tolist() == [255, 0, 0], "the model sees RGB, as in training"
 
 
+@pytest.mark.parametrize(
+    "text, kind, parts, truth",
+    [
+        ("dataset:fashion-mnist:test", "dataset", {"name": "fashion-mnist", "split": "test"}, True),
+        ("dataset:folder:/data/x:train", "dataset", {"name": "folder:/data/x", "split": "train"}, True),
+        ("dir:/tmp/imgs", "dir", {"path": "/tmp/imgs"}, False),
+        ("replay:/r/rec?pace=max", "replay", {"path": "/r/rec", "pace": "max", "recording": "/r/rec"}, True),
+        ("replay:/r/rec", "replay", {"path": "/r/rec", "pace": "recorded"}, True),
+        ("0", "capture", {"path": "0"}, False),
+        ("rtsp://cam:554/s?x=1", "capture", {"path": "rtsp://cam:554/s?x=1"}, False),
+        ("/r/rec?pace=max", "capture", {"recording": "/r/rec"}, False),
+    ],
+)
+def test_one_grammar_for_every_source(text, kind, parts, truth):
+    """The edge, `record` and the evaluation's truth all read a source with askexpert.sources_spec."""
+    spec = parse_source(text)
+    assert (spec.kind, spec.has_truth) == (kind, truth)
+    assert {k: getattr(spec, k) for k in parts} == parts
+
+
+def test_a_dataset_source_without_a_split_is_refused():
+    with pytest.raises(SourceError, match="NAME:SPLIT"):
+        open_source("dataset:fashion-mnist")
+
+
 def test_replay_source_needs_no_import_side_effect(tmp_path):
-    """`replay:` is in the source table itself: a process that never imported edge_node.recording
-    (the demo driver, a user's script) still opens recordings."""
+    """`replay:` is in the source table itself, beside the other sources: opening a recording
+    imports no recording command (no import circle between sources and recording)."""
     import subprocess
     import sys
 
     code = (
         "import sys; from edge_node.sources import open_source, SourceError\n"
         "try:\n    open_source(sys.argv[1])\nexcept SourceError as e:\n    print(e)\n"
-        "assert 'edge_node.recording' in sys.modules"
+        "assert 'edge_node.recording' not in sys.modules"
     )
     out = subprocess.run([sys.executable, "-c", code, f"replay:{tmp_path}"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from askexpert.recording import Recording, RecordingWriter
-from edge_node.recording import ReplaySource, record
-from edge_node.sources import open_source
+from edge_node.recording import record
+from edge_node.sources import ReplaySource, open_source
 from evaluation.render import render_dataset
 
 
