@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Callable, TypeVar
+from typing import TYPE_CHECKING, Callable, NoReturn, TypeVar
 
 from pydantic import ValidationError
 
@@ -18,7 +18,7 @@ S = TypeVar("S", bound=CommonSettings)
 log = get_logger("askexpert.cli")
 
 
-def fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
     """A clear error, said once: a plain `error: ...` line on a terminal, a JSON log line elsewhere."""
     if sys.stderr.isatty():
         print(f"error: {message}", file=sys.stderr)
@@ -59,7 +59,6 @@ def load_pack(path) -> "Pack":
         return Pack.load(path)
     except PackError as exc:
         fail(str(exc))
-    raise AssertionError  # unreachable: fail() exits
 
 
 def command_parser(

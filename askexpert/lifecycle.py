@@ -33,7 +33,12 @@ HANDLED_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 @contextmanager
 def capture_signals(on_exit: Callable[[], None]) -> Iterator[None]:
     """Within the block, the first SIGINT/SIGTERM calls on_exit() (a second one kills: the default
-    handler is back); the previous handlers are restored after it."""
+    handler is back); the previous handlers are restored after it. Off the main thread (a component
+    run inside a test or an embedding program) nothing is installed, as in uvicorn: Python only
+    lets the main thread set handlers, and the signals are then the host's to handle."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
 
     def handle(signum: int, frame: object) -> None:
         log.info("stopping", signal=signal.Signals(signum).name)

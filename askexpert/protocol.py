@@ -324,7 +324,6 @@ class LabelMsg:
 
 
 MAX_LABEL_BYTES = 64 * 1024
-LABEL_SOURCES = ("edge", "expert", "edge-fallback")
 
 
 def _text(msg: dict, key: str, default: str | None = None, max_len: int = 256) -> str:

@@ -9,6 +9,7 @@ thread (edge-fallback labels).
 
 from __future__ import annotations
 
+import math
 import queue
 import secrets
 import threading
@@ -28,6 +29,7 @@ from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
 from askexpert.protocol import (
+    LABEL_SOURCES,
     FrameMsg,
     LabelMsg,
     ProtocolError,
@@ -69,7 +71,12 @@ class EdgeNode:
         self.tau = TauControl(client, settings.prefix, settings.node_id, m.tau if settings.tau is None else settings.tau)
         self.adaptive = (
             AdaptiveTau(
-                settings.node_id, pack.pack_id, settings.tau_min, settings.deadline_ms / 1000, settings.target_offload_rate, settings.prefix
+                node=settings.node_id,
+                pack=pack.pack_id,
+                tau_min=settings.tau_min,
+                deadline_s=settings.deadline_s,
+                target_rate=settings.target_offload_rate,
+                prefix=settings.prefix,
             )
             if settings.tau_mode == "adaptive"
             else None
@@ -86,9 +93,8 @@ class EdgeNode:
         self.stop_event = threading.Event()
         self._queue: queue.Queue = queue.Queue()
         self._count_lock = threading.Lock()
-        sources = ("edge", "expert", "edge-fallback")
-        self._metric_labels = {s: metrics.LABELS.labels(self.node, s) for s in sources}
-        self._metric_latency = {s: metrics.LABEL_LATENCY_MS.labels(self.node, s) for s in sources}
+        self._metric_labels = {s: metrics.LABELS.labels(self.node, s) for s in LABEL_SOURCES}
+        self._metric_latency = {s: metrics.LABEL_LATENCY_MS.labels(self.node, s) for s in LABEL_SOURCES}
         self._metric_rtt = metrics.OFFLOAD_RTT_MS.labels(self.node)
         self._live = False
         self._source: Source | None = None
@@ -151,7 +157,7 @@ class EdgeNode:
         finally:
             self.stop_event.set()
             source.close()
-            self.pending.wait_empty(self.s.deadline_ms / 1000 + 1.0)
+            self.pending.wait_empty(self.s.deadline_s + 1.0)
             self.pending.stop()
             if not self.client.flush(timeout=10):
                 self.stats.unacknowledged = self.client.unacknowledged()
@@ -176,7 +182,7 @@ class EdgeNode:
                 n += 1
                 if self.s.max_frames and n >= self.s.max_frames:
                     break
-        except Exception:  # noqa: BLE001 - a broken source ends the stream, logged
+        except Exception:  # a broken source ends the stream, logged
             log.exception("source failed", source=source.description)
         finally:
             self._queue.put(_END)
@@ -247,31 +253,47 @@ class EdgeNode:
             edge_label, conf = int(d.edge_label[i]), float(d.conf[i])
             parts = {"wait_ms": max(0.0, (t_batch - frame.t_capture) * 1000), "infer_ms": infer_ms}
             if not offloaded[i]:
-                self._publish_label(frame.frame_id, frame.t_capture, edge_label, conf, "edge", None, edge_label, conf, tau, **parts)
+                self._publish_label(
+                    frame_id=frame.frame_id,
+                    t_capture=frame.t_capture,
+                    label=edge_label,
+                    conf=conf,
+                    source="edge",
+                    expert=None,
+                    edge_label=edge_label,
+                    edge_conf=conf,
+                    tau=tau,
+                    **parts,
+                )
                 continue
-            self._offload(frame, images[i], d.topk[i], d.probs[i], str(d.expert[i]), edge_label, conf, tau, parts)
+            offload = Offload(
+                frame_id=frame.frame_id,
+                t_capture=frame.t_capture,
+                edge_label=edge_label,
+                edge_conf=conf,
+                expert=str(d.expert[i]),
+                tau=tau,
+                **parts,
+            )
+            self._offload(offload, images[i], d.topk[i], d.probs[i])
 
-    def _offload(
-        self,
-        frame: Frame,
-        image: np.ndarray,
-        top: np.ndarray,
-        probs: np.ndarray,
-        expert: str,
-        edge_label: int,
-        conf: float,
-        tau: float,
-        parts: dict[str, float],
-    ) -> None:
-        deadline_s = self.s.deadline_ms / 1000
-        now = time.monotonic()
-        offload = Offload(frame.frame_id, frame.t_capture, edge_label, conf, expert, now + deadline_s, now, tau, **parts, label=frame.label)
+    def _offload(self, offload: Offload, image: np.ndarray, top: np.ndarray, probs: np.ndarray) -> None:
+        """Send the frame to its expert; its deadline starts now. The MQTT expiry, in whole seconds,
+        is never shorter than the deadline: the hub serves a frame for as long as the edge waits."""
+        offload.t_sent = time.monotonic()
+        offload.deadline = offload.t_sent + self.s.deadline_s
         self.pending.add(offload)
         msg = FrameMsg(
-            self.node, frame.frame_id, frame.t_capture, self.pack.pack_id, [int(c) for c in top], [float(probs[c]) for c in top], image
+            node=self.node,
+            frame_id=offload.frame_id,
+            t_capture=offload.t_capture,
+            pack=self.pack.pack_id,
+            topk=[int(c) for c in top],
+            topk_p=[float(probs[c]) for c in top],
+            image=image,
         )
-        self.client.publish_frame(self.s.prefix, expert, msg, self.run_id, expiry_s=max(1, int(round(deadline_s + 0.499))))
-        metrics.OFFLOADS.labels(self.node, expert).inc()
+        self.client.publish_frame(self.s.prefix, offload.expert, msg, self.run_id, expiry_s=max(1, math.ceil(self.s.deadline_s)))
+        metrics.OFFLOADS.labels(self.node, offload.expert).inc()
 
     # ------------------------------------------------------------ results
     def _reject_reply(self, reason: str, **info: object) -> None:
@@ -303,15 +325,15 @@ class EdgeNode:
         rtt_ms = (time.monotonic() - item.t_sent) * 1000
         self._metric_rtt.observe(rtt_ms)
         self._publish_label(
-            item.frame_id,
-            item.t_capture,
-            reply.label,
-            reply.conf,
-            "expert",
-            item.expert,
-            item.edge_label,
-            item.edge_conf,
-            item.tau,
+            frame_id=item.frame_id,
+            t_capture=item.t_capture,
+            label=reply.label,
+            conf=reply.conf,
+            source="expert",
+            expert=item.expert,
+            edge_label=item.edge_label,
+            edge_conf=item.edge_conf,
+            tau=item.tau,
             wait_ms=item.wait_ms,
             infer_ms=item.infer_ms,
             hub_queue_ms=reply.queue_ms,
@@ -322,21 +344,22 @@ class EdgeNode:
 
     def _on_deadline(self, item: Offload) -> None:
         self._publish_label(
-            item.frame_id,
-            item.t_capture,
-            item.edge_label,
-            item.edge_conf,
-            "edge-fallback",
-            item.expert,
-            item.edge_label,
-            item.edge_conf,
-            item.tau,
+            frame_id=item.frame_id,
+            t_capture=item.t_capture,
+            label=item.edge_label,
+            conf=item.edge_conf,
+            source="edge-fallback",
+            expert=item.expert,
+            edge_label=item.edge_label,
+            edge_conf=item.edge_conf,
+            tau=item.tau,
             wait_ms=item.wait_ms,
             infer_ms=item.infer_ms,
         )
 
     def _publish_label(
         self,
+        *,
         frame_id: int,
         t_capture: float,
         label: int,
@@ -351,20 +374,20 @@ class EdgeNode:
         """`parts`: where the latency went (LabelMsg's wait_ms ... network_ms), rounded to µs."""
         latency_ms = (time.time() - t_capture) * 1000
         msg = LabelMsg(
-            self.node,
-            frame_id,
-            label,
-            self.pack.manifest.classes[label],
-            round(conf, 6),
-            source,
-            expert,
-            round(latency_ms, 3),
-            t_capture,
-            edge_label,
-            round(edge_conf, 6),
-            self.pack.pack_id,
-            self.run_id,
-            round(tau, 6),
+            node=self.node,
+            frame_id=frame_id,
+            label=label,
+            label_name=self.pack.manifest.classes[label],
+            conf=round(conf, 6),
+            source=source,
+            expert=expert,
+            latency_ms=round(latency_ms, 3),
+            t_capture=t_capture,
+            edge_label=edge_label,
+            edge_conf=round(edge_conf, 6),
+            pack=self.pack.pack_id,
+            run=self.run_id,
+            tau=round(tau, 6),
             **{k: round(v, 3) for k, v in parts.items()},
         )
         self.client.publish(self.labels_topic, msg.encode(), qos=1)

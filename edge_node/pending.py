@@ -9,23 +9,24 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 
 @dataclass
 class Offload:
+    """A frame sent to an expert: what its label needs, whoever publishes it (reply or deadline)."""
+
     frame_id: int
     t_capture: float
     edge_label: int
     edge_conf: float
     expert: str
-    deadline: float  # time.monotonic()
-    t_sent: float  # time.monotonic() when offloaded
     tau: float  # the threshold it was gated with, for its label
     wait_ms: float  # capture to the start of its edge batch
     infer_ms: float  # the edge batch's inference
-    label: int | None = field(default=None)  # ground truth, when known
+    t_sent: float = 0.0  # time.monotonic() when offloaded (set as it is sent)
+    deadline: float = 0.0  # time.monotonic(): t_sent + the edge's deadline
 
 
 class PendingTable:

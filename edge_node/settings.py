@@ -43,3 +43,8 @@ class EdgeSettings(CommonSettings):
         return check_name(v)
 
     connect_timeout_s: float = Field(10.0, ge=0, description="wait this long for the broker at start, then go on (labels queue)")
+
+    @property
+    def deadline_s(self) -> float:
+        """The deadline in seconds, as the clocks and timers that enforce it count."""
+        return self.deadline_ms / 1000

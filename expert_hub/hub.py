@@ -217,7 +217,7 @@ class ExpertHub:
                 continue
             try:
                 self._run(jobs)
-            except Exception:  # noqa: BLE001 - a failing batch must not stop the hub
+            except Exception:  # a failing batch must not stop the hub
                 log.exception("batch failed", size=len(jobs))
                 metrics.DROPS.labels("hub", "inference-error").inc(len(jobs))
 
@@ -233,15 +233,15 @@ class ExpertHub:
         labels = probs.argmax(axis=1)
         for j, label, p in zip(jobs, labels, probs):
             reply = ReplyMsg(
-                j.frame.node,
-                j.frame.frame_id,
-                int(label),
-                float(p[label]),
-                j.expert,
-                self.s.hub_id,
-                round((t0 - j.t_arrival) * 1000, 3),
-                round(infer_ms, 3),
-                len(jobs),
+                node=j.frame.node,
+                frame_id=j.frame.frame_id,
+                label=int(label),
+                conf=float(p[label]),
+                expert=j.expert,
+                hub=self.s.hub_id,
+                queue_ms=round((t0 - j.t_arrival) * 1000, 3),
+                infer_ms=round(infer_ms, 3),
+                batch=len(jobs),
             )
             self.client.publish(j.response_topic, reply.encode(), qos=1, correlation=j.correlation)
         for key, n in Counter(keys).items():  # per batch, not per frame

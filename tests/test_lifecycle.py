@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import signal
+import threading
 
 from askexpert.batching import put_newest
 from askexpert.lifecycle import capture_signals
@@ -20,6 +21,25 @@ def test_first_signal_asks_to_stop_second_is_default_and_handlers_come_back():
         assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # a second one ends the process
         assert signal.getsignal(signal.SIGINT) is signal.SIG_DFL
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_off_the_main_thread_no_handler_is_installed():
+    """As uvicorn does: Python refuses signal handlers off the main thread, so a component run in a
+    worker thread (a test, an embedding program) leaves the signals to its host instead of failing."""
+    before = signal.getsignal(signal.SIGTERM)
+    seen: list = []
+
+    def worker() -> None:
+        try:
+            with capture_signals(lambda: None):
+                seen.append(signal.getsignal(signal.SIGTERM))
+        except Exception as exc:  # what signal.signal raises off the main thread
+            seen.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    t.join(5)
+    assert seen == [before] and signal.getsignal(signal.SIGTERM) is before
 
 
 def test_put_newest_drops_the_oldest_and_counts():
