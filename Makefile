@@ -1,7 +1,7 @@
 PY ?= python3
 N ?= 10000
 
-.PHONY: install test demo sweep pack-cpu pack-gpu
+.PHONY: install test test-fast demo sweep pack-cpu pack-gpu
 
 install:
 	PY=$(PY) bash scripts/install.sh
@@ -10,6 +10,12 @@ test: install
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m pytest -q
+
+# The same without the tests marked slow (each over about 10 s here: end-to-end runs through brokers, training, the demo)
+test-fast: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(PY) -m evaluation demo --frames $(N)

@@ -92,7 +92,7 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("_codecs", "encode"),
     }
 
-    def find_class(self, module: str, name: str):  # noqa: D401 - pickle API
+    def find_class(self, module: str, name: str):  # pickle API
         if (module, name) not in self._ALLOWED:
             raise DatasetError(f"refusing to unpickle {module}.{name}: not a CIFAR-100 data file")
         return super().find_class(module, name)

@@ -54,14 +54,14 @@ def _make_handler(health: HealthFn, registry: CollectorRegistry) -> type[BaseHTT
             if self.command != "HEAD":
                 self.wfile.write(body)
 
-        def do_GET(self) -> None:  # noqa: N802 - http.server naming
+        def do_GET(self) -> None:  # http.server naming
             path = self.path.split("?", 1)[0]
             if path == "/metrics":
                 self._send(200, generate_latest(registry), CONTENT_TYPE_LATEST)
             elif path in ("/healthz", "/health", "/readyz"):
                 try:
                     report = dict(health())
-                except Exception as exc:  # noqa: BLE001 - a failing probe is an unhealthy component
+                except Exception as exc:  # a failing probe is an unhealthy component
                     report = {"ok": False, "error": f"health check raised: {exc!r}"}
                 code = 200 if is_healthy(report) else 503
                 body = json.dumps(report, default=_json_default).encode()
@@ -71,9 +71,9 @@ def _make_handler(health: HealthFn, registry: CollectorRegistry) -> type[BaseHTT
             else:
                 self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
-        do_HEAD = do_GET  # noqa: N815
+        do_HEAD = do_GET
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - scrapes every few s: keep quiet
+        def log_message(self, format: str, *args: Any) -> None:  # scrapes every few s: keep quiet
             pass
 
     return Handler
@@ -153,7 +153,7 @@ class StatsPublisher:
             self.client.publish(
                 self.topic, json.dumps(data, default=_json_default).encode(), qos=self.qos, retain=self.retain, expiry_s=self.expiry_s
             )
-        except Exception:  # noqa: BLE001 - stats must never take a component down
+        except Exception:  # stats must never take a component down
             log.exception("stats publish failed", topic=self.topic)
             return False
         self.published += 1

@@ -117,7 +117,7 @@ class TauControl:
         if self.on_change is not None:
             try:
                 self.on_change(tau, old)
-            except Exception:  # noqa: BLE001 - a hook must not undo a valid change
+            except Exception:  # a hook must not undo a valid change
                 log.exception("tau on_change hook failed")
         return tau
 

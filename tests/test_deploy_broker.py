@@ -77,7 +77,7 @@ def start_shipped(root: Path, port: int | None = None) -> tuple[subprocess.Popen
     assert "/mosquitto/" not in re.sub(r"#.*", "", conf), "every container path is moved"
     (root / "mosquitto.conf").write_text(conf)
     (root / "mosquitto.conf").chmod(0o644)
-    log = open(root / "log", "ab")  # noqa: SIM115 - the broker writes it for its whole life
+    log = open(root / "log", "ab")  # the broker writes it for its whole life
     proc = subprocess.Popen([MOSQUITTO, "-c", str(root / "mosquitto.conf")], stdout=log, stderr=subprocess.STDOUT)
     log.close()
     for _ in range(100):

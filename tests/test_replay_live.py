@@ -23,6 +23,7 @@ from evaluation.sweep import sweep
 N = 300
 
 
+@pytest.mark.slow
 def test_live_replay_accuracy_equals_offline_sweep(tiny_pack, broker, tmp_path):
     rec_dir = tmp_path / "rec"
     render_dataset("fashion-mnist", "test", rec_dir, fps=1000, max_frames=N)

@@ -66,7 +66,7 @@ class TensorRTUnavailable(ImportError):
 
 def import_tensorrt() -> Any:
     try:
-        import tensorrt as trt  # noqa: PLC0415 - lazy on purpose: optional, GPU-only dependency
+        import tensorrt as trt  # lazy on purpose: optional, GPU-only dependency
     except ImportError as exc:  # also OSError-wrapped libnvinfer misses surface as ImportError
         raise TensorRTUnavailable(f"cannot import tensorrt ({exc}): {INSTALL_HINT}") from exc
     return trt
@@ -266,7 +266,7 @@ class TensorRTBackend(Backend):
         if self.on_status is not None:
             try:
                 self.on_status(state, **info)
-            except Exception:  # noqa: BLE001 - reporting must not stop a build
+            except Exception:  # reporting must not stop a build
                 log.exception("tensorrt status hook failed", state=state)
 
     # ------------------------------------------------------------ engines
