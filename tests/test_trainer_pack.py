@@ -217,3 +217,15 @@ def test_recipes_are_defaults_that_flags_override():
     assert ns.work == "runs/fashion-mnist-cpu" and ns.device == "cpu" and not ns.no_size_limit
     ns = parse_args(["pack", "--recipe", "gpu", "--device", "cpu"])
     assert (ns.depth, ns.device, ns.no_size_limit) == (12, "cpu", True)
+
+
+def test_every_setting_is_a_flag_with_its_type():
+    """The trainer's flags come from Config: a new field is a new flag, typed as the field."""
+    from trainer.cli import config_from
+    from trainer.pipeline import Config
+
+    ns = parse_args(["pack"])
+    assert set(Config.__dataclass_fields__) <= set(vars(ns))
+    cfg = config_from(parse_args(["pack", "--tau", "0.7", "--no-augment", "--baseline-shapes", "6H", "--warmup-epochs", "1.5", "-W", "4"]))
+    assert (cfg.tau, cfg.augment, cfg.baseline_shapes, cfg.warmup_epochs, cfg.max_weight) == (0.7, False, ["6H"], 1.5, 4.0)
+    assert config_from(parse_args(["pack"])).tau is None and config_from(parse_args(["pack"])).compact_experts
