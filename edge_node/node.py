@@ -324,18 +324,11 @@ class EdgeNode:
             return
         rtt_ms = (time.monotonic() - item.t_sent) * 1000
         self._metric_rtt.observe(rtt_ms)
-        self._publish_label(
-            frame_id=item.frame_id,
-            t_capture=item.t_capture,
+        self._publish_offload_label(
+            item,
             label=reply.label,
             conf=reply.conf,
             source="expert",
-            expert=item.expert,
-            edge_label=item.edge_label,
-            edge_conf=item.edge_conf,
-            tau=item.tau,
-            wait_ms=item.wait_ms,
-            infer_ms=item.infer_ms,
             hub_queue_ms=reply.queue_ms,
             hub_infer_ms=reply.infer_ms,
             network_ms=max(0.0, rtt_ms - reply.queue_ms - reply.infer_ms),
@@ -343,18 +336,24 @@ class EdgeNode:
         return None
 
     def _on_deadline(self, item: Offload) -> None:
+        self._publish_offload_label(item, label=item.edge_label, conf=item.edge_conf, source="edge-fallback")
+
+    def _publish_offload_label(self, item: Offload, *, label: int, conf: float, source: str, **hub_parts: float) -> None:
+        """The final label of an offloaded frame (the expert's answer or the edge's fallback): what
+        the edge knew at offload time comes from the pending entry, `hub_parts` from the reply."""
         self._publish_label(
             frame_id=item.frame_id,
             t_capture=item.t_capture,
-            label=item.edge_label,
-            conf=item.edge_conf,
-            source="edge-fallback",
+            label=label,
+            conf=conf,
+            source=source,
             expert=item.expert,
             edge_label=item.edge_label,
             edge_conf=item.edge_conf,
             tau=item.tau,
             wait_ms=item.wait_ms,
             infer_ms=item.infer_ms,
+            **hub_parts,
         )
 
     def _publish_label(

@@ -586,15 +586,14 @@ class Run:
             self.save_model(prune_vit(teacher, self.arch(cfg.teacher_shape), self.arch(cfg.expert_shape), imp), rel)
         return self.load_vit(cfg.expert_shape, rel)
 
-    def expert_seeds(self) -> dict[str, list[int]]:
+    def expert_seeds(self, busy: dict[str, float]) -> dict[str, list[int]]:
         """Seeds per expert: `expert_seeds` for every expert, or, with `busy_experts` N, for the N
         experts that most validation frames are offloaded to (3H at tau 0.9) and one seed for the
-        rest, where controls over seeds matter least for the system."""
+        rest, where controls over seeds matter least for the system. `busy`: `offload_share()`."""
         cfg = self.cfg
         keys, _ = self.experts_of()
         if not cfg.busy_experts or cfg.busy_experts >= len(keys):
             return {k: list(range(cfg.expert_seeds)) for k in keys}
-        busy = self.offload_share()
         top = sorted(keys, key=lambda k: (-busy.get(k, 0.0), keys.index(k)))[: cfg.busy_experts]
         return {k: list(range(cfg.expert_seeds if k in top else 1)) for k in keys}
 
@@ -622,7 +621,8 @@ class Run:
         idx = self._expert_samples()
         x, y = d.x_train[idx], d.y_train[idx]
         fits = self.info("expert-fits") or {}
-        seeds = self.expert_seeds()
+        share = self.offload_share()
+        seeds = self.expert_seeds(share)
         info: dict = {
             "keys": keys,
             "samples": len(idx),
@@ -630,7 +630,7 @@ class Run:
             "kinds": list(EXPERT_KINDS),
             "seeds": list(range(max(len(v) for v in seeds.values()))),
             "seeds_per_expert": seeds,
-            "val_offload_share_pct_tau_0.9": self.offload_share(),
+            "val_offload_share_pct_tau_0.9": share,
             "init": (f"M_I pruned to {cfg.expert_shape}" if cfg.expert_init == "pruned-teacher" else f"the {cfg.expert_shape} generalist"),
             "init_val_top1": {},
         }
