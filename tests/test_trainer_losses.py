@@ -62,7 +62,7 @@ def test_warmup_in_steps_then_cosine_to_the_floor():
 
 
 def test_a_claim_holds_above_its_target_with_every_seed_and_beyond_two_std():
-    from trainer.report import verdict
+    from trainer.claims import verdict
 
     assert verdict([3.5, 3.6, 3.4], 3.0) == "holds"
     assert verdict([3.5, 2.9, 3.7], 3.0) == "mixed"  # one seed below the target

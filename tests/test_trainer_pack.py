@@ -230,3 +230,17 @@ def test_every_setting_is_a_flag_with_its_type():
     cfg = config_from(parse_args(["pack", "--tau", "0.7", "--no-augment", "--baseline-shapes", "6H", "--warmup-epochs", "1.5", "-W", "4"]))
     assert (cfg.tau, cfg.augment, cfg.baseline_shapes, cfg.warmup_epochs, cfg.max_weight) == (0.7, False, ["6H"], 1.5, 4.0)
     assert config_from(parse_args(["pack"])).tau is None and config_from(parse_args(["pack"])).compact_experts
+
+
+def test_a_step_reads_its_inputs_from_the_work_folder(tiny, tmp_path):
+    """Steps never run each other: a step whose inputs are missing says which step to run; with
+    them in the work folder it is done (its record is read back, nothing retrains)."""
+    from trainer.cli import config_from
+    from trainer.pipeline import STEPS, Run
+
+    fresh = Run(config_from(parse_args(["experts", "--work", str(tmp_path / "w"), *TINY])), log=lambda s: None)
+    with pytest.raises(SystemExit, match="step teacher has not run"):
+        fresh.step_prune()
+    done = Run(config_from(parse_args(["report", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
+    assert STEPS.index("partition") < STEPS.index("subset-teachers") < STEPS.index("experts") < STEPS.index("report")
+    assert done.report().to_json() == json.loads((tiny / "work" / "report.json").read_text())

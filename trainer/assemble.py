@@ -5,14 +5,18 @@ from __future__ import annotations
 import json
 import os
 import platform
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from askexpert.pack import ExpertEntry, InputSpec, Manifest, ModelEntry, Pack, TrunkEntry, write_manifest
+from trainer import workfiles as files
 from trainer.export import model_entry
 from trainer.pipeline import PACK_FILE_LIMIT, PACK_TOTAL_LIMIT, Run
+from trainer.report_markdown import to_markdown
+from trainer.results import PackReport
 
 LOGITS_LIMIT = 4 * 2**20
 
@@ -33,11 +37,11 @@ def _write_logits(out: Path, all_path: Path, edge: str, partition: list[int], k:
 
     with np.load(all_path, allow_pickle=False) as z:
         arrays = {n: z[n] for n in z.files}
-    dst = out / "eval" / "logits-test.npz"
+    dst = out / files.PACK_TEST_LOGITS
     dst.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(dst, **arrays)
     if dst.stat().st_size <= LOGITS_LIMIT:
-        return {"file": "eval/logits-test.npz", "keys": sorted(arrays), "layout": "every model, full"}
+        return {"file": files.PACK_TEST_LOGITS, "keys": sorted(arrays), "layout": "every model, full"}
     rk = decide(arrays[edge].astype(np.float32), partition, k).expert.astype(str)
     families = ("static", "uniform", "compact", "subset-teacher")
     keep = {n: a for n, a in arrays.items() if not n.startswith(tuple(f + "-" for f in families))}
@@ -52,96 +56,40 @@ def _write_logits(out: Path, all_path: Path, edge: str, partition: list[int], k:
     keep["routed-key"] = rk.astype("U16")
     np.savez_compressed(dst, **keep)
     return {
-        "file": "eval/logits-test.npz",
+        "file": files.PACK_TEST_LOGITS,
         "keys": sorted(keep),
         "layout": "generalists and progressive experts full; other expert families: the routed expert per image only",
     }
 
 
-def assemble(
-    run: Run, command: str, wall_s: float, device_note: str = "", exported_by: str = "", size_limit: bool = True, table6: dict | None = None
-) -> Path:
+@dataclass
+class Provenance:
+    """How the pack was made, for its record: the command, the wall time over every invocation,
+    the device note, the re-exporting command, and the paper's Table 6 with the recipe's differences."""
+
+    command: str
+    wall_s: float
+    device_note: str = ""
+    exported_by: str = ""
+    table6: dict | None = None
+
+
+def assemble(run: Run, made: Provenance, size_limit: bool = True) -> Path:
+    """The pack from a work folder whose report step is done: weights, reports, logits, manifest."""
     cfg, d = run.cfg, run.data
-    rep = run.step_report()
-    einfo, pinfo = run.info("experts"), run.info("partition")
+    rep = run.report()
+    einfo, pinfo = run.need("experts"), run.need("partition")
     out = Path(cfg.out)
     if out.exists():
         for p in list(out.glob("*.safetensors")) + [out / "manifest.json"]:
             p.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
-    gens = rep["generalists"]
-
-    def metrics(name: str) -> dict:
-        g = gens.get(name, {})
-        return {k: g[k] for k in ("top1", "top2", "top3") if k in g}
-
-    edge, exp = cfg.edge_shape, cfg.expert_shape
-    gen_entry = ModelEntry(
-        **model_entry(run.load_vit(edge, f"generalist-{edge}.safetensors"), run.arch(edge), out, f"generalist-{edge}.safetensors"),
-        metrics=metrics(f"generalist-{edge}"),
-    )
-    trunk_raw = model_entry(run.load_vit(exp, f"generalist-{exp}.safetensors"), run.arch(exp), out, f"generalist-{exp}.safetensors")
-    trunk = TrunkEntry(**trunk_raw, blocks=run.trunk_blocks(), metrics=metrics(f"baseline-{exp}")) if "compact" in einfo else None
-    baselines = {exp: ModelEntry(**trunk_raw, metrics=metrics(f"baseline-{exp}"))}
-    for s in cfg.baseline_shapes:
-        if s not in baselines:
-            baselines[s] = ModelEntry(
-                **model_entry(run.load_vit(s, f"generalist-{s}.safetensors"), run.arch(s), out, f"baseline-{s}.safetensors"),
-                metrics=metrics(f"baseline-{s}"),
-            )
-    experts, compact = [], []
-    for key in einfo["keys"]:
-        e = rep["experts"][key]
-        m = {kind: {w: e[kind][w]["values"][0] for w in ("target", "overall")} for kind in ("progressive", "static", "uniform")}
-        raw = model_entry(run.load_vit(exp, run.expert_rel("progressive", key, 0)), run.arch(exp), out, f"expert-{key}.safetensors")
-        experts.append(
-            ExpertEntry(
-                **raw,
-                subset=[int(s) for s in key.split("-")],
-                metrics={
-                    "target_top1": m["progressive"]["target"],
-                    "overall_top1": m["progressive"]["overall"],
-                    "static_target_top1": m["static"]["target"],
-                    "static_overall_top1": m["static"]["overall"],
-                    "uniform_target_top1": m["uniform"]["target"],
-                    "uniform_overall_top1": m["uniform"]["overall"],
-                },
-            )
-        )
-        if "compact" in einfo:
-            tail = run.load_tail(f"experts/compact/expert-{key}.safetensors")
-            raw = model_entry(tail, run.arch(exp), out, f"compact-expert-{key}.safetensors", kind="tail", tail_blocks=cfg.tail_blocks)
-            compact.append(
-                ExpertEntry(
-                    **raw,
-                    subset=[int(s) for s in key.split("-")],
-                    metrics={"target_top1": e["compact"]["target"], "overall_top1": e["compact"]["overall"]},
-                )
-            )
-    logits_info = _write_logits(out, run.work / "eval/logits-test-all.npz", f"generalist-{edge}", pinfo["partition"], cfg.k)
-    report = {k: v for k, v in rep.items() if k != "markdown"}
-    (out / "reports").mkdir(exist_ok=True)
-    (out / "reports/report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "reports/report.md").write_text(rep["markdown"])
-    fits = {n: run.info(n) for n in ("teacher", "prune", "baselines", "subset-teachers", "experts")}
-    training = {
-        "command": command,
-        "wall_s": round(wall_s, 1),
-        "device": device_words(run.device, torch.get_num_threads()) + (f"; {device_note}" if device_note else ""),
-        "torch": torch.__version__,
-        "recipe": {k: v for k, v in run.recipe().items() if k not in ("work", "out")},  # no paths of the training machine
-        "teacher_recipe": cfg.teacher_recipe,
-        "static_definition": "same init, data, teacher labels, epochs and optimiser as progressive; "
-        "target-subset weight W constant from the first step",
-        "uniform_definition": "the same again with weight 1 for every sample (no specialisation by weighting)",
-        "experts_in_pack": "progressive, seed 0; compact_experts: tails on the shared trunk (a serving option)",
-        "default_tau": rep["default_tau"],
-        "loss_normalisation": "sum_i w_i [CE(y)/2 + CE(teacher)/2] / batch size",
-        "step_wall_s": {n: _walls(i) for n, i in fits.items() if i},
-        **({"exported_by": exported_by} if exported_by else {}),
-        **({"table6": table6} if table6 else {}),
-        "notes": "the paper's depth is 12; this pack's depth, epochs and sample counts are in `recipe`",
-    }
+    generalist, trunk, baselines = _generalist_entries(run, rep, out, with_trunk="compact" in einfo)
+    experts, compact = _expert_entries(run, rep, out, with_compact="compact" in einfo)
+    logits_info = _write_logits(out, run.work / files.TEST_LOGITS, f"generalist-{cfg.edge_shape}", pinfo["partition"], cfg.k)
+    (out / files.PACK_REPORT_JSON).parent.mkdir(exist_ok=True)
+    (out / files.PACK_REPORT_JSON).write_text(json.dumps(rep.to_json(), indent=2) + "\n")
+    (out / files.PACK_REPORT_MD).write_text(to_markdown(rep))
     manifest = Manifest(
         name=cfg.name or f"{cfg.dataset}-S{cfg.subsets}-k{cfg.k}",
         dataset=cfg.dataset,
@@ -149,27 +97,93 @@ def assemble(
         partition=pinfo["partition"],
         subset_names=pinfo["subset_names"],
         k=cfg.k,
-        tau=cfg.tau if cfg.tau is not None else rep["default_tau"]["tau"],
+        tau=cfg.tau if cfg.tau is not None else rep.default_tau.tau,
         input=InputSpec(size=d.img_size, channels=d.channels, mean=d.mean, std=d.std),
-        generalist=gen_entry,
+        generalist=generalist,
         trunk=trunk,
         experts=experts,
         baselines=baselines,
         compact_experts=compact,
-        training=training,
+        training=_training_record(run, rep, made),
         reports={
-            "json": "reports/report.json",
-            "markdown": "reports/report.md",
+            "json": files.PACK_REPORT_JSON,
+            "markdown": files.PACK_REPORT_MD,
             "logits": logits_info,
-            "table3": rep["table3"],
-            "claims": [{k: c[k] for k in ("claim", "verdict")} for c in rep["claims"]],
-            "generalists": {n: metrics(n) for n in gens},
+            "table3": rep.table3.model_dump(mode="json", exclude_unset=True),
+            "claims": [{"claim": c.claim, "verdict": c.verdict} for c in rep.claims],
+            "generalists": {n: _top(rep, n) for n in rep.generalists},
         },
     )
     write_manifest(out, manifest)
     check_sizes(out, limited=size_limit)
     Pack.load(out)
     return out
+
+
+def _top(rep: PackReport, name: str) -> dict:
+    """A generalist's top-1/2/3 on the test split, for its manifest entry."""
+    g = rep.generalists.get(name)
+    return {"top1": g.top1, "top2": g.top2, "top3": g.top3} if g else {}
+
+
+def _generalist_entries(run: Run, rep: PackReport, out: Path, with_trunk: bool) -> tuple[ModelEntry, TrunkEntry | None, dict]:
+    """The edge generalist, the shared trunk (the expert-shaped generalist) and the baselines."""
+    cfg = run.cfg
+    edge, exp = cfg.edge_shape, cfg.expert_shape
+    gen = ModelEntry(
+        **model_entry(run.load_vit(edge, files.generalist(edge)), run.arch(edge), out, files.pack_generalist(edge)),
+        metrics=_top(rep, f"generalist-{edge}"),
+    )
+    trunk_raw = model_entry(run.load_vit(exp, files.generalist(exp)), run.arch(exp), out, files.pack_generalist(exp))
+    trunk = TrunkEntry(**trunk_raw, blocks=run.trunk_blocks(), metrics=_top(rep, f"baseline-{exp}")) if with_trunk else None
+    baselines = {exp: ModelEntry(**trunk_raw, metrics=_top(rep, f"baseline-{exp}"))}
+    for s in cfg.baseline_shapes:
+        if s not in baselines:
+            raw = model_entry(run.load_vit(s, files.generalist(s)), run.arch(s), out, files.pack_baseline(s))
+            baselines[s] = ModelEntry(**raw, metrics=_top(rep, f"baseline-{s}"))
+    return gen, trunk, baselines
+
+
+def _expert_entries(run: Run, rep: PackReport, out: Path, with_compact: bool) -> tuple[list[ExpertEntry], list[ExpertEntry]]:
+    """Seed 0's progressive experts (with their controls' scores) and the compact experts."""
+    cfg, exp = run.cfg, run.cfg.expert_shape
+    experts, compact = [], []
+    for key, e in rep.experts.items():
+        subset = [int(s) for s in key.split("-")]
+        metrics = {"target_top1": e.progressive.target.values[0], "overall_top1": e.progressive.overall.values[0]}
+        for kind in ("static", "uniform"):
+            metrics |= {f"{kind}_target_top1": e.kind(kind).target.values[0], f"{kind}_overall_top1": e.kind(kind).overall.values[0]}
+        raw = model_entry(run.load_vit(exp, run.expert_rel("progressive", key, 0)), run.arch(exp), out, files.pack_expert(key))
+        experts.append(ExpertEntry(**raw, subset=subset, metrics=metrics))
+        if with_compact:
+            tail = run.load_tail(files.compact_expert(key))
+            raw = model_entry(tail, run.arch(exp), out, files.pack_compact_expert(key), kind="tail", tail_blocks=cfg.tail_blocks)
+            compact.append(ExpertEntry(**raw, subset=subset, metrics={"target_top1": e.compact.target, "overall_top1": e.compact.overall}))
+    return experts, compact
+
+
+def _training_record(run: Run, rep: PackReport, made: Provenance) -> dict:
+    """The manifest's `training`: how, where and from what the pack was trained."""
+    cfg = run.cfg
+    fits = {n: run.info(n) for n in ("teacher", "prune", "baselines", "subset-teachers", "experts")}
+    return {
+        "command": made.command,
+        "wall_s": round(made.wall_s, 1),
+        "device": device_words(run.device, torch.get_num_threads()) + (f"; {made.device_note}" if made.device_note else ""),
+        "torch": torch.__version__,
+        "recipe": {k: v for k, v in run.recipe().items() if k not in ("work", "out")},  # no paths of the training machine
+        "teacher_recipe": cfg.teacher_recipe,
+        "static_definition": "same init, data, teacher labels, epochs and optimiser as progressive; "
+        "target-subset weight W constant from the first step",
+        "uniform_definition": "the same again with weight 1 for every sample (no specialisation by weighting)",
+        "experts_in_pack": "progressive, seed 0; compact_experts: tails on the shared trunk (a serving option)",
+        "default_tau": rep.default_tau.model_dump(mode="json"),
+        "loss_normalisation": "sum_i w_i [CE(y)/2 + CE(teacher)/2] / batch size",
+        "step_wall_s": {n: _walls(i) for n, i in fits.items() if i},
+        **({"exported_by": made.exported_by} if made.exported_by else {}),
+        **({"table6": made.table6} if made.table6 else {}),
+        "notes": "the paper's depth is 12; this pack's depth, epochs and sample counts are in `recipe`",
+    }
 
 
 def _walls(info: dict) -> dict:

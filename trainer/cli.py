@@ -85,8 +85,6 @@ DEVIATIONS: dict[str, dict[str, str]] = {
     },
 }
 
-STEPS = ["premise", "teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report", "export", "pack"]
-
 
 # Help, choices and short names of the trainer's settings; their names, types and defaults come from
 # `trainer.pipeline.Config`, so a new setting is a new field there (and a line here).
@@ -179,8 +177,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     """The command line, with a --recipe's values as defaults that explicit flags override."""
     parser = argparse.ArgumentParser(prog="trainer", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    for s in STEPS:
-        _common(sub.add_parser(s, help=f"run the {s} step (and the steps it needs)"))
+    from trainer.pipeline import STEPS
+
+    for s in (*STEPS, "export", "pack"):
+        _common(sub.add_parser(s, help=f"run the {s} step (and the steps before it)"))
     ox = sub.add_parser("export-onnx", help="ONNX for every model of a pack, checked with onnxruntime")
     ox.add_argument("--pack", required=True)
     ox.add_argument("--onnx-out", required=True)
@@ -204,37 +204,36 @@ def main(argv: list[str] | None = None) -> int:
         diffs = export_pack_onnx(ns.pack, ns.onnx_out)
         log(f"ONNX parity (max abs diff): {max(diffs.values()):.2e} over {len(diffs)} models -> {ns.onnx_out}")
         return 0
-    from trainer.pipeline import Run
+    from trainer.pipeline import STEPS, Run
+    from trainer.report_markdown import to_markdown
 
     t0 = time.time()
     cfg = config_from(ns)
     run = Run(cfg, log=log)
-    if ns.cmd in ("premise", "teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report"):
-        getattr(run, f"step_{ns.cmd.replace('-', '_')}")()
+    if ns.cmd in STEPS:
+        run.run_until(ns.cmd)
         if ns.cmd == "report":
-            print(run.info("report")["markdown"])
+            print(to_markdown(run.report()))
         return 0
     # pack / export: every step, then the pack
-    from trainer.assemble import assemble, check_sizes
+    from trainer.assemble import Provenance, assemble, check_sizes
 
     prev = _previous_wall(run)
-    for step in ("premise", "teacher", "prune", "baselines", "partition", "subset_teachers", "experts", "report"):
-        getattr(run, f"step_{step}")()
+    for step in STEPS:
+        run.run_step(step)
         _save_wall(run, prev + time.time() - t0)
     wall = time.time() - t0 + prev
-    command = ns.as_command or "trainer " + shlex.join(argv)
-    out = assemble(
-        run,
-        command,
-        wall,
+    made = Provenance(
+        command=ns.as_command or "trainer " + shlex.join(argv),
+        wall_s=wall,
         device_note=ns.device_note,
-        size_limit=not ns.no_size_limit,
         exported_by=("trainer " + shlex.join(argv)) if ns.as_command else "",
         table6={"paper": TABLE6, "differences": DEVIATIONS.get(ns.recipe, {})},
     )
+    out = assemble(run, made, size_limit=not ns.no_size_limit)
     sizes = check_sizes(out, limited=not ns.no_size_limit)
     log(f"pack written to {out}: {sizes['total_mib']} MiB in {len(sizes['files'])} files")
-    print(run.info("report")["markdown"])
+    print(to_markdown(run.report()))
     if cfg.onnx:
         from trainer.onnx_export import export_pack_onnx
 

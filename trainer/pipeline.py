@@ -36,12 +36,16 @@ from askexpert.datasets import LabelledImages, load_dataset, train_val_split
 from askexpert.models import ExpertTail, ViTArch, build_vit, trunk_tokens
 from askexpert.routing import expert_key
 from trainer import partition as part
+from trainer import workfiles as files
 from trainer.engine import FitSpec, Job, fit, predict
 from trainer.prune import compute_importance, prune_vit
+from trainer.results import PackReport
 
 PACK_FILE_LIMIT = 32 * 2**20
 PACK_TOTAL_LIMIT = 128 * 2**20
 EXPERT_KINDS = ("progressive", "static", "uniform")  # the method and its two controls
+# The steps of `trainer pack` in their order; each reads what earlier ones wrote to the work folder.
+STEPS = ("premise", "teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report")
 
 
 @dataclass
@@ -198,7 +202,7 @@ class Run:
         self._record_config()
 
     def _record_config(self) -> None:
-        path = self.work / "config.json"
+        path = self.work / files.CONFIG
         recipe = self.recipe()
         if path.is_file():
             old = json.loads(path.read_text())
@@ -241,11 +245,26 @@ class Run:
         return t.eval()
 
     def info(self, name: str) -> dict | None:
-        p = self.work / f"{name}.json"
+        p = self.work / files.record(name)
         return json.loads(p.read_text()) if p.is_file() else None
 
     def set_info(self, name: str, info: dict) -> None:
-        (self.work / f"{name}.json").write_text(json.dumps(info, indent=2))
+        (self.work / files.record(name)).write_text(json.dumps(info, indent=2))
+
+    def need(self, step: str) -> dict:
+        """An earlier step's record: steps read their inputs from the work folder, never run each other."""
+        if (done := self.info(step)) is None:
+            raise SystemExit(f"{self.work}: step {step} has not run yet; run `trainer {step}` with the same flags, or `trainer pack`")
+        return done
+
+    def run_step(self, step: str) -> dict:
+        """One step of STEPS; a finished step returns its record at once."""
+        return getattr(self, f"step_{step.replace('-', '_')}")()
+
+    def run_until(self, last: str) -> None:
+        """The steps of STEPS in their order, up to `last`."""
+        for step in STEPS[: STEPS.index(last) + 1]:
+            self.run_step(step)
 
     def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
         model.to(self.device).eval()
@@ -275,7 +294,7 @@ class Run:
 
     def _fit(self, jobs: list[Job], x: torch.Tensor, y: torch.Tensor, teacher, spec: FitSpec, name: str, desc: str) -> dict:
         """engine.fit on this run's device and log, checkpointing under ckpt/<name>."""
-        return fit(jobs, x, y, teacher, spec, device=self.device, ckpt_dir=self.work / "ckpt" / name, desc=desc, log=self.log)
+        return fit(jobs, x, y, teacher, spec, device=self.device, ckpt_dir=self.work / files.checkpoints(name), desc=desc, log=self.log)
 
     def aug(self) -> dict | None:
         if not self.cfg.augment:
@@ -366,9 +385,9 @@ class Run:
         summary = self._fit(
             [Job("teacher", model)], self.data.x_train, self.data.y_train, None, self.spec(cfg.epochs_teacher, cfg.lr), "teacher", "teacher"
         )
-        self.save_model(model, "teacher.safetensors")
+        self.save_model(model, files.TEACHER)
         train_logits = self.logits(model, self.data.x_train)
-        save_file({"train": train_logits.argmax(1).contiguous()}, str(self.work / "teacher-labels.safetensors"))
+        save_file({"train": train_logits.argmax(1).contiguous()}, str(self.work / files.TEACHER_LABELS))
         info = {
             "shape": cfg.teacher_shape,
             "arch": arch.to_dict(),
@@ -381,7 +400,7 @@ class Run:
         return info
 
     def teacher_labels(self) -> torch.Tensor:
-        return load_file(str(self.work / "teacher-labels.safetensors"))["train"]
+        return load_file(str(self.work / files.TEACHER_LABELS))["train"]
 
     def _importance_batches(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """The labelled training batches that loss-based importance is measured on (fixed, seeded)."""
@@ -396,7 +415,7 @@ class Run:
     def _prune_from_teacher(self, shapes: list[str], name: str) -> dict:
         """Prune the teacher to each shape and distill all of them together."""
         cfg = self.cfg
-        teacher = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
+        teacher = self.load_vit(cfg.teacher_shape, files.TEACHER)
         src = self.arch(cfg.teacher_shape)
         batches = self._importance_batches()
         n = sum(len(b[1]) for b in batches)
@@ -414,7 +433,7 @@ class Run:
         summary = self._fit(jobs, self.data.x_train, self.data.y_train, self.teacher_labels(), spec, name, f"distill {'+'.join(shapes)}")
         info = {"fit": summary, "importance_s": imp_s, "importance_samples": n, "models": {}}
         for job in jobs:
-            self.save_model(job.model, f"generalist-{job.name}.safetensors")
+            self.save_model(job.model, files.generalist(job.name))
             info["models"][job.name] = {
                 "arch": self.arch(job.name).to_dict(),
                 "pruned_from": cfg.teacher_shape,
@@ -426,7 +445,7 @@ class Run:
     def step_prune(self) -> dict:
         if (done := self.info("prune")) is not None:
             return done
-        self.step_teacher()
+        self.need("teacher")
         info = self._prune_from_teacher(self.student_shapes(), "prune")
         self.set_info("prune", info)
         self.log("[prune] done: " + ", ".join(f"{k} val {v['val_top1']}%" for k, v in info["models"].items()))
@@ -444,13 +463,13 @@ class Run:
         if (done := self.info("baselines")) is not None:
             return done
         cfg = self.cfg
-        have = set(self.step_prune()["models"])
+        have = set(self.need("prune")["models"])
         info: dict = {"models": {}}
         for s in cfg.baseline_shapes:
             if s in have:
                 info["models"][s] = {"arch": self.arch(s).to_dict(), "source": "pruned and distilled (step prune)"}
             else:  # the teacher's own shape
-                self.save_model(self.load_vit(s, "teacher.safetensors"), f"generalist-{s}.safetensors")
+                self.save_model(self.load_vit(s, files.TEACHER), files.generalist(s))
                 info["models"][s] = {"arch": self.arch(s).to_dict(), "source": "the teacher itself (cross-entropy)"}
         self.set_info("baselines", info)
         return info
@@ -473,16 +492,16 @@ class Run:
             else:
                 raise SystemExit(f"{cfg.dataset} has no superclasses for S={S}: use --partition confusion")
         elif cfg.partition == "confusion":
-            self.step_prune()
-            g = self.load_vit(cfg.edge_shape, f"generalist-{cfg.edge_shape}.safetensors")
+            self.need("prune")
+            g = self.load_vit(cfg.edge_shape, files.generalist(cfg.edge_shape))
             p = part.confusion_partition(d.y_val.numpy(), self.logits(g, d.x_val).numpy(), S, cfg.k)
             names = part.subset_names_for(p, d.classes)
             how = f"confusion of the {cfg.edge_shape} generalist on the validation split, balanced, S={S}"
         else:
             raise SystemExit(f"unknown partition {cfg.partition!r}")
         info = {"partition": p, "subset_names": names, "how": how, "experts": [expert_key(c) for c in part.expert_list(S, cfg.k)]}
-        if (self.work / f"generalist-{cfg.edge_shape}.safetensors").is_file():
-            g = self.load_vit(cfg.edge_shape, f"generalist-{cfg.edge_shape}.safetensors")
+        if (self.work / files.generalist(cfg.edge_shape)).is_file():
+            g = self.load_vit(cfg.edge_shape, files.generalist(cfg.edge_shape))
             info["val_topk_within_one_subset"] = part.topk_within_subset_rate(self.logits(g, d.x_val).numpy(), p, cfg.k)
         self.set_info("partition", info)
         self.log(f"[partition] {how}: {p}")
@@ -505,7 +524,7 @@ class Run:
         return lambda x: trunk_tokens(trunk, x, L)
 
     def target_mask(self, subset) -> torch.Tensor:
-        p = torch.tensor(self.step_partition()["partition"])
+        p = torch.tensor(self.need("partition")["partition"])
         return torch.isin(p, torch.tensor(list(subset)))
 
     def experts_of(self) -> tuple[list[str], list[tuple[int, ...]]]:
@@ -514,11 +533,11 @@ class Run:
 
     def expert_teacher_rel(self, key: str) -> str:
         """M_I: the expert's own teacher (per-subset recipe) or the generalist teacher (shared)."""
-        return f"subset-teachers/teacher-{key}.safetensors" if self.cfg.teacher_recipe == "per-subset" else "teacher.safetensors"
+        return files.subset_teacher(key) if self.cfg.teacher_recipe == "per-subset" else files.TEACHER
 
     @staticmethod
     def expert_rel(kind: str, key: str, seed: int) -> str:
-        return f"experts/{kind}/seed{seed}/expert-{key}.safetensors"
+        return files.expert(kind, key, seed)
 
     def step_subset_teachers(self) -> dict:
         """Per-subset recipe (the paper's): a teacher M_I per expert, fine-tuned from the generalist
@@ -527,25 +546,25 @@ class Run:
         if (done := self.info("subset-teachers")) is not None:
             return done
         cfg, d = self.cfg, self.data
-        self.step_teacher()
+        self.need("teacher")
         if cfg.teacher_recipe not in ("shared", "per-subset"):
             raise SystemExit(f"unknown teacher recipe {cfg.teacher_recipe!r}")
         info: dict = {"recipe": cfg.teacher_recipe, "models": {}}
         keys, subsets = self.experts_of()
-        self.step_prune()
-        gen_val = self.logits(self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors"), d.x_val)
+        self.need("prune")
+        gen_val = self.logits(self.load_vit(cfg.expert_shape, files.generalist(cfg.expert_shape)), d.x_val)
         idx = self._expert_samples()
         x, y = d.x_train[idx], d.y_train[idx]
-        part_of = torch.tensor(self.step_partition()["partition"])
+        part_of = torch.tensor(self.need("partition")["partition"])
         for key, sub in zip(keys, subsets) if cfg.teacher_recipe == "per-subset" else []:
             rel = self.expert_teacher_rel(key)
             if not (self.work / rel).is_file():
-                m = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
+                m = self.load_vit(cfg.teacher_shape, files.TEACHER)
                 job = Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)
                 spec = self.spec(cfg.epochs_subset_teacher, cfg.subset_teacher_lr)
                 self._fit([job], x, y, None, spec, f"subset-teacher-{key}", f"teacher M_{key}")
                 self.save_model(m, rel)
-                save_file({"train": self.logits(m, x).argmax(1).contiguous()}, str(self.work / f"subset-teachers/labels-{key}.safetensors"))
+                save_file({"train": self.logits(m, x).argmax(1).contiguous()}, str(self.work / files.subset_teacher_labels(key)))
             m = self.load_vit(cfg.teacher_shape, rel)
             lv = self.logits(m, d.x_val)
             on_target = torch.isin(part_of[d.y_val], torch.tensor(list(sub)))
@@ -568,17 +587,17 @@ class Run:
         """M_I's hard labels for the experts' training samples (`_expert_samples` order)."""
         if self.cfg.teacher_recipe == "shared":
             return self.teacher_labels()[self._expert_samples()]
-        return load_file(str(self.work / f"subset-teachers/labels-{key}.safetensors"))["train"]
+        return load_file(str(self.work / files.subset_teacher_labels(key)))["train"]
 
     def expert_init(self, key: str) -> torch.nn.Module:
         """The paper's init of m_I: M_I pruned to the expert shape by loss-based importance (cached);
         or, for small budgets, the expert-shaped generalist (the generalist teacher pruned and distilled)."""
         cfg = self.cfg
         if cfg.expert_init == "generalist":
-            return self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors")
+            return self.load_vit(cfg.expert_shape, files.generalist(cfg.expert_shape))
         if cfg.expert_init != "pruned-teacher":
             raise SystemExit(f"unknown expert init {cfg.expert_init!r}")
-        rel = f"experts/init/expert-{key}.safetensors"
+        rel = files.expert_init(key)
         if not (self.work / rel).is_file():
             teacher = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key)).to(self.device)
             imp = compute_importance(teacher, self._importance_batches())
@@ -602,8 +621,8 @@ class Run:
         from askexpert.routing import decide
 
         cfg = self.cfg
-        edge = self.load_vit(cfg.edge_shape, f"generalist-{cfg.edge_shape}.safetensors")
-        dec = decide(self.logits(edge, self.data.x_val).numpy(), self.step_partition()["partition"], cfg.k)
+        edge = self.load_vit(cfg.edge_shape, files.generalist(cfg.edge_shape))
+        dec = decide(self.logits(edge, self.data.x_val).numpy(), self.need("partition")["partition"], cfg.k)
         keys, counts = np.unique(dec.expert[dec.offloaded(tau)].astype(str), return_counts=True)
         return {str(k): round(100.0 * int(c) / len(dec.conf), 2) for k, c in zip(keys, counts)}
 
@@ -615,8 +634,8 @@ class Run:
         if (done := self.info("experts")) is not None:
             return done
         cfg, d = self.cfg, self.data
-        self.step_prune()
-        self.step_subset_teachers()
+        self.need("prune")
+        self.need("subset-teachers")
         keys, subsets = self.experts_of()
         idx = self._expert_samples()
         x, y = d.x_train[idx], d.y_train[idx]
@@ -659,10 +678,10 @@ class Run:
         """Tails (the last --tail-blocks blocks, norm, head) on the frozen 4H generalist trunk, trained
         with the progressive schedule from the same teacher labels; the trunk's tokens are cached."""
         cfg = self.cfg
-        base = self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors")
+        base = self.load_vit(cfg.expert_shape, files.generalist(cfg.expert_shape))
         arch = self.arch(cfg.expert_shape)
         t0 = time.time()
-        trunk = copy.deepcopy(base).half().float().eval().to(self.device)  # the trunk as stored in the pack (fp16)
+        trunk = as_fp16(base).to(self.device)  # the trunk as stored in the pack
         tok_dtype = torch.float16 if self.device.type == "cpu" else torch.float32
         tokens = predict(self.trunk_fn(trunk), x, 512, self.device, out_dtype=tok_dtype)
         jobs = [
@@ -673,42 +692,62 @@ class Run:
         spec = self.spec(cfg.epochs_expert, cfg.expert_lr, aug=False)
         summary = self._fit(jobs, tokens, y, teach, spec, "compact", f"{len(jobs)} compact (tail) experts")
         for j in jobs:
-            self.save_model(j.model, f"experts/compact/expert-{j.name.split('-', 1)[1]}.safetensors")
+            self.save_model(j.model, files.compact_expert(j.name.split("-", 1)[1]))
         return {"tail_blocks": cfg.tail_blocks, "trunk_blocks": self.trunk_blocks(), "fit": summary, "wall_s": round(time.time() - t0, 1)}
 
     # ---------------------------------------------------------------------------------------- evaluate
-    def step_report(self) -> dict:
+    def step_report(self) -> PackReport:
         """Test-split logits of every model (fp16-rounded weights, as in the pack), validation logits
         for the choice of tau, and the tables and claims of `trainer.report`."""
-        if (done := self.info("report")) is not None and (self.work / "eval/logits-test-all.npz").is_file():
-            return done
-        from trainer.report import build_report
+        if (done := self.info("report")) is not None and (self.work / files.TEST_LOGITS).is_file():
+            return PackReport.model_validate(done)
+        from trainer.report import Evaluation, build_report
 
+        d = self.data
+        self.need("baselines")
+        einfo = self.need("experts")
+        test, val = self._generalist_logits(einfo["keys"])
+        seeds = self._expert_logits(einfo, val)
+        if "compact" in einfo:
+            test |= self._compact_logits(einfo["keys"])
+        np_test = {k: v.numpy().astype(np.float32) for k, v in test.items()} | seeds[0]
+        np_val = {k: v.numpy().astype(np.float32) for k, v in val.items()}
+        rep = build_report(self, Evaluation(np_test, d.y_test.numpy(), seeds, np_val, d.y_val.numpy()))
+        (self.work / files.TEST_LOGITS).parent.mkdir(exist_ok=True)
+        np.savez_compressed(self.work / files.TEST_LOGITS, labels=d.y_test.numpy(), **{k: v.astype(np.float16) for k, v in np_test.items()})
+        self.set_info("report", rep.to_json())
+        return rep
+
+    def report(self) -> PackReport:
+        """The report step's typed result, read back from the work folder."""
+        return PackReport.model_validate(self.need("report"))
+
+    def _generalist_logits(self, keys: list[str]) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Test and validation logits of the edge model, the baselines, the teacher and (test only)
+        the subset teachers, with fp16-rounded weights as in the pack."""
         cfg, d = self.cfg, self.data
-        self.step_baselines()
-        einfo = self.step_experts()
-        pinfo = self.step_partition()
-
-        def r16(m):
-            return copy.deepcopy(m).half().float().eval()
-
+        gens = {f"generalist-{cfg.edge_shape}": self.load_vit(cfg.edge_shape, files.generalist(cfg.edge_shape))}
+        for s in cfg.baseline_shapes:
+            gens[f"baseline-{s}"] = self.load_vit(s, files.generalist(s))
+        if cfg.teacher_shape not in cfg.baseline_shapes:  # else the baseline of that shape is the teacher
+            gens[f"teacher-{cfg.teacher_shape}"] = self.load_vit(cfg.teacher_shape, files.TEACHER)
+        if cfg.teacher_recipe == "per-subset":
+            for key in keys:
+                gens[f"subset-teacher-{key}"] = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key))
         test: dict[str, torch.Tensor] = {}
         val: dict[str, torch.Tensor] = {}
-        gens = {f"generalist-{cfg.edge_shape}": self.load_vit(cfg.edge_shape, f"generalist-{cfg.edge_shape}.safetensors")}
-        for s in cfg.baseline_shapes:
-            gens[f"baseline-{s}"] = self.load_vit(s, f"generalist-{s}.safetensors")
-        if cfg.teacher_shape not in cfg.baseline_shapes:  # else the baseline of that shape is the teacher
-            gens[f"teacher-{cfg.teacher_shape}"] = self.load_vit(cfg.teacher_shape, "teacher.safetensors")
-        if cfg.teacher_recipe == "per-subset":
-            for key in einfo["keys"]:
-                gens[f"subset-teacher-{key}"] = self.load_vit(cfg.teacher_shape, self.expert_teacher_rel(key))
         for name, m in gens.items():
-            m16 = r16(m)
+            m16 = as_fp16(m)
             test[name] = self.logits(m16, d.x_test)
             if not name.startswith("subset-teacher-"):
                 val[name] = self.logits(m16, d.x_val)
-        # seeds[s]: every expert's test logits for seed s; an expert trained with fewer seeds
-        # (busy_experts) stands in with its seed 0, and the report says which experts vary
+        return test, val
+
+    def _expert_logits(self, einfo: dict, val: dict[str, torch.Tensor]) -> list[dict[str, np.ndarray]]:
+        """Per seed, every expert's test logits; an expert trained with fewer seeds (busy_experts)
+        stands in with its seed 0, and the report says which experts vary. Seed 0's progressive
+        experts' validation logits go into `val` (for the choice of tau)."""
+        cfg, d = self.cfg, self.data
         seeds: list[dict[str, np.ndarray]] = []
         per_expert = einfo.get("seeds_per_expert") or {k: einfo["seeds"] for k in einfo["keys"]}
         for s in einfo["seeds"]:
@@ -718,23 +757,24 @@ class Run:
                     if s not in per_expert[key]:
                         per[f"{kind}-{key}"] = seeds[0][f"{kind}-{key}"]
                         continue
-                    m = r16(self.load_vit(cfg.expert_shape, self.expert_rel(kind, key, s)))
+                    m = as_fp16(self.load_vit(cfg.expert_shape, self.expert_rel(kind, key, s)))
                     per[f"{kind}-{key}"] = self.logits(m, d.x_test).numpy()
                     if s == 0 and kind == "progressive":
                         val[f"{kind}-{key}"] = self.logits(m, d.x_val)
             seeds.append(per)
-        if "compact" in einfo:
-            trunk = r16(self.load_vit(cfg.expert_shape, f"generalist-{cfg.expert_shape}.safetensors")).to(self.device)
-            tokens = predict(self.trunk_fn(trunk), d.x_test, 512, self.device)
-            for key in einfo["keys"]:
-                tail = r16(self.load_tail(f"experts/compact/expert-{key}.safetensors")).to(self.device)
-                test[f"compact-{key}"] = predict(tail, tokens, 512, self.device)
-        np_test = {k: v.numpy().astype(np.float32) for k, v in test.items()} | seeds[0]
-        np_val = {k: v.numpy().astype(np.float32) for k, v in val.items()}
-        rep = build_report(self, np_test, d.y_test.numpy(), pinfo, einfo, seeds, np_val, d.y_val.numpy())
-        (self.work / "eval").mkdir(exist_ok=True)
-        np.savez_compressed(
-            self.work / "eval/logits-test-all.npz", labels=d.y_test.numpy(), **{k: v.astype(np.float16) for k, v in np_test.items()}
-        )
-        self.set_info("report", rep)
-        return rep
+        return seeds
+
+    def _compact_logits(self, keys: list[str]) -> dict[str, torch.Tensor]:
+        """Test logits of the compact experts on the shared (fp16-rounded) trunk's tokens."""
+        trunk = as_fp16(self.load_vit(self.cfg.expert_shape, files.generalist(self.cfg.expert_shape))).to(self.device)
+        tokens = predict(self.trunk_fn(trunk), self.data.x_test, 512, self.device)
+        out = {}
+        for key in keys:
+            tail = as_fp16(self.load_tail(files.compact_expert(key))).to(self.device)
+            out[f"compact-{key}"] = predict(tail, tokens, 512, self.device)
+        return out
+
+
+def as_fp16(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy with its weights rounded to fp16, as stored in the pack, computing in fp32."""
+    return copy.deepcopy(model).half().float().eval()
