@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -115,18 +116,32 @@ def spawn_quiet(module: str, *args: str) -> subprocess.Popen:
     return spawn(module, *args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
-def spawn_edge(*args: str) -> subprocess.Popen:
-    """`edge-node` with its stdout captured: its last line is the run's summary (`edge_summary`)."""
-    return spawn("edge_node.cli", *args, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+@dataclass
+class EdgeRun:
+    """An `edge-node` started by `spawn_edge` and the file its run summary goes to."""
+
+    proc: subprocess.Popen
+    summary: Path
 
 
-def edge_summary(edge: subprocess.Popen, timeout: float = 1800) -> dict:
+def spawn_edge(*args: str) -> EdgeRun:
+    """`edge-node` writing its run summary to a temporary file (`--summary-json`), read by `edge_summary`."""
+    fd, path = tempfile.mkstemp(prefix="edge-summary-", suffix=".json")
+    os.close(fd)
+    proc = spawn("edge_node.cli", *args, "--summary-json", path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return EdgeRun(proc, Path(path))
+
+
+def edge_summary(edge: EdgeRun, timeout: float = 1800) -> dict:
     """Wait for an edge started by `spawn_edge`; its summary (frames, sources, elapsed_s) as a dict."""
-    stdout, _ = edge.communicate(timeout=timeout)
-    lines = stdout.strip().splitlines()
-    if edge.returncode or not lines:
-        raise RuntimeError(f"edge-node exited with code {edge.returncode} and no summary")
-    return json.loads(lines[-1])
+    code = edge.proc.wait(timeout=timeout)
+    try:
+        text = edge.summary.read_text()
+    finally:
+        edge.summary.unlink(missing_ok=True)
+    if code or not text:
+        raise RuntimeError(f"edge-node exited with code {code} and no summary")
+    return json.loads(text)
 
 
 def main(argv: list[str] | None = None) -> int:

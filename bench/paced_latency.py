@@ -77,20 +77,20 @@ def main(argv: list[str] | None = None) -> dict:
         "precision": a.precision,
         "edge_threads": a.edge_threads,
         "hub_threads": a.hub_threads,
-        "missing": rep["missing"],
-        "duplicates": rep["duplicates"],
-        "alpha": round(rep["alpha"], 4),
-        "accuracy": round(rep["accuracy"], 4),
-        "achieved_fps": round(rep["fps"], 1),
+        "missing": rep.missing,
+        "duplicates": rep.duplicates,
+        "alpha": round(rep.alpha, 4),
+        "accuracy": round(rep.accuracy, 4),
+        "achieved_fps": round(rep.fps, 1),
         "edge_summary": {k: summary[k] for k in ("edge", "expert", "fallback", "dropped")},
-        "latency_ms": rounded(rep["latency_ms"]),
+        "latency_ms": rounded(rep.latency_ms),
         "by_source": {
             src: {
-                "latency_ms": rounded(r["latency_ms"]),
-                "parts_p50_p99_ms": {part: [round(s["p50"], 2), round(s["p99"], 2)] for part, s in r["latency_parts_ms"].items()},
+                "latency_ms": rounded(r.latency_ms),
+                "parts_p50_p99_ms": {part: [round(s["p50"], 2), round(s["p99"], 2)] for part, s in r.latency_parts_ms.items()},
             }
-            for src, r in rep["by_source"].items()
-            if r["frames"]
+            for src, r in rep.by_source.items()
+            if r.frames
         },
     }
     print(json.dumps(out))

@@ -11,61 +11,55 @@ The last column is B - A where both have a number (percentage points for fractio
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
+from typing import Callable
 
 from askexpert.protocol import LABEL_SOURCES
 from evaluation.report import PCTS
+from evaluation.results import ExpertLoad, RunScore, SourceScore
 
 Row = tuple[str, float | None, float | None, str]  # name, value in A, value in B, kind (% / ms / n)
 
 
-def load_report(path: str | Path) -> dict:
-    """A report.json, or the one in a run folder."""
-    p = Path(path)
-    if p.is_dir():
-        p = p / "report.json"
-    return json.loads(p.read_text())
-
-
-def rows(a: dict, b: dict) -> list[Row]:
+def rows(a: RunScore, b: RunScore) -> list[Row]:
     """The comparable numbers of two reports, in reading order; a row that neither run has is left out."""
 
-    def both(name: str, get, kind: str) -> Row:
+    def both(name: str, get: Callable[[RunScore], float | None], kind: str) -> Row:
         return name, get(a), get(b), kind
 
+    def of_source(r: RunScore, src: str, name: str, pct: int | None = None) -> float | None:
+        """A number of one label source (a latency percentile with `pct`); None where the run has no such source."""
+        s: SourceScore | None = r.by_source.get(src)
+        if s is None:
+            return None
+        return s.latency_ms.get(f"p{pct}") if pct else getattr(s, name)
+
     out = [
-        both("frames labelled", lambda r: r.get("frames"), "n"),
-        both("accuracy (system)", lambda r: r.get("accuracy"), "%"),
-        both("accuracy, edge model alone", lambda r: r.get("edge_only_accuracy"), "%"),
-        both("offload proportion alpha", lambda r: r.get("alpha"), "%"),
+        both("frames labelled", lambda r: r.frames, "n"),
+        both("accuracy (system)", lambda r: r.accuracy, "%"),
+        both("accuracy, edge model alone", lambda r: r.edge_only_accuracy, "%"),
+        both("offload proportion alpha", lambda r: r.alpha, "%"),
     ]
-    sources = list(LABEL_SOURCES) + sorted((set(a.get("by_source", {})) | set(b.get("by_source", {}))) - set(LABEL_SOURCES))
+    sources = list(LABEL_SOURCES) + sorted((set(a.by_source) | set(b.by_source)) - set(LABEL_SOURCES))
     for src in sources:
-        out.append(both(f"share {src}", lambda r, s=src: r.get("by_source", {}).get(s, {}).get("share"), "%"))
-        out.append(both(f"accuracy {src}", lambda r, s=src: r.get("by_source", {}).get(s, {}).get("accuracy"), "%"))
+        out.append(both(f"share {src}", lambda r, s=src: of_source(r, s, "share"), "%"))
+        out.append(both(f"accuracy {src}", lambda r, s=src: of_source(r, s, "accuracy"), "%"))
     for p in PCTS:
-        out.append(both(f"latency p{p} (ms)", lambda r, p=p: r.get("latency_ms", {}).get(f"p{p}"), "ms"))
+        out.append(both(f"latency p{p} (ms)", lambda r, p=p: r.latency_ms.get(f"p{p}"), "ms"))
     for src in sources:
         for p in PCTS:
-            out.append(
-                both(
-                    f"latency p{p} {src} (ms)",
-                    lambda r, s=src, p=p: r.get("by_source", {}).get(s, {}).get("latency_ms", {}).get(f"p{p}"),
-                    "ms",
-                )
-            )
+            out.append(both(f"latency p{p} {src} (ms)", lambda r, s=src, p=p: of_source(r, s, "latency_ms", p), "ms"))
     out += [
-        both("frames per second", lambda r: r.get("fps"), "n"),
-        both("fallbacks (deadline)", lambda r: r.get("fallbacks"), "n"),
-        both("missing", lambda r: r.get("missing"), "n"),
-        both("duplicates", lambda r: r.get("duplicates"), "n"),
+        both("frames per second", lambda r: r.fps, "n"),
+        both("fallbacks (deadline)", lambda r: r.fallbacks, "n"),
+        both("missing", lambda r: r.missing, "n"),
+        both("duplicates", lambda r: r.duplicates, "n"),
     ]
-    experts = sorted(set(a.get("expert_load", {})) | set(b.get("expert_load", {})), key=lambda k: (len(k), k))
+    experts = sorted(set(a.expert_load) | set(b.expert_load), key=lambda k: (len(k), k))
     for key in experts:
-        out.append(both(f"expert {key}: offloaded", lambda r, k=key: r.get("expert_load", {}).get(k, {}).get("offloaded", 0), "n"))
-        out.append(both(f"expert {key}: accuracy", lambda r, k=key: r.get("expert_load", {}).get(k, {}).get("accuracy"), "%"))
+        out.append(both(f"expert {key}: offloaded", lambda r, k=key: r.expert_load.get(k, ExpertLoad()).offloaded, "n"))
+        out.append(both(f"expert {key}: accuracy", lambda r, k=key: r.expert_load.get(k, ExpertLoad()).accuracy, "%"))
     return [r for r in out if r[1] is not None or r[2] is not None]
 
 
@@ -88,11 +82,11 @@ def _delta(a: float | None, b: float | None, kind: str) -> str:
     return f"{d:+.1f}" if kind == "ms" or not float(d).is_integer() else f"{d:+g}"
 
 
-def to_markdown(a: dict, b: dict, names: tuple[str, str] = ("A", "B")) -> str:
+def to_markdown(a: RunScore, b: RunScore, names: tuple[str, str] = ("A", "B")) -> str:
     """The comparison table, with what each run was (tau, source, pack) above it."""
     lines = [f"# {names[0]} vs {names[1]}", ""]
     for name, r in zip(names, (a, b)):
-        what = ", ".join(f"{k} {r[k]}" for k in ("tau", "source", "pack", "date") if r.get(k) is not None)
+        what = ", ".join(f"{k} {v}" for k in ("tau", "source", "pack", "date") if (v := getattr(r, k)) is not None)
         lines.append(f"- {name}: {what or 'no run metadata'}")
     lines += ["", f"| metric | {names[0]} | {names[1]} | {names[1]} - {names[0]} |", "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {_fmt(x, k)} | {_fmt(y, k)} | {_delta(x, y, k)} |" for n, x, y, k in rows(a, b)]
@@ -114,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     if len(names) != 2:
         print(f"error: --names needs two names, comma-separated (got {args.names!r})", file=sys.stderr)
         return 2
-    md = to_markdown(load_report(args.a), load_report(args.b), names)
+    md = to_markdown(RunScore.load(args.a), RunScore.load(args.b), names)
     print(md, end="")
     if args.out:
         Path(args.out).write_text(md)

@@ -30,6 +30,7 @@ from askexpert.settings import CommonSettings
 from askexpert.sources_spec import parse_source
 from askexpert.subscriber import LabelSubscriber, wait_online
 from evaluation import REFERENCE_PACK
+from evaluation.results import RunScore
 
 if TYPE_CHECKING:
     import numpy as np
@@ -149,7 +150,7 @@ def run(a: argparse.Namespace) -> int:
             reports = demo.replays(taus)
             console.print(f"whole demo {time.monotonic() - demo.t_start:.1f} s")
             console.print(f"\n[bold]Run folder:[/] {run_dir}")
-            ok = all(r.get("missing", 0) == 0 and r["duplicates"] == 0 for r in reports)
+            ok = all(not r.missing and r.duplicates == 0 for r in reports)
             return 0 if ok else 1
         except (KeyboardInterrupt, Stop):
             console.print("[yellow]interrupted: stopping everything this demo started")
@@ -212,7 +213,7 @@ class Demo:
             self.truth, self.classes = load_truth(self.a.source)
         self.reference = Reference(self.pack, self.a, taus, self.truth)
 
-    def replays(self, taus: list[float]) -> list[dict]:
+    def replays(self, taus: list[float]) -> list[RunScore]:
         """One replay per tau (and the live sweep table when several), then the paced one."""
         a, reports = self.a, []
         for i, tau in enumerate(taus):
@@ -220,8 +221,8 @@ class Demo:
             out = self.run_dir / f"tau-{tau:g}" if sweep else self.run_dir
             node, name = (f"{self.NODE}-{i}", f"edge-node@{tau:g}") if sweep else (self.NODE, "edge-node")
             rep = self.replay(Replay(tau=tau, node=node, name=name, out=out, frames=a.frames, fps=a.fps))
-            rep["demo_wall_s"] = time.monotonic() - self.t_start
-            (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
+            rep.demo_wall_s = time.monotonic() - self.t_start
+            rep.save(out)
             reports.append(rep)
         if len(taus) > 1:
             live_sweep_table(reports, self.run_dir)
@@ -233,7 +234,7 @@ class Demo:
             reports.append(self.replay(paced))
         return reports
 
-    def replay(self, r: Replay) -> dict:
+    def replay(self, r: Replay) -> RunScore:
         """One replay through the running hub: collect, score, report into `r.out`."""
         r.out.mkdir(parents=True, exist_ok=True)
         collector = LabelSubscriber(self.settings, r.node).start()
@@ -286,7 +287,7 @@ class Demo:
 
             return collector.wait(r.frames, idle_timeout=60.0, timeout=self.a.timeout, progress=progress, stop=stop_now)
 
-    def _report(self, r: Replay, collector: LabelSubscriber, why: str, replay_s: float) -> dict:
+    def _report(self, r: Replay, collector: LabelSubscriber, why: str, replay_s: float) -> RunScore:
         """Score the labels against the truth and Algorithm 1 offline; write and print the report."""
         from evaluation.report import print_report, write_report
         from evaluation.score import score
@@ -304,7 +305,7 @@ class Demo:
             wall_s=replay_s,
             malformed=collector.malformed,
         )
-        rep.update(
+        meta = dict(
             tau=r.tau,
             pack=str(self.a.pack),
             pack_id=self.pack.pack_id,
@@ -317,17 +318,19 @@ class Demo:
             date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             machine=_machine(),
         )
+        for k, v in meta.items():
+            setattr(rep, k, v)
         pace = f"paced at {r.fps:g} frames/s" if r.fps else "as fast as possible (latency is mostly queueing)"
-        title = f"Ask-the-Expert demo, tau {r.tau:g}, {rep['frames']} frames, {pace}"
+        title = f"Ask-the-Expert demo, tau {r.tau:g}, {rep.frames} frames, {pace}"
         write_report(rep, r.out, labels, title=title)
         console.print()
         print_report(rep, title=title, console=console)
         console.print(
-            f"3H alone on these frames: {_pc(rep['edge_only_accuracy'])}   system: {_pc(rep['accuracy'])}   "
-            f"alpha: {_pc(rep['alpha'])}   replay {replay_s:.1f} s"
+            f"3H alone on these frames: {_pc(rep.edge_only_accuracy)}   system: {_pc(rep.accuracy)}   "
+            f"alpha: {_pc(rep.alpha)}   replay {replay_s:.1f} s"
         )
-        if rep.get("missing"):
-            console.print(f"[yellow]{rep['missing']} frames got no label (see report.json)")
+        if rep.missing:
+            console.print(f"[yellow]{rep.missing} frames got no label (see report.json)")
         return rep
 
     def stop(self) -> None:
@@ -377,25 +380,25 @@ class Reference:
         return {int(i): int(v) for i, v in zip(ids, labels)}, float((labels == y).mean())
 
 
-def live_sweep_table(reports: list[dict], run_dir: Path) -> None:
+def live_sweep_table(reports: list[RunScore], run_dir: Path) -> None:
     """The tau sweep live next to the same sweep offline: sweep.md in the run folder and a table."""
     from rich.table import Table
 
     rows = []
     for r in reports:
-        o = r.get("offline") or {}
+        o = r.offline
         rows.append(
             (
-                f"{r['tau']:g}",
-                _pc(r.get("alpha")),
-                _pc(r.get("accuracy")),
-                _pc(r.get("offline_accuracy")),
-                _pc(r.get("edge_only_accuracy")),
-                f"{o.get('agree', '-')}/{o.get('compared', '-')}",
-                str(r.get("fallbacks", 0)),
-                f"{r['latency_ms'].get('p50', float('nan')):.1f}",
-                f"{r['latency_ms'].get('p99', float('nan')):.1f}",
-                f"{r.get('fps') or 0:.1f}",
+                f"{r.tau:g}",
+                _pc(r.alpha),
+                _pc(r.accuracy),
+                _pc(r.offline_accuracy),
+                _pc(r.edge_only_accuracy),
+                f"{o.agree}/{o.compared}" if o else "-/-",
+                str(r.fallbacks),
+                f"{r.latency_ms.get('p50', float('nan')):.1f}",
+                f"{r.latency_ms.get('p99', float('nan')):.1f}",
+                f"{r.fps or 0:.1f}",
             )
         )
     head = ("tau", "alpha", "acc. live", "acc. offline", "3H alone", "= offline", "fallbacks", "p50 ms", "p99 ms", "fps")

@@ -4,11 +4,11 @@ Shared by `score`, `demo` and `compare` so that every report has the same rows."
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Sequence
 
 from askexpert.protocol import LabelMsg
+from evaluation.results import RunScore
 
 PCTS = (50, 95, 99)
 
@@ -26,41 +26,40 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.1f}"
 
 
-def summary_rows(rep: dict) -> list[tuple[str, str]]:
-    lat = rep.get("latency_ms", {})
+def summary_rows(rep: RunScore) -> list[tuple[str, str]]:
+    lat = rep.latency_ms
     rows = [
-        ("frames labelled", f"{rep['frames']}" + (f" of {rep['expected']}" if "expected" in rep else "")),
-        ("accuracy (system)", _p(rep.get("accuracy"))),
-        ("accuracy, edge model alone (same frames)", _p(rep.get("edge_only_accuracy"))),
-        ("gain from asking the experts", _pt(rep.get("accuracy"), rep.get("edge_only_accuracy"))),
-        ("offload proportion alpha", _p(rep.get("alpha"))),
+        ("frames labelled", f"{rep.frames}" + (f" of {rep.expected}" if rep.expected is not None else "")),
+        ("accuracy (system)", _p(rep.accuracy)),
+        ("accuracy, edge model alone (same frames)", _p(rep.edge_only_accuracy)),
+        ("gain from asking the experts", _pt(rep.accuracy, rep.edge_only_accuracy)),
+        ("offload proportion alpha", _p(rep.alpha)),
         ("latency p50 / p95 / p99 (ms)", " / ".join(_ms(lat.get(f"p{p}")) for p in PCTS)),
-        ("frames per second", "-" if not rep.get("fps") else f"{rep['fps']:.1f}"),
-        ("fallbacks (deadline)", str(rep.get("fallbacks", 0))),
-        ("missing / duplicate / malformed", f"{rep.get('missing', '-')} / {rep['duplicates']} / {rep.get('malformed', 0)}"),
+        ("frames per second", "-" if not rep.fps else f"{rep.fps:.1f}"),
+        ("fallbacks (deadline)", str(rep.fallbacks)),
+        ("missing / duplicate / malformed", f"{'-' if rep.missing is None else rep.missing} / {rep.duplicates} / {rep.malformed}"),
     ]
-    if rep.get("tau") is not None:
-        rows.insert(0, ("tau", f"{rep['tau']:g}"))
-    if "offline" in rep:
-        o = rep["offline"]
-        how = f" ({rep['offline_check']})" if rep.get("offline_check") else ""
-        verdict = "yes" if o["equal"] else ("differs within fp16 noise" if rep.get("offline_check") == "stored" else "NO")
-        rows.append((f"equal to offline Algorithm 1{how}", f"{o['agree']}/{o['compared']} {verdict}"))
-    if rep.get("offline_accuracy") is not None:
-        rows.append(("offline sweep accuracy, same tau", _p(rep["offline_accuracy"])))
+    if rep.tau is not None:
+        rows.insert(0, ("tau", f"{rep.tau:g}"))
+    if (o := rep.offline) is not None:
+        how = f" ({rep.offline_check})" if rep.offline_check else ""
+        verdict = "yes" if o.equal else ("differs within fp16 noise" if rep.offline_check == "stored" else "NO")
+        rows.append((f"equal to offline Algorithm 1{how}", f"{o.agree}/{o.compared} {verdict}"))
+    if rep.offline_accuracy is not None:
+        rows.append(("offline sweep accuracy, same tau", _p(rep.offline_accuracy)))
     return rows
 
 
-def breakdown_rows(rep: dict) -> list[tuple[str, str, str, str]]:
+def breakdown_rows(rep: RunScore) -> list[tuple[str, str, str, str]]:
     """(source, part, p50, p99) for every part of latency the labels carried (LabelMsg.wait_ms ...)."""
     return [
         (src, part.removesuffix("_ms").replace("_", " "), _ms(s.get("p50")), _ms(s.get("p99")))
-        for src, r in rep["by_source"].items()
-        for part, s in r.get("latency_parts_ms", {}).items()
+        for src, r in rep.by_source.items()
+        for part, s in r.latency_parts_ms.items()
     ]
 
 
-def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> None:
+def print_report(rep: RunScore, title: str = "Ask-the-Expert run", console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -74,11 +73,9 @@ def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> 
     s = Table(title="by label source")
     for col in ("source", "frames", "share", "accuracy", "p50 ms", "p95 ms", "p99 ms"):
         s.add_column(col, justify="right")
-    for src, r in rep["by_source"].items():
-        lat = r["latency_ms"]
-        s.add_row(
-            src, str(r["frames"]), _p(r["share"], 1), _p(r["accuracy"]), _ms(lat.get("p50")), _ms(lat.get("p95")), _ms(lat.get("p99"))
-        )
+    for src, r in rep.by_source.items():
+        lat = r.latency_ms
+        s.add_row(src, str(r.frames), _p(r.share, 1), _p(r.accuracy), _ms(lat.get("p50")), _ms(lat.get("p95")), _ms(lat.get("p99")))
     console.print(s)
     if rows := breakdown_rows(rep):
         b = Table(title="where the latency went (ms)")
@@ -87,16 +84,16 @@ def print_report(rep: dict, title: str = "Ask-the-Expert run", console=None) -> 
         for row in rows:
             b.add_row(*row)
         console.print(b)
-    if rep["expert_load"]:
+    if rep.expert_load:
         e = Table(title="load per expert")
         for col in ("expert", "offloaded", "answered", "fallback", "accuracy"):
             e.add_column(col, justify="right")
-        for key, r in rep["expert_load"].items():
-            e.add_row(key, str(r["offloaded"]), str(r["answered"]), str(r["fallback"]), _p(r["accuracy"]))
+        for key, r in rep.expert_load.items():
+            e.add_row(key, str(r.offloaded), str(r.answered), str(r.fallback), _p(r.accuracy))
         console.print(e)
 
 
-def to_markdown(rep: dict, title: str = "Ask-the-Expert run") -> str:
+def to_markdown(rep: RunScore, title: str = "Ask-the-Expert run") -> str:
     L = [f"# {title}", "", "| metric | value |", "| --- | --- |"]
     L += [f"| {k} | {v} |" for k, v in summary_rows(rep)]
     L += [
@@ -106,29 +103,29 @@ def to_markdown(rep: dict, title: str = "Ask-the-Expert run") -> str:
         "| source | frames | share | accuracy | p50 ms | p95 ms | p99 ms |",
         "| --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for src, r in rep["by_source"].items():
-        lat = r["latency_ms"]
+    for src, r in rep.by_source.items():
+        lat = r.latency_ms
         L.append(
-            f"| {src} | {r['frames']} | {_p(r['share'], 1)} | {_p(r['accuracy'])} | {_ms(lat.get('p50'))} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} |"
+            f"| {src} | {r.frames} | {_p(r.share, 1)} | {_p(r.accuracy)} | {_ms(lat.get('p50'))} | {_ms(lat.get('p95'))} | {_ms(lat.get('p99'))} |"
         )
     if rows := breakdown_rows(rep):
         L += ["", "## Where the latency went (ms)", "", "| source | part | p50 | p99 |", "| --- | --- | --- | --- |"]
         L += [f"| {' | '.join(row)} |" for row in rows]
-    if rep["expert_load"]:
+    if rep.expert_load:
         L += ["", "## Load per expert", "", "| expert | offloaded | answered | fallback | accuracy |", "| --- | --- | --- | --- | --- |"]
-        for key, r in rep["expert_load"].items():
-            L.append(f"| {key} | {r['offloaded']} | {r['answered']} | {r['fallback']} | {_p(r['accuracy'])} |")
-    if rep.get("per_class"):
+        for key, r in rep.expert_load.items():
+            L.append(f"| {key} | {r.offloaded} | {r.answered} | {r.fallback} | {_p(r.accuracy)} |")
+    if rep.per_class:
         L += ["", "## Per class", "", "| class | frames | accuracy |", "| --- | --- | --- |"]
-        L += [f"| {c} | {r['n']} | {_p(r['accuracy'])} |" for c, r in rep["per_class"].items()]
+        L += [f"| {c} | {r.n} | {_p(r.accuracy)} |" for c, r in rep.per_class.items()]
     return "\n".join(L) + "\n"
 
 
-def write_report(rep: dict, out_dir: str | Path, labels: Sequence[LabelMsg] | None = None, title: str = "Ask-the-Expert run") -> Path:
+def write_report(rep: RunScore, out_dir: str | Path, labels: Sequence[LabelMsg] | None = None, title: str = "Ask-the-Expert run") -> Path:
     """report.json, report.md, and (with the labels) labels.jsonl, latency.png, load.png."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(rep, indent=2, default=float) + "\n")
+    rep.save(out)
     (out / "report.md").write_text(to_markdown(rep, title))
     if labels:
         with open(out / "labels.jsonl", "w") as f:
@@ -138,7 +135,7 @@ def write_report(rep: dict, out_dir: str | Path, labels: Sequence[LabelMsg] | No
     return out
 
 
-def plot_report(rep: dict, labels: Sequence[LabelMsg], out: Path) -> None:
+def plot_report(rep: RunScore, labels: Sequence[LabelMsg], out: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -151,7 +148,7 @@ def plot_report(rep: dict, labels: Sequence[LabelMsg], out: Path) -> None:
         if v:
             a.hist(v, bins=60, alpha=0.6, color=c, label=f"{src} ({len(v)})", log=True)
             b.scatter([m.frame_id for m in labels if m.source == src], v, s=2, color=c, label=src)
-    lat = rep.get("latency_ms", {})
+    lat = rep.latency_ms
     for p, ls in zip(PCTS, (":", "--", "-")):
         if f"p{p}" in lat:
             a.axvline(lat[f"p{p}"], color="k", ls=ls, lw=0.8, label=f"p{p} {lat[f'p{p}']:.1f} ms")
@@ -169,22 +166,22 @@ def plot_report(rep: dict, labels: Sequence[LabelMsg], out: Path) -> None:
     plt.close(fig)
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4.2))
-    keys = list(rep["expert_load"])
-    if keys:
-        a.bar(keys, [rep["expert_load"][k]["answered"] for k in keys], color="tab:orange", label="answered")
+    load = rep.expert_load
+    if load:
+        a.bar(list(load), [r.answered for r in load.values()], color="tab:orange", label="answered")
         a.bar(
-            keys,
-            [rep["expert_load"][k]["fallback"] for k in keys],
-            bottom=[rep["expert_load"][k]["answered"] for k in keys],
+            list(load),
+            [r.fallback for r in load.values()],
+            bottom=[r.answered for r in load.values()],
             color="tab:red",
             label="fallback",
         )
         a.legend(fontsize=7)
-    a.set_title(f"load per expert (alpha = {_p(rep.get('alpha'), 1)})")
+    a.set_title(f"load per expert (alpha = {_p(rep.alpha, 1)})")
     a.set_xlabel("expert (subset indices)")
     a.set_ylabel("frames")
-    names = ["system", "edge alone"] + [s for s in rep["by_source"] if rep["by_source"][s]["accuracy"] is not None]
-    vals = [rep.get("accuracy"), rep.get("edge_only_accuracy")] + [rep["by_source"][s]["accuracy"] for s in names[2:]]
+    names = ["system", "edge alone"] + [s for s, r in rep.by_source.items() if r.accuracy is not None]
+    vals = [rep.accuracy, rep.edge_only_accuracy] + [rep.by_source[s].accuracy for s in names[2:]]
     b.bar(names, [100 * (v or 0) for v in vals], color=["tab:green", "tab:grey"] + [colours.get(s, "tab:purple") for s in names[2:]])
     for i, v in enumerate(vals):
         b.text(i, 100 * (v or 0), _p(v), ha="center", va="bottom", fontsize=8)

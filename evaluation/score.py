@@ -1,6 +1,6 @@
 """The scorer: collect final labels from MQTT, join them with the truth, report.
 
-    score(labels, truth, ...)        pure: a list of LabelMsg + truth -> report dict (no broker)
+    score(labels, truth, ...)        pure: a list of LabelMsg + truth -> RunScore (no broker)
     run_score(...)                   collect until N frames or idle, then score and write the report
 (reports and plots: evaluation.report)
 
@@ -27,6 +27,7 @@ from askexpert.sources_spec import parse_source
 from askexpert.subscriber import LabelSubscriber
 from evaluation import report
 from evaluation.report import PCTS
+from evaluation.results import ClassScore, ExpertLoad, OfflineCheck, RunScore, SourceScore
 
 log = get_logger("evaluation.score")
 
@@ -52,6 +53,11 @@ def _truth_of(truth: Mapping[int, int] | Sequence[int] | np.ndarray | None, fid:
     return None
 
 
+def _mean_ok(pairs: list[tuple[int, int]]) -> float | None:
+    """The share of (label, truth) pairs that agree; None without pairs."""
+    return float(np.mean([a == b for a, b in pairs])) if pairs else None
+
+
 def score(
     labels: Sequence[LabelMsg],
     truth: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
@@ -61,7 +67,7 @@ def score(
     offline: Mapping[int, int] | None = None,
     wall_s: float | None = None,
     malformed: int = 0,
-) -> dict:
+) -> RunScore:
     """Score a label stream. The first label of a frame counts; later ones are duplicates.
 
     truth: frame id -> true class (mapping, or a sequence indexed by frame id; < 0 = unknown).
@@ -70,95 +76,97 @@ def score(
     check that the live system agrees; edge-fallback frames are left out of that comparison.
     """
     first: dict[int, LabelMsg] = {}
-    dup = 0
     for m in labels:
-        if m.frame_id in first:
-            dup += 1
-        else:
-            first[m.frame_id] = m
+        first.setdefault(m.frame_id, m)
     msgs = list(first.values())
     n = len(msgs)
-    rep: dict = {"labels_received": len(labels), "frames": n, "duplicates": dup, "malformed": malformed}
+    scored = [(m, t) for m in msgs if (t := _truth_of(truth, m.frame_id)) is not None]
+    offloaded = sum(m.source != "edge" for m in msgs)
+    parts: dict = {}
     if expected is not None:
         exp = set(int(f) for f in expected)
         missing = sorted(exp - first.keys())
-        rep["expected"] = len(exp)
-        rep["missing"] = len(missing)
-        rep["missing_ids"] = missing[:50]
-        rep["unexpected"] = len(first.keys() - exp)
-    by_src = Counter(m.source for m in msgs)
-    offloaded = [m for m in msgs if m.source != "edge"]
-    rep["alpha"] = len(offloaded) / n if n else float("nan")
-    rep["fallbacks"] = by_src.get("edge-fallback", 0)
-    rep["nodes"] = sorted({m.node for m in msgs})
-    rep["packs"] = sorted({m.pack for m in msgs})
-
-    # accuracy, overall / by source / edge-only on the same frames
-    scored = [(m, t) for m in msgs if (t := _truth_of(truth, m.frame_id)) is not None]
-    rep["scored"] = len(scored)
-    rep["accuracy"] = float(np.mean([m.label == t for m, t in scored])) if scored else None
-    rep["edge_only_accuracy"] = float(np.mean([m.edge_label == t for m, t in scored])) if scored else None
-    sources = {}
-    for src in list(LABEL_SOURCES) + sorted(set(by_src) - set(LABEL_SOURCES)):
-        ms = [(m, t) for m, t in scored if m.source == src]
-        sources[src] = {
-            "frames": by_src.get(src, 0),
-            "share": by_src.get(src, 0) / n if n else float("nan"),
-            "scored": len(ms),
-            "accuracy": float(np.mean([m.label == t for m, t in ms])) if ms else None,
-            "edge_accuracy": float(np.mean([m.edge_label == t for m, t in ms])) if ms else None,
-            "latency_ms": latency_stats([m.latency_ms for m in msgs if m.source == src]),
-            # where the time went, for labels that carry it (edges before the breakdown send none)
-            "latency_parts_ms": {
-                part: latency_stats(v)
-                for part in LATENCY_PARTS
-                if (v := [getattr(m, part) for m in msgs if m.source == src and getattr(m, part) is not None])
-            },
-        }
-    rep["by_source"] = sources
-
-    # load per expert
-    load: dict[str, dict] = defaultdict(lambda: {"offloaded": 0, "answered": 0, "fallback": 0, "correct": 0, "scored": 0})
-    for m in offloaded:
-        row = load[m.expert or "?"]
-        row["offloaded"] += 1
-        row["answered" if m.source == "expert" else "fallback"] += 1
-    for m, t in scored:
-        if m.source == "expert":
-            load[m.expert or "?"]["scored"] += 1
-            load[m.expert or "?"]["correct"] += int(m.label == t)
-    rep["expert_load"] = {
-        k: {**v, "accuracy": v["correct"] / v["scored"] if v["scored"] else None}
-        for k, v in sorted(load.items(), key=lambda kv: (len(kv[0]), kv[0]))
-    }
-
-    # latency and throughput
-    rep["latency_ms"] = latency_stats([m.latency_ms for m in msgs])
+        parts |= dict(expected=len(exp), missing=len(missing), missing_ids=missing[:50], unexpected=len(first.keys() - exp))
     if n:
         t0 = min(m.t_capture for m in msgs)
         t1 = max(m.t_capture + m.latency_ms / 1000.0 for m in msgs)
-        rep["span_s"] = t1 - t0
-        rep["fps"] = n / (t1 - t0) if t1 > t0 else None
+        parts |= dict(span_s=t1 - t0, fps=n / (t1 - t0) if t1 > t0 else None)
     if wall_s:
-        rep["wall_s"] = wall_s
-
+        parts["wall_s"] = wall_s
     if classes is not None and scored:
-        per = {}
-        for c, name in enumerate(classes):
-            ms = [m for m, t in scored if t == c]
-            per[name] = {"n": len(ms), "accuracy": float(np.mean([m.label == c for m in ms])) if ms else None}
-        rep["per_class"] = per
-
+        parts["per_class"] = {name: _class_score([m for m, t in scored if t == c], c) for c, name in enumerate(classes)}
     if offline is not None:
-        comp = [(m, offline[m.frame_id]) for m in msgs if m.source != "edge-fallback" and m.frame_id in offline]
-        bad = [m.frame_id for m, o in comp if m.label != o]
-        rep["offline"] = {
-            "compared": len(comp),
-            "agree": len(comp) - len(bad),
-            "mismatch_ids": bad[:50],
-            "equal": not bad and len(comp) > 0,
-        }
-    return rep
+        parts["offline"] = _offline_check(msgs, offline)
+    return RunScore(
+        labels_received=len(labels),
+        frames=n,
+        duplicates=len(labels) - n,
+        malformed=malformed,
+        alpha=offloaded / n if n else None,
+        fallbacks=sum(m.source == "edge-fallback" for m in msgs),
+        nodes=sorted({m.node for m in msgs}),
+        packs=sorted({m.pack for m in msgs}),
+        scored=len(scored),
+        accuracy=_mean_ok([(m.label, t) for m, t in scored]),
+        edge_only_accuracy=_mean_ok([(m.edge_label, t) for m, t in scored]),
+        by_source=_by_source(msgs, scored),
+        expert_load=_expert_load(msgs, scored),
+        latency_ms=latency_stats([m.latency_ms for m in msgs]),
+        **parts,
+    )
+
+
+def _by_source(msgs: list[LabelMsg], scored: list[tuple[LabelMsg, int]]) -> dict[str, SourceScore]:
+    """Per label source: frames, share, accuracy (and the edge model's on the same frames), latency."""
+    by_src = Counter(m.source for m in msgs)
+    n = len(msgs)
+    out = {}
+    for src in list(LABEL_SOURCES) + sorted(set(by_src) - set(LABEL_SOURCES)):
+        ms = [(m, t) for m, t in scored if m.source == src]
+        mine = [m for m in msgs if m.source == src]
+        out[src] = SourceScore(
+            frames=by_src.get(src, 0),
+            share=by_src.get(src, 0) / n if n else None,
+            scored=len(ms),
+            accuracy=_mean_ok([(m.label, t) for m, t in ms]),
+            edge_accuracy=_mean_ok([(m.edge_label, t) for m, t in ms]),
+            latency_ms=latency_stats([m.latency_ms for m in mine]),
+            # where the time went, for labels that carry it (edges before the breakdown send none)
+            latency_parts_ms={
+                part: latency_stats(v) for part in LATENCY_PARTS if (v := [getattr(m, part) for m in mine if getattr(m, part) is not None])
+            },
+        )
+    return out
+
+
+def _expert_load(msgs: list[LabelMsg], scored: list[tuple[LabelMsg, int]]) -> dict[str, ExpertLoad]:
+    """Per expert: offloads, answered or fallen back, and the answered frames' accuracy."""
+    load: dict[str, ExpertLoad] = defaultdict(ExpertLoad)
+    for m in msgs:
+        if m.source != "edge":
+            row = load[m.expert or "?"]
+            row.offloaded += 1
+            if m.source == "expert":
+                row.answered += 1
+            else:
+                row.fallback += 1
+    for m, t in scored:
+        if m.source == "expert":
+            load[m.expert or "?"].scored += 1
+            load[m.expert or "?"].correct += int(m.label == t)
+    for row in load.values():
+        row.accuracy = row.correct / row.scored if row.scored else None
+    return dict(sorted(load.items(), key=lambda kv: (len(kv[0]), kv[0])))
+
+
+def _class_score(labels: list[LabelMsg], c: int) -> ClassScore:
+    return ClassScore(n=len(labels), accuracy=float(np.mean([m.label == c for m in labels])) if labels else None)
+
+
+def _offline_check(msgs: list[LabelMsg], offline: Mapping[int, int]) -> OfflineCheck:
+    comp = [(m, offline[m.frame_id]) for m in msgs if m.source != "edge-fallback" and m.frame_id in offline]
+    bad = [m.frame_id for m, o in comp if m.label != o]
+    return OfflineCheck(compared=len(comp), agree=len(comp) - len(bad), mismatch_ids=bad[:50], equal=not bad and len(comp) > 0)
 
 
 # ---------------------------------------------------------------------------------------- truth
@@ -203,9 +211,8 @@ def run_score(
     frames: int | None = None,
     idle_timeout: float = 10.0,
     timeout: float | None = None,
-    title: str | None = None,
     print_table: bool = True,
-) -> dict:
+) -> RunScore:
     """`python -m evaluation score`: collect labels of `node` until `frames` frames or idle, then report.
 
     truth: `replay:DIR`, a recording folder or `dataset:NAME:SPLIT` (frame id = index), or None.
@@ -225,11 +232,10 @@ def run_score(
         malformed=col.malformed,
         wall_s=time.monotonic() - t0,
     )
-    rep["stopped"] = why
-    rep["truth"] = truth
-    report.write_report(rep, out_dir, col.labels, title=title or f"Live run of node {node}")
+    rep.stopped, rep.truth = why, truth
+    report.write_report(rep, out_dir, col.labels, title=f"Live run of node {node}")
     if print_table:
-        report.print_report(rep, title=title or f"Live run of node {node}")
+        report.print_report(rep, title=f"Live run of node {node}")
     return rep
 
 
@@ -253,4 +259,4 @@ def run(args) -> int:
     out = args.out or f"runs/score-{args.node_id}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
     rep = run_score(s, args.node_id, out, truth=args.truth, frames=args.frames, idle_timeout=args.idle_timeout, timeout=args.timeout)
     print(f"report: {out}/report.md")
-    return 0 if rep["frames"] else 1
+    return 0 if rep.frames else 1

@@ -248,11 +248,46 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _scenarios(pack, a: argparse.Namespace, out: Path) -> tuple[dict, str]:
+    """The logits of every scenario and where they came from: the pack's stored test logits, or
+    computed with a backend (--compute)."""
+    from evaluation.logits import compute_scenarios, scenarios_from_stored, stored_logits
+
+    z = None if a.compute else stored_logits(pack)
+    if z is None:
+        dataset = a.dataset or (pack.manifest.dataset if pack.manifest.dataset != "random" else "fashion-mnist")
+        sc = compute_scenarios(pack, dataset, a.split, a.max_frames, a.backend, out)
+        return sc, f"logits computed with the {a.backend} backend on {dataset}:{a.split}"
+    sc = scenarios_from_stored(pack, z)
+    if a.max_frames:
+        n = a.max_frames
+        sc = {
+            **sc,
+            "edge_logits": sc["edge_logits"][:n],
+            "y": sc["y"][:n],
+            "generalists": {k: v[:n] for k, v in sc["generalists"].items()},
+            "specialists": {k: v[:n] for k, v in sc["specialists"].items()},
+        }
+    return sc, f"stored logits {pack.root / 'eval/logits-test.npz'} (fp16)"
+
+
+def _add_costs(res: dict, sc: dict, a: argparse.Namespace, taus: list[float], out: Path) -> None:
+    """Latency and energy per scenario from the device profiles (res["cost"]), and their plot."""
+    from evaluation.costmodel import Profile, costs_markdown, scenario_costs
+
+    try:
+        edge_p, near_p = Profile.load(a.edge_profile), Profile.load(a.near_profile)
+        near_models = sorted({n.split(" ")[0] for n in sc["generalists"]} | {n.split(" ")[0] for n in sc["specialists"]})
+        costs = scenario_costs(edge_p, near_p, res["alpha"], batch=a.batch, edge_model=sc["edge_name"], near_models=near_models)
+        res["cost"], res["cost_markdown"] = costs, costs_markdown(costs, taus)
+        plot_costs(costs, taus, out / "costs.png")
+    except (OSError, KeyError) as exc:
+        print(f"no latency/energy estimate: {exc}", file=sys.stderr)
+
+
 def run(a: argparse.Namespace) -> int:
     """Write the sweep's report, tables and plots for one pack."""
     from askexpert.pack import Pack, PackError  # torch: only for this command
-    from evaluation.costmodel import Profile, costs_markdown, scenario_costs
-    from evaluation.logits import compute_scenarios, scenarios_from_stored, stored_logits
 
     try:
         pack = Pack.load(a.pack)
@@ -264,24 +299,7 @@ def run(a: argparse.Namespace) -> int:
     taus = [float(t) for t in a.taus.split(",") if t.strip()]
     out = Path(a.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     out.mkdir(parents=True, exist_ok=True)
-
-    z = None if a.compute else stored_logits(pack)
-    if z is not None:
-        sc = scenarios_from_stored(pack, z)
-        origin = f"stored logits {pack.root / 'eval/logits-test.npz'} (fp16)"
-        if a.max_frames:
-            n = a.max_frames
-            sc = {
-                **sc,
-                "edge_logits": sc["edge_logits"][:n],
-                "y": sc["y"][:n],
-                "generalists": {k: v[:n] for k, v in sc["generalists"].items()},
-                "specialists": {k: v[:n] for k, v in sc["specialists"].items()},
-            }
-    else:
-        dataset = a.dataset or (pack.manifest.dataset if pack.manifest.dataset != "random" else "fashion-mnist")
-        sc = compute_scenarios(pack, dataset, a.split, a.max_frames, a.backend, out)
-        origin = f"logits computed with the {a.backend} backend on {dataset}:{a.split}"
+    sc, origin = _scenarios(pack, a, out)
     m = pack.manifest
     res = sweep(
         sc["edge_logits"],
@@ -294,14 +312,7 @@ def run(a: argparse.Namespace) -> int:
         specialists=sc["specialists"],
     )
     res["pack"], res["origin"] = str(a.pack), origin
-    try:
-        edge_p, near_p = Profile.load(a.edge_profile), Profile.load(a.near_profile)
-        near_models = sorted({n.split(" ")[0] for n in sc["generalists"]} | {n.split(" ")[0] for n in sc["specialists"]})
-        costs = scenario_costs(edge_p, near_p, res["alpha"], batch=a.batch, edge_model=sc["edge_name"], near_models=near_models)
-        res["cost"], res["cost_markdown"] = costs, costs_markdown(costs, taus)
-        plot_costs(costs, taus, out / "costs.png")
-    except (OSError, KeyError) as exc:
-        print(f"no latency/energy estimate: {exc}", file=sys.stderr)
+    _add_costs(res, sc, a, taus, out)
     title = f"Offline tau sweep: {m.name} ({m.dataset}), {origin}"
     (out / "sweep.md").write_text(to_markdown(res, title))
     (out / "sweep.json").write_text(to_json(res) + "\n")

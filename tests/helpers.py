@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,15 +37,29 @@ def start_hub(pack: Path, broker_url: str, *extra: str) -> subprocess.Popen:
 
 
 def run_edge(pack: Path, broker_url: str, *extra: str, timeout: float = 120) -> dict:
-    """Run an edge to the end of its source; return its summary line."""
-    out = subprocess.run(
-        [sys.executable, "-m", "edge_node.cli", "run", "--pack", str(pack), "--broker", broker_url, *extra],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    assert out.returncode == 0, out.stderr[-3000:]
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    """Run an edge to the end of its source; return the run summary it wrote (--summary-json)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        summary = Path(tmp) / "summary.json"
+        out = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "edge_node.cli",
+                "run",
+                "--pack",
+                str(pack),
+                "--broker",
+                broker_url,
+                *extra,
+                "--summary-json",
+                str(summary),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        assert out.returncode == 0, out.stderr[-3000:]
+        return json.loads(summary.read_text())
 
 
 def stop(proc: subprocess.Popen) -> str:

@@ -65,15 +65,15 @@ def test_live_replay_accuracy_equals_offline_sweep(tiny_pack, broker, tmp_path):
     offline = {i: int(v) for i, v in enumerate(off_labels)}
     rep = score(col.labels, truth, expected=range(N), classes=classes, offline=offline)
     write_report(rep, tmp_path / "report", col.labels)
-    assert rep["frames"] == N and rep["missing"] == 0 and rep["duplicates"] == 0
+    assert rep.frames == N and rep.missing == 0 and rep.duplicates == 0
     near = {i for i in range(N) if abs(d.conf[i] - tau) < 1e-5}  # float noise between batchings
-    mism = set(rep["offline"]["mismatch_ids"]) - near
+    mism = set(rep.offline.mismatch_ids) - near
     assert not mism, f"live labels differ from offline Algorithm 1 on frames {sorted(mism)}"
     if not near:
-        assert rep["accuracy"] == offline_acc
-        assert rep["alpha"] == off_mask.mean()
+        assert rep.accuracy == offline_acc
+        assert rep.alpha == off_mask.mean()
     else:
-        assert abs(rep["accuracy"] - offline_acc) <= len(near) / N
+        assert abs(rep.accuracy - offline_acc) <= len(near) / N
     # frame ids are the recording's indices; every expert used is one Algorithm 1 routes to
     assert {m.expert for m in col.labels if m.source == "expert"} <= set(d.expert[off_mask])
     assert (tmp_path / "report" / "report.md").is_file()

@@ -9,6 +9,7 @@ import pytest
 
 from askexpert.protocol import LabelMsg
 from evaluation.report import write_report
+from evaluation.results import ExpertLoad, RunScore
 from evaluation.score import latency_stats, score
 
 
@@ -48,39 +49,39 @@ TRUTH = np.array([i % 3 for i in range(9)])
 
 def test_counts_accuracy_alpha():
     r = score(stream(), TRUTH, expected=range(9))
-    assert r["frames"] == 7 and r["labels_received"] == 8 and r["duplicates"] == 1
-    assert r["missing"] == 2 and r["missing_ids"] == [7, 8]
-    assert r["accuracy"] == pytest.approx(4 / 7)
-    assert r["edge_only_accuracy"] == pytest.approx(3 / 7)  # frames 0, 1, 4
-    assert r["alpha"] == pytest.approx(4 / 7)
-    assert r["fallbacks"] == 1
-    s = r["by_source"]
-    assert (s["edge"]["frames"], s["expert"]["frames"], s["edge-fallback"]["frames"]) == (3, 3, 1)
-    assert s["edge"]["accuracy"] == pytest.approx(2 / 3)
-    assert s["expert"]["accuracy"] == pytest.approx(2 / 3)
-    assert s["edge-fallback"]["accuracy"] == 0.0
-    load = r["expert_load"]
-    assert load["0-1"] == {"offloaded": 2, "answered": 2, "fallback": 0, "correct": 1, "scored": 2, "accuracy": 0.5}
-    assert load["2"]["answered"] == 1 and load["0-2"]["fallback"] == 1
+    assert r.frames == 7 and r.labels_received == 8 and r.duplicates == 1
+    assert r.missing == 2 and r.missing_ids == [7, 8]
+    assert r.accuracy == pytest.approx(4 / 7)
+    assert r.edge_only_accuracy == pytest.approx(3 / 7)  # frames 0, 1, 4
+    assert r.alpha == pytest.approx(4 / 7)
+    assert r.fallbacks == 1
+    s = r.by_source
+    assert (s["edge"].frames, s["expert"].frames, s["edge-fallback"].frames) == (3, 3, 1)
+    assert s["edge"].accuracy == pytest.approx(2 / 3)
+    assert s["expert"].accuracy == pytest.approx(2 / 3)
+    assert s["edge-fallback"].accuracy == 0.0
+    load = r.expert_load
+    assert load["0-1"] == ExpertLoad(offloaded=2, answered=2, fallback=0, correct=1, scored=2, accuracy=0.5)
+    assert load["2"].answered == 1 and load["0-2"].fallback == 1
 
 
 def test_percentiles_match_numpy_linear():
     r = score(stream(), TRUTH)
     lats = [1.0, 2.0, 3.0, 20.0, 30.0, 40.0, 1000.0]  # the duplicate's 99 ms is not counted
     for p in (50, 95, 99):
-        assert r["latency_ms"][f"p{p}"] == pytest.approx(np.percentile(lats, p))
-    assert r["latency_ms"]["p50"] == 20.0
+        assert r.latency_ms[f"p{p}"] == pytest.approx(np.percentile(lats, p))
+    assert r.latency_ms["p50"] == 20.0
     # hand-computed: linear interpolation between order statistics
-    assert r["latency_ms"]["p95"] == pytest.approx(40 + 0.7 * 960)
+    assert r.latency_ms["p95"] == pytest.approx(40 + 0.7 * 960)
     assert latency_stats([])["n"] == 0
 
 
 def test_fps_and_offline_agreement(tmp_path):
     r = score(stream(), TRUTH, offline={0: 0, 1: 1, 2: 0, 3: 0, 4: 1, 5: 2, 6: 2})
     # frames captured 10 ms apart from t=1000.00; the last label lands at 1000.06 + 1.0 s
-    assert r["fps"] == pytest.approx(7 / 1.06)
-    assert r["offline"]["compared"] == 6  # the fallback is left out
-    assert r["offline"]["mismatch_ids"] == [4] and not r["offline"]["equal"]
+    assert r.fps == pytest.approx(7 / 1.06)
+    assert r.offline.compared == 6  # the fallback is left out
+    assert r.offline.mismatch_ids == [4] and not r.offline.equal
     out = write_report(r, tmp_path, stream())
     assert json.loads((out / "report.json").read_text())["frames"] == 7
     assert "alpha" in (out / "report.md").read_text()
@@ -89,8 +90,8 @@ def test_fps_and_offline_agreement(tmp_path):
 
 def test_truth_mapping_and_unknown_labels():
     r = score(stream(), {0: 0, 1: -1, 2: 2})
-    assert r["scored"] == 2 and r["accuracy"] == 0.5
-    assert score([], None)["frames"] == 0
+    assert r.scored == 2 and r.accuracy == 0.5
+    assert score([], None).frames == 0
 
 
 def test_compare_puts_two_reports_side_by_side(tmp_path):
@@ -135,7 +136,7 @@ def test_scoring_leaves_nothing_retained_on_the_broker(broker, tmp_path):
 
     settings = CommonSettings(broker=broker.url)
     rep = run_score(settings, "nobody", tmp_path / "r", idle_timeout=0.3, print_table=False)
-    assert rep["frames"] == 0
+    assert rep.frames == 0
     late = Subscriber(settings, "#").start()
     time.sleep(0.5)
     late.stop()
@@ -154,11 +155,22 @@ def test_latency_breakdown_by_source():
         lab(2, 2, lat=4.0),  # no breakdown
     ]
     r = score(msgs, TRUTH)
-    edge, expert = r["by_source"]["edge"]["latency_parts_ms"], r["by_source"]["expert"]["latency_parts_ms"]
+    edge, expert = r.by_source["edge"].latency_parts_ms, r.by_source["expert"].latency_parts_ms
     assert set(edge) == {"wait_ms", "infer_ms"} and edge["wait_ms"]["n"] == 2 and edge["wait_ms"]["p50"] == 2.0
     assert set(expert) == {"wait_ms", "infer_ms", "hub_queue_ms", "hub_infer_ms", "network_ms"}
-    assert expert["network_ms"]["p99"] == 5.0 and r["by_source"]["edge-fallback"]["latency_parts_ms"] == {}
+    assert expert["network_ms"]["p99"] == 5.0 and r.by_source["edge-fallback"].latency_parts_ms == {}
     from evaluation.report import to_markdown
 
     md = to_markdown(r)
     assert "| expert | hub queue | 4.0 | 4.0 |" in md and "| edge | wait | 2.0 | 3.0 |" in md
+
+
+def test_a_report_json_reads_back_as_the_same_typed_score(tmp_path):
+    """The scorer's result is typed; report.json is its JSON and reads back to an equal object
+    (what `compare` does with a run folder), with the parts a run lacks left out."""
+    r = score(stream(), TRUTH, expected=range(9), classes=["a", "b", "c"])
+    write_report(r, tmp_path)
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert "offline" not in data and "tau" not in data and data["missing_ids"] == [7, 8]
+    back = RunScore.load(tmp_path)
+    assert back == r and back.per_class["b"].n == r.per_class["b"].n

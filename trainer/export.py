@@ -22,28 +22,15 @@ def model_entry(model: torch.nn.Module, arch: ViTArch, root: Path, file: str, **
     return {"file": file, "sha256": sha, "arch": arch.to_dict(), **extra}
 
 
-def build_random_pack(
-    root: Path,
-    *,
-    n_subsets: int = 4,
-    k: int = 2,
-    tau: float = 0.8,
-    depth: int = 2,
-    tail_blocks: int = 1,
-    img_size: int = 28,
-    patch_size: int = 7,
-    classes: list[str] | None = None,
-    partition: list[int] | None = None,
-    seed: int = 0,
-) -> Path:
-    """A tiny untrained pack with the real layout, for tests and smoke runs (3H edge, 4H trunk)."""
+def build_random_pack(root: Path, *, n_subsets: int = 4, k: int = 2, tau: float = 0.8, depth: int = 2, seed: int = 0) -> Path:
+    """A tiny untrained pack with the real layout, for tests and smoke runs (3H edge, 4H trunk with
+    one-block tails, Fashion-MNIST's classes and input)."""
     torch.manual_seed(seed)
-    classes = classes or list(FASHION_MNIST_CLASSES)
-    partition = partition or (
-        FASHION_MNIST_PARTITION if len(classes) == 10 and n_subsets == 4 else [i % n_subsets for i in range(len(classes))]
-    )
+    classes = list(FASHION_MNIST_CLASSES)
+    partition = FASHION_MNIST_PARTITION if n_subsets == 4 else [i % n_subsets for i in range(len(classes))]
+    tail_blocks, img_size = 1, 28
     root.mkdir(parents=True, exist_ok=True)
-    common = dict(depth=depth, patch_size=patch_size, img_size=img_size, in_chans=1, num_classes=len(classes))
+    common = dict(depth=depth, patch_size=7, img_size=img_size, in_chans=1, num_classes=len(classes))
     edge_arch, trunk_arch = ViTArch.from_shape("3H", **common), ViTArch.from_shape("4H", **common)
     generalist, trunk = build_vit(edge_arch), build_vit(trunk_arch)
     experts = []

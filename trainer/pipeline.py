@@ -217,11 +217,12 @@ class Run:
         d["patch_size"] = self.patch
         return d
 
-    def arch(self, shape: str) -> ViTArch:
+    def arch(self, shape: str, head_dim: int = 0, depth: int = 0) -> ViTArch:
+        """A shape of this run (its head dim and depth unless given: the premise sweep tries others)."""
         return ViTArch.from_shape(
             shape,
-            head_dim=self.cfg.head_dim,
-            depth=self.cfg.depth,
+            head_dim=head_dim or self.cfg.head_dim,
+            depth=depth or self.cfg.depth,
             patch_size=self.patch,
             img_size=self.data.img_size,
             in_chans=self.data.channels,
@@ -316,46 +317,16 @@ class Run:
         scratch with cross-entropy for `premise_epochs`. A setting whose models all saturate at one
         accuracy leaves nothing for a bigger or more specialised model to add. The choice is the
         cheapest setting (fewest ladder parameters) where the ladder holds."""
-        cfg, d = self.cfg, self.data
+        cfg = self.cfg
         if (done := self.info("premise")) is not None:
             return done  # also when an earlier `trainer premise` ran it in this work folder
         if not cfg.premise_grid:
             return {}
         results = self.info("premise-fits") or {}
-        ladder = self.ladder()
         for item in cfg.premise_grid:
-            if item in results:
-                continue
-            hd, depth, lr = parse_premise(item, cfg.lr)
-            archs = {
-                sh: ViTArch.from_shape(
-                    sh,
-                    head_dim=hd,
-                    depth=depth,
-                    patch_size=self.patch,
-                    img_size=d.img_size,
-                    in_chans=d.channels,
-                    num_classes=len(d.classes),
-                )
-                for sh in ladder
-            }
-            torch.manual_seed(cfg.seed)
-            jobs = [Job(sh, build_vit(a)) for sh, a in archs.items()]
-            summary = self._fit(jobs, d.x_train, d.y_train, None, self.spec(cfg.premise_epochs, lr), f"premise/{item}", f"premise {item}")
-            val = {j.name: self.acc(self.logits(j.model, d.x_val), d.y_val) for j in jobs}
-            steps = [round(val[b] - val[a], 2) for a, b in zip(ladder, ladder[1:])]
-            results[item] = {
-                "head_dim": hd,
-                "depth": depth,
-                "lr": lr,
-                "val_top1": val,
-                "steps_pt": steps,
-                "ladder_holds": all(x >= 1.0 for x in steps),
-                "ladder_params": sum(sum(p.numel() for p in j.model.parameters()) for j in jobs),
-                "wall_s": summary["wall_s"],
-            }
-            self.log(f"[premise] {item}: " + " < ".join(f"{k} {v}%" for k, v in val.items()) + f" (steps {steps})")
-            self.set_info("premise-fits", results)
+            if item not in results:
+                results[item] = self._premise_fit(item)
+                self.set_info("premise-fits", results)
         holding = [k for k in cfg.premise_grid if results[k]["ladder_holds"]]
         chosen = (
             min(holding, key=lambda k: (results[k]["ladder_params"], -float(np.mean(list(results[k]["val_top1"].values())))))
@@ -363,7 +334,7 @@ class Run:
             else None
         )
         info = {
-            "ladder": ladder,
+            "ladder": self.ladder(),
             "epochs": cfg.premise_epochs,
             "rule": "cheapest setting whose ladder steps are all >= 1 pt on validation",
             "settings": results,
@@ -374,6 +345,28 @@ class Run:
         self.set_info("premise", info)
         self.log(f"[premise] chosen: {chosen}; the recipe {'is' if info['recipe_is_chosen'] else 'is NOT'} that setting")
         return info
+
+    def _premise_fit(self, item: str) -> dict:
+        """The ladder of one premise setting, trained from scratch together, scored on validation."""
+        cfg, d = self.cfg, self.data
+        ladder = self.ladder()
+        hd, depth, lr = parse_premise(item, cfg.lr)
+        torch.manual_seed(cfg.seed)
+        jobs = [Job(sh, build_vit(self.arch(sh, head_dim=hd, depth=depth))) for sh in ladder]
+        summary = self._fit(jobs, d.x_train, d.y_train, None, self.spec(cfg.premise_epochs, lr), f"premise/{item}", f"premise {item}")
+        val = {j.name: self.acc(self.logits(j.model, d.x_val), d.y_val) for j in jobs}
+        steps = [round(val[b] - val[a], 2) for a, b in zip(ladder, ladder[1:])]
+        self.log(f"[premise] {item}: " + " < ".join(f"{k} {v}%" for k, v in val.items()) + f" (steps {steps})")
+        return {
+            "head_dim": hd,
+            "depth": depth,
+            "lr": lr,
+            "val_top1": val,
+            "steps_pt": steps,
+            "ladder_holds": all(x >= 1.0 for x in steps),
+            "ladder_params": sum(sum(p.numel() for p in j.model.parameters()) for j in jobs),
+            "wall_s": summary["wall_s"],
+        }
 
     def step_teacher(self) -> dict:
         if (done := self.info("teacher")) is not None:
