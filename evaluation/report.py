@@ -38,6 +38,7 @@ def summary_rows(rep: dict) -> list[tuple[str, str]]:
         ("frames per second", "-" if not rep.get("fps") else f"{rep['fps']:.1f}"),
         ("fallbacks (deadline)", str(rep.get("fallbacks", 0))),
         ("missing / duplicate / malformed", f"{rep.get('missing', '-')} / {rep['duplicates']} / {rep.get('malformed', 0)}"),
+        ("expert labels per hub", ", ".join(f"{hub} {n}" for hub, n in rep.get("by_hub", {}).items()) or "-"),
     ]
     if rep.get("tau") is not None:
         rows.insert(0, ("tau", f"{rep['tau']:g}"))

@@ -52,6 +52,12 @@ def _truth_of(truth: Mapping[int, int] | Sequence[int] | np.ndarray | None, fid:
     return None
 
 
+def hub_counts(msgs: Iterable[LabelMsg]) -> dict[str, int]:
+    """Expert labels per answering hub (LabelMsg.hub; "?" for labels from edges that do not name
+    it): which hubs did the work, and which one to ask about a label that looks wrong."""
+    return dict(sorted(Counter(m.hub or "?" for m in msgs if m.source == "expert").items()))
+
+
 def score(
     labels: Sequence[LabelMsg],
     truth: Mapping[int, int] | Sequence[int] | np.ndarray | None = None,
@@ -92,6 +98,7 @@ def score(
     rep["fallbacks"] = by_src.get("edge-fallback", 0)
     rep["nodes"] = sorted({m.node for m in msgs})
     rep["packs"] = sorted({m.pack for m in msgs})
+    rep["by_hub"] = hub_counts(msgs)
 
     # accuracy, overall / by source / edge-only on the same frames
     scored = [(m, t) for m in msgs if (t := _truth_of(truth, m.frame_id)) is not None]

@@ -100,6 +100,7 @@ def check_every_frame_labelled_once(tiny_pack, broker) -> None:
             assert offloaded_on[i] == experts[i], "frame travelled on Algorithm 1's expert topic"
             assert m.label == int(expert_labels[i])
         assert m.label_name == Pack.load(tiny_pack).manifest.classes[m.label]
+        assert m.hub == ("h1" if m.source == "expert" else None), "every expert label names its hub"
         assert m.latency_ms > 0
         parts = [m.wait_ms, m.infer_ms] + ([m.hub_queue_ms, m.hub_infer_ms, m.network_ms] if m.source == "expert" else [])
         assert None not in parts and sum(parts) <= m.latency_ms + 0.01, "the breakdown is within the label's latency"
@@ -245,6 +246,14 @@ def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
     assert all(m.source == "expert" for m in labels)
     answered = [decode_reply(p).hub for t, p in sub.raw if t.endswith("/replies")]
     assert len(answered) == 200 and set(answered) == {"s1", "s2"}
+    from collections import Counter
+
+    from evaluation.score import score
+
+    assert Counter(m.hub for m in labels) == Counter(answered), "each label names the hub that answered it"
+    for node in ("cam9", "cam10"):  # the scorer scores one node's frames
+        mine = [m for m in labels if m.node == node]
+        assert score(mine)["by_hub"] == dict(sorted(Counter(m.hub for m in mine).items()))
 
 
 @pytest.mark.slow
@@ -326,7 +335,7 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
     assert forged[0] >= 4 * n
     for labels in runs:
         assert sorted(m.frame_id for m in labels) == list(range(n))
-        assert all(m.source == "expert" and math.isfinite(m.conf) for m in labels)
+        assert all(m.source == "expert" and math.isfinite(m.conf) and m.hub == "real" for m in labels)
         assert all(m.label == int(expert_labels[m.frame_id]) and m.expert == experts[m.frame_id] for m in labels)
     run_ids = [{m.run for m in labels} for labels in runs]
     assert all(len(r) == 1 and "" not in r for r in run_ids) and run_ids[0] != run_ids[1]
