@@ -310,6 +310,9 @@ class LabelMsg:
     pack: str
     run: str = ""  # the edge process's run id: frame ids restart at 0 when an edge restarts
     tau: float | None = None  # the threshold this frame was gated with (adaptive tau moves it)
+    # for source `expert`: the hub that answered, as it names itself in its reply (its broker user
+    # where it has one, else its hub id); None on other labels and from edges before this field
+    hub: str | None = None
     # where latency_ms went (ms; None where it does not apply): waiting at the edge (capture to the
     # start of its batch), the edge's batch inference, and for expert labels the hub's queue, the
     # hub's inference, and the rest of the round trip (network, broker, encoding: rtt - hub's share)
@@ -362,6 +365,7 @@ def decode_label(payload: bytes) -> LabelMsg:
         pack=_text(msg, "pack"),
         run=_text(msg, "run", ""),
         tau=None if msg.get("tau") is None else _number(msg, "tau", 0.0, 1.0),
+        hub=None if msg.get("hub") is None else _name(msg, "hub"),
         **{k: None if msg.get(k) is None else _number(msg, k, 0.0) for k in LATENCY_PARTS},
     )
 

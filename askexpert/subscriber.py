@@ -4,6 +4,12 @@ waits for a component's status use. It publishes nothing: no status, no will, no
     Subscriber          keeps every message on some topic filters (topic, payload, arrival time)
     LabelSubscriber     a node's final labels, decoded, with waiting until N frames or idle
     wait_online         until a component's retained status says `online`
+
+A durable subscriber (`session_expiry_s`) watches its session: one that comes back without its
+session (session present false) has lost what was published while it was away, and says so; one
+whose client id another client uses (a takeover: DISCONNECT 0x8E, or its session gone again and
+again, as Mosquitto 2.0 closes the old connection without a reason) gives up and says why
+(`taken_over`), instead of kicking the other client off once a second forever.
 """
 
 from __future__ import annotations
@@ -12,13 +18,20 @@ import json
 import secrets
 import threading
 import time
+from collections import deque
 from typing import Callable
 
 import paho.mqtt.client as mqtt
 
-from askexpert.mqtt import MqttClient
+from askexpert.log import get_logger
+from askexpert.mqtt import SESSION_TAKEN_OVER, MqttClient
 from askexpert.protocol import LabelMsg, ProtocolError, decode_label, labels_topic, status_topic
 from askexpert.settings import CommonSettings
+
+log = get_logger("askexpert.subscriber")
+TAKEOVER_LOSSES = 2  # sessions lost within TAKEOVER_WINDOW_S: another client uses our client id
+TAKEOVER_WINDOW_S = 60.0  # a broker restart without persistence loses a session once, not twice a minute
+TAKEOVER_HINT = "give every consumer its own broker user (labels-<name>, docs/deploy.md) and its own client id"
 
 
 class Subscriber:
@@ -38,8 +51,52 @@ class Subscriber:
         self.raw: list[tuple[str, bytes]] = []
         self.keep_raw = keep_raw
         self.changed = threading.Condition()
+        self.sessions_lost = 0  # reconnects of a durable subscriber that found no session on the broker
+        self.taken_over: str | None = None  # why it gave up its connection (None: it did not)
+        self._losses: deque[float] = deque(maxlen=TAKEOVER_LOSSES)
+        # layered on MqttClient's callbacks: components keep reconnecting, a consumer must not
+        paho = self.client.client
+        self._inner_connect, self._inner_disconnect = paho.on_connect, paho.on_disconnect
+        paho.on_connect, paho.on_disconnect = self._on_connect, self._on_disconnect
         for topic in topics:
             self.client.subscribe(topic, self._on_message, qos=1)
+
+    def _on_connect(self, client: mqtt.Client, userdata: object, flags, reason_code, properties) -> None:
+        self._inner_connect(client, userdata, flags, reason_code, properties)
+        if reason_code.is_failure or self.client.session_expiry_s is None or flags.session_present:
+            return
+        if self.client.connects <= 1:
+            log.info("durable session started: no session on the broker for this client id", client_id=self.client.client_id)
+            return
+        self.sessions_lost += 1
+        now = time.monotonic()
+        self._losses.append(now)
+        if len(self._losses) == TAKEOVER_LOSSES and now - self._losses[0] <= TAKEOVER_WINDOW_S:
+            self._give_up(
+                f"durable session lost {TAKEOVER_LOSSES} times within {TAKEOVER_WINDOW_S:.0f} s: another client uses this client id"
+            )
+            return
+        log.error(
+            "durable session lost: what was published while away is gone",
+            client_id=self.client.client_id,
+            times=self.sessions_lost,
+            hint="a broker restarted without persistence, the session expired, or another client took this client id",
+        )
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: object, flags, reason_code, properties) -> None:
+        self._inner_disconnect(client, userdata, flags, reason_code, properties)
+        if reason_code == SESSION_TAKEN_OVER and self.taken_over is None:
+            self._give_up("the broker says another client took over this client id (0x8E)")
+
+    def _give_up(self, why: str) -> None:
+        """Stop reconnecting (each reconnect would kick the other client off, and lose this one's
+        queue again), log it loudly and wake every waiter: `taken_over` says why."""
+        self.taken_over = why
+        user = self.client.settings.username
+        log.error("subscriber taken over: not reconnecting", why=why, client_id=self.client.client_id, user=user, hint=TAKEOVER_HINT)
+        self.client.client.disconnect()  # from paho's thread: its loop ends instead of reconnecting
+        with self.changed:
+            self.changed.notify_all()
 
     def _on_message(self, message: mqtt.MQTTMessage) -> None:
         with self.changed:
@@ -60,9 +117,11 @@ class Subscriber:
         return self
 
     def wait_for(self, done: Callable[[], bool], timeout: float) -> bool:
-        """Until done() (called under the lock, after every message) or timeout."""
+        """Until done() (called under the lock, after every message), timeout, or taken over
+        (then False, and `taken_over` says why)."""
         with self.changed:
-            return self.changed.wait_for(done, timeout)
+            self.changed.wait_for(lambda: done() or self.taken_over is not None, timeout)
+            return bool(done())
 
     def stop(self) -> None:
         self.client.stop()
@@ -100,7 +159,8 @@ class LabelSubscriber(Subscriber):
     ) -> str:
         """Block until `frames` distinct frames are labelled, nothing came for idle_timeout seconds
         (counted from the last label, or from now when none comes), timeout, or stop() is true.
-        Returns why it stopped: done, idle, timeout or stopped."""
+        Returns why it stopped: done, idle, timeout, stopped, or taken-over (another client took
+        this durable subscriber's client id; `taken_over` says how it was seen)."""
         start = last = time.monotonic()
         seen = -1
         while True:
@@ -114,6 +174,8 @@ class LabelSubscriber(Subscriber):
                     progress(n)
             if frames is not None and n >= frames:
                 return "done"
+            if self.taken_over is not None:
+                return "taken-over"
             if stop is not None and stop():
                 return "stopped"
             if timeout is not None and now - start > timeout:

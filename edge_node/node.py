@@ -329,6 +329,7 @@ class EdgeNode:
             label=reply.label,
             conf=reply.conf,
             source="expert",
+            hub=reply.hub,
             hub_queue_ms=reply.queue_ms,
             hub_infer_ms=reply.infer_ms,
             network_ms=max(0.0, rtt_ms - reply.queue_ms - reply.infer_ms),
@@ -338,9 +339,10 @@ class EdgeNode:
     def _on_deadline(self, item: Offload) -> None:
         self._publish_offload_label(item, label=item.edge_label, conf=item.edge_conf, source="edge-fallback")
 
-    def _publish_offload_label(self, item: Offload, *, label: int, conf: float, source: str, **hub_parts: float) -> None:
+    def _publish_offload_label(self, item: Offload, *, label: int, conf: float, source: str, **hub_parts: float | str) -> None:
         """The final label of an offloaded frame (the expert's answer or the edge's fallback): what
-        the edge knew at offload time comes from the pending entry, `hub_parts` from the reply."""
+        the edge knew at offload time comes from the pending entry, `hub_parts` (the hub that
+        answered, its share of the latency) from the reply."""
         self._publish_label(
             frame_id=item.frame_id,
             t_capture=item.t_capture,
@@ -368,9 +370,10 @@ class EdgeNode:
         edge_label: int,
         edge_conf: float,
         tau: float,
-        **parts: float,
+        **parts: float | str,
     ) -> None:
-        """`parts`: where the latency went (LabelMsg's wait_ms ... network_ms), rounded to µs."""
+        """`parts`: where the latency went (LabelMsg's wait_ms ... network_ms), rounded to µs, and
+        for an expert's label the hub that answered."""
         latency_ms = (time.time() - t_capture) * 1000
         msg = LabelMsg(
             node=self.node,
@@ -387,7 +390,7 @@ class EdgeNode:
             pack=self.pack.pack_id,
             run=self.run_id,
             tau=round(tau, 6),
-            **{k: round(v, 3) for k, v in parts.items()},
+            **{k: round(v, 3) if isinstance(v, float) else v for k, v in parts.items()},
         )
         self.client.publish(self.labels_topic, msg.encode(), qos=1)
         self._metric_labels[source].inc()

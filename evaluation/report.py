@@ -38,6 +38,7 @@ def summary_rows(rep: RunScore) -> list[tuple[str, str]]:
         ("frames per second", "-" if not rep.fps else f"{rep.fps:.1f}"),
         ("fallbacks (deadline)", str(rep.fallbacks)),
         ("missing / duplicate / malformed", f"{'-' if rep.missing is None else rep.missing} / {rep.duplicates} / {rep.malformed}"),
+        ("expert labels per hub", ", ".join(f"{hub} {n}" for hub, n in rep.by_hub.items()) or "-"),
     ]
     if rep.tau is not None:
         rows.insert(0, ("tau", f"{rep.tau:g}"))

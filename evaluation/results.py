@@ -63,6 +63,7 @@ class RunScore(BaseModel):
     fallbacks: int
     nodes: list[str]
     packs: list[str]
+    by_hub: dict[str, int] = {}  # expert labels per answering hub (LabelMsg.hub; "?": not named)
     scored: int
     accuracy: float | None
     edge_only_accuracy: float | None

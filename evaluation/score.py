@@ -53,6 +53,12 @@ def _truth_of(truth: Mapping[int, int] | Sequence[int] | np.ndarray | None, fid:
     return None
 
 
+def hub_counts(msgs: Iterable[LabelMsg]) -> dict[str, int]:
+    """Expert labels per answering hub (LabelMsg.hub; "?" for labels from edges that do not name
+    it): which hubs did the work, and which one to ask about a label that looks wrong."""
+    return dict(sorted(Counter(m.hub or "?" for m in msgs if m.source == "expert").items()))
+
+
 def _mean_ok(pairs: list[tuple[int, int]]) -> float | None:
     """The share of (label, truth) pairs that agree; None without pairs."""
     return float(np.mean([a == b for a, b in pairs])) if pairs else None
@@ -106,6 +112,7 @@ def score(
         fallbacks=sum(m.source == "edge-fallback" for m in msgs),
         nodes=sorted({m.node for m in msgs}),
         packs=sorted({m.pack for m in msgs}),
+        by_hub=hub_counts(msgs),
         scored=len(scored),
         accuracy=_mean_ok([(m.label, t) for m, t in scored]),
         edge_only_accuracy=_mean_ok([(m.edge_label, t) for m, t in scored]),

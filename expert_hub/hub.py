@@ -238,7 +238,7 @@ class ExpertHub:
                 label=int(label),
                 conf=float(p[label]),
                 expert=j.expert,
-                hub=self.s.hub_id,
+                hub=self.s.answers_as,
                 queue_ms=round((t0 - j.t_arrival) * 1000, 3),
                 infer_ms=round(infer_ms, 3),
                 batch=len(jobs),

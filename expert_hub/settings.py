@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from askexpert.protocol import MAX_FRAME_BYTES, MAX_LOAD_INTERVAL_S, check_name
+from askexpert.protocol import MAX_FRAME_BYTES, MAX_LOAD_INTERVAL_S, NAME_RE, check_name
 from askexpert.settings import CommonSettings
 
 
@@ -30,6 +30,13 @@ class HubSettings(CommonSettings):
         le=MAX_LOAD_INTERVAL_S,
         description="period of the load message (capacity, arrivals, queue) that adaptive-tau edges follow; 0 = off",
     )
+
+    @property
+    def answers_as(self) -> str:
+        """Who the hub says it is in its replies, and so in expert labels: its broker user where it
+        has one (the identity the shipped broker's ACL checks before it lets replies through),
+        else its hub id."""
+        return self.username if self.username and NAME_RE.fullmatch(self.username) else self.hub_id
 
     @field_validator("hub_id")
     @classmethod

@@ -12,8 +12,6 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
-from paho.mqtt.packettypes import PacketTypes
-from paho.mqtt.properties import Properties
 
 from askexpert.localbroker import Broker, spawn, wait_port
 from askexpert.protocol import LabelMsg, decode_label
@@ -72,30 +70,40 @@ def stop(proc: subprocess.Popen) -> str:
     return err
 
 
+def broker_writable(folder: Path) -> Path:
+    """`folder` (in a world-traversable one such as /tmp), made writable by the broker: Mosquitto
+    started as root drops to its `mosquitto` user, which cannot write a root-owned 0700 temp folder;
+    it then logs "Error saving in-memory database" (to a pipe nobody reads) and comes back from a
+    restart without any session."""
+    import os
+    import pwd
+
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("mosquitto")
+        except KeyError:  # no such user: Mosquitto stays root
+            return folder
+        os.chown(folder, owner.pw_uid, owner.pw_gid)
+    return folder
+
+
 def wait_hub_online(broker_url: str, hub_id: str, timeout: float = 60) -> None:
     wait_online(CommonSettings(broker=broker_url), "hub", hub_id, timeout=timeout)
 
 
 class Collector:
-    """A user's own consumer, written as a user would with plain paho (no status, no will).
-    `persistent_id`: a persistent session, as a consumer that must lose no label would use. (The
-    broker-restart test fails when this is askexpert.subscriber.Subscriber with session_expiry_s:
-    labels are lost across the restart; under investigation, so the test keeps the plain client.)"""
+    """A user's own consumer, written as a user would with plain paho (no status, no will)."""
 
-    def __init__(self, broker_url: str, *topics: str, persistent_id: str | None = None) -> None:
+    def __init__(self, broker_url: str, *topics: str) -> None:
         host, port = broker_url.rsplit("/", 1)[-1].split(":")
         self.raw: list[tuple[str, bytes]] = []
         self.lock = threading.Lock()
         self.topics = topics
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=persistent_id or "", protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         self.client.on_connect = self._on_connect
         self.client.on_message = self._on_message
         self.client.reconnect_delay_set(0.2, 1)
-        props = None
-        if persistent_id:
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = 600
-        self.client.connect(host, int(port), clean_start=persistent_id is None, properties=props)
+        self.client.connect(host, int(port))
         self.ready = threading.Event()
         self.client.loop_start()
         assert self.ready.wait(10), "collector could not subscribe"

@@ -81,7 +81,7 @@ def test_malformed_and_oversized_frames_raise():
 def test_reply_and_label_round_trip():
     r = ReplyMsg("cam1", 5, 3, 0.9, "0-2", "hub1", 0.1, 2.0, 8)
     assert decode_reply(r.encode()) == r
-    lab = LabelMsg("cam1", 5, 3, "Dress", 0.9, "expert", "0-2", 12.5, 1.0, 1, 0.4, "p")
+    lab = LabelMsg("cam1", 5, 3, "Dress", 0.9, "expert", "0-2", 12.5, 1.0, 1, 0.4, "p", hub="hub1")
     assert decode_label(lab.encode()) == lab
     with pytest.raises(ProtocolError):
         decode_label(b'{"frame_id": 1}')
@@ -107,12 +107,22 @@ def test_labels_are_checked_field_by_field_and_unknown_fields_ignored():
         ("tau", 2.0),
         ("label_name", "x" * 300),
         ("run", 7),
+        ("hub", "hub/1"),
+        ("hub", 1),
     ]:
         with pytest.raises(ProtocolError):
             decode_label(json.dumps({**good, field: bad}).encode())
+    assert decode_label(json.dumps({k: v for k, v in good.items() if k != "hub"}).encode()).hub is None  # older edges
     for payload in (b"[]", b"NaN", b"{" * 10, b" " * (64 * 1024 + 1)):
         with pytest.raises(ProtocolError):
             decode_label(payload)
+
+
+def test_a_hub_answers_as_its_broker_user_where_it_has_one():
+    """Replies, and so expert labels, name the hub by the identity the shipped broker checks."""
+    assert HubSettings(hub_id="box7", username="hub1").answers_as == "hub1"
+    assert HubSettings(hub_id="box7").answers_as == "box7"
+    assert HubSettings(hub_id="box7", username="hub one@site").answers_as == "box7"  # not a topic-safe name
 
 
 def test_settings_precedence_flag_env_file(tmp_path, monkeypatch):

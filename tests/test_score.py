@@ -143,6 +143,18 @@ def test_scoring_leaves_nothing_retained_on_the_broker(broker, tmp_path):
     assert late.raw == []
 
 
+def test_expert_labels_counted_per_hub():
+    """`score` says which hub answered how many frames; labels from edges that do not name it: "?"."""
+    from dataclasses import replace
+
+    msgs = [replace(m, hub="hub2" if m.frame_id == 5 else "hub1") if m.source == "expert" else m for m in stream()]
+    assert score(msgs).by_hub == {"hub1": 2, "hub2": 1}  # the duplicate of frame 3 is not counted
+    assert score(stream()).by_hub == {"?": 3}
+    from evaluation.report import to_markdown
+
+    assert "| expert labels per hub | hub1 2, hub2 1 |" in to_markdown(score(msgs))
+
+
 def test_latency_breakdown_by_source():
     """Labels that carry where their latency went are summarised per source and part; labels
     without it (older edges) add nothing."""

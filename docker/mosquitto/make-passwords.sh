@@ -4,10 +4,12 @@
 #   docker/mosquitto/make-passwords.sh hub1 ops cam1 cam2       # prompts for each password
 #   ATE_PW_hub1=s3cret ATE_PW_cam1=other docker/mosquitto/make-passwords.sh hub1 cam1   # scripted
 #
-# Users: `hub1`..`hub4` (one per expert hub, named as its hub id), `ops` (operators, dashboards,
-# mosquitto_sub, tau/set), and one user per edge node named exactly as its --node-id / ATE_NODE_ID
-# (the ACL's %u patterns rely on it). Empty passwords are refused.
-# Writes auth/passwd and auth/acl (a copy of docker/mosquitto/acl), mode 0600, owned by the broker's
+# Users: `hub1`..`hub4` (one per expert hub, named as its hub id), `ops` (operators: mosquitto_sub,
+# tau/set), `labels-<name>` (one per application that consumes labels: a dashboard, an archive, the
+# scorer; read-only), and one user per edge node named exactly as its --node-id / ATE_NODE_ID
+# (the ACL's %u patterns rely on it). One user is one connection. Empty passwords are refused.
+# Writes auth/passwd and auth/acl (docker/mosquitto/acl, then a read-only block for every
+# labels-<name> user in the password file, old and new), mode 0600, owned by the broker's
 # user (uid and gid 1883 in the eclipse-mosquitto image; BROKER_UID / BROKER_GID override, NO_CHOWN=1
 # keeps yours), so Mosquitto 2.0.16+ loads them without "world readable" / "owner is not mosquitto"
 # warnings. The chown uses sudo when not run as root. AUTH_DIR overrides the folder. Uses the host's
@@ -16,7 +18,7 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dir="${AUTH_DIR:-$here/auth}"
 uid="${BROKER_UID:-1883}"
-[ $# -gt 0 ] || { sed -n '2,14p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,17p' "$0"; exit 2; }
 MOSQUITTO_IMAGE="${MOSQUITTO_IMAGE:-eclipse-mosquitto:2.0.20}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -43,8 +45,28 @@ for user in "$@"; do
   echo "user $user set"
 done
 
+consumer_acl() {  # a label consumer: reads labels, status and stats, and nothing else
+  cat <<EOF
+
+# ----------------------------------------------------------------- label consumer $1 (make-passwords.sh)
+user $1
+topic read ate/v1/nodes/+/labels
+topic read ate/v1/status/#
+topic read ate/v1/stats/#
+# the edge patterns apply to every user: take back what they would let $1 do as an edge node
+topic deny ate/v1/experts/+/frames/$1
+topic deny ate/v1/nodes/$1/#
+topic deny ate/v1/status/edge/$1
+topic deny ate/v1/stats/edge/$1
+EOF
+}
+{
+  cat "$here/acl"
+  for user in $(awk -F: '/^labels-/ {print $1}' "$tmp/passwd"); do consumer_acl "$user"; done
+} > "$tmp/acl"
+
 for f in passwd acl; do
-  src="$tmp/passwd"; [ "$f" = acl ] && src="$here/acl"
+  src="$tmp/$f"
   if [ "${NO_CHOWN:-0}" = 1 ]; then
     install -m 600 "$src" "$dir/$f"
   else
