@@ -150,6 +150,7 @@ def test_teacher_init_refuses_another_architecture_naming_both(tmp_path):
 
 
 TINY_PAPER = ["--device", "cpu", "--head-dim", "16", "--depth", "2", "--img-size", "32", "--patch-size", "8", "--batch-size", "64"]
+SMALL = ["--expert-train-samples", "128", "--max-test-samples", "100", "--max-val-samples", "100", "--importance-batches", "1"]
 
 
 def test_recipe_paper_is_table6_and_records_overrides():
@@ -173,7 +174,7 @@ def test_recipe_paper_is_table6_and_records_overrides():
 @pytest.mark.timeout(900)
 @pytest.mark.slow
 def test_plan_then_a_two_epoch_paper_run_ends_in_a_served_pack(tmp_path, capsys):
-    dataset = write_cifar(tmp_path / "cifar-100-python", "python")
+    dataset = write_cifar(tmp_path / "cifar-100-python", "python", n_train=400, n_test=100)
     ckpt = tmp_path / "deit-12h16.safetensors"
     torch.manual_seed(2)
     src = VisionTransformer(img_size=16, patch_size=8, num_classes=1000, embed_dim=192, depth=2, num_heads=12)
@@ -183,7 +184,7 @@ def test_plan_then_a_two_epoch_paper_run_ends_in_a_served_pack(tmp_path, capsys)
     assert "| teacher M_D | 1 | 12H | 200 |" in out and "| subset teachers M_I | 10 | 12H | 200 |" in out
     assert "| experts (progressive, static, uniform) | 10 | 4H+4H+4H | 200 |" in out and "device-hours" in out
     argv = ["pack", "--recipe", "paper", "--dataset", dataset, *TINY_PAPER, "--epochs", "2", "--teacher-init", str(ckpt)]
-    argv += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "pack"), "--importance-batches", "1", "--threads", "2"]
+    argv += ["--work", str(tmp_path / "work"), "--out", str(tmp_path / "pack"), *SMALL, "--threads", "2"]
     assert main(argv) == 0
     from askexpert.backends import open_backend
     from askexpert.pack import Pack
