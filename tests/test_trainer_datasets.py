@@ -82,6 +82,7 @@ def test_train_val_split_is_seeded_stratified_and_disjoint():
     assert not set(tr.images.ravel()) & set(va.images.ravel())
 
 
+@pytest.mark.slow  # DataLoader worker processes: about 20 s on the busy 2-core box
 def test_streaming_folder_trains_as_the_in_memory_folder(tmp_path):
     """A folder decoded per batch by DataLoader workers gives the same images, and the same fit, as
     the folder decoded into memory."""
