@@ -375,15 +375,8 @@ class Run:
         arch = self.arch(cfg.teacher_shape)
         model = self.new_teacher(drop_path_rate=0.1 if cfg.epochs_teacher >= 20 else 0.0)
         self.log(f"[teacher] {cfg.teacher_shape} depth {cfg.depth} patch {self.patch} on {len(self.data.y_train)} images")
-        summary = self._fit(
-            [Job("teacher", model)],
-            self.data.x_train,
-            self.data.y_train,
-            None,
-            self.spec(cfg.epochs_teacher, cfg.lr, teacher=True),
-            "teacher",
-            "teacher",
-        )
+        spec = self.spec(cfg.epochs_teacher, cfg.lr, teacher=True)
+        summary = self._fit([Job("teacher", model)], self.data.x_train, self.data.y_train, None, spec, "teacher", "teacher")
         self.save_model(model, "teacher.safetensors")
         train_logits = self.logits(model, self.data.x_train)
         if dist.is_main():
