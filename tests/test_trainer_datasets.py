@@ -100,7 +100,9 @@ def test_streaming_folder_trains_as_the_in_memory_folder(tmp_path):
             cv2.imwrite(str(tmp_path / "train" / c / f"{i}.png"), rng.integers(0, 255, (12, 12, 3), dtype=np.uint8))
     d = load_image_folder("train", tmp_path)
     mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
-    x = (torch.from_numpy(d.images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    x = (torch.from_numpy(d.images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[
+        :, None, None
+    ]
     stream = StreamingImages(list_image_folder("train", tmp_path).files, 12, 3, mean, std)
     assert len(stream) == 24 and np.allclose(stream[5][0], x[5].numpy(), atol=1e-6) and stream[5][1] == 5
     y = torch.from_numpy(d.labels)

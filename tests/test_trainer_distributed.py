@@ -49,7 +49,10 @@ def test_two_ranks_train_as_one_process(one_process, tmp_path):
     assert (s1["world"], s2["world"], s1["steps"], s2["steps"]) == (1, 2, 18, 18)
     assert s1["final_loss"]["m"] == pytest.approx(s2["final_loss"]["m"], rel=1e-4)
     _close(one_process, tmp_path)
-    assert not (tmp_path / "ckpt" / "state.json.tmp").exists() and json.loads((tmp_path / "ckpt" / "state.json").read_text())["epochs_done"] == 3
+    assert (
+        not (tmp_path / "ckpt" / "state.json.tmp").exists()
+        and json.loads((tmp_path / "ckpt" / "state.json").read_text())["epochs_done"] == 3
+    )
 
 
 def test_target_samples_split_unevenly_and_the_loss_still_adds_up():

@@ -195,6 +195,7 @@ def test_plan_then_a_two_epoch_paper_run_ends_in_a_served_pack(tmp_path, capsys)
     t6 = m.training["table6"]
     assert t6["recipe"] == "paper" and {"epochs_teacher", "device", "depth", "head_dim", "img_size", "patch_size"} <= set(t6["overridden"])
     assert t6["overridden"]["img_size"] == {"recipe": 224, "used": 32}
+    assert "dataset" not in t6["overridden"] and str(tmp_path) not in json.dumps(t6) and t6["processes"] == 1
     assert json.loads((tmp_path / "work" / "partition.json").read_text())["how"].startswith("the paper's Table 7")
     backend = open_backend("torch")
     frames = np.random.default_rng(0).integers(0, 255, (4, 32, 32, 3), dtype=np.uint8)

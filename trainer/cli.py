@@ -139,9 +139,19 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def recipe_record(ns: argparse.Namespace, cfg) -> dict:
     """What the pack's record says of its recipe: Table 6, the recipe's documented differences from
-    it, and the recipe's values that flags on this command line overrode."""
-    used = asdict(cfg) | {"no_size_limit": ns.no_size_limit}
-    return {"paper": TABLE6, "recipe": ns.recipe, "overridden": overridden(ns.recipe, used), "differences": DEVIATIONS.get(ns.recipe, {})}
+    it, the recipe's values that flags on this command line overrode, and the number of processes."""
+    from trainer import distributed as dist
+
+    # the data set's kind only: the record holds no paths of the training machine
+    used = asdict(cfg) | {"no_size_limit": ns.no_size_limit, "dataset": cfg.dataset.split(":")[0]}
+    over = overridden(ns.recipe, used)
+    return {
+        "paper": TABLE6,
+        "recipe": ns.recipe,
+        "overridden": over,
+        "differences": DEVIATIONS.get(ns.recipe, {}),
+        "processes": dist.world(),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
