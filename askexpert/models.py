@@ -163,4 +163,4 @@ class SharedTrunk(nn.Module):
         self.n_blocks = n_blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit.forward_features(x)
+        return self.vit.forward_features(fit_input(self.vit, x))
