@@ -191,6 +191,14 @@ class Batches:
         self.sampler = DistributedSampler(range(n), dist.world(), dist.rank(), shuffle=True, seed=spec.seed * 1000, drop_last=True)
         self.inputs = inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
 
+    def augment_generator(self, epoch: int) -> torch.Generator:
+        """The epoch's random stream for augmentation, the same on every rank: the sampler's seed,
+        advanced past its permutation, as one process drew it before DDP (so one-process runs
+        reproduce earlier packs exactly)."""
+        gen = torch.Generator().manual_seed(self.sampler.seed + epoch)
+        torch.randperm(len(self.sampler.dataset), generator=gen)
+        return gen
+
     def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(sample indices, images) per step, on the device."""
         self.sampler.set_epoch(epoch)
@@ -277,7 +285,7 @@ def fit(jobs: list[Job], inputs, labels: torch.Tensor, teacher_labels, spec: Fit
     with progress_bar() as bar:
         task = bar.add_task(env.desc, total=total, completed=start * batches.steps, info="")
         for epoch in range(start, spec.epochs):
-            gen = torch.Generator().manual_seed(spec.seed * 1000 + epoch)  # the same on every rank
+            gen = batches.augment_generator(epoch)  # the same on every rank
             running = {j.name: torch.zeros((), device=env.device) for j in jobs}  # summed on the device: no sync per step
             for s, (idx, x) in enumerate(batches.epoch(epoch)):
                 x = _augment_batch(x, spec, gen)
@@ -286,10 +294,9 @@ def fit(jobs: list[Job], inputs, labels: torch.Tensor, teacher_labels, spec: Fit
                 step = _train_step(jobs, nets, x, labels_d[idx], {k: v[idx] for k, v in teach_d.items()}, (t, lr, spec.epochs), spec)
                 for k, v in step.items():
                     running[k] += v
-                info = (
-                    f"ep {epoch + 1}/{spec.epochs} loss {float(sum(running.values())) / (len(jobs) * (s + 1)):.3f}" if s % 50 == 49 else ""
-                )
-                bar.update(task, advance=1, **({"info": info} if info else {}))
+                if s % 50 == 49 or s == batches.steps - 1:  # a device sync: only now and then
+                    bar.update(task, info=f"ep {epoch + 1}/{spec.epochs} loss {float(sum(running.values())) / (len(jobs) * (s + 1)):.3f}")
+                bar.update(task, advance=1)
             losses = {k: float(dist.mean(v)) / batches.steps for k, v in running.items()}
             _checkpoint(env, jobs, epoch + 1, losses)
     for job in jobs:
