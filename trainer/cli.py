@@ -191,6 +191,8 @@ def _train(ns: argparse.Namespace, argv: list[str], cfg, log) -> int:
     run.set_info("recipe", record)
     if record["overridden"]:
         log(f"recipe {ns.recipe}: overridden by flags: {record['overridden']}")
+    if ns.recipe == "paper" and not cfg.teacher_init:
+        log("recipe paper without --teacher-init: the teachers start from random weights, not the paper's pretrained DeiT-Base")
     if ns.cmd in ("premise", "teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report"):
         getattr(run, f"step_{ns.cmd.replace('-', '_')}")()
         if ns.cmd == "report" and dist.is_main():

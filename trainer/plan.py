@@ -53,7 +53,8 @@ def fits(cfg, n: int, ne: int) -> list[PlannedFit]:
 
 def step_seconds(cfg, shape: str, img: int, chans: int, batch: int) -> float:
     """Seconds of one training step (forward, backward, AdamW) of `shape` on `batch` images at the
-    run's image size, on the run's device (bf16 autocast as in training); median of 3 after 1 warm-up."""
+    run's image size, on the run's device (bf16 autocast as in training): the fastest of 5 after 2
+    warm-up steps, the least disturbed by other work on a shared machine."""
     from trainer.engine import autocast
     from trainer.pipeline import auto_patch
 
@@ -69,7 +70,7 @@ def step_seconds(cfg, shape: str, img: int, chans: int, batch: int) -> float:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     x, y = torch.randn(batch, chans, size, size, device=device), torch.randint(0, 100, (batch,), device=device)
     times = []
-    for _ in range(4):
+    for _ in range(7):
         t0 = time.perf_counter()
         with autocast(device):
             loss = torch.nn.functional.cross_entropy(model(x).float(), y)
@@ -79,7 +80,7 @@ def step_seconds(cfg, shape: str, img: int, chans: int, batch: int) -> float:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return sorted(times[1:])[1]
+    return min(times[2:])
 
 
 def plan(cfg, measure_batch: int = 8, log=print) -> str:
