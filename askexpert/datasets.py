@@ -242,6 +242,61 @@ class StreamingImages:
         return (x - self.mean) / self.std, i
 
 
+class LazyImages:
+    """Streamed images indexed as the trainer indexes its in-memory tensors (by position, slice or
+    index tensor: a lazy selection) and decoded only when used: `.to(device)` decodes the selection
+    (an evaluation batch), and a DataLoader reads item i as (image, i) in its workers (training)."""
+
+    def __init__(self, stream: StreamingImages, index: np.ndarray | None = None) -> None:
+        self.stream = stream
+        self.index = np.arange(len(stream)) if index is None else np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.stream[int(self.index[key])][0], int(key)
+        if hasattr(key, "cpu"):  # a torch index tensor
+            key = key.cpu().numpy()
+        return LazyImages(self.stream, self.index[key])
+
+    def to(self, device):
+        """The selection decoded: a float32 tensor (N, C, H, W) on `device`."""
+        import torch
+
+        if not len(self.index):
+            return torch.empty(0, 1 if self.stream.grey else 3, self.stream.size, self.stream.size, device=device)
+        return torch.from_numpy(np.stack([self.stream[int(i)][0] for i in self.index])).to(device)
+
+
+def list_dataset(name: str, split: str) -> LabelledImages:
+    """An image folder's split listed, not decoded: `images` holds the file paths (an object array),
+    so the trainer's split and subsampling select files as they would select images."""
+    kind, _, arg = name.partition(":")
+    if kind != "folder" or not arg:
+        raise DatasetError(f"only folder:PATH data sets stream (decode per batch), not {name!r}")
+    listed = list_image_folder(split, Path(arg))
+    files = np.empty(len(listed.files), dtype=object)
+    files[:] = listed.files
+    return LabelledImages(files, listed.labels, listed.classes, listed.superclass, listed.superclass_names)
+
+
+def stream_stats(files: np.ndarray, size: int | None, sample: int = 2000, seed: int = 0) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(size, channels, mean, std) of a folder's images from a seeded sample of at most `sample`
+    files: size the first image's (unless given), grey only if every sampled image is grey."""
+    import cv2
+
+    pick = np.sort(np.random.default_rng(seed).permutation(len(files))[:sample])
+    raw = [cv2.imread(str(files[i]), cv2.IMREAD_UNCHANGED) for i in pick]
+    if any(im is None for im in raw):
+        raise DatasetError(f"unreadable images among {[str(files[i]) for i, im in zip(pick, raw) if im is None][:3]}")
+    grey = all(im.ndim == 2 for im in raw)
+    size = size or raw[0].shape[0]
+    pix = np.stack([_fit_image(im, size, grey) for im in raw]).reshape(-1, 1 if grey else 3).astype(np.float64) / 255.0
+    return size, 1 if grey else 3, np.round(pix.mean(axis=0), 4), np.round(pix.std(axis=0) + 1e-8, 4)
+
+
 def train_val_split(data: LabelledImages, val_fraction: float = 0.1, seed: int = 0) -> tuple[LabelledImages, LabelledImages]:
     """Hold out a seeded, class-stratified validation split from a training split."""
     if not 0.0 < val_fraction < 1.0:

@@ -113,3 +113,30 @@ def test_streaming_folder_trains_as_the_in_memory_folder(tmp_path):
         fit([Job("m", m)], inputs, y, None, FitSpec(epochs=2, batch_size=8, lr=1e-3, seed=2, workers=1), FitEnv(log=lambda s: None))
         models.append(m.state_dict())
     assert all(torch.allclose(models[0][k], models[1][k], atol=1e-5) for k in models[0])
+
+
+@pytest.mark.slow  # two tiny teacher fits, one through DataLoader workers
+def test_trainer_streams_a_folder_as_it_loads_it(tmp_path):
+    """`--stream`: the same split, normalisation and teacher as the folder loaded into memory."""
+    import json
+
+    import cv2
+    import torch
+    from safetensors.torch import load_file
+
+    from trainer.cli import main
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 20), ("test", 4)):
+        for c in ("a", "b", "c"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(tmp_path / "data" / split / c / f"{i}.png"), rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    flags = ["--dataset", f"folder:{tmp_path / 'data'}", "--head-dim", "8", "--depth", "1", "--teacher-shape", "4H", "--epochs", "2"]
+    flags += ["--batch-size", "16", "--patch-size", "8", "--threads", "1"]
+    for mode in ("memory", "stream"):
+        assert main(["teacher", *flags, "--work", str(tmp_path / mode), *(["--stream"] if mode == "stream" else [])]) == 0
+    mem, st = (load_file(str(tmp_path / m / "teacher.safetensors")) for m in ("memory", "stream"))
+    assert all(torch.allclose(mem[k], st[k], atol=1e-5) for k in mem)
+    info = [json.loads((tmp_path / m / "teacher.json").read_text()) for m in ("memory", "stream")]
+    assert info[0]["val_top1"] == info[1]["val_top1"] and info[0]["train_top1"] == info[1]["train_top1"]

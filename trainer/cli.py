@@ -34,6 +34,7 @@ HELP: dict[str, str] = {
     "partition": "superclass: the data set's groups (or the garment groups of Fashion-MNIST); paper: Table 7's CIFAR-100 lists "
     "for S=4,6,8; confusion: from the 3H's confusions",
     "img_size": "every model's input size (0: the data's); images are resized per batch (e.g. 224 for a DeiT-Base start)",
+    "stream": "folder:PATH data sets: decode images per batch in DataLoader workers instead of holding them in memory",
     "teacher_init": "pretrained ViT weights for the teachers (safetensors, or a .pth state dict read weights-only)",
     "subset_teacher_init": "teacher: each M_I starts from M_D; pretrained: from --teacher-init, as the paper",
     "teacher_clip_grad": "gradient-norm clipping of the teachers M_D and M_I (negative: --clip-grad; 0: none, Table 6)",

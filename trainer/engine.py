@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from askexpert.hardware import cpu_has_bf16
+from askexpert.hardware import cpu_has_bf16, usable_cores
 from askexpert.models import use_math_attention
 from trainer import distributed as dist
 from trainer.losses import distill_loss, sample_weights, weight_for
@@ -53,7 +53,7 @@ class FitSpec:
     omega_schedule: str = "step"
     aug: dict | None = None
     seed: int = 0
-    workers: int = 4  # DataLoader worker processes per rank, for data sets decoded per batch
+    workers: int = field(default_factory=lambda: min(4, usable_cores()))  # DataLoader workers per rank (streamed data)
 
 
 def progress_bar() -> Progress:

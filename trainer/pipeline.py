@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from askexpert.datasets import LabelledImages, load_dataset, train_val_split
+from askexpert.datasets import LabelledImages, list_dataset, load_dataset, train_val_split
 from askexpert.models import ExpertTail, ViTArch, build_vit, trunk_tokens
 from askexpert.routing import expert_key
 from trainer import distributed as dist
@@ -64,6 +64,7 @@ class Config:
     img_size: int = 0  # 0: the data's; else every model's input size, images resized per batch
     teacher_init: str = ""  # pretrained ViT weights (safetensors or .pth state dict) for every teacher
     subset_teacher_init: str = "teacher"  # teacher: M_I from M_D | pretrained: from --teacher-init (the paper)
+    stream: bool = False  # folder data sets: decode images per batch (DataLoader workers), not all in memory
     tail_blocks: int = 1
     epochs_teacher: int = 30
     epochs_distill: int = 30
@@ -131,8 +132,9 @@ def _to_tensor(d: LabelledImages, mean: np.ndarray, std: np.ndarray) -> tuple[to
 
 
 def load_data(cfg: Config) -> Data:
-    full = load_dataset(cfg.dataset, "train")
-    test = load_dataset(cfg.dataset, "test")
+    load = list_dataset if cfg.stream else load_dataset  # streamed: file lists, decoded per batch
+    full = load(cfg.dataset, "train")
+    test = load(cfg.dataset, "test")
     train, val = train_val_split(full, cfg.val_fraction, cfg.seed)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         idx = np.sort(np.random.default_rng(cfg.seed + 1).permutation(len(train))[: cfg.max_train_samples])
@@ -143,6 +145,10 @@ def load_data(cfg: Config) -> Data:
     if cfg.max_test_samples and cfg.max_test_samples < len(test):
         idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(len(test))[: cfg.max_test_samples])
         test = LabelledImages(test.images[idx], test.labels[idx], test.classes, test.superclass, test.superclass_names)
+    if cfg.stream:
+        from trainer.streaming import streamed_data
+
+        return streamed_data(cfg, train, val, test)
     pix = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
     # rounded as written to the manifest, so the runtime's preprocessing is exactly the trainer's
     mean, std = np.round(pix.mean(axis=0), 4), np.round(pix.std(axis=0) + 1e-8, 4)
