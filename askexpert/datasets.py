@@ -148,15 +148,21 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 SUPERCLASS_MAP = "superclasses.txt"
 
 
-def load_image_folder(split: str, root: Path | None = None, size: int | None = None) -> LabelledImages:
-    """An image folder: `ROOT/SPLIT/CLASS/*.png` (or `ROOT/CLASS/*` when there are no split folders).
+@dataclass
+class ImageFiles:
+    """An image folder listed but not decoded: one file and label per image."""
 
-    Classes are the sorted folder names. An optional `ROOT/superclasses.txt` maps classes to
-    superclasses, one `class superclass` pair per line. Images are resized to `size` (default: the
-    first image's shape, square) and kept grey if every image is grey, else RGB.
-    """
-    import cv2  # only needed for folders
+    files: list[Path]
+    labels: np.ndarray  # int64 (N,)
+    classes: list[str]
+    superclass: np.ndarray | None = None
+    superclass_names: list[str] = field(default_factory=list)
 
+
+def list_image_folder(split: str, root: Path | None = None) -> ImageFiles:
+    """The files of `ROOT/SPLIT/CLASS/*` (or `ROOT/CLASS/*` when there are no split folders), classes
+    being the sorted folder names, with the superclasses of an optional `ROOT/superclasses.txt`
+    (`class superclass` per line)."""
     if root is None:
         raise DatasetError("an image folder data set needs a path: folder:PATH")
     root = Path(root)
@@ -169,21 +175,6 @@ def load_image_folder(split: str, root: Path | None = None, size: int | None = N
     files = [(f, c) for c, name in enumerate(classes) for f in sorted((base / name).iterdir()) if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise DatasetError(f"{base} has no images")
-    raw = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f, _ in files]
-    bad = [str(f) for (f, _), im in zip(files, raw) if im is None]
-    if bad:
-        raise DatasetError(f"unreadable images: {bad[:3]}")
-    grey = all(im.ndim == 2 for im in raw)
-    size = size or raw[0].shape[0]
-    out = np.empty((len(raw), size, size, 1 if grey else 3), dtype=np.uint8)
-    for i, im in enumerate(raw):
-        if im.dtype != np.uint8:
-            im = cv2.normalize(im, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
-        if not grey:
-            im = cv2.cvtColor(im, cv2.COLOR_GRAY2RGB) if im.ndim == 2 else cv2.cvtColor(im[..., :3], cv2.COLOR_BGR2RGB)
-        im = cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
-        out[i] = im.reshape(size, size, -1)
-    labels = np.array([c for _, c in files], dtype=np.int64)
     superclass, super_names = None, []
     map_file = root / SUPERCLASS_MAP
     if map_file.is_file():
@@ -193,7 +184,117 @@ def load_image_folder(split: str, root: Path | None = None, size: int | None = N
             raise DatasetError(f"{map_file} has no superclass for {missing[:5]}")
         super_names = sorted(set(pairs[c] for c in classes))
         superclass = np.array([super_names.index(pairs[c]) for c in classes], dtype=np.int64)
-    return LabelledImages(out, labels, classes, superclass, super_names)
+    labels = np.array([c for _, c in files], dtype=np.int64)
+    return ImageFiles([f for f, _ in files], labels, classes, superclass, super_names)
+
+
+def _fit_image(im: np.ndarray, size: int, grey: bool) -> np.ndarray:
+    """A decoded image as uint8 (size, size, 1 or 3): 8-bit, grey or RGB, resized (area)."""
+    import cv2
+
+    if im.dtype != np.uint8:
+        im = cv2.normalize(im, None, 0, 255, cv2.NORM_MINMAX).astype(np.uint8)
+    if grey and im.ndim == 3:
+        im = cv2.cvtColor(im[..., :3], cv2.COLOR_BGR2GRAY)
+    elif not grey:
+        im = cv2.cvtColor(im, cv2.COLOR_GRAY2RGB) if im.ndim == 2 else cv2.cvtColor(im[..., :3], cv2.COLOR_BGR2RGB)
+    im = cv2.resize(im, (size, size), interpolation=cv2.INTER_AREA)
+    return im.reshape(size, size, -1)
+
+
+def load_image_folder(split: str, root: Path | None = None, size: int | None = None) -> LabelledImages:
+    """An image folder (`list_image_folder`) decoded into memory. Images are resized to `size`
+    (default: the first image's shape, square) and kept grey if every image is grey, else RGB.
+    For folders too large for memory, `StreamingImages` decodes per batch instead."""
+    import cv2  # only needed for folders
+
+    listed = list_image_folder(split, root)
+    raw = [cv2.imread(str(f), cv2.IMREAD_UNCHANGED) for f in listed.files]
+    bad = [str(f) for f, im in zip(listed.files, raw) if im is None]
+    if bad:
+        raise DatasetError(f"unreadable images: {bad[:3]}")
+    grey = all(im.ndim == 2 for im in raw)
+    size = size or raw[0].shape[0]
+    out = np.stack([_fit_image(im, size, grey) for im in raw])
+    return LabelledImages(out, listed.labels, listed.classes, listed.superclass, listed.superclass_names)
+
+
+class StreamingImages:
+    """Images of a folder decoded one at a time, in DataLoader worker processes, never all in memory:
+    item i is (float32 (C, size, size) normalised by `mean`/`std` per channel, i), as the trainer's
+    in-memory tensors are. A map-style data set for `trainer.engine.fit`."""
+
+    def __init__(self, files: list[Path], size: int, channels: int, mean: list[float], std: list[float]) -> None:
+        self.files, self.size, self.grey = list(files), size, channels == 1
+        self.mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+        self.std = np.asarray(std, dtype=np.float32)[:, None, None]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
+        import cv2
+
+        im = cv2.imread(str(self.files[i]), cv2.IMREAD_UNCHANGED)
+        if im is None:
+            raise DatasetError(f"unreadable image {self.files[i]}")
+        x = _fit_image(im, self.size, self.grey).transpose(2, 0, 1).astype(np.float32) / 255.0
+        return (x - self.mean) / self.std, i
+
+
+class LazyImages:
+    """Streamed images indexed as the trainer indexes its in-memory tensors (by position, slice or
+    index tensor: a lazy selection) and decoded only when used: `.to(device)` decodes the selection
+    (an evaluation batch), and a DataLoader reads item i as (image, i) in its workers (training)."""
+
+    def __init__(self, stream: StreamingImages, index: np.ndarray | None = None) -> None:
+        self.stream = stream
+        self.index = np.arange(len(stream)) if index is None else np.asarray(index, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        if isinstance(key, (int, np.integer)):
+            return self.stream[int(self.index[key])][0], int(key)
+        if hasattr(key, "cpu"):  # a torch index tensor
+            key = key.cpu().numpy()
+        return LazyImages(self.stream, self.index[key])
+
+    def to(self, device):
+        """The selection decoded: a float32 tensor (N, C, H, W) on `device`."""
+        import torch
+
+        if not len(self.index):
+            return torch.empty(0, 1 if self.stream.grey else 3, self.stream.size, self.stream.size, device=device)
+        return torch.from_numpy(np.stack([self.stream[int(i)][0] for i in self.index])).to(device)
+
+
+def list_dataset(name: str, split: str) -> LabelledImages:
+    """An image folder's split listed, not decoded: `images` holds the file paths (an object array),
+    so the trainer's split and subsampling select files as they would select images."""
+    kind, _, arg = name.partition(":")
+    if kind != "folder" or not arg:
+        raise DatasetError(f"only folder:PATH data sets stream (decode per batch), not {name!r}")
+    listed = list_image_folder(split, Path(arg))
+    files = np.empty(len(listed.files), dtype=object)
+    files[:] = listed.files
+    return LabelledImages(files, listed.labels, listed.classes, listed.superclass, listed.superclass_names)
+
+
+def stream_stats(files: np.ndarray, size: int | None, sample: int = 2000, seed: int = 0) -> tuple[int, int, np.ndarray, np.ndarray]:
+    """(size, channels, mean, std) of a folder's images from a seeded sample of at most `sample`
+    files: size the first image's (unless given), grey only if every sampled image is grey."""
+    import cv2
+
+    pick = np.sort(np.random.default_rng(seed).permutation(len(files))[:sample])
+    raw = [cv2.imread(str(files[i]), cv2.IMREAD_UNCHANGED) for i in pick]
+    if any(im is None for im in raw):
+        raise DatasetError(f"unreadable images among {[str(files[i]) for i, im in zip(pick, raw) if im is None][:3]}")
+    grey = all(im.ndim == 2 for im in raw)
+    size = size or raw[0].shape[0]
+    pix = np.stack([_fit_image(im, size, grey) for im in raw]).reshape(-1, 1 if grey else 3).astype(np.float64) / 255.0
+    return size, 1 if grey else 3, np.round(pix.mean(axis=0), 4), np.round(pix.std(axis=0) + 1e-8, 4)
 
 
 def train_val_split(data: LabelledImages, val_fraction: float = 0.1, seed: int = 0) -> tuple[LabelledImages, LabelledImages]:

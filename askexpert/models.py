@@ -65,18 +65,40 @@ class ViTArch:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
+def fit_input(vit: VisionTransformer, x: torch.Tensor) -> torch.Tensor:
+    """`x` resized (bilinear) to the ViT's image size when it has another: a pack trained at 224 px
+    on 32 px CIFAR images is fed them per batch, never stored upscaled (`--img-size`)."""
+    size = tuple(vit.patch_embed.img_size)
+    if tuple(x.shape[-2:]) == size:
+        return x
+    return torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+def _resize_hook(vit: nn.Module, args: tuple) -> tuple:
+    return (fit_input(vit, args[0]), *args[1:])
+
+
+def accept_any_size(vit: VisionTransformer) -> VisionTransformer:
+    """Resize every input to the model's image size in its forward (a pre-hook; weights unchanged)."""
+    vit.register_forward_pre_hook(_resize_hook)
+    return vit
+
+
 def build_vit(arch: ViTArch, drop_path_rate: float = 0.0) -> VisionTransformer:
-    """A timm VisionTransformer with a class token, as DeiT (without the distillation token)."""
-    return VisionTransformer(
-        img_size=arch.img_size,
-        patch_size=arch.patch_size,
-        in_chans=arch.in_chans,
-        num_classes=arch.num_classes,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        mlp_ratio=arch.mlp_ratio,
-        drop_path_rate=drop_path_rate,
+    """A timm VisionTransformer with a class token, as DeiT (without the distillation token); it
+    takes images of any size and resizes them to `arch.img_size` (`accept_any_size`)."""
+    return accept_any_size(
+        VisionTransformer(
+            img_size=arch.img_size,
+            patch_size=arch.patch_size,
+            in_chans=arch.in_chans,
+            num_classes=arch.num_classes,
+            embed_dim=arch.embed_dim,
+            depth=arch.depth,
+            num_heads=arch.num_heads,
+            mlp_ratio=arch.mlp_ratio,
+            drop_path_rate=drop_path_rate,
+        )
     )
 
 
@@ -97,7 +119,7 @@ def trunk_tokens(vit: VisionTransformer, x: torch.Tensor, n_blocks: int) -> torc
     if not 1 <= n_blocks <= len(vit.blocks):
         raise ValueError(f"a trunk of {n_blocks} blocks on a ViT of {len(vit.blocks)}")
     ((patches, prefix),) = vit.forward_intermediates(
-        x, indices=[n_blocks - 1], return_prefix_tokens=True, stop_early=True, output_fmt="NLC", intermediates_only=True
+        fit_input(vit, x), indices=[n_blocks - 1], return_prefix_tokens=True, stop_early=True, output_fmt="NLC", intermediates_only=True
     )
     return torch.cat([prefix, patches], dim=1)
 
@@ -141,4 +163,4 @@ class SharedTrunk(nn.Module):
         self.n_blocks = n_blocks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.vit.forward_features(x)
+        return self.vit.forward_features(fit_input(self.vit, x))

@@ -80,3 +80,63 @@ def test_train_val_split_is_seeded_stratified_and_disjoint():
     assert len(va) == 20 and np.bincount(va.labels).tolist() == [5] * 4
     assert np.array_equal(va.images, va2.images)
     assert not set(tr.images.ravel()) & set(va.images.ravel())
+
+
+@pytest.mark.slow  # DataLoader worker processes: about 20 s on the busy 2-core box
+def test_streaming_folder_trains_as_the_in_memory_folder(tmp_path):
+    """A folder decoded per batch by DataLoader workers gives the same images, and the same fit, as
+    the folder decoded into memory."""
+    import cv2
+    import torch
+
+    from askexpert.datasets import StreamingImages, list_image_folder
+    from askexpert.models import ViTArch, build_vit
+    from trainer.engine import FitEnv, FitSpec, Job, fit
+
+    rng = np.random.default_rng(0)
+    for c in ("a", "b", "c"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(8):
+            cv2.imwrite(str(tmp_path / "train" / c / f"{i}.png"), rng.integers(0, 255, (12, 12, 3), dtype=np.uint8))
+    d = load_image_folder("train", tmp_path)
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    x = (torch.from_numpy(d.images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[
+        :, None, None
+    ]
+    stream = StreamingImages(list_image_folder("train", tmp_path).files, 12, 3, mean, std)
+    assert len(stream) == 24 and np.allclose(stream[5][0], x[5].numpy(), atol=1e-6) and stream[5][1] == 5
+    y = torch.from_numpy(d.labels)
+    models = []
+    for inputs in (x, stream):
+        torch.manual_seed(0)
+        m = build_vit(ViTArch(16, 1, 2, 2.0, 4, 12, 3, 3))
+        fit([Job("m", m)], inputs, y, None, FitSpec(epochs=2, batch_size=8, lr=1e-3, seed=2, workers=1), FitEnv(log=lambda s: None))
+        models.append(m.state_dict())
+    assert all(torch.allclose(models[0][k], models[1][k], atol=1e-5) for k in models[0])
+
+
+@pytest.mark.slow  # two tiny teacher fits, one through DataLoader workers
+def test_trainer_streams_a_folder_as_it_loads_it(tmp_path):
+    """`--stream`: the same split, normalisation and teacher as the folder loaded into memory."""
+    import json
+
+    import cv2
+    import torch
+    from safetensors.torch import load_file
+
+    from trainer.cli import main
+
+    rng = np.random.default_rng(1)
+    for split, n in (("train", 20), ("test", 4)):
+        for c in ("a", "b", "c"):
+            (tmp_path / "data" / split / c).mkdir(parents=True)
+            for i in range(n):
+                cv2.imwrite(str(tmp_path / "data" / split / c / f"{i}.png"), rng.integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    flags = ["--dataset", f"folder:{tmp_path / 'data'}", "--head-dim", "8", "--depth", "1", "--teacher-shape", "4H", "--epochs", "2"]
+    flags += ["--batch-size", "16", "--patch-size", "8", "--threads", "1"]
+    for mode in ("memory", "stream"):
+        assert main(["teacher", *flags, "--work", str(tmp_path / mode), *(["--stream"] if mode == "stream" else [])]) == 0
+    mem, st = (load_file(str(tmp_path / m / "teacher.safetensors")) for m in ("memory", "stream"))
+    assert all(torch.allclose(mem[k], st[k], atol=1e-5) for k in mem)
+    info = [json.loads((tmp_path / m / "teacher.json").read_text()) for m in ("memory", "stream")]
+    assert info[0]["val_top1"] == info[1]["val_top1"] and info[0]["train_top1"] == info[1]["train_top1"]

@@ -156,7 +156,7 @@ def test_onnx_parity(tiny, tmp_path):
 
 def test_fit_resumes_after_interruption(tmp_path):
     from askexpert.models import ViTArch, build_vit
-    from trainer.engine import FitSpec, Job, fit
+    from trainer.engine import FitEnv, FitSpec, Job, fit
 
     arch = ViTArch(64, 1, 1, 2.0, 7, 28, 1, 10)
     x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
@@ -165,9 +165,12 @@ def test_fit_resumes_after_interruption(tmp_path):
     b = build_vit(arch)
     b.load_state_dict(a.state_dict())
     two, one = FitSpec(epochs=2, batch_size=32, lr=1e-3, seed=3), FitSpec(epochs=1, batch_size=32, lr=1e-3, seed=3)
-    kw = dict(log=lambda s: None)
-    fit([Job("m", a)], x, y, None, two, ckpt_dir=tmp_path / "straight", **kw)
-    fit([Job("m", b)], x, y, None, one, ckpt_dir=tmp_path / "split", **kw)  # "interrupted" after epoch 1
+
+    def env(name):
+        return FitEnv(ckpt_dir=tmp_path / name, log=lambda s: None)
+
+    fit([Job("m", a)], x, y, None, two, env("straight"))
+    fit([Job("m", b)], x, y, None, one, env("split"))  # "interrupted" after epoch 1
     state = json.loads((tmp_path / "split" / "state.json").read_text())
     assert state["epochs_done"] == 1
     # a new process: fresh model, resumes from the checkpoint (weights, AdamW state) at epoch 2 of 2
@@ -178,7 +181,7 @@ def test_fit_resumes_after_interruption(tmp_path):
     shutil.copytree(tmp_path / "split", tmp_path / "resumed")
     st = json.loads((tmp_path / "resumed" / "state.json").read_text())
     assert st["epochs_done"] == 1
-    fit([Job("m", c)], x, y, None, two, ckpt_dir=tmp_path / "resumed", **kw)
+    fit([Job("m", c)], x, y, None, two, env("resumed"))
     for k, v in a.state_dict().items():
         assert torch.allclose(v, c.state_dict()[k], atol=1e-5), k
 

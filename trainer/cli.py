@@ -11,80 +11,16 @@ re-run the same command to resume after an interruption (fits resume after their
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 import time
 import typing
+from dataclasses import asdict
 
 from rich.console import Console
 
-# The two reference recipes (`trainer pack --recipe cpu|gpu`); any flag given as well overrides them.
-RECIPES: dict[str, dict] = {
-    # The reference pack (make pack-cpu), within 2 h on 2 AVX-512/AMX cores. Head dim 16 at depth 3 is
-    # the cheapest setting of the premise sweep (step premise) where 3H < 4H < 6H < 12H by >= 1 pt
-    # each on validation; every difference from the paper's Table 6 is in docs/results/fashion-mnist.
-    "cpu": dict(
-        head_dim=16,
-        depth=3,
-        patch_size=7,
-        teacher_shape="12H",
-        epochs_teacher=20,
-        epochs_distill=4,
-        epochs_subset_teacher=2,
-        epochs_expert=5,
-        expert_seeds=3,
-        busy_experts=3,
-        batch_size=256,
-        lr=1e-3,
-        distill_lr=1e-3,
-        subset_teacher_lr=2e-4,
-        expert_lr=1e-3,
-        warmup_epochs=0.5,
-        expert_init="pruned-teacher",
-        threads=2,
-    ),
-    # the paper's depth 12 on one GPU; the pack exceeds the repository's size limits (it stays in runs/)
-    "gpu": dict(
-        depth=12,
-        patch_size=4,
-        epochs_teacher=30,
-        epochs_distill=30,
-        epochs_subset_teacher=3,
-        epochs_expert=3,
-        expert_train_samples=20000,
-        expert_seeds=3,
-        batch_size=512,
-        expert_lr=5e-4,
-        device="cuda",
-        no_size_limit=True,
-    ),
-}
-
-# The paper's Table 6 (fine-tuning DeiT-Base on CIFAR-100) and each recipe's differences from it, with
-# the reason: written into the pack's record (manifest training.table6).
-TABLE6 = {
-    "epochs": 200,
-    "start": "ImageNet-pretrained DeiT-Base for every teacher",
-    "batch": 256,
-    "lr": {"teachers": 1e-4, "students": 8e-5},
-    "warmup_epochs": 5,
-    "clip_grad": {"students": 1.0},
-    "W": 14,
-    "k": 2,
-    "distillation": "hard",
-}
-DEVIATIONS: dict[str, dict[str, str]] = {
-    "cpu": {
-        "epochs": "teacher 20, students 4, M_I 2, experts 5: 2 cores and a 2 h budget; the teacher gets 5x its students' epochs so "
-        "it stays the strongest model (with 10 the 6H student reached the teacher on validation: 88.18 against 88.35)",
-        "start": "M_D from scratch (no pretrained weights at head dim 16; nothing is downloaded); every M_I starts from M_D",
-        "lr": "M_D, students and experts 1e-3: from scratch, and pruned models re-learn most weights; the premise sweep's 12H is "
-        "strongest at 1e-3 on validation (85.18 against 84.78 at 5e-4, 84.47 at 2e-3); M_I 2e-4: it fine-tunes a trained model",
-        "warmup_epochs": "0.5 for every fit: 2.5% of the 20-epoch teacher, as 5 of 200; longer warm-ups take most of a short fit",
-        "clip_grad": "1.0 for every fit, teachers too: one rule",
-    },
-}
-
+from trainer.recipes import DEVIATIONS, RECIPES, TABLE6, overridden
 
 # Help, choices and short names of the trainer's settings; their names, types and defaults come from
 # `trainer.pipeline.Config`, so a new setting is a new field there (and a line here).
@@ -92,7 +28,13 @@ HELP: dict[str, str] = {
     "dataset": "fashion-mnist | cifar100:PATH | folder:PATH",
     "work": "work folder (default runs/<dataset>)",
     "out": "pack folder (default packs/<dataset>)",
-    "partition": "superclass: the data set's groups (or the garment groups of Fashion-MNIST); confusion: from the 3H's confusions",
+    "partition": "superclass: the data set's groups (or the garment groups of Fashion-MNIST); paper: Table 7's CIFAR-100 lists "
+    "for S=4,6,8; confusion: from the 3H's confusions",
+    "img_size": "every model's input size (0: the data's); images are resized per batch (e.g. 224 for a DeiT-Base start)",
+    "stream": "folder:PATH data sets: decode images per batch in DataLoader workers instead of holding them in memory",
+    "teacher_init": "pretrained ViT weights for the teachers (safetensors, or a .pth state dict read weights-only)",
+    "subset_teacher_init": "teacher: each M_I starts from M_D; pretrained: from --teacher-init, as the paper",
+    "teacher_clip_grad": "gradient-norm clipping of the teachers M_D and M_I (negative: --clip-grad; 0: none, Table 6)",
     "teacher_recipe": "per-subset: a teacher M_I per expert (the paper's); shared: M_D's labels for every expert",
     "expert_shape": "the experts' shape (the paper's Table 3 has 4H and 6H)",
     "baseline_shapes": "same-size generalists of the controls, comma-separated",
@@ -120,7 +62,8 @@ HELP: dict[str, str] = {
     "onnx": "with pack/export: also export ONNX into this folder and check parity",
 }
 CHOICES: dict[str, list[str]] = {
-    "partition": ["superclass", "confusion"],
+    "partition": ["superclass", "paper", "confusion"],
+    "subset_teacher_init": ["teacher", "pretrained"],
     "teacher_recipe": ["shared", "per-subset"],
     "expert_shape": ["4H", "6H"],
     "omega_schedule": ["step", "epoch"],
@@ -157,10 +100,11 @@ def _common(p: argparse.ArgumentParser) -> None:
         p.add_argument(*names, **kw)
     a = p.add_argument
     a("--epochs", type=int, default=0, help="set all epoch counts at once")
-    a("--recipe", choices=sorted(RECIPES), default="", help="a reference recipe's settings as defaults (cpu | gpu)")
+    a("--recipe", choices=sorted(RECIPES), default="", help="a reference recipe's settings as defaults (cpu | gpu | paper)")
     a("--no-size-limit", action="store_true", help="allow a pack over the repository's limits (32 MiB a file, 128 MiB)")
     a("--device-note", default="", help="appended to the device recorded in the manifest (e.g. 'shared with other jobs')")
     a("--as-command", default="", help=argparse.SUPPRESS)  # re-export: the pack command that trained --work
+    a("--measure-batch", type=int, default=8, help="plan: the batch a training step is timed with (scaled to --batch-size)")
 
 
 def config_from(ns: argparse.Namespace):
@@ -179,7 +123,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="cmd", required=True)
     from trainer.pipeline import STEPS
 
-    for s in (*STEPS, "export", "pack"):
+    for s in (*STEPS, "export", "pack", "plan"):
         _common(sub.add_parser(s, help=f"run the {s} step (and the steps before it)"))
     ox = sub.add_parser("export-onnx", help="ONNX for every model of a pack, checked with onnxruntime")
     ox.add_argument("--pack", required=True)
@@ -193,26 +137,66 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     return ns
 
 
+def recipe_record(ns: argparse.Namespace, cfg) -> dict:
+    """What the pack's record says of its recipe: Table 6, the recipe's documented differences from
+    it, the recipe's values that flags on this command line overrode, and the number of processes."""
+    from trainer import distributed as dist
+
+    # the data set's kind only: the record holds no paths of the training machine
+    used = asdict(cfg) | {"no_size_limit": ns.no_size_limit, "dataset": cfg.dataset.split(":")[0]}
+    over = overridden(ns.recipe, used)
+    return {
+        "paper": TABLE6,
+        "recipe": ns.recipe,
+        "overridden": over,
+        "differences": DEVIATIONS.get(ns.recipe, {}),
+        "processes": dist.world(),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     ns = parse_args(argv)
+    from trainer import distributed as dist
+
     console = Console(stderr=True)
-    log = console.log
+    log = console.log if os.environ.get("RANK", "0") == "0" else (lambda *a, **k: None)  # torchrun: rank 0 logs
     if ns.cmd == "export-onnx":
         from trainer.onnx_export import export_pack_onnx
 
         diffs = export_pack_onnx(ns.pack, ns.onnx_out)
         log(f"ONNX parity (max abs diff): {max(diffs.values()):.2e} over {len(diffs)} models -> {ns.onnx_out}")
         return 0
+    cfg = config_from(ns)
+    if ns.cmd == "plan":
+        from trainer.plan import plan
+
+        print(plan(cfg, ns.measure_batch, log))
+        return 0
+    dist.init_from_env(cfg.device)
+    try:
+        return _train(ns, argv, cfg, log)
+    finally:
+        dist.shutdown()
+
+
+def _train(ns: argparse.Namespace, argv: list[str], cfg, log) -> int:
+    """The steps of `ns.cmd`; under torchrun every rank runs them and rank 0 writes and prints."""
+    from trainer import distributed as dist
     from trainer.pipeline import STEPS, Run
     from trainer.report_markdown import to_markdown
 
     t0 = time.time()
-    cfg = config_from(ns)
     run = Run(cfg, log=log)
+    record = recipe_record(ns, cfg)
+    run.set_info("recipe", record)
+    if record["overridden"]:
+        log(f"recipe {ns.recipe}: overridden by flags: {record['overridden']}")
+    if ns.recipe == "paper" and not cfg.teacher_init:
+        log("recipe paper without --teacher-init: the teachers start from random weights, not the paper's pretrained DeiT-Base")
     if ns.cmd in STEPS:
         run.run_until(ns.cmd)
-        if ns.cmd == "report":
+        if ns.cmd == "report" and dist.is_main():
             print(to_markdown(run.report()))
         return 0
     # pack / export: every step, then the pack
@@ -223,12 +207,14 @@ def main(argv: list[str] | None = None) -> int:
         run.run_step(step)
         _save_wall(run, prev + time.time() - t0)
     wall = time.time() - t0 + prev
+    if not dist.is_main():
+        return 0
     made = Provenance(
         command=ns.as_command or "trainer " + shlex.join(argv),
         wall_s=wall,
         device_note=ns.device_note,
         exported_by=("trainer " + shlex.join(argv)) if ns.as_command else "",
-        table6={"paper": TABLE6, "differences": DEVIATIONS.get(ns.recipe, {})},
+        table6=record,
     )
     out = assemble(run, made, size_limit=not ns.no_size_limit)
     sizes = check_sizes(out, limited=not ns.no_size_limit)

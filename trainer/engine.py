@@ -12,15 +12,17 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
 
-from askexpert.hardware import cpu_has_bf16
+from askexpert.hardware import cpu_has_bf16, usable_cores
 from askexpert.models import use_math_attention
+from trainer import distributed as dist
 from trainer.losses import distill_loss, sample_weights, weight_for
 
 
@@ -51,9 +53,11 @@ class FitSpec:
     omega_schedule: str = "step"
     aug: dict | None = None
     seed: int = 0
+    workers: int = field(default_factory=lambda: min(4, usable_cores()))  # DataLoader workers per rank (streamed data)
 
 
 def progress_bar() -> Progress:
+    """A progress bar on rank 0 (the only process, or torchrun's first)."""
     return Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
@@ -62,6 +66,7 @@ def progress_bar() -> Progress:
         TimeElapsedColumn(),
         TimeRemainingColumn(),
         transient=False,
+        disable=not dist.is_main(),
     )
 
 
@@ -72,25 +77,32 @@ def autocast(device: torch.device):
     return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_bf16() else nullcontext()
 
 
-def augment(x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator, fill: torch.Tensor | None = None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor, pad: int, flip: bool, gen: torch.Generator, fill: torch.Tensor | None = None, part: tuple[int, int] = (0, 1)
+) -> torch.Tensor:
     """Random translation by up to `pad` pixels and horizontal flip.
+
+    `part` = (rank, N): `x` is that rank's share of a global batch (every N-th sample from rank);
+    the random draws are made for the whole global batch and sliced, so N processes augment each
+    sample as one process would.
 
     `x` is normalised; `fill` (per channel) is the normalised value of a black pixel, so the
     border a translation uncovers is black in pixel space, like the data's own background, and not
     the mean grey that zero padding after normalisation would paint (a border the test set never has).
     """
     b, c, h, w = x.shape
+    r, n = part
     if pad:
         f = torch.zeros(c, device=x.device) if fill is None else fill.to(x.device, x.dtype)
         xp = torch.nn.functional.pad(x - f[None, :, None, None], (pad, pad, pad, pad)) + f[None, :, None, None]
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(x.device)
+        oy = torch.randint(0, 2 * pad + 1, (b * n,), generator=gen)[r::n].to(x.device)
+        ox = torch.randint(0, 2 * pad + 1, (b * n,), generator=gen)[r::n].to(x.device)
         rows = (oy[:, None] + torch.arange(h, device=x.device)[None])[:, None, :, None].expand(b, c, h, w + 2 * pad)
         xp = torch.gather(xp, 2, rows)
         cols = (ox[:, None] + torch.arange(w, device=x.device)[None])[:, None, None, :].expand(b, c, h, w)
         x = torch.gather(xp, 3, cols)
     if flip:
-        m = (torch.rand(b, generator=gen) < 0.5).to(x.device)
+        m = (torch.rand(b * n, generator=gen)[r::n] < 0.5).to(x.device)
         x = torch.where(m[:, None, None, None], x.flip(3), x)
     return x
 
@@ -152,27 +164,60 @@ def load_checkpoint(ckpt_dir: Path, jobs: list[Job], device: torch.device) -> di
     return state
 
 
-def fit(
-    jobs: list[Job],
-    inputs: torch.Tensor,
-    labels: torch.Tensor,
-    teacher_labels: torch.Tensor | dict[str, torch.Tensor] | None,
-    spec: FitSpec,
-    *,
-    device: torch.device = torch.device("cpu"),
-    ckpt_dir: Path | None = None,
-    desc: str = "train",
-    log: Callable[[str], None] = print,
-) -> dict:
-    """Train every job on the same mini-batches of (inputs, labels[, teacher labels]).
+@dataclass
+class FitEnv:
+    """Where a fit runs and reports: device, checkpoint folder (None: no checkpoints), name, log."""
 
-    `teacher_labels` is one tensor for all jobs, or one per job name (per-subset teachers).
-    Returns a summary (wall time, final losses). Jobs with schedule progressive/static apply eq. 1-3.
-    """
-    epochs, batch_size, lr = spec.epochs, spec.batch_size, spec.lr
-    n = len(labels)
-    steps_per_epoch = max(1, n // batch_size)  # drop the ragged last batch
-    total = epochs * steps_per_epoch
+    device: torch.device = torch.device("cpu")
+    ckpt_dir: Path | None = None
+    desc: str = "train"
+    log: Callable[[str], None] = print
+
+
+class Batches:
+    """This process's mini-batches of each epoch. The order is a DistributedSampler's (seeded by the
+    fit's seed and `set_epoch`): global batch s is positions s*B..(s+1)*B of one permutation and
+    rank r takes every N-th of them from r, so N processes see exactly the batches of one process.
+    Inputs are tensors (moved to the device once) or a map-style data set of (image, index) that
+    DataLoader workers decode per batch (`askexpert.datasets.StreamingImages`)."""
+
+    def __init__(self, inputs, n: int, spec: FitSpec, device: torch.device) -> None:
+        self.local, self.steps, self.device, self.workers = (
+            dist.local_batch(spec.batch_size),
+            max(1, n // spec.batch_size),
+            device,
+            spec.workers,
+        )
+        self.sampler = DistributedSampler(range(n), dist.world(), dist.rank(), shuffle=True, seed=spec.seed * 1000, drop_last=True)
+        self.inputs = inputs.to(device) if isinstance(inputs, torch.Tensor) else inputs
+
+    def augment_generator(self, epoch: int) -> torch.Generator:
+        """The epoch's random stream for augmentation, the same on every rank: the sampler's seed,
+        advanced past its permutation, as one process drew it before DDP (so one-process runs
+        reproduce earlier packs exactly)."""
+        gen = torch.Generator().manual_seed(self.sampler.seed + epoch)
+        torch.randperm(len(self.sampler.dataset), generator=gen)
+        return gen
+
+    def epoch(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(sample indices, images) per step, on the device."""
+        self.sampler.set_epoch(epoch)
+        if isinstance(self.inputs, torch.Tensor):
+            order = torch.tensor(list(self.sampler), dtype=torch.long, device=self.device)
+            for s in range(self.steps):
+                idx = order[s * self.local : (s + 1) * self.local]
+                yield idx, self.inputs[idx]
+            return
+        pin = self.device.type == "cuda"
+        loader = DataLoader(self.inputs, self.local, sampler=self.sampler, num_workers=self.workers, drop_last=True, pin_memory=pin)
+        for _, (x, idx) in zip(range(self.steps), loader):
+            yield idx.to(self.device), x.to(self.device, non_blocking=True)
+
+
+def _prepare(jobs: list[Job], spec: FitSpec, device: torch.device) -> dict[str, nn.Module]:
+    """Each job's model on the device with its AdamW (decay on matrices only); returns what each
+    job's forward runs: the model, DDP-wrapped under torchrun."""
+    nets = {}
     for job in jobs:
         job.model.to(device).train()
         if device.type == "cpu":
@@ -181,63 +226,98 @@ def fit(
         no_decay = [p for p in job.model.parameters() if p.ndim < 2 and p.requires_grad]
         job.optimizer = torch.optim.AdamW(
             [{"params": decay, "weight_decay": spec.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=lr,
+            lr=spec.lr,
             fused=device.type == "cuda",
         )
-    start_epoch = 0
-    if ckpt_dir is not None:
-        state = load_checkpoint(ckpt_dir, jobs, device)
-        if state is not None:
-            start_epoch = int(state["epochs_done"])
-            log(f"{desc}: resuming after epoch {start_epoch}/{epochs} from {ckpt_dir}")
-    inputs_d, labels_d = inputs.to(device), labels.to(device)
+        nets[job.name] = dist.wrap(job.model, device)
+    return nets
+
+
+def _train_step(
+    jobs: list[Job], nets: dict[str, nn.Module], x: torch.Tensor, y: torch.Tensor, teach: dict, progress: tuple, spec: FitSpec
+) -> dict:
+    """One optimiser step of every job on the same batch; `progress` = (t in epochs, LR, T).
+    Each rank's loss is eq. 3 over its share divided by that (equal) share, so DDP's average of the
+    ranks' gradients is the whole batch's eq. 3 over B, however the target samples fall."""
+    t, lr, total = progress
+    out = {}
+    for job in jobs:
+        for g in job.optimizer.param_groups:
+            g["lr"] = lr
+        w = None if job.schedule == "none" else sample_weights(y, job.target_mask, weight_for(job.schedule, t, total, spec.max_weight))
+        with autocast(x.device):
+            logits = nets[job.name](x)
+        loss = distill_loss(logits, y, teach.get(job.name) if job.use_teacher else None, w)
+        job.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if spec.clip:
+            torch.nn.utils.clip_grad_norm_(job.model.parameters(), spec.clip)
+        job.optimizer.step()
+        out[job.name] = loss.detach()
+    return out
+
+
+def _resume(jobs: list[Job], env: FitEnv, epochs: int) -> int:
+    state = load_checkpoint(env.ckpt_dir, jobs, env.device) if env.ckpt_dir is not None else None
+    if state is None:
+        return 0
+    env.log(f"{env.desc}: resuming after epoch {state['epochs_done']}/{epochs} from {env.ckpt_dir}")
+    return int(state["epochs_done"])
+
+
+def fit(jobs: list[Job], inputs, labels: torch.Tensor, teacher_labels, spec: FitSpec, env: FitEnv | None = None) -> dict:
+    """Train every job on the same mini-batches of (inputs, labels[, teacher labels]); under torchrun
+    each process trains its share of every batch (DDP), and rank 0 alone writes checkpoints.
+
+    `inputs`: a tensor, or a data set of (image, index) decoded per batch. `teacher_labels`: one
+    tensor for all jobs, or one per job name (per-subset teachers). Jobs with schedule progressive
+    or static apply eq. 1-3. Returns a summary (wall time, steps, final losses averaged over ranks).
+    """
+    env = env or FitEnv()
+    nets = _prepare(jobs, spec, env.device)
+    start = _resume(jobs, env, spec.epochs)
+    batches = Batches(inputs, len(labels), spec, env.device)
+    labels_d, total = labels.to(env.device), spec.epochs * batches.steps
     if isinstance(teacher_labels, torch.Tensor):
         teacher_labels = {j.name: teacher_labels for j in jobs}
-    teach_d = {k: v.to(device) for k, v in (teacher_labels or {}).items()}
-    t0 = time.time()
-    losses = {j.name: float("nan") for j in jobs}
+    teach_d = {k: v.to(env.device) for k, v in (teacher_labels or {}).items()}
+    t0, losses = time.time(), {j.name: float("nan") for j in jobs}
     with progress_bar() as bar:
-        task = bar.add_task(desc, total=total, completed=start_epoch * steps_per_epoch, info="")
-        for epoch in range(start_epoch, epochs):
-            gen = torch.Generator().manual_seed(spec.seed * 1000 + epoch)
-            perm = torch.randperm(n, generator=gen).to(device)
-            running = {j.name: torch.zeros((), device=device) for j in jobs}  # summed on the device: no sync per step
-            for s in range(steps_per_epoch):
-                step = epoch * steps_per_epoch + s
-                idx = perm[s * batch_size : (s + 1) * batch_size]
-                x, y = inputs_d[idx], labels_d[idx]
-                if x.dtype != torch.float32 and device.type == "cpu":
-                    x = x.float()
-                if spec.aug:
-                    x = augment(x, spec.aug.get("pad", 0), spec.aug.get("flip", False), gen, spec.aug.get("fill"))
-                t = (epoch + s / steps_per_epoch) if spec.omega_schedule == "step" else float(epoch)
-                cur_lr = lr_at(step, total, lr, round(spec.warmup_epochs * steps_per_epoch))
-                for job in jobs:
-                    for g in job.optimizer.param_groups:
-                        g["lr"] = cur_lr
-                    w = None
-                    if job.schedule != "none":
-                        w = sample_weights(y, job.target_mask, weight_for(job.schedule, t, epochs, spec.max_weight))
-                    ty = teach_d[job.name][idx] if (job.use_teacher and job.name in teach_d) else None
-                    with autocast(device):
-                        logits = job.model(x)
-                    loss = distill_loss(logits, y, ty, w)
-                    job.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if spec.clip:
-                        torch.nn.utils.clip_grad_norm_(job.model.parameters(), spec.clip)
-                    job.optimizer.step()
-                    running[job.name] += loss.detach()
-                info = ""
-                if s % 50 == 49 or s == steps_per_epoch - 1:
-                    info = f"ep {epoch + 1}/{epochs} loss {float(sum(running.values())) / (len(jobs) * (s + 1)):.3f}"
-                bar.update(task, advance=1, **({"info": info} if info else {}))
-            losses = {k: float(v) / steps_per_epoch for k, v in running.items()}
-            if ckpt_dir is not None:
-                save_checkpoint(ckpt_dir, jobs, epoch + 1, {"desc": desc, "losses": losses})
+        task = bar.add_task(env.desc, total=total, completed=start * batches.steps, info="")
+        for epoch in range(start, spec.epochs):
+            gen = batches.augment_generator(epoch)  # the same on every rank
+            running = {j.name: torch.zeros((), device=env.device) for j in jobs}  # summed on the device: no sync per step
+            for s, (idx, x) in enumerate(batches.epoch(epoch)):
+                x = _augment_batch(x, spec, gen)
+                t = (epoch + s / batches.steps) if spec.omega_schedule == "step" else float(epoch)
+                lr = lr_at(epoch * batches.steps + s, total, spec.lr, round(spec.warmup_epochs * batches.steps))
+                step = _train_step(jobs, nets, x, labels_d[idx], {k: v[idx] for k, v in teach_d.items()}, (t, lr, spec.epochs), spec)
+                for k, v in step.items():
+                    running[k] += v
+                if s % 50 == 49 or s == batches.steps - 1:  # a device sync: only now and then
+                    bar.update(task, info=f"ep {epoch + 1}/{spec.epochs} loss {float(sum(running.values())) / (len(jobs) * (s + 1)):.3f}")
+                bar.update(task, advance=1)
+            losses = {k: float(dist.mean(v)) / batches.steps for k, v in running.items()}
+            _checkpoint(env, jobs, epoch + 1, losses)
     for job in jobs:
         job.model.eval()
-    return {"wall_s": round(time.time() - t0, 1), "epochs": epochs, "steps": total, "final_loss": losses}
+    return {"wall_s": round(time.time() - t0, 1), "epochs": spec.epochs, "steps": total, "final_loss": losses}
+
+
+def _augment_batch(x: torch.Tensor, spec: FitSpec, gen: torch.Generator) -> torch.Tensor:
+    if x.dtype != torch.float32 and x.device.type == "cpu":
+        x = x.float()
+    if not spec.aug:
+        return x
+    return augment(x, spec.aug.get("pad", 0), spec.aug.get("flip", False), gen, spec.aug.get("fill"), part=(dist.rank(), dist.world()))
+
+
+def _checkpoint(env: FitEnv, jobs: list[Job], epochs_done: int, losses: dict) -> None:
+    """Rank 0 writes the epoch's checkpoint; every rank waits until it is there."""
+    if env.ckpt_dir is not None:
+        if dist.is_main():
+            save_checkpoint(env.ckpt_dir, jobs, epochs_done, {"desc": env.desc, "losses": losses})
+        dist.barrier()
 
 
 @torch.no_grad()

@@ -10,6 +10,7 @@ from askexpert.datasets import FASHION_MNIST_CLASSES
 from askexpert.models import ExpertTail, ViTArch, build_vit
 from askexpert.pack import ExpertEntry, InputSpec, Manifest, ModelEntry, TrunkEntry, save_weights, write_manifest
 from askexpert.routing import expert_key, required_experts
+from trainer import workfiles as files
 
 # Fashion-MNIST has no superclasses: the documented grouping by garment kind, S = 4.
 FASHION_MNIST_SUBSETS = ["tops", "bottoms-dresses", "footwear", "bags"]
@@ -40,10 +41,10 @@ def build_random_pack(root: Path, *, n_subsets: int = 4, k: int = 2, tau: float 
         for p in tail.parameters():  # make each expert differ from the trunk's own tail
             p.data.add_(torch.randn_like(p) * 0.05)
         experts.append(
-            model_entry(tail, trunk_arch, root, f"expert-{key}.safetensors", kind="tail", tail_blocks=tail_blocks)
+            model_entry(tail, trunk_arch, root, files.pack_expert(key), kind="tail", tail_blocks=tail_blocks)
             | {"subset": list(subset)}
         )
-    trunk_entry = model_entry(trunk, trunk_arch, root, "generalist-4H.safetensors")
+    trunk_entry = model_entry(trunk, trunk_arch, root, files.pack_generalist("4H"))
     manifest = Manifest(
         name="random-test-pack",
         dataset="random",
@@ -53,7 +54,7 @@ def build_random_pack(root: Path, *, n_subsets: int = 4, k: int = 2, tau: float 
         k=k,
         tau=tau,
         input=InputSpec(size=img_size, channels=1, mean=[0.2868], std=[0.3524]),
-        generalist=ModelEntry(**model_entry(generalist, edge_arch, root, "generalist-3H.safetensors")),
+        generalist=ModelEntry(**model_entry(generalist, edge_arch, root, files.pack_generalist("3H"))),
         trunk=TrunkEntry(**trunk_entry, blocks=depth - tail_blocks),
         experts=[ExpertEntry(**e) for e in experts],
         baselines={"4H": ModelEntry(**trunk_entry)},

@@ -2,6 +2,7 @@
 
 - `superclass`: whole superclasses go to S balanced subsets (CIFAR-100: 20 superclasses), or
   Fashion-MNIST's documented grouping by garment kind (`trainer.export.FASHION_MNIST_PARTITION`).
+- `paper`: the paper's own Table 7 assignments of CIFAR-100's 20 superclasses for S = 4, 6, 8.
 - `confusion`: our addition. Classes the generalist confuses on the validation split go to the same
   subset, so that a top-k set tends to stay inside one subset (fewer pair experts are used).
 """
@@ -16,6 +17,7 @@ from askexpert.routing import expert_key, required_experts
 
 __all__ = [
     "superclass_partition",
+    "paper_partition",
     "confusion_partition",
     "confusion_matrix",
     "topk_within_subset_rate",
@@ -50,6 +52,57 @@ def superclass_partition(superclass: np.ndarray | list[int], n_subsets: int) -> 
         assign[s] = j
         load[j] += sizes[s]
     return [assign[int(s)] for s in superclass]
+
+
+# The paper's Table 7 (Appendix A.3), verbatim: for S = 4, 6, 8, each subset's superclasses, as the
+# paper names them ("superclasses were randomly assigned to each partition").
+TABLE7: dict[int, list[list[str]]] = {
+    4: [
+        ["Fruit and vegetables", "People", "Large man-made outdoor things", "Household electrical devices", "Vehicles 2"],
+        ["Household furniture", "Vehicles 1", "Invertebrates", "Reptiles", "Medium-sized mammals"],
+        ["Fish", "Large omnivores and herbivores", "Large natural outdoor scenes", "Trees", "Flowers"],
+        ["Large carnivores", "Aquatic mammals", "Insects", "Food containers", "Small mammals"],
+    ],
+    6: [
+        ["Fruit and vegetables", "People", "Household electrical devices", "Vehicles 2"],
+        ["Vehicles 1", "Large man-made outdoor things", "Invertebrates", "Reptiles"],
+        ["Household furniture", "Medium-sized mammals", "Trees"],
+        ["Fish", "Large omnivores and herbivores", "Large natural outdoor scenes"],
+        ["Insects", "Small mammals", "Flowers"],
+        ["Large carnivores", "Aquatic mammals", "Food containers"],
+    ],
+    8: [
+        ["People", "Household electrical devices", "Vehicles 2"],
+        ["Fruit and vegetables", "Large man-made outdoor things", "Invertebrates"],
+        ["Household furniture", "Vehicles 1", "Reptiles"],
+        ["Large natural outdoor scenes", "Medium-sized mammals", "Trees"],
+        ["Fish", "Large omnivores and herbivores"],
+        ["Small mammals", "Flowers"],
+        ["Insects", "Large carnivores"],
+        ["Aquatic mammals", "Food containers"],
+    ],
+}
+# The paper's names that differ from CIFAR-100's coarse label names (meta / coarse_label_names.txt);
+# every other name is CIFAR's in lower case with underscores.
+_CIFAR_NAME = {"Invertebrates": "non-insect_invertebrates", "Medium-sized mammals": "medium_mammals"}
+
+
+def cifar_superclass_name(paper_name: str) -> str:
+    """'Large man-made outdoor things' -> 'large_man-made_outdoor_things' (CIFAR-100's coarse name)."""
+    return _CIFAR_NAME.get(paper_name, paper_name.lower().replace(" ", "_"))
+
+
+def paper_partition(superclass: np.ndarray | list[int], superclass_names: list[str], n_subsets: int) -> list[int]:
+    """Table 7's assignment for S = 4, 6 or 8: the subset index of each class, by its superclass's
+    name. Refuses a data set whose superclasses are not CIFAR-100's 20, naming what is missing."""
+    if n_subsets not in TABLE7:
+        raise ValueError(f"the paper's Table 7 has S = 4, 6, 8, not {n_subsets}: use --partition superclass")
+    subset_of = {cifar_superclass_name(n): s for s, names in enumerate(TABLE7[n_subsets]) for n in names}
+    missing = sorted(set(subset_of) - set(superclass_names))
+    extra = sorted(set(superclass_names) - set(subset_of))
+    if missing or extra:
+        raise ValueError(f"--partition paper needs CIFAR-100's 20 superclasses; missing {missing[:4]}, unknown {extra[:4]}")
+    return [subset_of[superclass_names[int(s)]] for s in superclass]
 
 
 def confusion_matrix(labels: np.ndarray, logits: np.ndarray, n_classes: int) -> np.ndarray:

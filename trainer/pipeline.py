@@ -32,12 +32,13 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from askexpert.datasets import LabelledImages, load_dataset, train_val_split
+from askexpert.datasets import LabelledImages, list_dataset, load_dataset, train_val_split
 from askexpert.models import ExpertTail, ViTArch, build_vit, trunk_tokens
 from askexpert.routing import expert_key
+from trainer import distributed as dist
 from trainer import partition as part
 from trainer import workfiles as files
-from trainer.engine import FitSpec, Job, fit, predict
+from trainer.engine import FitEnv, FitSpec, Job, fit, predict
 from trainer.prune import compute_importance, prune_vit
 from trainer.results import PackReport
 
@@ -55,7 +56,7 @@ class Config:
     out: str = ""
     subsets: int = 4
     k: int = 2
-    partition: str = "superclass"  # superclass | confusion
+    partition: str = "superclass"  # superclass | paper (Table 7) | confusion
     teacher_recipe: str = "per-subset"  # per-subset (the paper's M_I) | shared
     teacher_shape: str = "6H"
     edge_shape: str = "3H"
@@ -64,6 +65,10 @@ class Config:
     head_dim: int = 64  # the paper's DeiT; every shape keeps its head count (4H/16: 4 heads of 16)
     depth: int = 12
     patch_size: int = 0  # 0: chosen from the image size
+    img_size: int = 0  # 0: the data's; else every model's input size, images resized per batch
+    teacher_init: str = ""  # pretrained ViT weights (safetensors or .pth state dict) for every teacher
+    subset_teacher_init: str = "teacher"  # teacher: M_I from M_D | pretrained: from --teacher-init (the paper)
+    stream: bool = False  # folder data sets: decode images per batch (DataLoader workers), not all in memory
     tail_blocks: int = 1
     epochs_teacher: int = 30
     epochs_distill: int = 30
@@ -77,6 +82,7 @@ class Config:
     weight_decay: float = 0.05
     warmup_epochs: float = 0.5  # linear warm-up of every fit, then cosine (Table 6: 5 of 200 epochs)
     clip_grad: float = 1.0  # gradient-norm clipping of every fit (Table 6: 1.0 for students)
+    teacher_clip_grad: float = -1.0  # the teachers' (M_D, M_I) clipping; < 0: clip_grad (Table 6: none, 0)
     max_weight: float = 14.0  # W (the paper's Table 6)
     omega_schedule: str = "step"
     max_train_samples: int = 0
@@ -130,8 +136,9 @@ def _to_tensor(d: LabelledImages, mean: np.ndarray, std: np.ndarray) -> tuple[to
 
 
 def load_data(cfg: Config) -> Data:
-    full = load_dataset(cfg.dataset, "train")
-    test = load_dataset(cfg.dataset, "test")
+    load = list_dataset if cfg.stream else load_dataset  # streamed: file lists, decoded per batch
+    full = load(cfg.dataset, "train")
+    test = load(cfg.dataset, "test")
     train, val = train_val_split(full, cfg.val_fraction, cfg.seed)
     if cfg.max_train_samples and cfg.max_train_samples < len(train):
         idx = np.sort(np.random.default_rng(cfg.seed + 1).permutation(len(train))[: cfg.max_train_samples])
@@ -142,6 +149,10 @@ def load_data(cfg: Config) -> Data:
     if cfg.max_test_samples and cfg.max_test_samples < len(test):
         idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(len(test))[: cfg.max_test_samples])
         test = LabelledImages(test.images[idx], test.labels[idx], test.classes, test.superclass, test.superclass_names)
+    if cfg.stream:
+        from trainer.streaming import streamed_data
+
+        return streamed_data(cfg, train, val, test)
     pix = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
     # rounded as written to the manifest, so the runtime's preprocessing is exactly the trainer's
     mean, std = np.round(pix.mean(axis=0), 4), np.round(pix.std(axis=0) + 1e-8, 4)
@@ -198,7 +209,8 @@ class Run:
             raise SystemExit("--device cuda asked for, but torch sees no CUDA device")
         torch.manual_seed(cfg.seed)
         self.data = load_data(cfg)
-        self.patch = cfg.patch_size or auto_patch(self.data.img_size)
+        self.img_size = cfg.img_size or self.data.img_size
+        self.patch = cfg.patch_size or auto_patch(self.img_size)
         self._record_config()
 
     def _record_config(self) -> None:
@@ -206,15 +218,15 @@ class Run:
         recipe = self.recipe()
         if path.is_file():
             old = json.loads(path.read_text())
-            keys = ["dataset", "head_dim", "depth", "patch_size", "max_train_samples", "seed", "val_fraction", "teacher_shape"]
+            keys = ["dataset", "head_dim", "depth", "patch_size", "img_size", "max_train_samples", "seed", "val_fraction", "teacher_shape"]
             diff = {k: (old.get(k), recipe.get(k)) for k in keys if old.get(k) != recipe.get(k)}
             if diff:
                 raise SystemExit(f"{self.work} was trained with other settings {diff}: use another --work or delete it")
-        path.write_text(json.dumps(recipe, indent=2))
+        self.set_info("config", recipe)
 
     def recipe(self) -> dict:
         d = asdict(self.cfg)
-        d["patch_size"] = self.patch
+        d["patch_size"], d["img_size"] = self.patch, self.img_size
         return d
 
     def arch(self, shape: str, head_dim: int = 0, depth: int = 0) -> ViTArch:
@@ -224,7 +236,7 @@ class Run:
             head_dim=head_dim or self.cfg.head_dim,
             depth=depth or self.cfg.depth,
             patch_size=self.patch,
-            img_size=self.data.img_size,
+            img_size=self.img_size,
             in_chans=self.data.channels,
             num_classes=len(self.data.classes),
         )
@@ -233,7 +245,9 @@ class Run:
     def save_model(self, model: torch.nn.Module, rel: str) -> None:
         path = self.work / rel
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+        if dist.is_main():  # under torchrun rank 0 writes, and every rank waits until it is there
+            save_file({k: v.detach().float().cpu().contiguous() for k, v in model.state_dict().items()}, str(path))
+        dist.barrier()
 
     def load_vit(self, shape: str, rel: str) -> torch.nn.Module:
         m = build_vit(self.arch(shape))
@@ -250,7 +264,9 @@ class Run:
         return json.loads(p.read_text()) if p.is_file() else None
 
     def set_info(self, name: str, info: dict) -> None:
-        (self.work / files.record(name)).write_text(json.dumps(info, indent=2))
+        if dist.is_main():
+            (self.work / files.record(name)).write_text(json.dumps(info, indent=2))
+        dist.barrier()
 
     def need(self, step: str) -> dict:
         """An earlier step's record: steps read their inputs from the work folder, never run each other."""
@@ -276,17 +292,19 @@ class Run:
         top = logits.topk(k, dim=1).indices
         return round(100.0 * float((top == y[:, None]).any(dim=1).float().mean()), 2)
 
-    def spec(self, epochs: int, lr: float, seed: int | None = None, aug: bool = True) -> FitSpec:
+    def spec(self, epochs: int, lr: float, seed: int | None = None, aug: bool = True, teacher: bool = False) -> FitSpec:
         """A fit's schedule: what every fit of this pipeline shares (batch, weight decay, warm-up,
-        clipping, W, the omega schedule, augmentation) with its own epochs, LR and seed."""
+        clipping, W, the omega schedule, augmentation) with its own epochs, LR and seed; a teacher's
+        fit (M_D, M_I) clips by teacher_clip_grad when that is set (Table 6: none for teachers)."""
         cfg = self.cfg
+        clip = cfg.teacher_clip_grad if teacher and cfg.teacher_clip_grad >= 0 else cfg.clip_grad
         return FitSpec(
             epochs=epochs,
             batch_size=cfg.batch_size,
             lr=lr,
             weight_decay=cfg.weight_decay,
             warmup_epochs=cfg.warmup_epochs,
-            clip=cfg.clip_grad,
+            clip=clip,
             max_weight=cfg.max_weight,
             omega_schedule=cfg.omega_schedule,
             aug=self.aug() if aug else None,
@@ -295,7 +313,7 @@ class Run:
 
     def _fit(self, jobs: list[Job], x: torch.Tensor, y: torch.Tensor, teacher, spec: FitSpec, name: str, desc: str) -> dict:
         """engine.fit on this run's device and log, checkpointing under ckpt/<name>."""
-        return fit(jobs, x, y, teacher, spec, device=self.device, ckpt_dir=self.work / files.checkpoints(name), desc=desc, log=self.log)
+        return fit(jobs, x, y, teacher, spec, FitEnv(self.device, self.work / files.checkpoints(name), desc, self.log))
 
     def aug(self) -> dict | None:
         if not self.cfg.augment:
@@ -373,14 +391,14 @@ class Run:
             return done
         cfg = self.cfg
         arch = self.arch(cfg.teacher_shape)
-        model = build_vit(arch, drop_path_rate=0.1 if cfg.epochs_teacher >= 20 else 0.0)
+        model = self.new_teacher(drop_path_rate=0.1 if cfg.epochs_teacher >= 20 else 0.0)
         self.log(f"[teacher] {cfg.teacher_shape} depth {cfg.depth} patch {self.patch} on {len(self.data.y_train)} images")
-        summary = self._fit(
-            [Job("teacher", model)], self.data.x_train, self.data.y_train, None, self.spec(cfg.epochs_teacher, cfg.lr), "teacher", "teacher"
-        )
+        spec = self.spec(cfg.epochs_teacher, cfg.lr, teacher=True)
+        summary = self._fit([Job("teacher", model)], self.data.x_train, self.data.y_train, None, spec, "teacher", "teacher")
         self.save_model(model, files.TEACHER)
         train_logits = self.logits(model, self.data.x_train)
-        save_file({"train": train_logits.argmax(1).contiguous()}, str(self.work / files.TEACHER_LABELS))
+        if dist.is_main():
+            save_file({"train": train_logits.argmax(1).contiguous()}, str(self.work / files.TEACHER_LABELS))
         info = {
             "shape": cfg.teacher_shape,
             "arch": arch.to_dict(),
@@ -391,6 +409,15 @@ class Run:
         self.set_info("teacher", info)
         self.log(f"[teacher] done: val top-1 {info['val_top1']}%, {summary['wall_s']} s")
         return info
+
+    def new_teacher(self, drop_path_rate: float = 0.0) -> torch.nn.Module:
+        """A teacher to train: from --teacher-init's pretrained weights (resized to this run's image
+        and patch size, a new head), else from random weights."""
+        if not self.cfg.teacher_init:
+            return build_vit(self.arch(self.cfg.teacher_shape), drop_path_rate=drop_path_rate)
+        from trainer.teacher_init import pretrained_vit
+
+        return pretrained_vit(self.arch(self.cfg.teacher_shape), self.cfg.teacher_init, drop_path_rate)
 
     def teacher_labels(self) -> torch.Tensor:
         return load_file(str(self.work / files.TEACHER_LABELS))["train"]
@@ -484,6 +511,15 @@ class Run:
                 how = "the documented Fashion-MNIST grouping by garment kind (trainer/export.py)"
             else:
                 raise SystemExit(f"{cfg.dataset} has no superclasses for S={S}: use --partition confusion")
+        elif cfg.partition == "paper":
+            if d.superclass is None:
+                raise SystemExit(f"{cfg.dataset} has no superclasses: --partition paper is Table 7's CIFAR-100 grouping")
+            try:
+                p = part.paper_partition(d.superclass, d.superclass_names, S)
+            except ValueError as e:
+                raise SystemExit(str(e)) from None
+            names = part.subset_names_for(p, d.classes, d.superclass_names, d.superclass)
+            how = f"the paper's Table 7 superclass lists for S={S}"
         elif cfg.partition == "confusion":
             self.need("prune")
             g = self.load_vit(cfg.edge_shape, files.generalist(cfg.edge_shape))
@@ -552,12 +588,15 @@ class Run:
         for key, sub in zip(keys, subsets) if cfg.teacher_recipe == "per-subset" else []:
             rel = self.expert_teacher_rel(key)
             if not (self.work / rel).is_file():
-                m = self.load_vit(cfg.teacher_shape, files.TEACHER)
+                pretrained = cfg.subset_teacher_init == "pretrained" and cfg.teacher_init
+                m = self.new_teacher() if pretrained else self.load_vit(cfg.teacher_shape, files.TEACHER)
                 job = Job(f"teacher-{key}", m, "progressive", self.target_mask(sub), use_teacher=False)
-                spec = self.spec(cfg.epochs_subset_teacher, cfg.subset_teacher_lr)
+                spec = self.spec(cfg.epochs_subset_teacher, cfg.subset_teacher_lr, teacher=True)
                 self._fit([job], x, y, None, spec, f"subset-teacher-{key}", f"teacher M_{key}")
                 self.save_model(m, rel)
-                save_file({"train": self.logits(m, x).argmax(1).contiguous()}, str(self.work / files.subset_teacher_labels(key)))
+                labels = {"train": self.logits(m, x).argmax(1).contiguous()}
+                if dist.is_main():
+                    save_file(labels, str(self.work / files.subset_teacher_labels(key)))
             m = self.load_vit(cfg.teacher_shape, rel)
             lv = self.logits(m, d.x_val)
             on_target = torch.isin(part_of[d.y_val], torch.tensor(list(sub)))
@@ -707,7 +746,10 @@ class Run:
         np_val = {k: v.numpy().astype(np.float32) for k, v in val.items()}
         rep = build_report(self, Evaluation(np_test, d.y_test.numpy(), seeds, np_val, d.y_val.numpy()))
         (self.work / files.TEST_LOGITS).parent.mkdir(exist_ok=True)
-        np.savez_compressed(self.work / files.TEST_LOGITS, labels=d.y_test.numpy(), **{k: v.astype(np.float16) for k, v in np_test.items()})
+        if dist.is_main():
+            np.savez_compressed(
+                self.work / files.TEST_LOGITS, labels=d.y_test.numpy(), **{k: v.astype(np.float16) for k, v in np_test.items()}
+            )
         self.set_info("report", rep.to_json())
         return rep
 
