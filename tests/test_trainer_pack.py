@@ -247,3 +247,15 @@ def test_a_step_reads_its_inputs_from_the_work_folder(tiny, tmp_path):
     done = Run(config_from(parse_args(["report", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
     assert STEPS.index("partition") < STEPS.index("subset-teachers") < STEPS.index("experts") < STEPS.index("report")
     assert done.report().to_json() == json.loads((tiny / "work" / "report.json").read_text())
+
+
+def test_a_step_command_runs_only_the_steps_it_needs():
+    """`trainer partition` on the data set's groups needs no model; on the 3H's confusions it needs
+    the pruned generalists, so the teacher and prune run first; the report needs them all."""
+    from trainer.cli import config_from
+    from trainer.pipeline import steps_for
+
+    assert steps_for(config_from(parse_args(["partition"])), "partition") == ["partition"]
+    assert steps_for(config_from(parse_args(["partition", "--partition", "confusion"])), "partition") == ["teacher", "prune", "partition"]
+    everything = ["teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report"]
+    assert steps_for(config_from(parse_args(["report"])), "report") == everything

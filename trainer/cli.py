@@ -124,7 +124,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     from trainer.pipeline import STEPS
 
     for s in (*STEPS, "export", "pack", "plan"):
-        _common(sub.add_parser(s, help=f"run the {s} step (and the steps before it)"))
+        _common(sub.add_parser(s, help=f"run the {s} step (and the steps it needs)"))
     ox = sub.add_parser("export-onnx", help="ONNX for every model of a pack, checked with onnxruntime")
     ox.add_argument("--pack", required=True)
     ox.add_argument("--onnx-out", required=True)

@@ -41,8 +41,7 @@ def build_random_pack(root: Path, *, n_subsets: int = 4, k: int = 2, tau: float 
         for p in tail.parameters():  # make each expert differ from the trunk's own tail
             p.data.add_(torch.randn_like(p) * 0.05)
         experts.append(
-            model_entry(tail, trunk_arch, root, files.pack_expert(key), kind="tail", tail_blocks=tail_blocks)
-            | {"subset": list(subset)}
+            model_entry(tail, trunk_arch, root, files.pack_expert(key), kind="tail", tail_blocks=tail_blocks) | {"subset": list(subset)}
         )
     trunk_entry = model_entry(trunk, trunk_arch, root, files.pack_generalist("4H"))
     manifest = Manifest(

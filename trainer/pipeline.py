@@ -186,6 +186,29 @@ def parse_premise(item: str, default_lr: float) -> tuple[int, int, float]:
         raise SystemExit(f"premise setting {item!r}: expected HEADDIMxDEPTH[@LR], e.g. 16x3 or 16x3@2e-3") from None
 
 
+def needs(cfg: Config, step: str) -> list[str]:
+    """The earlier steps whose records `step` reads."""
+    return {
+        "prune": ["teacher"],
+        "baselines": ["prune"],
+        "partition": ["prune"] if cfg.partition == "confusion" else [],  # the 3H's confusions
+        "subset-teachers": ["teacher", "prune", "partition"],
+        "experts": ["prune", "partition", "subset-teachers"],
+        "report": ["baselines", "partition", "experts"],
+    }.get(step, [])
+
+
+def steps_for(cfg: Config, last: str) -> list[str]:
+    """`last` and every step it needs (transitively), in the order of STEPS: what `trainer <step>` runs."""
+    want, todo = {last}, [last]
+    while todo:
+        for step in needs(cfg, todo.pop()):
+            if step not in want:
+                want.add(step)
+                todo.append(step)
+    return [s for s in STEPS if s in want]
+
+
 def auto_patch(img_size: int) -> int:
     for p in (16, 8, 7, 4):
         if img_size % p == 0 and img_size // p >= 4:
@@ -279,8 +302,8 @@ class Run:
         return getattr(self, f"step_{step.replace('-', '_')}")()
 
     def run_until(self, last: str) -> None:
-        """The steps of STEPS in their order, up to `last`."""
-        for step in STEPS[: STEPS.index(last) + 1]:
+        """`last` and every step it needs, in the order of STEPS."""
+        for step in steps_for(self.cfg, last):
             self.run_step(step)
 
     def logits(self, model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
