@@ -110,9 +110,12 @@ class HubStats:
 
 def expiry_of(raw: Raw, frame: FrameMsg) -> float | None:
     """When the edge stops waiting (monotonic): the frame's own deadline, else the MQTT expiry."""
-    expiry = getattr(raw.properties, "MessageExpiryInterval", None)
-    ends = [raw.t_arrival + e for e in (expiry, None if frame.deadline_ms is None else frame.deadline_ms / 1000) if e]
-    return min(ends) if ends else None
+    ends = []
+    if expiry := getattr(raw.properties, "MessageExpiryInterval", None):
+        ends.append(raw.t_arrival + expiry)
+    if frame.deadline_ms is not None:
+        ends.append(raw.t_arrival + frame.deadline_ms / 1000)
+    return min(ends, default=None)
 
 
 class ExpertHub:
