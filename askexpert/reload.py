@@ -91,7 +91,7 @@ class PackReloader:
 
         t0 = time.monotonic()
         try:
-            new = Pack.load(self.path)
+            new = Pack.load(self.path.resolve())  # a symlink is followed once: one folder is read, even if swapped meanwhile
             if new.version == self.current.version:
                 return self._report("unchanged", new, t0)
             check_replaces(self.current, new)
