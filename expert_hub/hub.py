@@ -12,9 +12,11 @@ publishes what it returns.
 Deadlines: a frame carries the milliseconds its edge still waits (`deadline_ms`, at send). The hub
 counts them from the frame's arrival (no clock has to agree with the edge's; the time in the
 network is not counted, so the hub errs toward serving) and, before any inference, drops a frame
-whose time left is less than what a batch takes now (`ate_expired_frames_total`): under overload
-it spends its time on frames that can still be answered in time. Frames without one (older edges)
-keep the MQTT expiry, whole seconds.
+whose time left is less than one frame's share of a batch now (`ate_expired_frames_total`). Under
+overload, when the batch at hand could not all be answered in time, it runs the largest batch of
+the frames with the most time left that can be (a batch of n takes about n frames' time) and holds
+the rest for the next: it spends its time on frames that can still make it. Frames without one
+(older edges) keep the MQTT expiry, whole seconds.
 
 Pack reload (askexpert/reload.py): a new pack's experts are installed beside the running ones and
 taken between two batches; frames routed with the old pack version are answered by the old
@@ -56,7 +58,7 @@ from expert_hub.load import LoadMeter
 from expert_hub.settings import HubSettings
 
 log = get_logger("expert_hub")
-SERVICE_SMOOTHING = 0.2  # weight of the newest batch in the hub's estimate of what a batch takes
+SERVICE_SMOOTHING = 0.2  # weight of the newest batch in the hub's estimate of what a frame takes
 
 
 @dataclass
@@ -133,7 +135,8 @@ class ExpertHub:
         self._queue: queue.Queue[Raw] = queue.Queue(maxsize=settings.queue_size)
         self._warned_packs: set[str] = set()
         self._log_throttle = Throttle()
-        self._service_s = 0.0  # what a batch takes now (smoothed): a frame with less time left is late
+        self._frame_s = 0.0  # what one frame of a batch takes now (smoothed): batches are sized by it
+        self._held: list[Job] = []  # admitted, in time, left out of the last batch to keep it in time
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self.load = LoadMeter(settings.hub_id, pack.pack_id, settings.load_interval_s)
         self._load_topic = hub_load_topic(settings.prefix, settings.hub_id)
@@ -277,16 +280,32 @@ class ExpertHub:
 
     def _batch(self) -> list[Job]:
         try:
-            first = self._queue.get(timeout=0.2)
+            first = self._queue.get_nowait() if self._held else self._queue.get(timeout=0.2)
+            raws, _ = fill_batch(self._queue, first, self.s.max_batch, self.s.max_wait_ms / 1000)
         except queue.Empty:
-            return []
-        raws, _ = fill_batch(self._queue, first, self.s.max_batch, self.s.max_wait_ms / 1000)
-        jobs = [j for j in map(self._admit, raws) if j is not None]
+            raws = []
+        jobs, self._held = self._held + [j for j in map(self._admit, raws) if j is not None], []
         now = time.monotonic()
-        live = [j for j in jobs if j.expires is None or j.expires - now > self._service_s]
-        if late := [j for j in jobs if j.expires is not None and j.expires - now <= self._service_s]:
-            self._expired(late)
-        return live
+        if late := [j for j in jobs if j.expires is not None and j.expires - now <= self._frame_s]:
+            self._expired(late)  # not even alone would it be answered in time
+            jobs = [j for j in jobs if j.expires is None or j.expires - now > self._frame_s]
+        return self._in_time(jobs, now)
+
+    def _in_time(self, jobs: list[Job], now: float) -> list[Job]:
+        """The batch, in arrival order, when all of it can be answered in time (no overload); else
+        the largest batch of the frames with the most time left that can (a batch of n takes about
+        n frames' time), the others held for the next batch, at most max_batch of them (the rest,
+        with the least time left, dropped as late)."""
+        order = sorted(jobs, key=lambda j: math.inf if j.expires is None else j.expires, reverse=True)
+        n = 0
+        while n < len(order) and (order[n].expires is None or order[n].expires - now > (n + 1) * self._frame_s):
+            n += 1
+        if n == len(order):
+            return jobs
+        self._held = order[n : n + self.s.max_batch]
+        if shed := order[n + self.s.max_batch :]:
+            self._expired(shed)
+        return order[:n]
 
     def _expired(self, late: list[Job]) -> None:
         """Count (by what set the end: the frame's deadline or only the MQTT expiry) and log at a bounded rate."""
@@ -376,4 +395,4 @@ class ExpertHub:
         self.stats.answered += len(jobs)
         busy = time.monotonic() - t0
         self.load.served(len(jobs), busy)
-        self._service_s += SERVICE_SMOOTHING * (busy - self._service_s)
+        self._frame_s += SERVICE_SMOOTHING * (busy / len(jobs) - self._frame_s)
