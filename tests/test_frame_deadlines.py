@@ -63,3 +63,29 @@ def test_the_hub_drops_late_frames_before_inference_and_serves_old_ones(tiny_pac
     assert {r.pack_version for r, _ in replies} == {pack.version}
     assert (hub.stats.expired, hub.stats.rejected, hub.stats.answered) == (1, 1, 2)
     assert expired._value.get() - before == 1
+
+
+def test_under_overload_the_batch_is_what_can_still_make_it(tiny_pack):
+    """A batch that could not all be answered in time: the frames with the most time left, as many
+    as fit; the others held for the next batch; frames that could not make it even alone dropped."""
+    from expert_hub.hub import Job, Raw
+
+    pack = Pack.load(tiny_pack)
+    settings = HubSettings(pack=tiny_pack, hub_id="hs", max_batch=4, stats_interval_s=0)
+    hub = ExpertHub(settings, pack, open_backend("torch").experts(pack, pack.manifest.experts), MqttClient(settings, "hub", "hs"))
+    hub._frame_s = 1.0  # one frame of a batch takes 1 s (long: the margins below must not depend on this box's speed)
+
+    def job(fid: int, left_s: float | None) -> Job:
+        now = time.monotonic()
+        return Job(frame(fid, pack.pack_id, None), "0-2", "r", None, now, None if left_s is None else now + left_s, hub.current)
+
+    in_time = [job(0, 50.0), job(1, None), job(2, 40.0)]
+    assert hub._in_time(in_time, time.monotonic()) == in_time  # all fit: arrival order kept
+    assert hub._held == []
+    jobs = [job(0, 2.5), job(1, 4.5), job(2, 3.5), job(3, 1.5), job(4, 1.2), job(5, None), job(6, 1.3), job(7, 1.1)]
+    batch = hub._in_time(jobs, time.monotonic())
+    assert [j.frame.frame_id for j in batch] == [5, 1, 2]  # a batch of 3 takes 3 s: frame 0 (2.5 s left) would not make it
+    assert [j.frame.frame_id for j in hub._held] == [0, 3, 6, 4]  # max_batch of them, most time left first
+    assert hub.stats.expired == 1  # frame 7, the one with the least time left beyond those
+    hub._queue.put(Raw("x", b"", None, time.monotonic()))  # nothing decodable: only the held frames come back
+    assert {j.frame.frame_id for j in hub._batch()} <= {0, 3, 6, 4}
