@@ -116,6 +116,13 @@ class PackReloader:
         self._on_status(self.last)
 
 
+def ignore_sighup() -> None:
+    """While a component starts, a SIGHUP is ignored instead of ending the process (its default
+    action): an operator who signals too early loses nothing; reload_on_sighup takes over later."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+
+
 @contextmanager
 def reload_on_sighup(request: Callable[[], None]) -> Iterator[None]:
     """Within the block SIGHUP asks for a reload (the handler only starts the loader thread). Off the

@@ -17,7 +17,7 @@ from askexpert.frames import blank_frames
 from askexpert.lifecycle import Server
 from askexpert.mqtt import MqttClient
 from askexpert.recording import RecordingError
-from askexpert.reload import PackReloader, reload_on_sighup
+from askexpert.reload import PackReloader, ignore_sighup, reload_on_sighup
 from edge_node.recording import add_record_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Source, SourceError, open_source
@@ -114,6 +114,7 @@ def write_summary(path: Path, summary: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     s = load_settings(EdgeSettings, args)  # bad flags fail here, before torch is imported
     pack = load_pack(s.pack)
+    ignore_sighup()
     status = {"pack": pack.pack_id, "pack_version": pack.version, "source": s.source}
     client = MqttClient(s, "edge", s.node_id, status)
     return Server(s, client, connect_timeout_s=s.connect_timeout_s).run(EdgeComponent(s, pack, status, client))

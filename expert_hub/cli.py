@@ -12,7 +12,7 @@ from askexpert.frames import blank_frames
 from askexpert.lifecycle import Server
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
-from askexpert.reload import PackReloader, reload_on_sighup
+from askexpert.reload import PackReloader, ignore_sighup, reload_on_sighup
 from expert_hub.settings import HubSettings
 
 if TYPE_CHECKING:
@@ -90,6 +90,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     wanted = [e.key for e in served]
     if missing := pack.manifest.missing_experts():
         log.warning("pack lacks experts that top-k routing can ask for", missing=missing)
+    ignore_sighup()
     status = {"pack": pack.pack_id, "pack_version": pack.version, "experts": wanted, "expert_form": s.expert_form}
     client = MqttClient(s, "hub", s.hub_id, status)
     return Server(s, client).run(HubComponent(s, pack, status, client))

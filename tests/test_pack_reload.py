@@ -125,3 +125,35 @@ def test_hot_reload_during_a_live_stream(tiny_pack, broker, tmp_path):
         assert last["pack_version"] == v2_version, (role, last)
         assert last["pack_reload"]["result"] == "refused" and "corrupt" in last["pack_reload"]["error"], (role, last)
     assert "pack reload refused" in err
+
+
+def test_a_new_routing_or_input_is_refused(tiny_pack):
+    from askexpert.pack import PackError
+    from askexpert.reload import check_replaces
+
+    old = Pack.load(tiny_pack)
+    m = old.manifest
+    check_replaces(old, Pack(old.root, m.model_copy(update={"tau": 0.42})))  # a new tau: same routing
+    rerouted = Pack(old.root, m.model_copy(update={"partition": list(reversed(m.partition))}))
+    with pytest.raises(PackError, match="needs a restart"):
+        check_replaces(old, rerouted)
+    resized = Pack(old.root, m.model_copy(update={"input": m.input.model_copy(update={"size": 32})}))
+    with pytest.raises(PackError, match="other input"):
+        check_replaces(old, resized)
+
+
+def test_the_edge_takes_the_new_packs_tau_unless_an_operator_set_one(tiny_pack):
+    from askexpert.mqtt import MqttClient
+    from edge_node.node import EdgeNode
+    from edge_node.settings import EdgeSettings
+
+    pack = Pack.load(tiny_pack)
+    s = EdgeSettings(pack=tiny_pack, node_id="taus", stats_interval_s=0)
+    classifier = open_backend("torch").classifier(pack, pack.manifest.generalist)
+    node = EdgeNode(s, pack, classifier, MqttClient(s, "edge", "taus", announce=False))
+    v2 = Pack(pack.root, pack.manifest.model_copy(update={"tau": 0.42}))
+    node.install(v2, classifier)
+    assert node.tau.value == 0.42 and node._incoming is not None and node._incoming.pack.version == v2.version
+    node.tau.set(0.3, source="mqtt")  # the operator's word stands from here on
+    node.install(Pack(pack.root, pack.manifest.model_copy(update={"tau": 0.55})), classifier)
+    assert node.tau.value == 0.3
