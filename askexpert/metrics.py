@@ -23,3 +23,6 @@ SOURCE_RECONNECTS = Counter("ate_source_reconnects_total", "Attempts to reopen a
 FRAME_AGE_S = Gauge("ate_last_frame_age_seconds", "Seconds since the source gave its last frame", ["node"])
 TAU = Gauge("ate_tau", "Current confidence threshold", ["node"])
 TAU_EFFECTIVE = Gauge("ate_tau_effective", "Threshold the last batch was gated with (adaptive tau: within tau_min..tau)", ["node"])
+EXPIRED = Counter("ate_expired_frames_total", "Frames the hub dropped before inference: their edge stops waiting first", ["hub", "by"])
+PACK_INFO = Gauge("ate_pack_info", "1 for the pack (id, version) a component serves with", ["component", "pack", "version"])
+PACK_RELOADS = Counter("ate_pack_reloads_total", "Pack hot reloads, by result (loaded, refused, unchanged)", ["component", "result"])

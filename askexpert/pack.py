@@ -113,6 +113,12 @@ class Manifest(BaseModel):
         return [expert_key(c) for c in required_experts(self.n_subsets, self.k) if expert_key(c) not in have]
 
 
+def manifest_version(manifest_bytes: bytes) -> str:
+    """A pack's version: the hash of its manifest, which holds every weight file's sha256, so two
+    packs with the same routing (pack_id) but other weights or tau are told apart."""
+    return hashlib.sha256(manifest_bytes).hexdigest()[:12]
+
+
 def sha256_file(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -124,9 +130,10 @@ def sha256_file(path: Path) -> str:
 class Pack:
     """A loaded, validated pack folder. Weights load lazily, per model."""
 
-    def __init__(self, root: Path, manifest: Manifest) -> None:
+    def __init__(self, root: Path, manifest: Manifest, version: str = "") -> None:
         self.root = root
         self.manifest = manifest
+        self.version = version or manifest_version(manifest.model_dump_json().encode())
 
     @classmethod
     def load(cls, root: str | Path) -> "Pack":
@@ -134,8 +141,9 @@ class Pack:
         path = root / MANIFEST
         if not path.is_file():
             raise PackError(f"no {MANIFEST} in {root}: not a model pack")
+        text = path.read_bytes()
         try:
-            manifest = Manifest.model_validate_json(path.read_text())
+            manifest = Manifest.model_validate_json(text)
         except ValidationError as exc:
             raise PackError(f"invalid manifest {path}: {exc}") from exc
         if manifest.format_version != FORMAT_VERSION:
@@ -143,7 +151,7 @@ class Pack:
         for entry in cls._entries(manifest):
             if not (root / entry.file).is_file():
                 raise PackError(f"pack {root} lacks {entry.file}")
-        return cls(root, manifest)
+        return cls(root, manifest, manifest_version(text))
 
     @staticmethod
     def _entries(m: Manifest) -> list[ModelEntry]:
@@ -152,6 +160,14 @@ class Pack:
     @property
     def pack_id(self) -> str:
         return self.manifest.pack_id
+
+    def verify(self, entries: list[ModelEntry]) -> None:
+        """Check every file of `entries` against its sha256 before any is used (PackError if one is
+        corrupt): a pack swapped in at run time is refused whole, not found broken half-loaded."""
+        for entry in entries:
+            path = self.root / entry.file
+            if (digest := sha256_file(path)) != entry.sha256:
+                raise PackError(f"{path} is corrupt: sha256 {digest[:12]} != manifest {entry.sha256[:12]}")
 
     @cached_property
     def experts(self) -> dict[str, ExpertEntry]:

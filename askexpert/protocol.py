@@ -30,6 +30,7 @@ LABEL_SOURCES = ("edge", "expert", "edge-fallback")
 LATENCY_PARTS = ("wait_ms", "infer_ms", "hub_queue_ms", "hub_infer_ms", "network_ms")  # LabelMsg's latency breakdown
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # node, hub and run ids, pack ids: short and printable
 MAX_TOPK = 16
+MAX_DEADLINE_MS = 60_000.0  # a frame may claim at most this much time left: a hostile value is bounded
 
 
 def check_name(value: str) -> str:
@@ -167,25 +168,31 @@ class FrameMsg:
     topk_p: list[float]
     image: np.ndarray  # uint8 (H, W, C) at the expert's input size
     t_sent: float = field(default_factory=time.time)
+    # milliseconds the edge still waits for the answer, counted at send: relative, so that no clock
+    # needs to agree with the edge's; None (frames of older edges) leaves the MQTT expiry alone
+    deadline_ms: float | None = None
+    pack_version: str | None = None  # the pack version that routed it: the hub answers with that one while it has it
 
     def encode(self) -> bytes:
         enc, data = encode_image(self.image)
-        return msgpack.packb(
-            {
-                "v": VERSION,
-                "node": self.node,
-                "fid": int(self.frame_id),
-                "tc": self.t_capture,
-                "ts": self.t_sent,
-                "pack": self.pack,
-                "topk": [int(c) for c in self.topk],
-                "topk_p": [float(p) for p in self.topk_p],
-                "enc": enc,
-                "shape": list(self.image.shape),
-                "img": data,
-            },
-            use_bin_type=True,
-        )
+        msg = {
+            "v": VERSION,
+            "node": self.node,
+            "fid": int(self.frame_id),
+            "tc": self.t_capture,
+            "ts": self.t_sent,
+            "pack": self.pack,
+            "topk": [int(c) for c in self.topk],
+            "topk_p": [float(p) for p in self.topk_p],
+            "enc": enc,
+            "shape": list(self.image.shape),
+            "img": data,
+        }
+        if self.deadline_ms is not None:
+            msg["dl"] = float(self.deadline_ms)
+        if self.pack_version is not None:
+            msg["pv"] = self.pack_version
+        return msgpack.packb(msg, use_bin_type=True)
 
 
 def _unpack(payload: bytes, max_bytes: int) -> dict[str, Any]:
@@ -250,6 +257,8 @@ def decode_frame(payload: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> FrameMs
         topk_p=[float(p) for p in topk_p],
         image=decode_image(_field(msg, "enc", str), _field(msg, "img", bytes), tuple(shape)),
         t_sent=_number(msg, "ts"),
+        deadline_ms=None if msg.get("dl") is None else _number(msg, "dl", 0.0, MAX_DEADLINE_MS),
+        pack_version=None if msg.get("pv") is None else _name(msg, "pv"),
     )
 
 
@@ -265,6 +274,7 @@ class ReplyMsg:
     queue_ms: float  # arrival at the hub -> start of its batch
     infer_ms: float  # the batch's inference time
     batch: int
+    pack_version: str | None = None  # the pack version that answered (None from older hubs)
 
     def encode(self) -> bytes:  # vars, not asdict: every field is a plain value, and asdict's deep copy costs
         return msgpack.packb({"v": VERSION, **vars(self)}, use_bin_type=True)
@@ -282,6 +292,7 @@ def decode_reply(payload: bytes, *, max_bytes: int = 64 * 1024) -> ReplyMsg:
         queue_ms=_number(msg, "queue_ms", 0.0),
         infer_ms=_number(msg, "infer_ms", 0.0),
         batch=_count(msg, "batch"),
+        pack_version=None if msg.get("pack_version") is None else _name(msg, "pack_version"),
     )
 
 
@@ -313,6 +324,7 @@ class LabelMsg:
     # for source `expert`: the hub that answered, as it names itself in its reply (its broker user
     # where it has one, else its hub id); None on other labels and from edges before this field
     hub: str | None = None
+    pack_version: str | None = None  # the pack version that made this label (the hub's for expert labels)
     # where latency_ms went (ms; None where it does not apply): waiting at the edge (capture to the
     # start of its batch), the edge's batch inference, and for expert labels the hub's queue, the
     # hub's inference, and the rest of the round trip (network, broker, encoding: rtt - hub's share)
@@ -366,6 +378,7 @@ def decode_label(payload: bytes) -> LabelMsg:
         run=_text(msg, "run", ""),
         tau=None if msg.get("tau") is None else _number(msg, "tau", 0.0, 1.0),
         hub=None if msg.get("hub") is None else _name(msg, "hub"),
+        pack_version=None if msg.get("pack_version") is None else _name(msg, "pack_version"),
         **{k: None if msg.get(k) is None else _number(msg, k, 0.0) for k in LATENCY_PARTS},
     )
 

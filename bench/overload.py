@@ -3,13 +3,17 @@
 Calibration: one edge offloads every frame (tau 1) as fast as it can; the hubs' capacity C is
 then what they report in their load messages (frames answered per second of work: what the
 adaptive edges follow too), and the edge confidences of those frames give the share alpha
-offloaded at --tau. Then each edge is paced at overload * C / (edges * alpha) frames/s, once with
-a fixed tau and once adaptive (tau_min..tau). Prints one JSON line with, per mode: fallbacks
-(% of frames), the offloaded share alpha, accuracy on the Fashion-MNIST test split, the effective
-tau (mean, min), labels per second, missing and duplicate labels.
+offloaded at --tau. Then each edge is paced at overload * C / (edges * alpha) frames/s, once per
+mode: `fixed` (tau fixed, deadlines carried in the frames), `fixed-no-deadline` (tau fixed, frames
+without their deadline, as edges before it: the hub keeps only the MQTT expiry, whole seconds),
+`adaptive` (tau_min..tau). Prints one JSON line with, per mode: fallbacks (% of frames), the share
+of offloads answered in time (`deadline_met_pct`), the offloaded share alpha, accuracy on the
+Fashion-MNIST test split, the effective tau (mean, min), labels per second, missing and duplicate
+labels, and the frames the hubs dropped as too late (`hub_expired`, from their stats).
 
     python bench/overload.py --pack packs/fashion-mnist --edges 2 --frames 2000
     python bench/overload.py --frames 50 --expert-ms 20    # a slower hub (bench/slow_hub.py)
+    python bench/overload.py --modes fixed-no-deadline,fixed --expert-ms 10   # deadlines in the frame, before/after
 """
 
 from __future__ import annotations
@@ -26,11 +30,16 @@ import numpy as np
 
 from askexpert.datasets import load_dataset
 from askexpert.localbroker import Broker, edge_args, edge_summary, hub_args, spawn_edge
-from askexpert.protocol import HubLoad, LabelMsg, decode_hub_load, decode_label, hub_load_filter
+from askexpert.protocol import HubLoad, LabelMsg, decode_hub_load, decode_label, hub_load_filter, stats_topic
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import Subscriber, wait_online
 
 HERE = Path(__file__).parent
+MODES = {  # mode -> the edges' extra flags
+    "fixed": ["--tau-mode", "fixed"],
+    "fixed-no-deadline": ["--tau-mode", "fixed", "--no-frame-deadline"],
+    "adaptive": ["--tau-mode", "adaptive"],
+}
 
 
 def run_edges(
@@ -67,6 +76,21 @@ def idle_hubs(broker: Broker, hubs: int, timeout: float = 30.0) -> list[HubLoad]
     finally:
         loads.stop()
     raise TimeoutError(f"hubs not idle within {timeout:.0f} s: {latest}")
+
+
+def hub_expired(broker: Broker, hubs: int, timeout: float = 10.0) -> int:
+    """Frames the hubs have dropped as too late so far, from their next stats messages."""
+    stats = Subscriber(CommonSettings(broker=broker.url), stats_topic("ate/v1", "hub", "+")).start()
+    try:
+        latest: dict[str, int] = {}
+        deadline = time.monotonic() + timeout
+        while len(latest) < hubs and time.monotonic() < deadline:
+            with stats.changed:
+                stats.changed.wait(0.2)
+                latest.update((m["hub"], m["expired"]) for m in (json.loads(p) for _, p in stats.raw if p))
+        return sum(latest.values())
+    finally:
+        stats.stop()
 
 
 def fallbacks_by_second(labels: list) -> list[int]:
@@ -115,14 +139,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tau-min", type=float, default=0.0)
     p.add_argument("--deadline-ms", type=float, default=500.0)
     p.add_argument("--expert-ms", type=float, default=0.0, help="make each expert frame take at least this long (a slower hub)")
+    p.add_argument("--modes", default="fixed,adaptive", help=f"comma-separated, from {', '.join(MODES)}")
     a = p.parse_args(argv)
+    if unknown := set(a.modes.split(",")) - set(MODES):
+        p.error(f"unknown modes {sorted(unknown)}")
 
     truth = load_dataset("fashion-mnist", "test").labels
     broker = Broker().start()
     slow = [str(HERE / "slow_hub.py"), repr(a.expert_ms / 1000)] if a.expert_ms else ["-m", "expert_hub.cli"]
     hubs = [
         subprocess.Popen(
-            [sys.executable, *slow, *hub_args(a.pack, broker.url, f"ovl-hub{i}", "--share-group", "ovl")],
+            [sys.executable, *slow, *hub_args(a.pack, broker.url, f"ovl-hub{i}", "--share-group", "ovl", "--stats-interval-s", "1")],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -140,10 +167,13 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"calibration failed: capacity {capacity:.1f}/s, alpha at tau {a.tau} = {alpha:.3f}")
         fps = a.overload * capacity / (a.edges * alpha)
         modes = {}
-        for mode in ("fixed", "adaptive"):
+        for mode in a.modes.split(","):
             idle_hubs(broker, a.hubs)
-            labels = run_edges(a, broker, consumer, f"ovl-{mode}", a.frames, fps, a.tau, ["--tau-mode", mode, "--tau-min", repr(a.tau_min)])
+            expired = hub_expired(broker, a.hubs)
+            labels = run_edges(a, broker, consumer, f"ovl-{mode}", a.frames, fps, a.tau, [*MODES[mode], "--tau-min", repr(a.tau_min)])
             modes[mode] = report(labels, a.edges * a.frames, truth)
+            idle_hubs(broker, a.hubs)
+            modes[mode]["hub_expired"] = hub_expired(broker, a.hubs) - expired
     finally:
         if consumer is not None:
             consumer.stop()

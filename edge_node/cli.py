@@ -17,40 +17,64 @@ from askexpert.frames import blank_frames
 from askexpert.lifecycle import Server
 from askexpert.mqtt import MqttClient
 from askexpert.recording import RecordingError
+from askexpert.reload import PackReloader, ignore_sighup, reload_on_sighup
 from edge_node.recording import add_record_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Source, SourceError, open_source
 
 if TYPE_CHECKING:
-    from askexpert.backends import Backend
+    from askexpert.backends import Backend, Classifier
     from askexpert.pack import ModelEntry, Pack
     from edge_node.node import EdgeNode
 
 
 class EdgeComponent:
-    """The edge node as a lifecycle component (askexpert.lifecycle): one node, one source."""
+    """The edge node as a lifecycle component (askexpert.lifecycle): one node, one source; SIGHUP
+    reloads the pack from its path (askexpert/reload.py)."""
 
-    def __init__(self, settings: EdgeSettings, pack: "Pack", client: MqttClient) -> None:
-        self.s, self.pack, self.client = settings, pack, client
+    def __init__(self, settings: EdgeSettings, pack: "Pack", status: dict, client: MqttClient) -> None:
+        """`status`: the dict the client announces in its status; a reload updates it in place."""
+        self.s, self.pack, self.status, self.client = settings, pack, status, client
         self.node: "EdgeNode | None" = None
         self.source: "Source | None" = None
+        self.reloader: PackReloader | None = None
+
+    def _classifier(self, backend: "Backend", pack: "Pack") -> "Classifier":
+        """The pack's generalist, built (engine first) and warmed up."""
+        classifier = backend.classifier(pack, pack.manifest.generalist)
+        for n in (self.s.batch_size, 1):  # warm up: the first frames must not pay lazy initialisation
+            classifier(blank_frames(pack.manifest.input, n))
+        return classifier
+
+    def _on_reload(self, report: dict) -> None:
+        assert self.node is not None
+        self.status.update(self.node.pack_report(), pack_reload=report)
+        self.client.publish_status(self.client.state)
 
     def load(self, backend: "Backend") -> None:
         from edge_node.node import EdgeNode
 
-        classifier = backend.classifier(self.pack, self.pack.manifest.generalist)
-        for n in (self.s.batch_size, 1):  # warm up: the first frames must not pay lazy initialisation
-            classifier(blank_frames(self.pack.manifest.input, n))
+        classifier = self._classifier(backend, self.pack)
         try:  # after the model: a live stream is not left unread while an engine loads
             self.source = open_source(self.s.source, self.s.fps or None)
         except (SourceError, DatasetError, RecordingError, OSError) as exc:  # a source's own errors, not the backend's
             self.client.stop()
             fail(f"source {self.s.source!r}: {exc}")
         self.node = EdgeNode(self.s, self.pack, classifier, self.client)
+        self.reloader = PackReloader(
+            "edge",
+            self.s.pack,
+            self.pack,
+            lambda pack: [pack.manifest.generalist],
+            lambda pack: self._classifier(backend, pack),
+            self.node.install,
+            self._on_reload,
+        )
 
     def serve(self, should_exit: threading.Event) -> int:
-        assert self.node is not None and self.source is not None
-        stats = self.node.run(self.source)
+        assert self.node is not None and self.source is not None and self.reloader is not None
+        with reload_on_sighup(self.reloader.request):
+            stats = self.node.run(self.source)
         summary = json.dumps({"node": self.s.node_id, **vars(stats)})
         print(summary)
         if self.s.summary_json is not None:
@@ -90,8 +114,10 @@ def write_summary(path: Path, summary: str) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     s = load_settings(EdgeSettings, args)  # bad flags fail here, before torch is imported
     pack = load_pack(s.pack)
-    client = MqttClient(s, "edge", s.node_id, {"pack": pack.pack_id, "source": s.source})
-    return Server(s, client, connect_timeout_s=s.connect_timeout_s).run(EdgeComponent(s, pack, client))
+    ignore_sighup()
+    status = {"pack": pack.pack_id, "pack_version": pack.version, "source": s.source}
+    client = MqttClient(s, "edge", s.node_id, status)
+    return Server(s, client, connect_timeout_s=s.connect_timeout_s).run(EdgeComponent(s, pack, status, client))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,10 @@ and datasets), the inference loop (micro-batches), the gate (one thread after in
 offloads of a batch are published while the next batch runs, in frame order), paho's network
 thread (replies: decode, pop the pending frame, publish its label; never blocks), and the deadline
 thread (edge-fallback labels).
+
+A reloaded pack (SIGHUP, askexpert/reload.py) is installed by `install` and taken between two
+batches: every frame is gated by one pack version, named in its label (`pack_version`; an expert
+label names the hub's) and in its offload, so the hub answers it with the same version while it has it.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
 from askexpert.protocol import (
     LABEL_SOURCES,
+    MAX_DEADLINE_MS,
     FrameMsg,
     LabelMsg,
     ProtocolError,
@@ -52,6 +57,14 @@ GATE_AHEAD = 2  # batches inferred but not yet gated
 
 
 @dataclass
+class EdgeModel:
+    """The pack and the generalist built from it: swapped together, between batches."""
+
+    pack: Pack
+    classifier: Classifier
+
+
+@dataclass
 class EdgeStats:
     frames: int = 0
     edge: int = 0
@@ -66,7 +79,10 @@ class EdgeStats:
 
 class EdgeNode:
     def __init__(self, settings: EdgeSettings, pack: Pack, classifier: Classifier, client: MqttClient) -> None:
-        self.s, self.pack, self.classifier, self.client = settings, pack, classifier, client
+        self.s, self.client = settings, client
+        self.model = EdgeModel(pack, classifier)
+        self._incoming: EdgeModel | None = None  # a reloaded pack, taken before the next batch
+        self._pack_tau_sets = 0  # tau follows a reloaded pack's until an operator sets it
         m = pack.manifest
         self.tau = TauControl(client, settings.prefix, settings.node_id, m.tau if settings.tau is None else settings.tau)
         self.adaptive = (
@@ -103,6 +119,23 @@ class EdgeNode:
         metrics.TAU_EFFECTIVE.labels(self.node).set_function(lambda: self.tau_effective)
 
     # ------------------------------------------------------------ public
+    @property
+    def pack(self) -> Pack:
+        return self.model.pack
+
+    def install(self, pack: Pack, classifier: Classifier) -> None:
+        """Gate with a new pack version (loaded, verified, warmed up) from the next batch on; its tau
+        too, unless tau was given (--tau) or set over MQTT. Called by the reload thread."""
+        if pack.pack_id != self.pack.pack_id:
+            raise ValueError("a reloaded pack must route as the running one")
+        self._incoming = EdgeModel(pack, classifier)
+        if self.s.tau is None and self.tau.accepted == self._pack_tau_sets:
+            self._pack_tau_sets += 1
+            self.tau.set(pack.manifest.tau, source="pack")
+
+    def pack_report(self) -> dict:
+        return {"pack": self.pack.pack_id, "pack_version": self.pack.version}
+
     def frame_age_s(self) -> float:
         """Seconds since the source gave its last frame (since the start, before the first)."""
         return time.monotonic() - self._last_frame
@@ -118,6 +151,7 @@ class EdgeNode:
             "connected": self.client.connected.is_set(),
             "id_conflicts": self.client.id_conflicts,
             "pending_offloads": len(self.pending),
+            **self.pack_report(),
             **self._tau_report(),
             **vars(self.stats),
         }
@@ -129,6 +163,7 @@ class EdgeNode:
             **self._tau_report(),
             "pending_offloads": len(self.pending),
             "queue": self._queue.qsize(),
+            **self.pack_report(),
             **vars(self.stats),
         }
 
@@ -150,7 +185,7 @@ class EdgeNode:
         self._live, self._last_frame, self._source = source.live, time.monotonic(), source
         reader = threading.Thread(target=self._read, args=(source,), name="source", daemon=True)
         reader.start()
-        log.info("edge running", source=source.description, live=source.live, tau=self.tau.value, k=self.k, pack=self.pack.pack_id)
+        log.info("edge running", source=source.description, live=source.live, tau=self.tau.value, k=self.k, **self.pack_report())
         t0 = time.monotonic()
         try:
             self._infer_loop()
@@ -217,32 +252,37 @@ class EdgeNode:
         """Batches through the generalist; each batch's gate runs on one gate thread, in order, while
         the next batch is inferred (publishing labels is Python work that would otherwise add to
         every batch). At most GATE_AHEAD batches wait for the gate: it cannot fall behind unbounded."""
-        spec = self.pack.manifest.input
         depth = metrics.QUEUE_DEPTH.labels("edge", "frames")
         gating: deque[Future] = deque()
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="gate") as gate:
             while True:
                 batch, ended = self._next_batch()
                 depth.set(self._queue.qsize())
+                if self._incoming is not None:  # between batches: a reloaded pack
+                    self.model, self._incoming = self._incoming, None
+                    log.info("pack switched", **self.pack_report())
+                model = self.model
                 if batch:
-                    images = np.stack([fit_frame(f.image, spec) for f in batch])
+                    images = np.stack([fit_frame(f.image, model.pack.manifest.input) for f in batch])
                     t_batch, t0 = time.time(), time.perf_counter()
-                    logits = self.classifier(images)
+                    logits = model.classifier(images)
                     infer_ms = (time.perf_counter() - t0) * 1000
                     metrics.INFER_MS.labels("edge", "generalist").observe(infer_ms)
                     metrics.BATCH_SIZE.labels("edge", "generalist").observe(len(batch))
                     while len(gating) >= GATE_AHEAD:
                         gating.popleft().result()  # re-raises what the gate raised
-                    decision = decide(logits, self.pack.manifest.partition, self.k)
-                    gating.append(gate.submit(self._gate, batch, images, decision, t_batch, infer_ms))
+                    decision = decide(logits, model.pack.manifest.partition, self.k)
+                    gating.append(gate.submit(self._gate, batch, images, decision, (t_batch, infer_ms), model.pack.version))
                 if ended:
                     break
             for done in gating:
                 done.result()
 
-    def _gate(self, batch: list[Frame], images: np.ndarray, d: Decision, t_batch: float, infer_ms: float) -> None:
+    def _gate(self, batch: list[Frame], images: np.ndarray, d: Decision, timing: tuple[float, float], version: str) -> None:
         """Algorithm 1 (`askexpert.routing.decide`): conf >= tau is final; else the routed expert.
-        With adaptive tau, tau is the effective one for this batch (edge_node/adaptive_tau.py)."""
+        With adaptive tau, tau is the effective one for this batch (edge_node/adaptive_tau.py).
+        `timing`: the batch's start (unix s) and inference (ms); `version`: the pack version that gated it."""
+        t_batch, infer_ms = timing
         tau = self.adaptive.tau(self.tau.value) if self.adaptive else self.tau.value
         self.tau_effective = tau
         offloaded = d.offloaded(tau)
@@ -251,35 +291,27 @@ class EdgeNode:
         for i, frame in enumerate(batch):
             self.stats.frames += 1
             edge_label, conf = int(d.edge_label[i]), float(d.conf[i])
-            parts = {"wait_ms": max(0.0, (t_batch - frame.t_capture) * 1000), "infer_ms": infer_ms}
-            if not offloaded[i]:
-                self._publish_label(
-                    frame_id=frame.frame_id,
-                    t_capture=frame.t_capture,
-                    label=edge_label,
-                    conf=conf,
-                    source="edge",
-                    expert=None,
-                    edge_label=edge_label,
-                    edge_conf=conf,
-                    tau=tau,
-                    **parts,
-                )
-                continue
-            offload = Offload(
+            item = Offload(
                 frame_id=frame.frame_id,
                 t_capture=frame.t_capture,
                 edge_label=edge_label,
                 edge_conf=conf,
-                expert=str(d.expert[i]),
+                expert=str(d.expert[i]) if offloaded[i] else None,
                 tau=tau,
-                **parts,
+                wait_ms=max(0.0, (t_batch - frame.t_capture) * 1000),
+                infer_ms=infer_ms,
+                pack_version=version,
             )
-            self._offload(offload, images[i], d.topk[i], d.probs[i])
+            if offloaded[i]:
+                self._offload(item, images[i], d.topk[i], d.probs[i])
+            else:
+                self._publish_label(item, label=edge_label, conf=conf, source="edge")
 
     def _offload(self, offload: Offload, image: np.ndarray, top: np.ndarray, probs: np.ndarray) -> None:
-        """Send the frame to its expert; its deadline starts now. The MQTT expiry, in whole seconds,
-        is never shorter than the deadline: the hub serves a frame for as long as the edge waits."""
+        """Send the frame to its expert; its deadline starts now and travels in the frame (the hub
+        drops it once too late to answer). The MQTT expiry, in whole seconds, is never shorter than
+        the deadline: a hub that does not read the frame's own still serves it while the edge waits."""
+        assert offload.expert is not None
         offload.t_sent = time.monotonic()
         offload.deadline = offload.t_sent + self.s.deadline_s
         self.pending.add(offload)
@@ -291,6 +323,8 @@ class EdgeNode:
             topk=[int(c) for c in top],
             topk_p=[float(probs[c]) for c in top],
             image=image,
+            deadline_ms=min(self.s.deadline_ms, MAX_DEADLINE_MS) if self.s.frame_deadline else None,
+            pack_version=offload.pack_version,
         )
         self.client.publish_frame(self.s.prefix, offload.expert, msg, self.run_id, expiry_s=max(1, math.ceil(self.s.deadline_s)))
         metrics.OFFLOADS.labels(self.node, offload.expert).inc()
@@ -324,11 +358,12 @@ class EdgeNode:
             return
         rtt_ms = (time.monotonic() - item.t_sent) * 1000
         self._metric_rtt.observe(rtt_ms)
-        self._publish_offload_label(
+        self._publish_label(
             item,
             label=reply.label,
             conf=reply.conf,
             source="expert",
+            pack_version=reply.pack_version,
             hub=reply.hub,
             hub_queue_ms=reply.queue_ms,
             hub_infer_ms=reply.infer_ms,
@@ -337,60 +372,42 @@ class EdgeNode:
         return None
 
     def _on_deadline(self, item: Offload) -> None:
-        self._publish_offload_label(item, label=item.edge_label, conf=item.edge_conf, source="edge-fallback")
-
-    def _publish_offload_label(self, item: Offload, *, label: int, conf: float, source: str, **hub_parts: float | str) -> None:
-        """The final label of an offloaded frame (the expert's answer or the edge's fallback): what
-        the edge knew at offload time comes from the pending entry, `hub_parts` (the hub that
-        answered, its share of the latency) from the reply."""
-        self._publish_label(
-            frame_id=item.frame_id,
-            t_capture=item.t_capture,
-            label=label,
-            conf=conf,
-            source=source,
-            expert=item.expert,
-            edge_label=item.edge_label,
-            edge_conf=item.edge_conf,
-            tau=item.tau,
-            wait_ms=item.wait_ms,
-            infer_ms=item.infer_ms,
-            **hub_parts,
-        )
+        self._publish_label(item, label=item.edge_label, conf=item.edge_conf, source="edge-fallback")
 
     def _publish_label(
         self,
+        item: Offload,
         *,
-        frame_id: int,
-        t_capture: float,
         label: int,
         conf: float,
         source: str,
-        expert: str | None,
-        edge_label: int,
-        edge_conf: float,
-        tau: float,
-        **parts: float | str,
+        pack_version: str | None = None,
+        hub: str | None = None,
+        **hub_parts: float,
     ) -> None:
-        """`parts`: where the latency went (LabelMsg's wait_ms ... network_ms), rounded to µs, and
-        for an expert's label the hub that answered."""
-        latency_ms = (time.time() - t_capture) * 1000
+        """A frame's final label: what the edge knew at gating comes from `item`; for an expert's
+        answer, the version of the pack that answered, the hub that answered and `hub_parts` (where
+        the rest of the latency went: LabelMsg's hub_queue_ms ... network_ms) from the reply."""
+        parts = {"wait_ms": item.wait_ms, "infer_ms": item.infer_ms, **hub_parts}
+        latency_ms = (time.time() - item.t_capture) * 1000
         msg = LabelMsg(
             node=self.node,
-            frame_id=frame_id,
+            frame_id=item.frame_id,
             label=label,
             label_name=self.pack.manifest.classes[label],
             conf=round(conf, 6),
             source=source,
-            expert=expert,
+            expert=item.expert,
             latency_ms=round(latency_ms, 3),
-            t_capture=t_capture,
-            edge_label=edge_label,
-            edge_conf=round(edge_conf, 6),
+            t_capture=item.t_capture,
+            edge_label=item.edge_label,
+            edge_conf=round(item.edge_conf, 6),
             pack=self.pack.pack_id,
             run=self.run_id,
-            tau=round(tau, 6),
-            **{k: round(v, 3) if isinstance(v, float) else v for k, v in parts.items()},
+            tau=round(item.tau, 6),
+            pack_version=pack_version or item.pack_version or None,
+            hub=hub,
+            **{k: round(v, 3) for k, v in parts.items()},
         )
         self.client.publish(self.labels_topic, msg.encode(), qos=1)
         self._metric_labels[source].inc()

@@ -15,16 +15,18 @@ from typing import Callable
 
 @dataclass
 class Offload:
-    """A frame sent to an expert: what its label needs, whoever publishes it (reply or deadline)."""
+    """A gated frame: what its label needs, whoever publishes it (the gate for an edge label, with
+    `expert` None; for a frame sent to an expert, the reply or the deadline)."""
 
     frame_id: int
     t_capture: float
     edge_label: int
     edge_conf: float
-    expert: str
+    expert: str | None
     tau: float  # the threshold it was gated with, for its label
     wait_ms: float  # capture to the start of its edge batch
     infer_ms: float  # the edge batch's inference
+    pack_version: str = ""  # the pack version that gated it
     t_sent: float = 0.0  # time.monotonic() when offloaded (set as it is sent)
     deadline: float = 0.0  # time.monotonic(): t_sent + the edge's deadline
 

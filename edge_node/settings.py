@@ -25,6 +25,11 @@ class EdgeSettings(CommonSettings):
     )
     top_k: int | None = Field(None, ge=1, description="top-k for routing; default: the pack's k")
     deadline_ms: float = Field(1000.0, gt=0, description="wait this long for an expert, then publish the edge's label")
+    frame_deadline: bool = Field(
+        True,
+        description="carry the time left (deadline_ms) in each offloaded frame, so hubs drop frames too late to answer; "
+        "off: only the MQTT expiry (whole seconds), as older edges",
+    )
     max_frames: int | None = Field(None, ge=1, description="stop after this many frames")
     fps: float | None = Field(None, ge=0, description="pace file and dataset sources; default as fast as possible")
     batch_size: int = Field(32, ge=1, description="largest micro-batch for the generalist")

@@ -12,6 +12,7 @@ from askexpert.frames import blank_frames
 from askexpert.lifecycle import Server
 from askexpert.log import get_logger
 from askexpert.mqtt import MqttClient
+from askexpert.reload import PackReloader, ignore_sighup, reload_on_sighup
 from expert_hub.settings import HubSettings
 
 if TYPE_CHECKING:
@@ -23,24 +24,51 @@ log = get_logger("expert_hub.cli")
 
 
 class HubComponent:
-    """The expert hub as a lifecycle component (askexpert.lifecycle): serves until a signal."""
+    """The expert hub as a lifecycle component (askexpert.lifecycle): serves until a signal; SIGHUP
+    reloads the pack from its path (askexpert/reload.py)."""
 
-    def __init__(self, settings: HubSettings, pack: "Pack", entries: list["ExpertEntry"], client: MqttClient) -> None:
-        self.s, self.pack, self.entries, self.client = settings, pack, entries, client
+    def __init__(self, settings: HubSettings, pack: "Pack", status: dict, client: MqttClient) -> None:
+        """`status`: the dict the client announces in its status; a reload updates it in place."""
+        self.s, self.pack, self.status, self.client = settings, pack, status, client
         self.hub: "ExpertHub | None" = None
+        self.reloader: PackReloader | None = None
 
     def load(self, backend: "Backend") -> None:
         from expert_hub.hub import ExpertHub
 
-        library = backend.experts(self.pack, self.entries)
-        keys = [e.key for e in self.entries]
-        library(blank_frames(self.pack.manifest.input, len(keys)), keys)  # warm up
-        self.hub = ExpertHub(self.s, self.pack, library, self.client)
+        self.hub = ExpertHub(self.s, self.pack, self._library(backend, self.pack), self.client)
+        self.reloader = PackReloader(
+            "hub",
+            self.s.pack,
+            self.pack,
+            lambda pack: self._entries(pack),
+            lambda pack: self._library(backend, pack),
+            self.hub.install,
+            self._on_reload,
+        )
         self.hub.start()  # subscribes: frames are answered from here on
 
-    def serve(self, should_exit: threading.Event) -> int:
+    def _entries(self, pack: "Pack") -> list:
+        entries = served_entries(self.s, pack, fatal=False)
+        return [*entries, *([pack.manifest.trunk] if pack.manifest.trunk and any(e.kind == "tail" for e in entries) else [])]
+
+    def _library(self, backend: "Backend", pack: "Pack"):
+        """The experts this hub serves from `pack`, built (engines first) and warmed up."""
+        entries = served_entries(self.s, pack, fatal=False)
+        library = backend.experts(pack, entries)
+        keys = [e.key for e in entries]
+        library(blank_frames(pack.manifest.input, len(keys)), keys)  # warm up
+        return library
+
+    def _on_reload(self, report: dict) -> None:
         assert self.hub is not None
-        should_exit.wait()
+        self.status.update(pack=self.hub.pack.pack_id, pack_version=self.hub.pack.version, pack_reload=report)
+        self.client.publish_status(self.client.state)
+
+    def serve(self, should_exit: threading.Event) -> int:
+        assert self.hub is not None and self.reloader is not None
+        with reload_on_sighup(self.reloader.request):
+            should_exit.wait()
         self.hub.stop()
         log.info("hub stopped", **vars(self.hub.stats))
         return 0
@@ -62,21 +90,26 @@ def cmd_run(args: argparse.Namespace) -> int:
     wanted = [e.key for e in served]
     if missing := pack.manifest.missing_experts():
         log.warning("pack lacks experts that top-k routing can ask for", missing=missing)
-    client = MqttClient(s, "hub", s.hub_id, {"pack": pack.pack_id, "experts": wanted, "expert_form": s.expert_form})
-    return Server(s, client).run(HubComponent(s, pack, served, client))
+    ignore_sighup()
+    status = {"pack": pack.pack_id, "pack_version": pack.version, "experts": wanted, "expert_form": s.expert_form}
+    client = MqttClient(s, "hub", s.hub_id, status)
+    return Server(s, client).run(HubComponent(s, pack, status, client))
 
 
-def served_entries(s: HubSettings, pack: Pack) -> list[ExpertEntry]:
-    """The experts this hub serves (--experts, else all), in the form asked for; unknown ones fail."""
+def served_entries(s: HubSettings, pack: Pack, fatal: bool = True) -> list[ExpertEntry]:
+    """The experts this hub serves (--experts, else all), in the form asked for; unknown ones fail
+    the command (`fatal`) or raise PackError (a reloaded pack is refused, the old one serves on)."""
     from askexpert.pack import PackError
 
     try:
         entries = {e.key: e for e in pack.expert_entries(s.expert_form)}
+        wanted = s.experts or list(entries)
+        if unknown := [k for k in wanted if k not in entries]:
+            raise PackError(f"pack {pack.root} has no experts {unknown}; it has {list(entries)}")
     except PackError as exc:
+        if not fatal:
+            raise
         fail(str(exc))
-    wanted = s.experts or list(entries)
-    if unknown := [k for k in wanted if k not in entries]:
-        fail(f"pack {s.pack} has no experts {unknown}; it has {list(entries)}")
     return [entries[k] for k in wanted]
 
 

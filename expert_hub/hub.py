@@ -5,7 +5,22 @@ never blocks, and never decodes an image). The inference thread takes up to max_
 waiting at most max_wait after the first, decodes and validates them (bounded: the JPEG header is
 checked before any pixel is decoded), runs the valid ones through
 the expert library in one call (a shared trunk runs once for all experts of the batch; each
-expert's tail runs on its own rows) and replies on each frame's Response Topic.
+expert's tail runs on its own rows) and replies on each frame's Response Topic. `answer(jobs)` is
+that batch's inference and reply payloads alone, with no MQTT (as Triton's `execute`); `_run`
+publishes what it returns.
+
+Deadlines: a frame carries the milliseconds its edge still waits (`deadline_ms`, at send). The hub
+counts them from the frame's arrival (no clock has to agree with the edge's; the time in the
+network is not counted, so the hub errs toward serving) and, before any inference, drops a frame
+whose time left is less than one frame's share of a batch now (`ate_expired_frames_total`). Under
+overload, when the batch at hand could not all be answered in time, it runs the largest batch of
+the frames with the most time left that can be (a batch of n takes about n frames' time) and holds
+the rest for the next: it spends its time on frames that can still make it. Frames without one
+(older edges) keep the MQTT expiry, whole seconds.
+
+Pack reload (askexpert/reload.py): a new pack's experts are installed beside the running ones and
+taken between two batches; frames routed with the old pack version are answered by the old
+experts until none has come for `reload_drain_s`, then those are freed.
 """
 
 from __future__ import annotations
@@ -15,7 +30,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import paho.mqtt.client as mqtt
@@ -43,6 +58,7 @@ from expert_hub.load import LoadMeter
 from expert_hub.settings import HubSettings
 
 log = get_logger("expert_hub")
+SERVICE_SMOOTHING = 0.2  # weight of the newest batch in the hub's estimate of what a frame takes
 
 
 @dataclass
@@ -56,6 +72,15 @@ class Raw:
 
 
 @dataclass
+class Served:
+    """One pack version's experts as the hub runs them."""
+
+    pack: Pack
+    library: ExpertLibrary
+    last_used: float = field(default_factory=time.monotonic)  # a draining pack is freed once unused a while
+
+
+@dataclass
 class Job:
     frame: FrameMsg
     expert: str
@@ -63,6 +88,16 @@ class Job:
     correlation: bytes | None
     t_arrival: float  # monotonic
     expires: float | None  # monotonic; the edge has given up on it after this
+    served: Served  # the pack version that answers it
+
+
+@dataclass
+class Reply:
+    """One answer, ready to publish."""
+
+    topic: str
+    payload: bytes
+    correlation: bytes | None
 
 
 @dataclass
@@ -75,9 +110,23 @@ class HubStats:
     batches: int = 0
 
 
+def expiry_of(raw: Raw, frame: FrameMsg) -> float | None:
+    """When the edge stops waiting (monotonic): the frame's own deadline, else the MQTT expiry."""
+    ends = []
+    if expiry := getattr(raw.properties, "MessageExpiryInterval", None):
+        ends.append(raw.t_arrival + expiry)
+    if frame.deadline_ms is not None:
+        ends.append(raw.t_arrival + frame.deadline_ms / 1000)
+    return min(ends, default=None)
+
+
 class ExpertHub:
     def __init__(self, settings: HubSettings, pack: Pack, library: ExpertLibrary, client: MqttClient) -> None:
-        self.s, self.pack, self.library, self.client = settings, pack, library, client
+        self.s, self.client = settings, client
+        self.current = Served(pack, library)
+        self._draining: Served | None = None  # the previous pack, while frames routed with it come
+        self._incoming: Served | None = None  # a reloaded pack, taken before the next batch
+        self._swap_lock = threading.Lock()
         spec = pack.manifest.input
         self.shape = (spec.size, spec.size, spec.channels)
         self.stats = HubStats()
@@ -86,10 +135,20 @@ class ExpertHub:
         self._queue: queue.Queue[Raw] = queue.Queue(maxsize=settings.queue_size)
         self._warned_packs: set[str] = set()
         self._log_throttle = Throttle()
+        self._frame_s = 0.0  # what one frame of a batch takes now (smoothed): batches are sized by it
+        self._held: list[Job] = []  # admitted, in time, left out of the last batch to keep it in time
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self.load = LoadMeter(settings.hub_id, pack.pack_id, settings.load_interval_s)
         self._load_topic = hub_load_topic(settings.prefix, settings.hub_id)
         self._load_publisher: StatsPublisher | None = None
+
+    @property
+    def pack(self) -> Pack:
+        return self.current.pack
+
+    @property
+    def library(self) -> ExpertLibrary:
+        return self.current.library
 
     def start(self) -> None:
         for key in self.library.keys:
@@ -106,7 +165,21 @@ class ExpertHub:
                 retain=True,
                 expiry_s=expiry,
             ).start()
-        log.info("hub serving", experts=self.library.keys, share_group=self.s.share_group, pack=self.pack.pack_id)
+        log.info("hub serving", experts=self.library.keys, share_group=self.s.share_group, **self.pack_report())
+
+    def pack_report(self) -> dict:
+        """The pack it serves with, and the one still draining after a reload."""
+        draining = self._draining
+        return {"pack": self.pack.pack_id, "pack_version": self.pack.version} | (
+            {"pack_draining": draining.pack.version} if draining is not None else {}
+        )
+
+    def install(self, pack: Pack, library: ExpertLibrary) -> None:
+        """Serve a new pack version (built and warmed up) from the next batch on (reload thread)."""
+        if pack.pack_id != self.pack.pack_id or set(library.keys) != set(self.library.keys):
+            raise ValueError("a reloaded pack must route as the running one and serve the same experts")
+        with self._swap_lock:
+            self._incoming = Served(pack, library)
 
     def health(self) -> dict:
         """For /healthz: healthy while connected and the inference thread runs."""
@@ -120,6 +193,7 @@ class ExpertHub:
             "subscriptions_refused": refused,
             "id_conflicts": self.client.id_conflicts,
             "queue": self._queue.qsize(),
+            **self.pack_report(),
             **vars(self.stats),
         }
 
@@ -130,6 +204,7 @@ class ExpertHub:
             "queue": self._queue.qsize(),
             "per_expert": dict(self.per_expert),
             "capacity_per_s": self.load.capacity,
+            **self.pack_report(),
             **vars(self.stats),
         }
 
@@ -184,33 +259,84 @@ class ExpertHub:
             return self._reject("no-response-topic", node=frame.node)
         if response != replies_topic(self.s.prefix, frame.node):  # the hub answers only into the sender's replies
             return self._reject("foreign-response-topic", node=frame.node, response_topic=response[:200])
-        expiry = getattr(raw.properties, "MessageExpiryInterval", None)
         return Job(
             frame,
             expert,
             response,
             getattr(raw.properties, "CorrelationData", None),
             raw.t_arrival,
-            raw.t_arrival + expiry if expiry else None,
+            expiry_of(raw, frame),
+            self._pack_for(frame, raw.t_arrival),
         )
+
+    def _pack_for(self, frame: FrameMsg, now: float) -> Served:
+        """The draining pack for frames its version routed, else the current one (also for frames
+        of a version this hub never had: an edge reloaded first; the routing is the same)."""
+        draining = self._draining
+        if draining is not None and frame.pack_version == draining.pack.version:
+            draining.last_used = now
+            return draining
+        return self.current
 
     def _batch(self) -> list[Job]:
         try:
-            first = self._queue.get(timeout=0.2)
+            first = self._queue.get_nowait() if self._held else self._queue.get(timeout=0.2)
+            raws, _ = fill_batch(self._queue, first, self.s.max_batch, self.s.max_wait_ms / 1000)
         except queue.Empty:
-            return []
-        raws, _ = fill_batch(self._queue, first, self.s.max_batch, self.s.max_wait_ms / 1000)
-        jobs = [j for j in map(self._admit, raws) if j is not None]
+            raws = []
+        jobs, self._held = self._held + [j for j in map(self._admit, raws) if j is not None], []
         now = time.monotonic()
-        live = [j for j in jobs if j.expires is None or j.expires > now]
-        if len(live) < len(jobs):
-            self.stats.expired += len(jobs) - len(live)
-            metrics.DROPS.labels("hub", "expired").inc(len(jobs) - len(live))
-        return live
+        if late := [j for j in jobs if j.expires is not None and j.expires - now <= self._frame_s]:
+            self._expired(late)  # not even alone would it be answered in time
+            jobs = [j for j in jobs if j.expires is None or j.expires - now > self._frame_s]
+        return self._in_time(jobs, now)
+
+    def _in_time(self, jobs: list[Job], now: float) -> list[Job]:
+        """The batch, in arrival order, when all of it can be answered in time (no overload); else
+        the largest batch of the frames with the most time left that can (a batch of n takes about
+        n frames' time), the others held for the next batch, at most max_batch of them (the rest,
+        with the least time left, dropped as late)."""
+        order = sorted(jobs, key=lambda j: math.inf if j.expires is None else j.expires, reverse=True)
+        n = 0
+        while n < len(order) and (order[n].expires is None or order[n].expires - now > (n + 1) * self._frame_s):
+            n += 1
+        if n == len(order):
+            return jobs
+        self._held = order[n : n + self.s.max_batch]
+        if shed := order[n + self.s.max_batch :]:
+            self._expired(shed)
+        return order[:n]
+
+    def _expired(self, late: list[Job]) -> None:
+        """Count (by what set the end: the frame's deadline or only the MQTT expiry) and log at a bounded rate."""
+        self.stats.expired += len(late)
+        metrics.DROPS.labels("hub", "expired").inc(len(late))
+        by_deadline = sum(j.frame.deadline_ms is not None for j in late)
+        for by, n in (("deadline", by_deadline), ("expiry", len(late) - by_deadline)):
+            if n:
+                metrics.EXPIRED.labels(self.s.hub_id, by).inc(n)
+        if (quiet := self._log_throttle.ready("expired")) is not None:
+            log.warning("frames too late to answer dropped before inference", count=len(late), not_logged_since_last=quiet)
+
+    def _switch(self) -> None:
+        """Between batches: take a reloaded pack; free the previous one once nothing routed with it came for a while."""
+        with self._swap_lock:
+            new, self._incoming = self._incoming, None
+        now = time.monotonic()
+        if new is not None:
+            if self._draining is not None:
+                log.info("draining pack freed: a newer one came", version=self._draining.pack.version)
+            self.current.last_used = now
+            self._draining, self.current = self.current, new
+            log.info("pack switched", **self.pack_report())
+        elif self._draining is not None and now - self._draining.last_used > self.s.reload_drain_s:
+            log.info("drained pack freed", version=self._draining.pack.version)
+            self._draining = None
 
     def _serve(self) -> None:
         depth = metrics.QUEUE_DEPTH.labels("hub", "frames")
         while not self.stop_event.is_set():
+            self._switch()
             jobs = self._batch()
             depth.set(self._queue.qsize())
             if not jobs:
@@ -221,31 +347,52 @@ class ExpertHub:
                 log.exception("batch failed", size=len(jobs))
                 metrics.DROPS.labels("hub", "inference-error").inc(len(jobs))
 
+    def answer(self, jobs: list[Job]) -> tuple[list[Reply], float]:
+        """One batch's inference and reply payloads, nothing published (as Triton's `execute`):
+        returns the replies, in job order, and the inference time (ms). Jobs of a draining pack run
+        on its experts, the rest on the current pack's."""
+        t0 = time.monotonic()
+        probs = np.empty((len(jobs), len(self.pack.manifest.classes)))
+        for served in {id(j.served): j.served for j in jobs}.values():
+            rows = [i for i, j in enumerate(jobs) if j.served is served]
+            images = np.stack([jobs[i].frame.image for i in rows])
+            probs[rows] = softmax(served.library(images, [jobs[i].expert for i in rows]).astype(np.float64))
+        infer_ms = (time.monotonic() - t0) * 1000
+        labels = probs.argmax(axis=1)
+        replies = [
+            Reply(
+                j.response_topic,
+                ReplyMsg(
+                    node=j.frame.node,
+                    frame_id=j.frame.frame_id,
+                    label=int(label),
+                    conf=float(p[label]),
+                    expert=j.expert,
+                    hub=self.s.answers_as,
+                    queue_ms=round((t0 - j.t_arrival) * 1000, 3),
+                    infer_ms=round(infer_ms, 3),
+                    batch=len(jobs),
+                    pack_version=j.served.pack.version,
+                ).encode(),
+                j.correlation,
+            )
+            for j, label, p in zip(jobs, labels, probs)
+        ]
+        return replies, infer_ms
+
     def _run(self, jobs: list[Job]) -> None:
         t0 = time.monotonic()
-        images = np.stack([j.frame.image for j in jobs])
-        keys = [j.expert for j in jobs]
-        probs = softmax(self.library(images, keys).astype(np.float64))
-        infer_ms = (time.monotonic() - t0) * 1000
+        replies, infer_ms = self.answer(jobs)
         self.stats.batches += 1
         metrics.BATCH_SIZE.labels("hub", "experts").observe(len(jobs))
         metrics.INFER_MS.labels("hub", "experts").observe(infer_ms)
-        labels = probs.argmax(axis=1)
-        for j, label, p in zip(jobs, labels, probs):
-            reply = ReplyMsg(
-                node=j.frame.node,
-                frame_id=j.frame.frame_id,
-                label=int(label),
-                conf=float(p[label]),
-                expert=j.expert,
-                hub=self.s.answers_as,
-                queue_ms=round((t0 - j.t_arrival) * 1000, 3),
-                infer_ms=round(infer_ms, 3),
-                batch=len(jobs),
-            )
-            self.client.publish(j.response_topic, reply.encode(), qos=1, correlation=j.correlation)
+        for r in replies:
+            self.client.publish(r.topic, r.payload, qos=1, correlation=r.correlation)
+        keys = [j.expert for j in jobs]
         for key, n in Counter(keys).items():  # per batch, not per frame
             metrics.HUB_FRAMES.labels(self.s.hub_id, key).inc(n)
         self.per_expert.update(keys)
         self.stats.answered += len(jobs)
-        self.load.served(len(jobs), time.monotonic() - t0)
+        busy = time.monotonic() - t0
+        self.load.served(len(jobs), busy)
+        self._frame_s += SERVICE_SMOOTHING * (busy / len(jobs) - self._frame_s)

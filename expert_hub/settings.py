@@ -24,6 +24,11 @@ class HubSettings(CommonSettings):
     )
     max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frame payloads are rejected")
     queue_size: int = Field(4096, ge=1, description="frames waiting for inference; beyond this the oldest is dropped")
+    reload_drain_s: float = Field(
+        5.0,
+        gt=0,
+        description="after a pack reload (SIGHUP), the old pack answers frames routed with it until none came this long",
+    )
     load_interval_s: float = Field(
         1.0,
         ge=0,

@@ -104,10 +104,10 @@ def test_gate_thread_keeps_frame_order_and_reports_its_failure(tiny_pack, broker
     failing = EdgeNode(s, pack, lambda images: logits[images[:, 0, 0, 0].astype(int)], client)
     published = failing._publish_label
 
-    def publish_then_fail(**kw) -> None:
-        if kw["frame_id"] == 7:
+    def publish_then_fail(item, **kw) -> None:
+        if item.frame_id == 7:
             raise RuntimeError("gate broke")
-        published(**kw)
+        published(item, **kw)
 
     failing._publish_label = publish_then_fail
     with pytest.raises(RuntimeError, match="gate broke"):

@@ -1,0 +1,91 @@
+"""Deadlines carried in the frame: the hub drops frames already too late before inference, counts
+them, serves frames of older edges (no deadline) as before, and bounds what a frame may claim."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+from test_hub_robustness import _publisher, _send
+
+from askexpert import metrics
+from askexpert.backends import open_backend
+from askexpert.mqtt import MqttClient
+from askexpert.pack import Pack
+from askexpert.protocol import MAX_DEADLINE_MS, FrameMsg, ProtocolError, decode_frame, frames_topic
+from expert_hub.hub import ExpertHub
+from expert_hub.settings import HubSettings
+
+IMAGE = np.zeros((28, 28, 1), np.uint8)
+
+
+def frame(fid: int, pack: str, deadline_ms: float | None, version: str | None = None) -> FrameMsg:
+    return FrameMsg("n", fid, time.time(), pack, [0, 2], [0.4, 0.3], IMAGE, deadline_ms=deadline_ms, pack_version=version)
+
+
+def test_the_deadline_travels_and_is_bounded():
+    assert decode_frame(frame(1, "p", 250.5, "v1").encode()).deadline_ms == 250.5
+    old = decode_frame(frame(1, "p", None).encode())  # an older edge's frame: no field
+    assert old.deadline_ms is None and old.pack_version is None
+    for hostile in (MAX_DEADLINE_MS + 1, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ProtocolError, match="'dl'"):
+            decode_frame(frame(1, "p", hostile).encode())
+
+
+def test_the_hub_drops_late_frames_before_inference_and_serves_old_ones(tiny_pack, broker):
+    pack = Pack.load(tiny_pack)
+    settings = HubSettings(broker=broker.url, pack=tiny_pack, hub_id="hd", stats_interval_s=0)
+    client = MqttClient(settings, "hub", "hd")
+    hub = ExpertHub(settings, pack, open_backend("torch").experts(pack, pack.manifest.experts), client)
+    expired = metrics.EXPIRED.labels("hd", "deadline")
+    before = expired._value.get()
+    hub.start()
+    client.start()
+    assert client.wait_connected(10)
+    time.sleep(0.3)
+    pub, replies, got = _publisher(broker)
+    topic = frames_topic("ate/v1", "0-2", "n")
+    try:
+        _send(pub, topic, frame(10, pack.pack_id, 0.0).encode())  # its edge has already given up
+        _send(pub, topic, frame(11, pack.pack_id, 1e12).encode())  # a hostile claim: rejected
+        _send(pub, topic, frame(12, pack.pack_id, None).encode())  # an older edge: served as before
+        _send(pub, topic, frame(13, pack.pack_id, 5000.0, pack.version).encode())
+        deadline = time.monotonic() + 10
+        while len(replies) < 2 and time.monotonic() < deadline:
+            got.wait(0.2)
+        time.sleep(0.3)
+    finally:
+        pub.loop_stop()
+        hub.stop()
+        client.stop()
+    assert sorted(r.frame_id for r, _ in replies) == [12, 13]
+    assert {r.pack_version for r, _ in replies} == {pack.version}
+    assert (hub.stats.expired, hub.stats.rejected, hub.stats.answered) == (1, 1, 2)
+    assert expired._value.get() - before == 1
+
+
+def test_under_overload_the_batch_is_what_can_still_make_it(tiny_pack):
+    """A batch that could not all be answered in time: the frames with the most time left, as many
+    as fit; the others held for the next batch; frames that could not make it even alone dropped."""
+    from expert_hub.hub import Job, Raw
+
+    pack = Pack.load(tiny_pack)
+    settings = HubSettings(pack=tiny_pack, hub_id="hs", max_batch=4, stats_interval_s=0)
+    hub = ExpertHub(settings, pack, open_backend("torch").experts(pack, pack.manifest.experts), MqttClient(settings, "hub", "hs"))
+    hub._frame_s = 1.0  # one frame of a batch takes 1 s (long: the margins below must not depend on this box's speed)
+
+    def job(fid: int, left_s: float | None) -> Job:
+        now = time.monotonic()
+        return Job(frame(fid, pack.pack_id, None), "0-2", "r", None, now, None if left_s is None else now + left_s, hub.current)
+
+    in_time = [job(0, 50.0), job(1, None), job(2, 40.0)]
+    assert hub._in_time(in_time, time.monotonic()) == in_time  # all fit: arrival order kept
+    assert hub._held == []
+    jobs = [job(0, 2.5), job(1, 4.5), job(2, 3.5), job(3, 1.5), job(4, 1.2), job(5, None), job(6, 1.3), job(7, 1.1)]
+    batch = hub._in_time(jobs, time.monotonic())
+    assert [j.frame.frame_id for j in batch] == [5, 1, 2]  # a batch of 3 takes 3 s: frame 0 (2.5 s left) would not make it
+    assert [j.frame.frame_id for j in hub._held] == [0, 3, 6, 4]  # max_batch of them, most time left first
+    assert hub.stats.expired == 1  # frame 7, the one with the least time left beyond those
+    hub._queue.put(Raw("x", b"", None, time.monotonic()))  # nothing decodable: only the held frames come back
+    assert {j.frame.frame_id for j in hub._batch()} <= {0, 3, 6, 4}
