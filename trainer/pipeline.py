@@ -38,6 +38,7 @@ from askexpert.routing import expert_key
 from trainer import distributed as dist
 from trainer import partition as part
 from trainer import workfiles as files
+from trainer.data import Data
 from trainer.engine import FitEnv, FitSpec, Job, fit, predict
 from trainer.prune import compute_importance, prune_vit
 from trainer.results import PackReport
@@ -112,23 +113,6 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------- data
-@dataclass
-class Data:
-    classes: list[str]
-    superclass: list[int] | None
-    superclass_names: list[str]
-    mean: list[float]
-    std: list[float]
-    img_size: int
-    channels: int
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_val: torch.Tensor
-    y_val: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-
-
 def _to_tensor(d: LabelledImages, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.ascontiguousarray(d.images).copy()).permute(0, 3, 1, 2).float().div_(255.0)
     x = (x - torch.tensor(mean, dtype=torch.float32)[None, :, None, None]) / torch.tensor(std, dtype=torch.float32)[None, :, None, None]

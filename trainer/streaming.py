@@ -12,12 +12,11 @@ import numpy as np
 import torch
 
 from askexpert.datasets import LabelledImages, LazyImages, StreamingImages, stream_stats
+from trainer.data import Data
 
 
 def streamed_data(cfg, train: LabelledImages, val: LabelledImages, test: LabelledImages):
     """The pipeline's `Data` with lazy images in place of tensors (file paths in `.images`)."""
-    from trainer.pipeline import Data
-
     size, chans, mean, std = stream_stats(train.images, cfg.img_size or None, seed=cfg.seed)
 
     def lazy(d: LabelledImages) -> tuple[LazyImages, torch.Tensor]:
