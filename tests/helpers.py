@@ -35,23 +35,15 @@ def start_hub(pack: Path, broker_url: str, *extra: str) -> subprocess.Popen:
 
 
 def run_edge(pack: Path, broker_url: str, *extra: str, timeout: float = 120) -> dict:
-    """Run an edge to the end of its source; return the run summary it wrote (--summary-json)."""
+    """Run an edge to the end of its source; return the run summary it wrote (--summary-json: the
+    caller's, or a temporary file)."""
     with tempfile.TemporaryDirectory() as tmp:
-        summary = Path(tmp) / "summary.json"
+        args = list(extra)
+        if "--summary-json" not in args:
+            args += ["--summary-json", str(Path(tmp) / "summary.json")]
+        summary = Path(args[args.index("--summary-json") + 1])
         out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "edge_node.cli",
-                "run",
-                "--pack",
-                str(pack),
-                "--broker",
-                broker_url,
-                *extra,
-                "--summary-json",
-                str(summary),
-            ],
+            [sys.executable, "-m", "edge_node.cli", "run", "--pack", str(pack), "--broker", broker_url, *args],
             capture_output=True,
             text=True,
             timeout=timeout,
