@@ -119,20 +119,21 @@ def _to_tensor(d: LabelledImages, mean: np.ndarray, std: np.ndarray) -> tuple[to
     return x.contiguous(), torch.from_numpy(d.labels.astype(np.int64))
 
 
+def _subsample(d: LabelledImages, n: int, seed: int) -> LabelledImages:
+    """At most `n` images of a split (0: all), a seeded choice kept in order."""
+    if not n or n >= len(d):
+        return d
+    idx = np.sort(np.random.default_rng(seed).permutation(len(d))[:n])
+    return LabelledImages(d.images[idx], d.labels[idx], d.classes, d.superclass, d.superclass_names)
+
+
 def load_data(cfg: Config) -> Data:
     load = list_dataset if cfg.stream else load_dataset  # streamed: file lists, decoded per batch
     full = load(cfg.dataset, "train")
-    test = load(cfg.dataset, "test")
     train, val = train_val_split(full, cfg.val_fraction, cfg.seed)
-    if cfg.max_train_samples and cfg.max_train_samples < len(train):
-        idx = np.sort(np.random.default_rng(cfg.seed + 1).permutation(len(train))[: cfg.max_train_samples])
-        train = LabelledImages(train.images[idx], train.labels[idx], train.classes, train.superclass, train.superclass_names)
-    if cfg.max_val_samples and cfg.max_val_samples < len(val):
-        idx = np.sort(np.random.default_rng(cfg.seed + 3).permutation(len(val))[: cfg.max_val_samples])
-        val = LabelledImages(val.images[idx], val.labels[idx], val.classes, val.superclass, val.superclass_names)
-    if cfg.max_test_samples and cfg.max_test_samples < len(test):
-        idx = np.sort(np.random.default_rng(cfg.seed + 2).permutation(len(test))[: cfg.max_test_samples])
-        test = LabelledImages(test.images[idx], test.labels[idx], test.classes, test.superclass, test.superclass_names)
+    train = _subsample(train, cfg.max_train_samples, cfg.seed + 1)
+    val = _subsample(val, cfg.max_val_samples, cfg.seed + 3)
+    test = _subsample(load(cfg.dataset, "test"), cfg.max_test_samples, cfg.seed + 2)
     if cfg.stream:
         from trainer.streaming import streamed_data
 
@@ -140,24 +141,8 @@ def load_data(cfg: Config) -> Data:
     pix = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
     # rounded as written to the manifest, so the runtime's preprocessing is exactly the trainer's
     mean, std = np.round(pix.mean(axis=0), 4), np.round(pix.std(axis=0) + 1e-8, 4)
-    xtr, ytr = _to_tensor(train, mean, std)
-    xva, yva = _to_tensor(val, mean, std)
-    xte, yte = _to_tensor(test, mean, std)
-    return Data(
-        classes=list(full.classes),
-        superclass=None if full.superclass is None else [int(s) for s in full.superclass],
-        superclass_names=list(full.superclass_names),
-        mean=[round(float(m), 4) for m in mean],
-        std=[round(float(s), 4) for s in std],
-        img_size=int(train.images.shape[1]),
-        channels=int(train.images.shape[-1]),
-        x_train=xtr,
-        y_train=ytr,
-        x_val=xva,
-        y_val=yva,
-        x_test=xte,
-        y_test=yte,
-    )
+    splits = (_to_tensor(train, mean, std), _to_tensor(val, mean, std), _to_tensor(test, mean, std))
+    return Data.of(splits, full, (mean, std), (train.images.shape[1], train.images.shape[-1]))
 
 
 def parse_premise(item: str, default_lr: float) -> tuple[int, int, float]:

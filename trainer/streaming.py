@@ -22,19 +22,4 @@ def streamed_data(cfg, train: LabelledImages, val: LabelledImages, test: Labelle
     def lazy(d: LabelledImages) -> tuple[LazyImages, torch.Tensor]:
         return LazyImages(StreamingImages(list(d.images), size, chans, list(mean), list(std))), torch.from_numpy(d.labels.astype(np.int64))
 
-    (xtr, ytr), (xva, yva), (xte, yte) = lazy(train), lazy(val), lazy(test)
-    return Data(
-        classes=list(train.classes),
-        superclass=None if train.superclass is None else [int(s) for s in train.superclass],
-        superclass_names=list(train.superclass_names),
-        mean=[round(float(m), 4) for m in mean],
-        std=[round(float(s), 4) for s in std],
-        img_size=size,
-        channels=chans,
-        x_train=xtr,
-        y_train=ytr,
-        x_val=xva,
-        y_val=yva,
-        x_test=xte,
-        y_test=yte,
-    )
+    return Data.of((lazy(train), lazy(val), lazy(test)), train, (mean, std), (size, chans))
