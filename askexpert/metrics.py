@@ -23,3 +23,6 @@ SOURCE_RECONNECTS = Counter("ate_source_reconnects_total", "Attempts to reopen a
 FRAME_AGE_S = Gauge("ate_last_frame_age_seconds", "Seconds since the source gave its last frame", ["node"])
 TAU = Gauge("ate_tau", "Current confidence threshold", ["node"])
 TAU_EFFECTIVE = Gauge("ate_tau_effective", "Threshold the last batch was gated with (adaptive tau: within tau_min..tau)", ["node"])
+MQTT_BROKER = Gauge("ate_mqtt_broker", "1 for the broker of its list a client is connected to, else 0", ["role", "id", "broker"])
+MQTT_FAILOVERS = Counter("ate_mqtt_failovers_total", "Moves of a client to the next broker of its list", ["role", "id"])
+MQTT_INFLIGHT_CAP = Gauge("ate_mqtt_inflight_cap", "In-flight QoS 1 limit: the broker's Receive Maximum", ["role", "id"])

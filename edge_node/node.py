@@ -119,6 +119,7 @@ class EdgeNode:
             "id_conflicts": self.client.id_conflicts,
             "pending_offloads": len(self.pending),
             **self._tau_report(),
+            **self.client.broker_report(),
             **vars(self.stats),
         }
 
@@ -129,6 +130,7 @@ class EdgeNode:
             **self._tau_report(),
             "pending_offloads": len(self.pending),
             "queue": self._queue.qsize(),
+            **self.client.broker_report(),
             **vars(self.stats),
         }
 

@@ -120,6 +120,7 @@ class ExpertHub:
             "subscriptions_refused": refused,
             "id_conflicts": self.client.id_conflicts,
             "queue": self._queue.qsize(),
+            **self.client.broker_report(),
             **vars(self.stats),
         }
 
@@ -130,6 +131,7 @@ class ExpertHub:
             "queue": self._queue.qsize(),
             "per_expert": dict(self.per_expert),
             "capacity_per_s": self.load.capacity,
+            **self.client.broker_report(),
             **vars(self.stats),
         }
 
