@@ -39,6 +39,7 @@ from askexpert.settings import BrokerUrl, CommonSettings
 Handler = Callable[[mqtt.MQTTMessage], None]
 SESSION_TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason: a new connection with the same client id
 RECEIVE_MAXIMUM_ABSENT = 65535  # MQTT 5, 3.2.2.3.3: no Receive Maximum in the CONNACK means 65,535
+KEEPALIVE_S = 30
 INFLIGHT_BEFORE_CONNACK = 20  # paho's default; what a first connection may have in flight before the broker says
 log = get_logger("askexpert.mqtt")
 
@@ -116,6 +117,7 @@ class MqttClient:
         self._move_on = False  # the last attempt failed or the connection was lost: try the next broker
         self.failovers = 0  # times the client moved to another broker of the list
         self.receive_maximum: dict[str, int] = {}  # per broker URL, from its last CONNACK
+        self._session: dict = {}  # connect_async's session arguments (persistent session), for every broker
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         if settings.username:
             c.username_pw_set(settings.username, settings.password)
@@ -148,13 +150,12 @@ class MqttClient:
         if self.announce:
             self.subscribe(self._status_topic, self._on_own_status)
         log.info("mqtt connecting", brokers=self.settings.broker, role=self.role, id=self.ident)
-        session = {}
         if self.session_expiry_s is not None:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry_s
-            session = {"clean_start": False, "properties": props}
+            self._session = {"clean_start": False, "properties": props}
         first = self.brokers[0]
-        self.client.connect_async(first.host, first.port, keepalive=30, **session)
+        self.client.connect_async(first.host, first.port, keepalive=KEEPALIVE_S, **self._session)
         self.client.loop_start()
 
     @property
@@ -285,7 +286,9 @@ class MqttClient:
         before = self.broker
         self._at = (self._at + 1) % len(self.brokers)
         nxt = self.brokers[self._at]
-        client.host, client.port = nxt.host, nxt.port  # allowed: paho closed the old socket first
+        # paho's way to another broker (eclipse-paho/paho.mqtt.python#297): connect_async again. The old
+        # socket is closed; reconnect() goes on to open this one; in-flight QoS 1 is re-sent on it.
+        client.connect_async(nxt.host, nxt.port, keepalive=KEEPALIVE_S, **self._session)
         self.failovers += 1
         metrics.MQTT_FAILOVERS.labels(self.role, self.ident).inc()
         log.info("mqtt trying the next broker", broker=nxt.url, previous=before)
@@ -373,7 +376,10 @@ class MqttClient:
 
     @staticmethod
     def _on_paho_log(client: mqtt.Client, userdata: object, level: int, buf: str) -> None:
-        """paho's own warnings and errors into the structured log."""
+        """paho's own warnings and errors into the structured log. Its "Client is not connected",
+        logged once per failed reconnect attempt, is left out: _on_connect_fail reports that."""
+        if buf.startswith("Client is not connected"):
+            return
         if level == mqtt.MQTT_LOG_ERR:
             log.error("paho", message=buf)
         elif level == mqtt.MQTT_LOG_WARNING:
