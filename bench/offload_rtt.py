@@ -7,6 +7,7 @@ says), and of the round trip beyond that inference (network, broker, queueing, e
 
     python bench/offload_rtt.py --pack packs/fashion-mnist --requests 500
     python bench/offload_rtt.py --backend onnx --precision int8 --threads 1
+    python bench/offload_rtt.py --bridged   # edge on a local Mosquitto bridged (docker/mosquitto/bridge.conf) to the hub's
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import time
 import numpy as np
 
 from askexpert.datasets import load_dataset
-from askexpert.localbroker import Broker, hub_args, spawn_quiet
+from askexpert.localbroker import Broker, hub_args, spawn_quiet, start_bridged
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
 from askexpert.protocol import FrameMsg, ReplyMsg, decode_reply, replies_topic
@@ -35,13 +36,14 @@ def main() -> None:
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="the hub's inference threads (0: the library's default)")
+    ap.add_argument("--bridged", action="store_true", help="the hub on a site broker, the sender on a local one bridged to it")
     a = ap.parse_args()
     pack = Pack.load(a.pack)
     images = load_dataset("fashion-mnist", "test").images
-    broker = Broker().start()
+    broker, local = start_bridged() if a.bridged else (Broker().start(), None)
     opts = ["--backend", a.backend, "--precision", a.precision, "--threads", str(a.threads)]
     hub = spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, "rtt-hub", *opts))
-    client = MqttClient(CommonSettings(broker=broker.url), "edge", "rtt")
+    client = MqttClient(CommonSettings(broker=(local or broker).url), "edge", "rtt")
     got = threading.Event()
     replies: list[ReplyMsg] = []
     client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (replies.append(decode_reply(m.payload)), got.set()))
@@ -67,6 +69,8 @@ def main() -> None:
         hub.terminate()
         hub.wait(10)
         broker.stop()
+        if local is not None:
+            local.stop()
     r, h = np.asarray(rtts), np.asarray(infer)
 
     def spread(x: np.ndarray) -> dict:
@@ -76,6 +80,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "offload_rtt",
+                "topology": "bridged" if a.bridged else "one broker",
                 "requests": len(r),
                 "expert": a.expert,
                 "backend": a.backend,

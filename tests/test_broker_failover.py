@@ -216,3 +216,29 @@ def test_cluster_kill_the_hubs_node(tiny_pack):
     assert all(len({(m.label, m.source) for m in v}) == 1 for v in got_d.values())
     assert resumed is not None, "expert labels after the kill"
     assert hub_health.get("broker") == a and hub_health["broker_failovers"] >= 1 and hub_health["healthy"]
+
+
+@pytest.mark.slow
+def test_edge_behind_the_shipped_bridge(tiny_pack):
+    """Edge on an edge-local Mosquitto bridged to the site one by docker/mosquitto/bridge.conf, hub
+    and consumer on the site broker: offloads and replies cross the bridge (Response Topic and
+    Correlation Data kept), every frame labelled exactly once at the site."""
+    from askexpert.localbroker import start_bridged
+
+    site, local = start_bridged()
+    frames = 300
+    try:
+        hub = start_hub(tiny_pack, site.url, "--hub-id", "fo3")
+        wait_online(CommonSettings(broker=site.url), "hub", "fo3", timeout=60)
+        log = LabelLog(site.url, "fabr", "consumer-site")
+        edge = start_edge(tiny_pack, local.url, "fabr", frames, free_port())
+        summary = edge_summary(edge)
+        labels = log.wait(frames, timeout=30)
+        log.close()
+        stop(hub)
+    finally:
+        local.stop()
+        site.stop()
+    got = per_frame(labels)
+    assert sorted(k[2] for k in got) == list(range(frames)) and all(len(v) == 1 for v in got.values())
+    assert summary["expert"] > 0, summary  # replies crossed the bridge back
