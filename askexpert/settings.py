@@ -37,7 +37,7 @@ class BrokerUrl:
         except ValueError:  # a port that is not a number
             port_ok = False
         if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname or not port_ok or u.path not in ("", "/"):
-            raise ValueError(f"{url!r} must look like mqtt://host:port or mqtts://host:port")
+            raise ValueError(f"must look like mqtt://host:port or mqtts://host:port, comma-separated for several (not {url!r})")
         tls = u.scheme in ("mqtts", "ssl")
         return cls(url, u.hostname, u.port or (8883 if tls else 1883), tls)
 

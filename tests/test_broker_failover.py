@@ -73,6 +73,20 @@ def healthz(port: int) -> dict:
         return json.loads(e.read())
 
 
+def test_a_broker_list_is_one_setting(tmp_path, monkeypatch):
+    """Flag, environment and YAML (a list there too) give the same list; mixed TLS is refused."""
+    s = CommonSettings(broker="mqtt://a:1884, mqtt://b")
+    assert [(b.host, b.port, b.tls) for b in s.brokers] == [("a", 1884, False), ("b", 1883, False)]
+    (tmp_path / "c.yaml").write_text("broker: [mqtts://a:8884, ssl://b]\n")
+    monkeypatch.setenv("ATE_CONFIG", str(tmp_path / "c.yaml"))
+    assert [b.port for b in CommonSettings().brokers] == [8884, 8883] and CommonSettings().broker_tls
+    monkeypatch.setenv("ATE_BROKER", "mqtt://x:1,mqtt://y:2")
+    assert CommonSettings().broker == "mqtt://x:1,mqtt://y:2"
+    for bad in ("mqtt://a,mqtts://b", "mqtt://a,", "mqtt://a,http://b"):
+        with pytest.raises(ValueError):
+            CommonSettings(broker=bad)
+
+
 def test_a_client_takes_the_first_broker_that_answers_and_fails_over(broker):
     """A dead first entry is skipped; a kill -9 of the broker in use moves the client to the next,
     where its subscriptions are renewed; the cap on in-flight QoS 1 is Mosquitto's Receive Maximum."""
