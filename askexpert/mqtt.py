@@ -118,18 +118,24 @@ class MqttClient:
         self.failovers = 0  # times the client moved to another broker of the list
         self.receive_maximum: dict[str, int] = {}  # per broker URL, from its last CONNACK
         self._session: dict = {}  # connect_async's session arguments (persistent session), for every broker
+        self.client = self._paho_client()
+        self._unreachable_since: float | None = None
+        self._unreachable_logged = 0.0
+
+    def _paho_client(self) -> mqtt.Client:
+        """The paho client with credentials, TLS, the will, reconnect backoff and our callbacks."""
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
-        if settings.username:
-            c.username_pw_set(settings.username, settings.password)
-        if settings.broker_tls:
+        if self.settings.username:
+            c.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.broker_tls:
             c.tls_set(
-                ca_certs=str(settings.tls_ca) if settings.tls_ca else None,
-                certfile=str(settings.tls_cert) if settings.tls_cert else None,
-                keyfile=str(settings.tls_key) if settings.tls_key else None,
+                ca_certs=str(self.settings.tls_ca) if self.settings.tls_ca else None,
+                certfile=str(self.settings.tls_cert) if self.settings.tls_cert else None,
+                keyfile=str(self.settings.tls_key) if self.settings.tls_key else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        if announce:
-            c.will_set(self._status_topic, status_payload("offline", role, ident, instance=self.instance), qos=1, retain=True)
+        if self.announce:
+            c.will_set(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance), qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=5)
         c.max_inflight_messages_set(INFLIGHT_BEFORE_CONNACK)
         c.on_pre_connect = self._on_pre_connect
@@ -140,9 +146,7 @@ class MqttClient:
         c.on_subscribe = self._on_subscribe
         c.on_connect_fail = self._on_connect_fail
         c.on_log = self._on_paho_log
-        self._unreachable_since: float | None = None
-        self._unreachable_logged = 0.0
-        self.client = c
+        return c
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:

@@ -28,6 +28,28 @@ from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
 
 
+def measure(client: MqttClient, expert: str, pack_id: str, images: np.ndarray, requests: int) -> tuple[list[float], list[float]]:
+    """One offload at a time: round trips and the hub's inference times, ms (20 warm-up first)."""
+    got = threading.Event()
+    replies: list[ReplyMsg] = []
+    client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (replies.append(decode_reply(m.payload)), got.set()))
+    client.start()
+    client.wait_subscribed(10)
+    rtts: list[float] = []
+    infer: list[float] = []
+    for i in range(requests + 20):
+        frame = FrameMsg("rtt", i, time.time(), pack_id, [0, 5], [0.4, 0.3], images[i % len(images)])
+        got.clear()
+        t0 = time.perf_counter()
+        client.publish_frame("ate/v1", expert, frame, "bench", expiry_s=5)
+        if not got.wait(5):
+            raise TimeoutError("no reply within 5 s")
+        if i >= 20:
+            rtts.append((time.perf_counter() - t0) * 1000)
+            infer.append(replies[-1].infer_ms)
+    return rtts, infer
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--pack", default="packs/fashion-mnist")
@@ -44,26 +66,9 @@ def main() -> None:
     opts = ["--backend", a.backend, "--precision", a.precision, "--threads", str(a.threads)]
     hub = spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, "rtt-hub", *opts))
     client = MqttClient(CommonSettings(broker=(local or broker).url), "edge", "rtt")
-    got = threading.Event()
-    replies: list[ReplyMsg] = []
-    client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (replies.append(decode_reply(m.payload)), got.set()))
-    rtts: list[float] = []
-    infer: list[float] = []
     try:
         wait_online(CommonSettings(broker=broker.url), "hub", "rtt-hub")
-        client.start()
-        client.wait_connected(10)
-        time.sleep(0.2)
-        for i in range(a.requests + 20):  # the first 20 warm up
-            frame = FrameMsg("rtt", i, time.time(), pack.pack_id, [0, 5], [0.4, 0.3], images[i % len(images)])
-            got.clear()
-            t0 = time.perf_counter()
-            client.publish_frame("ate/v1", a.expert, frame, "bench", expiry_s=5)
-            if not got.wait(5):
-                raise TimeoutError("no reply within 5 s")
-            if i >= 20:
-                rtts.append((time.perf_counter() - t0) * 1000)
-                infer.append(replies[-1].infer_ms)
+        rtts, infer = measure(client, a.expert, pack.pack_id, images, a.requests)
     finally:
         client.stop()
         hub.terminate()
