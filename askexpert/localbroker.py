@@ -79,6 +79,47 @@ class Broker:
         self.start()
 
 
+SHIPPED_BRIDGE = Path(__file__).resolve().parents[1] / "docker" / "mosquitto" / "bridge.conf"
+
+
+def bridge_section(site_port: int, shipped: Path = SHIPPED_BRIDGE) -> str:
+    """The shipped bridge (docker/mosquitto/bridge.conf, from `connection` on) pointed at a private
+    site broker on loopback, without its credentials; everything else exactly as shipped."""
+    lines = shipped.read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("connection "))
+    out = []
+    for line in lines[start:]:
+        if line.startswith("address "):
+            line = f"address 127.0.0.1:{site_port}"
+        elif line.startswith(("remote_username ", "remote_password ")):
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+def start_bridged(timeout: float = 15.0) -> tuple[Broker, Broker]:
+    """A site Mosquitto and an edge-local one bridged to it by the shipped bridge; returns once the
+    bridge is up (the local broker's retained notification says 1)."""
+    import threading
+
+    from askexpert.mqtt import MqttClient
+    from askexpert.settings import CommonSettings
+
+    site = Broker().start()
+    local = Broker(extra_conf=bridge_section(site.port)).start()
+    up = threading.Event()
+    probe = MqttClient(CommonSettings(broker=local.url), "listener", "bridge-probe", announce=False)
+    probe.subscribe("$SYS/broker/connection/+/state", lambda m: up.set() if m.payload == b"1" else None)
+    probe.start()
+    ok = up.wait(timeout)
+    probe.stop()
+    if ok:
+        return site, local
+    local.stop()
+    site.stop()
+    raise TimeoutError("the bridge did not connect")
+
+
 def spawn(module: str, *args: str, **popen: object) -> subprocess.Popen:
     """Start a component (`expert_hub.cli`, `edge_node.cli`) as its own process."""
     import sys

@@ -26,3 +26,6 @@ TAU_EFFECTIVE = Gauge("ate_tau_effective", "Threshold the last batch was gated w
 EXPIRED = Counter("ate_expired_frames_total", "Frames the hub dropped before inference: their edge stops waiting first", ["hub", "by"])
 PACK_INFO = Gauge("ate_pack_info", "1 for the pack (id, version) a component serves with", ["component", "pack", "version"])
 PACK_RELOADS = Counter("ate_pack_reloads_total", "Pack hot reloads, by result (loaded, refused, unchanged)", ["component", "result"])
+MQTT_BROKER = Gauge("ate_mqtt_broker", "1 for the broker of its list a client is connected to, else 0", ["role", "id", "broker"])
+MQTT_FAILOVERS = Counter("ate_mqtt_failovers_total", "Moves of a client to the next broker of its list", ["role", "id"])
+MQTT_INFLIGHT_CAP = Gauge("ate_mqtt_inflight_cap", "In-flight QoS 1 limit: the broker's Receive Maximum", ["role", "id"])

@@ -7,6 +7,13 @@
   they leave nothing retained on the broker.
 - Subscriptions are remembered and renewed on every (re)connect, so a broker restart is survived.
 - Connection runs in paho's network thread with automatic reconnect; a missing broker is retried.
+- A broker list (`--broker mqtt://a:1883,mqtt://b:1883`): paho's own reconnect loop (backoff 1..5 s)
+  does the retrying, and `on_pre_connect` (called before every new socket) points it at the next
+  broker after a failed attempt or a lost connection. paho re-sends unacknowledged QoS 1 messages
+  (with DUP) on the new connection, so a consumer may see a label twice: it dedups on
+  node/run/frame_id (README). The broker in use is in the status, `/healthz` and metrics.
+- In-flight QoS 1 is capped at the Receive Maximum of each CONNACK (MQTT 5 flow control; a broker
+  that enforces it disconnects a client that sends more, reason 0x93). paho does not read it.
 """
 
 from __future__ import annotations
@@ -24,12 +31,16 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from askexpert import metrics
 from askexpert.log import get_logger
 from askexpert.protocol import FrameMsg, correlation_id, frames_topic, replies_topic, status_topic
-from askexpert.settings import CommonSettings
+from askexpert.settings import BrokerUrl, CommonSettings
 
 Handler = Callable[[mqtt.MQTTMessage], None]
 SESSION_TAKEN_OVER = 0x8E  # MQTT v5 DISCONNECT reason: a new connection with the same client id
+RECEIVE_MAXIMUM_ABSENT = 65535  # MQTT 5, 3.2.2.3.3: no Receive Maximum in the CONNACK means 65,535
+KEEPALIVE_S = 30
+INFLIGHT_BEFORE_CONNACK = 20  # paho's default; what a first connection may have in flight before the broker says
 log = get_logger("askexpert.mqtt")
 
 
@@ -101,20 +112,33 @@ class MqttClient:
         self.id_conflicts = 0  # times another live process showed up under this component's id
         self._started = time.time()
         self.client_id = f"ate-{role}-{ident}"
+        self.brokers: list[BrokerUrl] = settings.brokers
+        self._at = 0  # index in self.brokers of the broker in use (or being tried)
+        self._move_on = False  # the last attempt failed or the connection was lost: try the next broker
+        self.failovers = 0  # times the client moved to another broker of the list
+        self.receive_maximum: dict[str, int] = {}  # per broker URL, from its last CONNACK
+        self._session: dict = {}  # connect_async's session arguments (persistent session), for every broker
+        self.client = self._paho_client()
+        self._unreachable_since: float | None = None
+        self._unreachable_logged = 0.0
+
+    def _paho_client(self) -> mqtt.Client:
+        """The paho client with credentials, TLS, the will, reconnect backoff and our callbacks."""
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
-        if settings.username:
-            c.username_pw_set(settings.username, settings.password)
-        if settings.broker_tls:
+        if self.settings.username:
+            c.username_pw_set(self.settings.username, self.settings.password)
+        if self.settings.broker_tls:
             c.tls_set(
-                ca_certs=str(settings.tls_ca) if settings.tls_ca else None,
-                certfile=str(settings.tls_cert) if settings.tls_cert else None,
-                keyfile=str(settings.tls_key) if settings.tls_key else None,
+                ca_certs=str(self.settings.tls_ca) if self.settings.tls_ca else None,
+                certfile=str(self.settings.tls_cert) if self.settings.tls_cert else None,
+                keyfile=str(self.settings.tls_key) if self.settings.tls_key else None,
                 cert_reqs=ssl.CERT_REQUIRED,
             )
-        if announce:
-            c.will_set(self._status_topic, status_payload("offline", role, ident, instance=self.instance), qos=1, retain=True)
+        if self.announce:
+            c.will_set(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance), qos=1, retain=True)
         c.reconnect_delay_set(min_delay=1, max_delay=5)
-        c.max_inflight_messages_set(1000)
+        c.max_inflight_messages_set(INFLIGHT_BEFORE_CONNACK)
+        c.on_pre_connect = self._on_pre_connect
         c.on_socket_open = self._on_socket_open
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -122,23 +146,30 @@ class MqttClient:
         c.on_subscribe = self._on_subscribe
         c.on_connect_fail = self._on_connect_fail
         c.on_log = self._on_paho_log
-        self._unreachable_since: float | None = None
-        self._unreachable_logged = 0.0
-        self.client = c
+        return c
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
         """Connect in the background; returns at once, retries until the broker answers."""
         if self.announce:
             self.subscribe(self._status_topic, self._on_own_status)
-        log.info("mqtt connecting", broker=self.settings.broker, role=self.role, id=self.ident)
-        session = {}
+        log.info("mqtt connecting", brokers=self.settings.broker, role=self.role, id=self.ident)
         if self.session_expiry_s is not None:
             props = Properties(PacketTypes.CONNECT)
             props.SessionExpiryInterval = self.session_expiry_s
-            session = {"clean_start": False, "properties": props}
-        self.client.connect_async(self.settings.broker_host, self.settings.broker_port, keepalive=30, **session)
+            self._session = {"clean_start": False, "properties": props}
+        first = self.brokers[0]
+        self.client.connect_async(first.host, first.port, keepalive=KEEPALIVE_S, **self._session)
         self.client.loop_start()
+
+    @property
+    def broker(self) -> str:
+        """The URL of the broker in use (or being tried)."""
+        return self.brokers[self._at].url
+
+    def broker_report(self) -> dict:
+        """For /healthz and the stats: which broker, how often the client moved, the flow-control cap."""
+        return {"broker": self.broker, "broker_failovers": self.failovers, "receive_maximum": self.receive_maximum.get(self.broker)}
 
     def wait_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
@@ -237,7 +268,8 @@ class MqttClient:
     def publish_status(self, state: str, **extra: object) -> None:
         """Announce a state (retained); it is also what every later reconnect announces."""
         self.state = state
-        payload = status_payload(state, self.role, self.ident, instance=self.instance, **{**self._status_extra, **extra})
+        extra = {**self._status_extra, "broker": self.broker, **extra}
+        payload = status_payload(state, self.role, self.ident, instance=self.instance, **extra)
         self.publish(self._status_topic, payload, retain=True)
 
     # ------------------------------------------------------------ paho callbacks
@@ -248,12 +280,41 @@ class MqttClient:
         except (OSError, AttributeError):  # e.g. a websocket wrapper
             pass
 
+    def _on_pre_connect(self, client: mqtt.Client, userdata: object) -> None:
+        """Before every new socket (paho's reconnect loop): after a failed attempt or a lost
+        connection, the next broker of the list; paho's backoff spaces the attempts."""
+        if not self._move_on or len(self.brokers) < 2:
+            self._move_on = False
+            return
+        self._move_on = False
+        before = self.broker
+        self._at = (self._at + 1) % len(self.brokers)
+        nxt = self.brokers[self._at]
+        # paho's way to another broker (eclipse-paho/paho.mqtt.python#297): connect_async again. The old
+        # socket is closed; reconnect() goes on to open this one; in-flight QoS 1 is re-sent on it.
+        client.connect_async(nxt.host, nxt.port, keepalive=KEEPALIVE_S, **self._session)
+        self.failovers += 1
+        metrics.MQTT_FAILOVERS.labels(self.role, self.ident).inc()
+        log.info("mqtt trying the next broker", broker=nxt.url, previous=before)
+
+    def _cap_inflight(self, cap: int) -> None:
+        """In-flight QoS 1 limit. paho's setter refuses while a connection is open and paho never
+        reads Receive Maximum (eclipse-paho/paho.mqtt.python#492, #698), so its field is set here,
+        from the CONNACK callback, before paho re-sends what was in flight."""
+        self.client._max_inflight_messages = max(1, cap)
+        metrics.MQTT_INFLIGHT_CAP.labels(self.role, self.ident).set(max(1, cap))
+
     def _on_connect(self, client: mqtt.Client, userdata: object, flags, reason_code, properties) -> None:
         if reason_code.is_failure:
-            log.error("mqtt connect refused", reason=str(reason_code), broker=self.settings.broker)
+            self._move_on = True
+            log.error("mqtt connect refused", reason=str(reason_code), broker=self.broker)
             return
         self.connects += 1
         self._unreachable_since = None
+        self.receive_maximum[self.broker] = getattr(properties, "ReceiveMaximum", RECEIVE_MAXIMUM_ABSENT)
+        self._cap_inflight(self.receive_maximum[self.broker])
+        for b in self.brokers:
+            metrics.MQTT_BROKER.labels(self.role, self.ident, b.url).set(1 if b.url == self.broker else 0)
         shared_ok = getattr(properties, "SharedSubscriptionAvailable", 1) != 0  # absent: available (MQTT 5)
         for topic_filter, (qos, _) in self._subs.items():
             if topic_filter.startswith("$share/") and not shared_ok:
@@ -269,10 +330,15 @@ class MqttClient:
         if self.announce:
             self.publish_status(self.state)
         self.connected.set()
-        log.info("mqtt connected", broker=self.settings.broker, reconnect=self.connects > 1)
+        log.info("mqtt connected", broker=self.broker, reconnect=self.connects > 1, receive_maximum=self.receive_maximum[self.broker])
 
     def _on_disconnect(self, client: mqtt.Client, userdata: object, flags, reason_code, properties) -> None:
+        """paho re-queues what was in flight (up to the cap) right after this, before the next
+        CONNACK: the smallest Receive Maximum seen so far keeps that burst within any broker's."""
         self.connected.clear()
+        self._move_on = True
+        metrics.MQTT_BROKER.labels(self.role, self.ident, self.broker).set(0)
+        self._cap_inflight(min(self.receive_maximum.values(), default=INFLIGHT_BEFORE_CONNACK))
         if reason_code == SESSION_TAKEN_OVER:  # brokers that say so; Mosquitto 2.0 just closes the socket
             self._id_conflict("the broker says another client took over this client id")
         elif reason_code.is_failure:
@@ -294,25 +360,30 @@ class MqttClient:
         """Say so while the broker cannot be reached (at once, then every 30 s), instead of silence;
         a host name that does not resolve is named as such (mDNS names in bridge-network containers)."""
         now = time.monotonic()
+        self._move_on = True
         self._unreachable_since = self._unreachable_since or now
         if now - self._unreachable_logged >= 30:
             self._unreachable_logged = now
-            host, for_s = self.settings.broker_host, round(now - self._unreachable_since, 1)
+            host, for_s = self.brokers[self._at].host, round(now - self._unreachable_since, 1)
             if (why := unresolvable(host)) is not None:
                 log.error(
                     "mqtt broker host name does not resolve; retrying",
-                    broker=self.settings.broker,
+                    broker=self.broker,
+                    brokers=self.settings.broker,
                     host=host,
                     error=why,
                     for_s=for_s,
                     hint=RESOLVE_HINT,
                 )
             else:
-                log.warning("mqtt broker unreachable; retrying", broker=self.settings.broker, for_s=for_s)
+                log.warning("mqtt broker unreachable; retrying", broker=self.broker, brokers=self.settings.broker, for_s=for_s)
 
     @staticmethod
     def _on_paho_log(client: mqtt.Client, userdata: object, level: int, buf: str) -> None:
-        """paho's own warnings and errors into the structured log."""
+        """paho's own warnings and errors into the structured log. Its "Client is not connected",
+        logged once per failed reconnect attempt, is left out: _on_connect_fail reports that."""
+        if buf.startswith("Client is not connected"):
+            return
         if level == mqtt.MQTT_LOG_ERR:
             log.error("paho", message=buf)
         elif level == mqtt.MQTT_LOG_WARNING:

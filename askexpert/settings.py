@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin
 from urllib.parse import urlparse
@@ -18,12 +19,39 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from askexpert.protocol import DEFAULT_PREFIX
 
 
+@dataclass(frozen=True)
+class BrokerUrl:
+    """One broker of the `broker` list: host, port and whether it speaks TLS."""
+
+    url: str
+    host: str
+    port: int
+    tls: bool
+
+    @classmethod
+    def parse(cls, text: str) -> "BrokerUrl":
+        url = text.strip()
+        u = urlparse(url)
+        try:
+            port_ok = u.port is None or 0 < u.port < 65536
+        except ValueError:  # a port that is not a number
+            port_ok = False
+        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname or not port_ok or u.path not in ("", "/"):
+            raise ValueError(f"must look like mqtt://host:port or mqtts://host:port, comma-separated for several (not {url!r})")
+        tls = u.scheme in ("mqtts", "ssl")
+        return cls(url, u.hostname, u.port or (8883 if tls else 1883), tls)
+
+
 class CommonSettings(BaseSettings):
     """What every component needs: the broker, the topic prefix, logging and the ops port."""
 
     model_config = SettingsConfigDict(env_prefix="ATE_", extra="forbid")
 
-    broker: str = Field("mqtt://127.0.0.1:1883", description="mqtt://host:port or mqtts://host:port (TLS)")
+    broker: str = Field(
+        "mqtt://127.0.0.1:1883",
+        description="mqtt://host:port or mqtts://host:port (TLS); several, comma-separated: the first that answers, "
+        "the next on loss (a cluster's nodes, or independent brokers)",
+    )
     prefix: str = Field(DEFAULT_PREFIX, description="topic prefix")
     username: str | None = Field(None, description="broker user name")
     password: str | None = Field(None, description="broker password")
@@ -48,30 +76,28 @@ class CommonSettings(BaseSettings):
     metrics_port: int = Field(0, ge=0, le=65535, description="Prometheus /metrics and /healthz port; 0 = off")
     stats_interval_s: float = Field(10.0, ge=0, description="period of the stats message on MQTT; 0 = off")
 
+    @field_validator("broker", mode="before")
+    @classmethod
+    def _broker_list(cls, v: object) -> object:
+        """A YAML list of URLs is the same setting as the comma-separated string."""
+        return ",".join(str(u) for u in v) if isinstance(v, (list, tuple)) else v
+
     @field_validator("broker")
     @classmethod
     def _broker_url(cls, v: str) -> str:
-        u = urlparse(v)
-        try:
-            port_ok = u.port is None or 0 < u.port < 65536
-        except ValueError:  # a port that is not a number
-            port_ok = False
-        if u.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not u.hostname or not port_ok or u.path not in ("", "/"):
-            raise ValueError("must look like mqtt://host:port or mqtts://host:port")
-        return v
+        urls = [BrokerUrl.parse(u) for u in v.split(",")]
+        if len({u.tls for u in urls}) > 1:
+            raise ValueError("the brokers in one list must all be mqtt:// or all be mqtts:// (one TLS setup per client)")
+        return ",".join(u.url for u in urls)
 
     @property
-    def broker_host(self) -> str:
-        return urlparse(self.broker).hostname or "127.0.0.1"
-
-    @property
-    def broker_port(self) -> int:
-        u = urlparse(self.broker)
-        return u.port or (8883 if self.broker_tls else 1883)
+    def brokers(self) -> list["BrokerUrl"]:
+        """The broker list, in the order a client tries it."""
+        return [BrokerUrl.parse(u) for u in self.broker.split(",")]
 
     @property
     def broker_tls(self) -> bool:
-        return urlparse(self.broker).scheme in ("mqtts", "ssl")
+        return self.brokers[0].tls
 
     @classmethod
     def settings_customise_sources(

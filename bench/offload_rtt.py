@@ -7,6 +7,7 @@ says), and of the round trip beyond that inference (network, broker, queueing, e
 
     python bench/offload_rtt.py --pack packs/fashion-mnist --requests 500
     python bench/offload_rtt.py --backend onnx --precision int8 --threads 1
+    python bench/offload_rtt.py --bridged   # edge on a local Mosquitto bridged (docker/mosquitto/bridge.conf) to the hub's
 """
 
 from __future__ import annotations
@@ -19,12 +20,34 @@ import time
 import numpy as np
 
 from askexpert.datasets import load_dataset
-from askexpert.localbroker import Broker, hub_args, spawn_quiet
+from askexpert.localbroker import Broker, hub_args, spawn_quiet, start_bridged
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
 from askexpert.protocol import FrameMsg, ReplyMsg, decode_reply, replies_topic
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
+
+
+def measure(client: MqttClient, expert: str, pack_id: str, images: np.ndarray, requests: int) -> tuple[list[float], list[float]]:
+    """One offload at a time: round trips and the hub's inference times, ms (20 warm-up first)."""
+    got = threading.Event()
+    replies: list[ReplyMsg] = []
+    client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (replies.append(decode_reply(m.payload)), got.set()))
+    client.start()
+    client.wait_subscribed(10)
+    rtts: list[float] = []
+    infer: list[float] = []
+    for i in range(requests + 20):
+        frame = FrameMsg("rtt", i, time.time(), pack_id, [0, 5], [0.4, 0.3], images[i % len(images)])
+        got.clear()
+        t0 = time.perf_counter()
+        client.publish_frame("ate/v1", expert, frame, "bench", expiry_s=5)
+        if not got.wait(5):
+            raise TimeoutError("no reply within 5 s")
+        if i >= 20:
+            rtts.append((time.perf_counter() - t0) * 1000)
+            infer.append(replies[-1].infer_ms)
+    return rtts, infer
 
 
 def main() -> None:
@@ -35,38 +58,24 @@ def main() -> None:
     ap.add_argument("--backend", default="torch")
     ap.add_argument("--precision", default="auto")
     ap.add_argument("--threads", type=int, default=0, help="the hub's inference threads (0: the library's default)")
+    ap.add_argument("--bridged", action="store_true", help="the hub on a site broker, the sender on a local one bridged to it")
     a = ap.parse_args()
     pack = Pack.load(a.pack)
     images = load_dataset("fashion-mnist", "test").images
-    broker = Broker().start()
+    broker, local = start_bridged() if a.bridged else (Broker().start(), None)
     opts = ["--backend", a.backend, "--precision", a.precision, "--threads", str(a.threads)]
     hub = spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, "rtt-hub", *opts))
-    client = MqttClient(CommonSettings(broker=broker.url), "edge", "rtt")
-    got = threading.Event()
-    replies: list[ReplyMsg] = []
-    client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (replies.append(decode_reply(m.payload)), got.set()))
-    rtts: list[float] = []
-    infer: list[float] = []
+    client = MqttClient(CommonSettings(broker=(local or broker).url), "edge", "rtt")
     try:
         wait_online(CommonSettings(broker=broker.url), "hub", "rtt-hub")
-        client.start()
-        client.wait_connected(10)
-        time.sleep(0.2)
-        for i in range(a.requests + 20):  # the first 20 warm up
-            frame = FrameMsg("rtt", i, time.time(), pack.pack_id, [0, 5], [0.4, 0.3], images[i % len(images)])
-            got.clear()
-            t0 = time.perf_counter()
-            client.publish_frame("ate/v1", a.expert, frame, "bench", expiry_s=5)
-            if not got.wait(5):
-                raise TimeoutError("no reply within 5 s")
-            if i >= 20:
-                rtts.append((time.perf_counter() - t0) * 1000)
-                infer.append(replies[-1].infer_ms)
+        rtts, infer = measure(client, a.expert, pack.pack_id, images, a.requests)
     finally:
         client.stop()
         hub.terminate()
         hub.wait(10)
         broker.stop()
+        if local is not None:
+            local.stop()
     r, h = np.asarray(rtts), np.asarray(infer)
 
     def spread(x: np.ndarray) -> dict:
@@ -76,6 +85,7 @@ def main() -> None:
         json.dumps(
             {
                 "bench": "offload_rtt",
+                "topology": "bridged" if a.bridged else "one broker",
                 "requests": len(r),
                 "expert": a.expert,
                 "backend": a.backend,

@@ -153,6 +153,7 @@ class EdgeNode:
             "pending_offloads": len(self.pending),
             **self.pack_report(),
             **self._tau_report(),
+            **self.client.broker_report(),
             **vars(self.stats),
         }
 
@@ -164,6 +165,7 @@ class EdgeNode:
             "pending_offloads": len(self.pending),
             "queue": self._queue.qsize(),
             **self.pack_report(),
+            **self.client.broker_report(),
             **vars(self.stats),
         }
 

@@ -194,6 +194,7 @@ class ExpertHub:
             "id_conflicts": self.client.id_conflicts,
             "queue": self._queue.qsize(),
             **self.pack_report(),
+            **self.client.broker_report(),
             **vars(self.stats),
         }
 
@@ -205,6 +206,7 @@ class ExpertHub:
             "per_expert": dict(self.per_expert),
             "capacity_per_s": self.load.capacity,
             **self.pack_report(),
+            **self.client.broker_report(),
             **vars(self.stats),
         }
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks: Mosquitto and Fashion-MNIST from Debian, then the package.
+# Installs what a fresh machine lacks: Mosquitto, Redis and Fashion-MNIST from Debian, then the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -7,6 +7,7 @@ SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto mosquitto-clients)
+command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)  # the aedes cluster of the failover test
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || [ -n "${ATE_FASHION_MNIST_DIR:-}" ] \
   || need_apt+=(dataset-fashion-mnist)
 if [ ${#need_apt[@]} -gt 0 ]; then
@@ -29,4 +30,8 @@ fi
 # A second MQTT 5 broker for the portability test (aedes on Node.js); the test skips without it.
 if command -v npm >/dev/null 2>&1 && [ ! -d tests/brokers/aedes/node_modules/aedes ]; then
   (cd tests/brokers/aedes && npm ci --no-audit --no-fund --silent) || echo "aedes not installed: its test will be skipped"
+fi
+# Two aedes nodes on Redis: the broker cluster of the failover test; the test skips without it.
+if command -v npm >/dev/null 2>&1 && [ ! -d tests/brokers/aedes-cluster/node_modules/mqemitter-redis ]; then
+  (cd tests/brokers/aedes-cluster && npm ci --no-audit --no-fund --silent) || echo "aedes cluster not installed: its test will be skipped"
 fi

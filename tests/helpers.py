@@ -200,3 +200,55 @@ class PausableProxy:
                 s.close()
             except OSError:
                 pass
+
+
+AEDES_CLUSTER_DIR = Path(__file__).parent / "brokers" / "aedes-cluster"
+REDIS = "redis-server"
+
+
+class AedesCluster:
+    """A private Redis and two aedes nodes on it (`nodes[0]` is A, `nodes[1]` is B): messages cross
+    between nodes through Redis pub/sub, sessions and QoS 1 queues live in Redis. Installed by
+    scripts/install.sh (Debian redis-server, `npm ci` in tests/brokers/aedes-cluster)."""
+
+    def __init__(self) -> None:
+        from askexpert.localbroker import free_port
+
+        self.redis_port = free_port()
+        self.ports = [free_port(), free_port()]
+        self.redis: subprocess.Popen | None = None
+        self.nodes: list[subprocess.Popen] = []
+
+    @staticmethod
+    def available() -> bool:
+        import shutil
+
+        return bool(shutil.which("node") and shutil.which(REDIS) and (AEDES_CLUSTER_DIR / "node_modules" / "mqemitter-redis").is_dir())
+
+    def url(self, i: int) -> str:
+        return f"mqtt://127.0.0.1:{self.ports[i]}"
+
+    def start(self) -> "AedesCluster":
+        args = ["--port", str(self.redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        self.redis = subprocess.Popen([REDIS, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.redis_port, proc=self.redis)
+        for i, port in enumerate(self.ports):
+            cmd = ["node", str(AEDES_CLUSTER_DIR / "server.mjs"), str(port), str(self.redis_port), "AB"[i]]
+            self.nodes.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE))
+            wait_port(port, proc=self.nodes[-1])
+        return self
+
+    def kill(self, i: int) -> None:
+        """kill -9 of one node: no clean close, no will handed over, sockets reset."""
+        self.nodes[i].kill()
+        self.nodes[i].wait()
+
+    def stop(self) -> None:
+        for proc in [*self.nodes, self.redis]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
