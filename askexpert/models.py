@@ -60,6 +60,18 @@ class ViTArch:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def timm_shape(self) -> dict:
+        """The shape as timm's ViT keyword arguments (the classes aside: a pretrained start brings its own head)."""
+        return dict(
+            img_size=self.img_size,
+            patch_size=self.patch_size,
+            in_chans=self.in_chans,
+            embed_dim=self.embed_dim,
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_ratio=self.mlp_ratio,
+        )
+
     @classmethod
     def from_dict(cls, d: dict) -> "ViTArch":
         return cls(**{k: d[k] for k in cls.__dataclass_fields__})
@@ -87,19 +99,7 @@ def accept_any_size(vit: VisionTransformer) -> VisionTransformer:
 def build_vit(arch: ViTArch, drop_path_rate: float = 0.0) -> VisionTransformer:
     """A timm VisionTransformer with a class token, as DeiT (without the distillation token); it
     takes images of any size and resizes them to `arch.img_size` (`accept_any_size`)."""
-    return accept_any_size(
-        VisionTransformer(
-            img_size=arch.img_size,
-            patch_size=arch.patch_size,
-            in_chans=arch.in_chans,
-            num_classes=arch.num_classes,
-            embed_dim=arch.embed_dim,
-            depth=arch.depth,
-            num_heads=arch.num_heads,
-            mlp_ratio=arch.mlp_ratio,
-            drop_path_rate=drop_path_rate,
-        )
-    )
+    return accept_any_size(VisionTransformer(**arch.timm_shape(), num_classes=arch.num_classes, drop_path_rate=drop_path_rate))
 
 
 def use_math_attention(model: nn.Module) -> nn.Module:

@@ -75,13 +75,7 @@ def pretrained_vit(arch: ViTArch, path: str | Path, drop_path_rate: float = 0.0)
         TIMM_NAME,
         pretrained=True,
         pretrained_cfg_overlay=overlay,
-        img_size=arch.img_size,
-        patch_size=arch.patch_size,
-        in_chans=arch.in_chans,
-        embed_dim=arch.embed_dim,
-        depth=arch.depth,
-        num_heads=arch.num_heads,
-        mlp_ratio=arch.mlp_ratio,
+        **arch.timm_shape(),
         drop_path_rate=drop_path_rate,
     )
     model.reset_classifier(arch.num_classes)  # the task's head, whatever the file's was
