@@ -93,7 +93,7 @@ class MqttClient:
         self.role, self.ident = role, ident
         self.announce, self.session_expiry_s = announce, session_expiry_s
         self._status_topic = status_topic(settings.prefix, role, ident)
-        self._status_extra = status_extra or {}
+        self._status_extra = dict(status_extra or {})
         self._subs: dict[str, tuple[int, Handler]] = {}
         self.state = "starting"  # what (re)connects announce; publish_status changes it
         self.connected = threading.Event()
@@ -264,6 +264,11 @@ class MqttClient:
         """QoS>0 messages published and not yet acknowledged by the broker."""
         with self._lock:
             return len(self._unacked)
+
+    def update_status(self, **fields: object) -> None:
+        """Change what the status says from now on (every reconnect announces it too), and announce it."""
+        self._status_extra.update(fields)
+        self.publish_status(self.state)
 
     def publish_status(self, state: str, **extra: object) -> None:
         """Announce a state (retained); it is also what every later reconnect announces."""

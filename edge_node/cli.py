@@ -32,9 +32,8 @@ class EdgeComponent:
     """The edge node as a lifecycle component (askexpert.lifecycle): one node, one source; SIGHUP
     reloads the pack from its path (askexpert/reload.py)."""
 
-    def __init__(self, settings: EdgeSettings, pack: "Pack", status: dict, client: MqttClient) -> None:
-        """`status`: the dict the client announces in its status; a reload updates it in place."""
-        self.s, self.pack, self.status, self.client = settings, pack, status, client
+    def __init__(self, settings: EdgeSettings, pack: "Pack", client: MqttClient) -> None:
+        self.s, self.pack, self.client = settings, pack, client
         self.node: "EdgeNode | None" = None
         self.source: "Source | None" = None
         self.reloader: PackReloader | None = None
@@ -48,8 +47,7 @@ class EdgeComponent:
 
     def _on_reload(self, report: dict) -> None:
         assert self.node is not None
-        self.status.update(self.node.pack_report(), pack_reload=report)
-        self.client.publish_status(self.client.state)
+        self.client.update_status(**self.node.pack_report(), pack_reload=report)
 
     def load(self, backend: "Backend") -> None:
         from edge_node.node import EdgeNode
@@ -117,7 +115,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ignore_sighup()
     status = {"pack": pack.pack_id, "pack_version": pack.version, "source": s.source}
     client = MqttClient(s, "edge", s.node_id, status)
-    return Server(s, client, connect_timeout_s=s.connect_timeout_s).run(EdgeComponent(s, pack, status, client))
+    return Server(s, client, connect_timeout_s=s.connect_timeout_s).run(EdgeComponent(s, pack, client))
 
 
 def build_parser() -> argparse.ArgumentParser:

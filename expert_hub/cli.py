@@ -27,9 +27,8 @@ class HubComponent:
     """The expert hub as a lifecycle component (askexpert.lifecycle): serves until a signal; SIGHUP
     reloads the pack from its path (askexpert/reload.py)."""
 
-    def __init__(self, settings: HubSettings, pack: "Pack", status: dict, client: MqttClient) -> None:
-        """`status`: the dict the client announces in its status; a reload updates it in place."""
-        self.s, self.pack, self.status, self.client = settings, pack, status, client
+    def __init__(self, settings: HubSettings, pack: "Pack", client: MqttClient) -> None:
+        self.s, self.pack, self.client = settings, pack, client
         self.hub: "ExpertHub | None" = None
         self.reloader: PackReloader | None = None
 
@@ -62,8 +61,7 @@ class HubComponent:
 
     def _on_reload(self, report: dict) -> None:
         assert self.hub is not None
-        self.status.update(pack=self.hub.pack.pack_id, pack_version=self.hub.pack.version, pack_reload=report)
-        self.client.publish_status(self.client.state)
+        self.client.update_status(pack=self.hub.pack.pack_id, pack_version=self.hub.pack.version, pack_reload=report)
 
     def serve(self, should_exit: threading.Event) -> int:
         assert self.hub is not None and self.reloader is not None
@@ -93,7 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     ignore_sighup()
     status = {"pack": pack.pack_id, "pack_version": pack.version, "experts": wanted, "expert_form": s.expert_form}
     client = MqttClient(s, "hub", s.hub_id, status)
-    return Server(s, client).run(HubComponent(s, pack, status, client))
+    return Server(s, client).run(HubComponent(s, pack, client))
 
 
 def served_entries(s: HubSettings, pack: Pack, fatal: bool = True) -> list[ExpertEntry]:
