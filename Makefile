@@ -1,8 +1,9 @@
 PY ?= python3
 N ?= 10000
-# the demo paces its source: at tau 0.9 nearly half the frames go to the hub, and as fast as the edge
-# goes (FPS=0, about 1900 frames/s) one CPU hub falls behind its deadline
-FPS ?= 500
+# the demo replays as fast as the edge goes (FPS=0): a replay keeps at most --offload-window offloads
+# unanswered, so it waits for the hub instead of falling back; then a paced run (PACED_FPS) for latency
+FPS ?= 0
+PACED_FPS ?= 200
 
 .PHONY: install test test-fast demo sweep pack-cpu pack-gpu
 
@@ -21,7 +22,7 @@ test-fast: install
 	$(PY) -m pytest -q -m "not slow"
 
 demo: install
-	$(PY) -m evaluation demo --frames $(N) --fps $(FPS) --paced-fps 0
+	$(PY) -m evaluation demo --frames $(N) --fps $(FPS) --paced-fps $(PACED_FPS)
 
 sweep: install
 	$(PY) -m evaluation sweep --pack packs/fashion-mnist

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 import socket
 import ssl
@@ -33,7 +34,7 @@ from paho.mqtt.properties import Properties
 
 from askexpert import metrics
 from askexpert.log import get_logger
-from askexpert.protocol import FrameMsg, correlation_id, frames_topic, replies_topic, status_topic
+from askexpert.protocol import FrameBatch, frames_topic, status_topic
 from askexpert.settings import BrokerUrl, CommonSettings
 
 Handler = Callable[[mqtt.MQTTMessage], None]
@@ -42,6 +43,25 @@ RECEIVE_MAXIMUM_ABSENT = 65535  # MQTT 5, 3.2.2.3.3: no Receive Maximum in the C
 KEEPALIVE_S = 30
 INFLIGHT_BEFORE_CONNACK = 20  # paho's default; what a first connection may have in flight before the broker says
 log = get_logger("askexpert.mqtt")
+
+
+class _PahoWarnings(logging.Handler):
+    """paho's warnings and errors into the structured log. A stdlib logger at WARNING, not paho's
+    on_log: with on_log set, paho formats a debug line for every packet (its v5 properties
+    included) that would then be dropped. "Client is not connected", logged once per failed
+    reconnect attempt, is left out: _on_connect_fail reports that."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if message.startswith("Client is not connected"):
+            return
+        (log.error if record.levelno >= logging.ERROR else log.warning)("paho", message=message)
+
+
+PAHO_LOG = logging.getLogger("askexpert.paho")
+PAHO_LOG.setLevel(logging.WARNING)
+PAHO_LOG.addHandler(_PahoWarnings())
+PAHO_LOG.propagate = False
 
 
 RESOLVE_HINT = (
@@ -118,6 +138,7 @@ class MqttClient:
         self.failovers = 0  # times the client moved to another broker of the list
         self.receive_maximum: dict[str, int] = {}  # per broker URL, from its last CONNACK
         self._session: dict = {}  # connect_async's session arguments (persistent session), for every broker
+        self._expiries: dict[int, Properties] = {}
         self.client = self._paho_client()
         self._unreachable_since: float | None = None
         self._unreachable_logged = 0.0
@@ -145,7 +166,7 @@ class MqttClient:
         c.on_publish = self._on_publish
         c.on_subscribe = self._on_subscribe
         c.on_connect_fail = self._on_connect_fail
-        c.on_log = self._on_paho_log
+        c.enable_logger(PAHO_LOG)
         return c
 
     # ------------------------------------------------------------ lifecycle
@@ -213,26 +234,8 @@ class MqttClient:
                 return
         self._suback(topic_filter, early)
 
-    def publish(
-        self,
-        topic: str,
-        payload: bytes,
-        qos: int = 1,
-        retain: bool = False,
-        response_topic: str | None = None,
-        correlation: bytes | None = None,
-        expiry_s: int | None = None,
-    ) -> mqtt.MQTTMessageInfo:
-        props = None
-        if response_topic or correlation or expiry_s:
-            props = Properties(PacketTypes.PUBLISH)
-            if response_topic:
-                props.ResponseTopic = response_topic
-            if correlation:
-                props.CorrelationData = correlation
-            if expiry_s:
-                props.MessageExpiryInterval = max(1, int(expiry_s))
-        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False, expiry_s: int | None = None) -> mqtt.MQTTMessageInfo:
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=self._expiry(expiry_s) if expiry_s else None)
         with self._lock:
             if info.mid in self._early:  # already written (QoS 0) or acknowledged
                 self._early.discard(info.mid)
@@ -242,18 +245,19 @@ class MqttClient:
                 self._qos0.add(info.mid)
         return info
 
-    def publish_frame(self, prefix: str, expert: str, frame: FrameMsg, run_id: str, expiry_s: int) -> mqtt.MQTTMessageInfo:
-        """Offload one frame to `expert` as the wire protocol says: QoS 1, the sender's replies topic
-        as Response Topic, the frame's correlation id (the hub echoes it), expiring when the sender
+    def _expiry(self, expiry_s: int) -> Properties:
+        """The Message Expiry property, built once per value (what a message would otherwise pay)."""
+        props = self._expiries.get(expiry_s)
+        if props is None:
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = max(1, int(expiry_s))
+            self._expiries[expiry_s] = props
+        return props
+
+    def publish_frames(self, prefix: str, expert: str, frames: FrameBatch, expiry_s: int) -> mqtt.MQTTMessageInfo:
+        """Offload frames to `expert` as the wire protocol says: QoS 1, expiring when the sender
         stops waiting. One definition for the edge and the benchmarks that stand in for it."""
-        return self.publish(
-            frames_topic(prefix, expert, frame.node),
-            frame.encode(),
-            qos=1,
-            response_topic=replies_topic(prefix, frame.node),
-            correlation=correlation_id(frame.node, run_id, frame.frame_id),
-            expiry_s=expiry_s,
-        )
+        return self.publish(frames_topic(prefix, expert, frames.node), frames.encode(), qos=1, expiry_s=expiry_s)
 
     def flush(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every QoS>0 message published so far."""
@@ -382,17 +386,6 @@ class MqttClient:
                 )
             else:
                 log.warning("mqtt broker unreachable; retrying", broker=self.broker, brokers=self.settings.broker, for_s=for_s)
-
-    @staticmethod
-    def _on_paho_log(client: mqtt.Client, userdata: object, level: int, buf: str) -> None:
-        """paho's own warnings and errors into the structured log. Its "Client is not connected",
-        logged once per failed reconnect attempt, is left out: _on_connect_fail reports that."""
-        if buf.startswith("Client is not connected"):
-            return
-        if level == mqtt.MQTT_LOG_ERR:
-            log.error("paho", message=buf)
-        elif level == mqtt.MQTT_LOG_WARNING:
-            log.warning("paho", message=buf)
 
     def _on_own_status(self, message: mqtt.MQTTMessage) -> None:
         """A status on our own topic from another instance, made since this one started (its

@@ -1,8 +1,15 @@
-"""Wire protocol v1: topics and payloads between edge nodes, expert hubs and label consumers.
+"""Wire protocol v2: topics and payloads between edge nodes, expert hubs and label consumers.
 
-Frames and replies are msgpack (compact, binary-safe); final labels, status and stats are JSON so
-that any MQTT subscriber can read them. Decoding validates everything and raises ProtocolError,
-so a bad message is counted and dropped by the caller, never crashes it.
+Frames and replies are msgpack (compact, binary-safe) and travel in batches: the offloads of one
+edge batch for one expert are one message, a hub's answers to one edge in one of its batches are
+one message (one frame is a batch of one). Final labels, status and stats are JSON, one label per
+frame, so that any MQTT subscriber can read them. Decoding validates everything and raises
+ProtocolError, so a bad message is counted and dropped by the caller, never crashes it.
+
+v1 -> v2 (README, "Topics and payloads"): frames and replies carry arrays of frames; the reply
+topic names the answering hub; the run id and frame ids travel in the payload instead of MQTT v5
+Response Topic and Correlation Data (what they cost per message, paho building and parsing
+properties, was as much as a small expert's inference).
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from PIL import Image, UnidentifiedImageError
 
 from askexpert.routing import parse_expert_key
 
-VERSION = 1
+VERSION = 2
 DEFAULT_PREFIX = "ate/v1"
 MAX_FRAME_BYTES = 4 * 1024 * 1024  # a frame payload larger than this is rejected unread
 RAW_LIMIT_BYTES = 16 * 1024  # images up to this many bytes travel raw, larger ones as JPEG
@@ -31,6 +38,8 @@ LATENCY_PARTS = ("wait_ms", "infer_ms", "hub_queue_ms", "hub_infer_ms", "network
 NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # node, hub and run ids, pack ids: short and printable
 MAX_TOPK = 16
 MAX_DEADLINE_MS = 60_000.0  # a frame may claim at most this much time left: a hostile value is bounded
+MAX_BATCH_FRAMES = 256  # frames in one frames message
+MAX_BATCH_PIXELS = 64 * 1024 * 1024  # n * H * W * C of one frames message, checked before decoding
 
 
 def check_name(value: str) -> str:
@@ -41,7 +50,12 @@ def check_name(value: str) -> str:
 
 
 class ProtocolError(ValueError):
-    """A payload that does not follow this protocol (malformed, oversized, wrong version)."""
+    """A payload that does not follow this protocol (malformed, oversized, wrong version);
+    `reason` is what the receiver counts it as (ate_rejected_messages_total{reason})."""
+
+    def __init__(self, message: str, reason: str = "malformed") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 # ---------------------------------------------------------------- topics
@@ -71,8 +85,23 @@ def parse_frames_topic(prefix: str, topic: str) -> tuple[str, str]:
     return key, node
 
 
-def replies_topic(prefix: str, node: str) -> str:
-    return f"{prefix}/nodes/{node}/replies"
+def replies_topic(prefix: str, node: str, hub: str) -> str:
+    """Where `hub` answers `node`: the hub in the topic is what the broker's ACL vouches for
+    (`topic write .../nodes/+/replies/hub1` in hub1's block), so a label names who really answered."""
+    return f"{prefix}/nodes/{node}/replies/{hub}"
+
+
+def replies_filter(prefix: str, node: str) -> str:
+    return f"{prefix}/nodes/{node}/replies/+"
+
+
+def parse_replies_topic(prefix: str, topic: str) -> tuple[str, str]:
+    """'<prefix>/nodes/cam1/replies/hub1' -> ('cam1', 'hub1') (ProtocolError for anything else)."""
+    head = f"{prefix}/nodes/"
+    parts = topic[len(head) :].split("/") if topic.startswith(head) else []
+    if len(parts) != 3 or parts[1] != "replies" or not all(NAME_RE.fullmatch(p) for p in parts[::2]):
+        raise ProtocolError(f"not a replies topic: {topic[:200]}")
+    return parts[0], parts[2]
 
 
 def labels_topic(prefix: str, node: str) -> str:
@@ -157,44 +186,7 @@ def decode_image(enc: str, data: bytes, shape: tuple[int, int, int]) -> np.ndarr
     raise ProtocolError(f"unknown image encoding {enc!r}")
 
 
-# ---------------------------------------------------------------- frames (edge -> hub)
-@dataclass
-class FrameMsg:
-    node: str
-    frame_id: int
-    t_capture: float  # unix seconds at capture
-    pack: str  # pack id: the hub answers only frames of its own pack
-    topk: list[int]
-    topk_p: list[float]
-    image: np.ndarray  # uint8 (H, W, C) at the expert's input size
-    t_sent: float = field(default_factory=time.time)
-    # milliseconds the edge still waits for the answer, counted at send: relative, so that no clock
-    # needs to agree with the edge's; None (frames of older edges) leaves the MQTT expiry alone
-    deadline_ms: float | None = None
-    pack_version: str | None = None  # the pack version that routed it: the hub answers with that one while it has it
-
-    def encode(self) -> bytes:
-        enc, data = encode_image(self.image)
-        msg = {
-            "v": VERSION,
-            "node": self.node,
-            "fid": int(self.frame_id),
-            "tc": self.t_capture,
-            "ts": self.t_sent,
-            "pack": self.pack,
-            "topk": [int(c) for c in self.topk],
-            "topk_p": [float(p) for p in self.topk_p],
-            "enc": enc,
-            "shape": list(self.image.shape),
-            "img": data,
-        }
-        if self.deadline_ms is not None:
-            msg["dl"] = float(self.deadline_ms)
-        if self.pack_version is not None:
-            msg["pv"] = self.pack_version
-        return msgpack.packb(msg, use_bin_type=True)
-
-
+# ---------------------------------------------------------------- validation
 def _unpack(payload: bytes, max_bytes: int) -> dict[str, Any]:
     if len(payload) > max_bytes:
         raise ProtocolError(f"payload of {len(payload)} bytes exceeds {max_bytes}")
@@ -205,7 +197,7 @@ def _unpack(payload: bytes, max_bytes: int) -> dict[str, Any]:
     if not isinstance(msg, dict):
         raise ProtocolError("payload is not a map")
     if msg.get("v") != VERSION:
-        raise ProtocolError(f"protocol version {msg.get('v')!r} is not {VERSION}")
+        raise ProtocolError(f"protocol version {str(msg.get('v'))[:20]} is not {VERSION}: update the sender", "protocol-version")
     return msg
 
 
@@ -237,69 +229,201 @@ def _count(msg: dict, key: str) -> int:
     return value
 
 
-def decode_frame(payload: bytes, *, max_bytes: int = MAX_FRAME_BYTES) -> FrameMsg:
+# ---------------------------------------------------------------- frames (edge -> hub)
+# Per-frame numbers travel as little-endian arrays (one bin field each, read with np.frombuffer):
+# decoding and validating a batch is a few numpy calls however many frames it holds.
+FID, TC, DL, TOPK, TOPK_P = "<i8", "<f8", "<f4", "<i4", "<f4"
+
+
+@dataclass
+class FrameBatch:
+    """Frames of one edge run for one expert, in one message (one frame is a batch of one).
+
+    The reply goes to the node's own replies topic and names the run and the frame ids: nothing
+    rides in MQTT v5 properties but the Message Expiry (when the broker may drop it)."""
+
+    node: str
+    run: str  # the edge process's run id: a reply names it, so answers to another run are told apart
+    pack: str  # pack id: the hub answers only frames of its own pack
+    frame_ids: np.ndarray  # int64 (n,)
+    t_capture: np.ndarray  # float64 (n,), unix seconds
+    topk: np.ndarray  # int (n, k): the edge's top-k classes
+    topk_p: np.ndarray  # float (n, k): their probabilities
+    images: np.ndarray  # uint8 (n, H, W, C) at the expert's input size
+    # milliseconds the edge still waits for each answer, counted at send: relative, so that no clock
+    # needs to agree with the edge's; None leaves the MQTT expiry alone
+    deadline_ms: np.ndarray | None = None
+    pack_version: str | None = None  # the pack version that routed them: the hub answers with that one while it has it
+    t_sent: float = field(default_factory=time.time)
+
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def encode(self) -> bytes:
+        n, (h, w, c) = len(self), self.images.shape[1:]
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise ValueError("images are uint8 (n, H, W, C)")
+        if not 0 < n <= MAX_BATCH_FRAMES:
+            raise ValueError(f"a frames message holds 1..{MAX_BATCH_FRAMES} frames, not {n}")
+        raw = h * w * c <= RAW_LIMIT_BYTES
+        msg = {
+            "v": VERSION,
+            "node": self.node,
+            "run": self.run,
+            "pack": self.pack,
+            "ts": self.t_sent,
+            "n": n,
+            "k": int(self.topk.shape[1]),
+            "fid": _bin(self.frame_ids, FID),
+            "tc": _bin(self.t_capture, TC),
+            "topk": _bin(self.topk, TOPK),
+            "topk_p": _bin(self.topk_p, TOPK_P),
+            "enc": "raw" if raw else "jpeg",
+            "shape": [h, w, c],
+            "img": _bin(self.images, "u1") if raw else [encode_image(im)[1] for im in self.images],
+        }
+        if self.deadline_ms is not None:
+            msg["dl"] = _bin(self.deadline_ms, DL)
+        if self.pack_version is not None:
+            msg["pv"] = self.pack_version
+        return msgpack.packb(msg, use_bin_type=True)
+
+
+def _bin(values: np.ndarray, dtype: str) -> bytes:
+    return np.ascontiguousarray(values, dtype=dtype).tobytes()
+
+
+def _array(msg: dict, key: str, dtype: str, count: int) -> np.ndarray:
+    """A little-endian array field of exactly `count` items (read-only, no copy)."""
+    data = _field(msg, key, bytes)
+    if len(data) != count * np.dtype(dtype).itemsize:
+        raise ProtocolError(f"field {key!r} has {len(data)} bytes, {count} x {dtype} needs {count * np.dtype(dtype).itemsize}")
+    return np.frombuffer(data, dtype=dtype)
+
+
+def _in_range(key: str, values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if values.size and not (lo <= values.min() and values.max() <= hi):  # NaN fails both
+        raise ProtocolError(f"field {key!r} has values outside [{lo}, {hi}]")
+    return values
+
+
+def decode_frames(
+    payload: bytes,
+    *,
+    max_bytes: int = MAX_FRAME_BYTES,
+    shape: tuple[int, int, int] | None = None,
+    max_frames: int = MAX_BATCH_FRAMES,
+) -> FrameBatch:
+    """Validated and bounded before any pixel is decoded: sizes, counts, `shape` when the caller
+    knows it (the hub: its experts' input), every array's length and range."""
     msg = _unpack(payload, max_bytes)
-    shape = _field(msg, "shape", list)
-    if len(shape) != 3 or not all(type(s) is int and 0 < s <= 4096 for s in shape) or shape[2] not in (1, 3):
-        raise ProtocolError(f"bad image shape {shape}")
-    topk = _field(msg, "topk", list)
-    topk_p = _field(msg, "topk_p", list)
-    if not 0 < len(topk) <= MAX_TOPK or len(topk) != len(topk_p) or not all(type(c) is int and 0 <= c < 2**31 for c in topk):
-        raise ProtocolError("bad top-k")
-    if not all(isinstance(p, (int, float)) and not isinstance(p, bool) and 0.0 <= p <= 1.0 for p in topk_p):
-        raise ProtocolError("bad top-k probabilities")
-    return FrameMsg(
+    n = _count(msg, "n")
+    k = _count(msg, "k")
+    if not 0 < n <= max_frames or not 0 < k <= MAX_TOPK:
+        raise ProtocolError(f"{n} frames (1..{max_frames}) with top-{k} (1..{MAX_TOPK})")
+    got = _field(msg, "shape", list)
+    if len(got) != 3 or not all(type(s) is int and 0 < s <= 4096 for s in got) or got[2] not in (1, 3):
+        raise ProtocolError(f"bad image shape {got}")
+    h, w, c = got
+    if shape is not None and tuple(got) != tuple(shape):
+        raise ProtocolError(f"images are {tuple(got)}, the experts take {tuple(shape)}", "wrong-shape")
+    if n * h * w * c > MAX_BATCH_PIXELS:
+        raise ProtocolError(f"{n} images of {h}x{w}x{c} exceed the pixel budget {MAX_BATCH_PIXELS}")
+    enc = _field(msg, "enc", str)
+    if enc == "raw":
+        images = _array(msg, "img", "u1", n * h * w * c).reshape(n, h, w, c)
+    else:
+        parts = _field(msg, "img", list)
+        if len(parts) != n or not all(isinstance(p, bytes) for p in parts):
+            raise ProtocolError(f"field 'img' is not {n} encoded images")
+        images = np.stack([decode_image(enc, p, (h, w, c)) for p in parts])
+    dl = None if msg.get("dl") is None else _in_range("dl", _array(msg, "dl", DL, n), 0.0, MAX_DEADLINE_MS)
+    return FrameBatch(
         node=_name(msg, "node"),
-        frame_id=_count(msg, "fid"),
-        t_capture=_number(msg, "tc"),
+        run=_name(msg, "run"),
         pack=_name(msg, "pack"),
-        topk=topk,
-        topk_p=[float(p) for p in topk_p],
-        image=decode_image(_field(msg, "enc", str), _field(msg, "img", bytes), tuple(shape)),
-        t_sent=_number(msg, "ts"),
-        deadline_ms=None if msg.get("dl") is None else _number(msg, "dl", 0.0, MAX_DEADLINE_MS),
+        frame_ids=_in_range("fid", _array(msg, "fid", FID, n), 0, 2**62),
+        t_capture=_in_range("tc", _array(msg, "tc", TC, n), -1e12, 1e12),
+        topk=_in_range("topk", _array(msg, "topk", TOPK, n * k), 0, 2**31 - 1).reshape(n, k),
+        topk_p=_in_range("topk_p", _array(msg, "topk_p", TOPK_P, n * k), 0.0, 1.0).reshape(n, k),
+        images=images,
+        deadline_ms=dl,
         pack_version=None if msg.get("pv") is None else _name(msg, "pv"),
+        t_sent=_number(msg, "ts"),
     )
 
 
 # ---------------------------------------------------------------- replies (hub -> edge)
 @dataclass
-class ReplyMsg:
+class ReplyBatch:
+    """A hub's answers to the frames of one edge run in one of its batches: one message per edge
+    per hub batch, on <prefix>/nodes/<node>/replies/<hub> (the topic names the hub: the broker's
+    ACL lets a hub user write only under its own name)."""
+
     node: str
-    frame_id: int
-    label: int
-    conf: float
-    expert: str
-    hub: str
-    queue_ms: float  # arrival at the hub -> start of its batch
+    run: str
+    frame_ids: np.ndarray  # int64 (n,)
+    experts: list[str]  # the expert that answered each frame
+    labels: np.ndarray  # int (n,)
+    conf: np.ndarray  # float (n,): the expert's probability of its label
+    queue_ms: np.ndarray  # float (n,): arrival at the hub -> start of its batch
     infer_ms: float  # the batch's inference time
-    batch: int
-    pack_version: str | None = None  # the pack version that answered (None from older hubs)
+    batch: int  # frames in the hub's batch (all edges)
+    pack_version: str | None = None  # the pack version that answered
 
-    def encode(self) -> bytes:  # vars, not asdict: every field is a plain value, and asdict's deep copy costs
-        return msgpack.packb({"v": VERSION, **vars(self)}, use_bin_type=True)
+    def __len__(self) -> int:
+        return len(self.frame_ids)
+
+    def encode(self) -> bytes:
+        keys = sorted(set(self.experts))
+        index = {key: i for i, key in enumerate(keys)}
+        msg = {
+            "v": VERSION,
+            "node": self.node,
+            "run": self.run,
+            "n": len(self),
+            "fid": _bin(self.frame_ids, FID),
+            "experts": keys,
+            "ei": _bin([index[e] for e in self.experts], "u1"),
+            "label": _bin(self.labels, "<u2"),
+            "conf": _bin(self.conf, "<f4"),
+            "queue_ms": _bin(self.queue_ms, "<f4"),
+            "infer_ms": float(self.infer_ms),
+            "batch": int(self.batch),
+            "pv": self.pack_version,
+        }
+        return msgpack.packb(msg, use_bin_type=True)
 
 
-def decode_reply(payload: bytes, *, max_bytes: int = 64 * 1024) -> ReplyMsg:
+MAX_REPLY_BYTES = 256 * 1024
+
+
+def decode_replies(payload: bytes, *, max_bytes: int = MAX_REPLY_BYTES) -> ReplyBatch:
     msg = _unpack(payload, max_bytes)
-    return ReplyMsg(
+    n = _count(msg, "n")
+    if not 0 < n <= MAX_BATCH_FRAMES * 4:
+        raise ProtocolError(f"a reply holds {n} answers")
+    keys = _field(msg, "experts", list)
+    if not 0 < len(keys) <= 256 or not all(isinstance(key, str) for key in keys):
+        raise ProtocolError("field 'experts' is not a list of expert keys")
+    try:
+        for key in keys:
+            parse_expert_key(key)
+    except ValueError as exc:
+        raise ProtocolError(str(exc)) from exc
+    ei = _in_range("ei", _array(msg, "ei", "u1", n), 0, len(keys) - 1)
+    return ReplyBatch(
         node=_name(msg, "node"),
-        frame_id=_count(msg, "frame_id"),
-        label=_count(msg, "label"),
-        conf=_number(msg, "conf", 0.0, 1.0),  # NaN or Infinity would make the label invalid JSON
-        expert=_name(msg, "expert"),
-        hub=_name(msg, "hub"),
-        queue_ms=_number(msg, "queue_ms", 0.0),
-        infer_ms=_number(msg, "infer_ms", 0.0),
+        run=_name(msg, "run"),
+        frame_ids=_in_range("fid", _array(msg, "fid", FID, n), 0, 2**62),
+        experts=[keys[i] for i in ei],
+        labels=_array(msg, "label", "<u2", n),
+        conf=_in_range("conf", _array(msg, "conf", "<f4", n), 0.0, 1.0),  # NaN would make the label invalid JSON
+        queue_ms=_in_range("queue_ms", _array(msg, "queue_ms", "<f4", n), 0.0, 1e9),
+        infer_ms=_number(msg, "infer_ms", 0.0, 1e9),
         batch=_count(msg, "batch"),
-        pack_version=None if msg.get("pack_version") is None else _name(msg, "pack_version"),
+        pack_version=None if msg.get("pv") is None else _name(msg, "pv"),
     )
-
-
-def correlation_id(node: str, run: str, frame_id: int) -> bytes:
-    """The frame's MQTT v5 Correlation Data, echoed by the hub: a reply must carry its frame's,
-    so replies to another run of the same node (a restart reuses frame ids) are told apart."""
-    return f"{node}/{run}/{frame_id}".encode()
 
 
 # ---------------------------------------------------------------- final labels (edge -> anyone)

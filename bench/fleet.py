@@ -16,7 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from askexpert.localbroker import Broker, edge_args, edge_summary, hub_args, spawn_edge, spawn_quiet
-from askexpert.protocol import decode_label, decode_reply
+from askexpert.protocol import decode_label, decode_replies, parse_replies_topic
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import Subscriber, wait_online
 
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         for i in range(a.hubs):
             wait_online(CommonSettings(broker=broker.url), "hub", f"fleet-hub{i}")
         # every label and reply of the fleet, as a user's own subscriber would see them
-        consumer = Subscriber(CommonSettings(broker=broker.url), "ate/v1/nodes/+/labels", "ate/v1/nodes/+/replies").start()
+        consumer = Subscriber(CommonSettings(broker=broker.url), "ate/v1/nodes/+/labels", "ate/v1/nodes/+/replies/+").start()
         extra = ["--tau", repr(a.tau)] if a.tau is not None else []
         t0 = time.monotonic()
         pace = ["--fps", repr(a.fps), "--deadline-ms", repr(a.deadline_ms), *extra]
@@ -50,7 +50,10 @@ def main(argv: list[str] | None = None) -> int:
         with consumer.changed:
             raw = list(consumer.raw)
         labels = [decode_label(p) for t, p in raw if t.endswith("/labels")]
-        replies = [decode_reply(p) for t, p in raw if t.endswith("/replies")]
+        answered: Counter[str] = Counter()
+        for t, p in raw:
+            if "/replies/" in t:
+                answered[parse_replies_topic("ate/v1", t)[1]] += len(decode_replies(p))
     finally:
         if consumer is not None:
             consumer.stop()
@@ -75,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
                 "duplicates": sum(n - 1 for n in per_frame.values() if n > 1),
                 "sources": dict(Counter(m.source for m in labels)),
                 "fallbacks": sum(s["fallback"] for s in summaries),
-                "per_hub_answered": dict(sorted(Counter(r.hub for r in replies).items())),
+                "per_hub_answered": dict(sorted(answered.items())),
                 "edge_exit_ok": all(s.get("unacknowledged", 0) == 0 for s in summaries),
             }
         )

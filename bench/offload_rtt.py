@@ -1,7 +1,7 @@
 """Offload round trip through a real Mosquitto: frame published -> expert reply received.
 
-One request in flight at a time (the latency a single uncertain frame sees), QoS 1 both ways,
-MQTT v5 Response Topic + Correlation Data, exactly as the edge does it. Prints one JSON line
+One request in flight at a time (the latency a single uncertain frame sees): a frames message of
+one frame and its reply, QoS 1 both ways, exactly as the edge does it (protocol v2). Prints one JSON line
 with p50/p90/p99/max in milliseconds of the round trip, of the hub's own inference (as its reply
 says), and of the round trip beyond that inference (network, broker, queueing, encoding).
 
@@ -23,7 +23,7 @@ from askexpert.datasets import load_dataset
 from askexpert.localbroker import Broker, hub_args, spawn_quiet, start_bridged
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.protocol import FrameMsg, ReplyMsg, decode_reply, replies_topic
+from askexpert.protocol import FrameBatch, ReplyBatch, decode_replies, replies_filter
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
 
@@ -31,17 +31,20 @@ from askexpert.subscriber import wait_online
 def measure(client: MqttClient, expert: str, pack_id: str, images: np.ndarray, requests: int) -> tuple[list[float], list[float]]:
     """One offload at a time: round trips and the hub's inference times, ms (20 warm-up first)."""
     got = threading.Event()
-    replies: list[ReplyMsg] = []
-    client.subscribe(replies_topic("ate/v1", "rtt"), lambda m: (replies.append(decode_reply(m.payload)), got.set()))
+    replies: list[ReplyBatch] = []
+    client.subscribe(replies_filter("ate/v1", "rtt"), lambda m: (replies.append(decode_replies(m.payload)), got.set()))
     client.start()
     client.wait_subscribed(10)
     rtts: list[float] = []
     infer: list[float] = []
     for i in range(requests + 20):
-        frame = FrameMsg("rtt", i, time.time(), pack_id, [0, 5], [0.4, 0.3], images[i % len(images)])
+        image = images[i % len(images)][None]
+        frame = FrameBatch(
+            "rtt", "bench", pack_id, np.array([i]), np.array([time.time()]), np.array([[0, 5]]), np.array([[0.4, 0.3]]), image
+        )
         got.clear()
         t0 = time.perf_counter()
-        client.publish_frame("ate/v1", expert, frame, "bench", expiry_s=5)
+        client.publish_frames("ate/v1", expert, frame, expiry_s=5)
         if not got.wait(5):
             raise TimeoutError("no reply within 5 s")
         if i >= 20:

@@ -34,15 +34,16 @@ from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
 from askexpert.protocol import (
     LABEL_SOURCES,
+    MAX_BATCH_FRAMES,
     MAX_DEADLINE_MS,
-    FrameMsg,
+    FrameBatch,
     LabelMsg,
     ProtocolError,
-    correlation_id,
-    decode_reply,
+    decode_replies,
     hub_load_filter,
     labels_topic,
-    replies_topic,
+    parse_replies_topic,
+    replies_filter,
 )
 from askexpert.routing import Decision, decide
 from edge_node.adaptive_tau import AdaptiveTau
@@ -102,7 +103,7 @@ class EdgeNode:
         self.node = settings.node_id
         self.run_id = secrets.token_hex(4)  # in every label and correlation: frame ids restart with the process
         self.labels_topic = labels_topic(settings.prefix, self.node)
-        self.replies_topic = replies_topic(settings.prefix, self.node)
+        self.replies_filter = replies_filter(settings.prefix, self.node)
         self.stats = EdgeStats()
         self.pending = PendingTable(self._on_deadline)
         self._log_throttle = Throttle()
@@ -113,6 +114,7 @@ class EdgeNode:
         self._metric_latency = {s: metrics.LABEL_LATENCY_MS.labels(self.node, s) for s in LABEL_SOURCES}
         self._metric_rtt = metrics.OFFLOAD_RTT_MS.labels(self.node)
         self._live = False
+        self._window = 0  # offloads a lossless source may keep unanswered (0: no limit); run() sets it
         self._source: Source | None = None
         self._last_frame = time.monotonic()  # run() resets it; a frozen live source ages it
         metrics.FRAME_AGE_S.labels(self.node).set_function(self.frame_age_s)
@@ -177,13 +179,16 @@ class EdgeNode:
     def run(self, source: Source) -> EdgeStats:
         """Process the source to its end (or max_frames, or stop()); every frame gets one label."""
         self.tau.start()
-        self.client.subscribe(self.replies_topic, self._on_reply, qos=1)
+        self.client.subscribe(self.replies_filter, self._on_reply, qos=1)
         if self.adaptive:
             self.client.subscribe(hub_load_filter(self.s.prefix), self.adaptive.on_message, qos=0)
         self.pending.start()
         # Live: newest frames only. Lossless: one batch ahead, so a frame waits at most about one batch
-        # before inference (a deeper queue only adds latency when the source outruns the model).
+        # before inference (a deeper queue only adds latency when the source outruns the model), and
+        # at most offload_window offloads unanswered: the stream waits for its hubs, never falls back
+        # for lack of their speed.
         self._queue = queue.Queue(maxsize=self.s.live_queue if source.live else self.s.batch_size)
+        self._window = 0 if source.live else self.s.offload_window
         self._live, self._last_frame, self._source = source.live, time.monotonic(), source
         reader = threading.Thread(target=self._read, args=(source,), name="source", daemon=True)
         reader.start()
@@ -290,6 +295,7 @@ class EdgeNode:
         offloaded = d.offloaded(tau)
         if self.adaptive:
             self.adaptive.record(d.conf, offloaded)
+        sends: dict[str, list[tuple[int, Offload]]] = {}
         for i, frame in enumerate(batch):
             self.stats.frames += 1
             edge_label, conf = int(d.edge_label[i]), float(d.conf[i])
@@ -304,32 +310,47 @@ class EdgeNode:
                 infer_ms=infer_ms,
                 pack_version=version,
             )
-            if offloaded[i]:
-                self._offload(item, images[i], d.topk[i], d.probs[i])
+            if item.expert is not None:
+                sends.setdefault(item.expert, []).append((i, item))
             else:
                 self._publish_label(item, label=edge_label, conf=conf, source="edge")
+        if sends:
+            self._offload(sends, images, d, version)
 
-    def _offload(self, offload: Offload, image: np.ndarray, top: np.ndarray, probs: np.ndarray) -> None:
-        """Send the frame to its expert; its deadline starts now and travels in the frame (the hub
-        drops it once too late to answer). The MQTT expiry, in whole seconds, is never shorter than
-        the deadline: a hub that does not read the frame's own still serves it while the edge waits."""
-        assert offload.expert is not None
-        offload.t_sent = time.monotonic()
-        offload.deadline = offload.t_sent + self.s.deadline_s
-        self.pending.add(offload)
-        msg = FrameMsg(
-            node=self.node,
-            frame_id=offload.frame_id,
-            t_capture=offload.t_capture,
-            pack=self.pack.pack_id,
-            topk=[int(c) for c in top],
-            topk_p=[float(probs[c]) for c in top],
-            image=image,
-            deadline_ms=min(self.s.deadline_ms, MAX_DEADLINE_MS) if self.s.frame_deadline else None,
-            pack_version=offload.pack_version,
-        )
-        self.client.publish_frame(self.s.prefix, offload.expert, msg, self.run_id, expiry_s=max(1, math.ceil(self.s.deadline_s)))
-        metrics.OFFLOADS.labels(self.node, offload.expert).inc()
+    def _offload(self, sends: dict[str, list[tuple[int, Offload]]], images: np.ndarray, d: Decision, version: str) -> None:
+        """Send a batch's offloads, one message per expert (protocol v2); their deadline starts now
+        and travels in the frames (the hub drops a frame once too late to answer). The MQTT expiry,
+        in whole seconds, is never shorter than the deadline: a hub that does not read the frames'
+        own still serves them while the edge waits. A lossless source first waits for room in its
+        offload window."""
+        if self._window:
+            self.pending.wait_room(sum(map(len, sends.values())), self._window, self.stop_event)
+        deadline_ms = min(self.s.deadline_ms, MAX_DEADLINE_MS)
+        expiry_s = max(1, math.ceil(self.s.deadline_s))
+        for expert, rows in sends.items():
+            for at in range(0, len(rows), MAX_BATCH_FRAMES):
+                chunk = rows[at : at + MAX_BATCH_FRAMES]
+                idx = np.array([i for i, _ in chunk])
+                items = [item for _, item in chunk]
+                t_sent = time.monotonic()
+                for item in items:
+                    item.t_sent, item.deadline = t_sent, t_sent + self.s.deadline_s
+                self.pending.add_many(items)
+                top = d.topk[idx]
+                frames = FrameBatch(
+                    node=self.node,
+                    run=self.run_id,
+                    pack=self.pack.pack_id,
+                    frame_ids=np.array([item.frame_id for item in items]),
+                    t_capture=np.array([item.t_capture for item in items]),
+                    topk=top,
+                    topk_p=np.take_along_axis(d.probs[idx], top, axis=1),
+                    images=images[idx],
+                    deadline_ms=np.full(len(items), deadline_ms) if self.s.frame_deadline else None,
+                    pack_version=version,
+                )
+                self.client.publish_frames(self.s.prefix, expert, frames, expiry_s)
+                metrics.OFFLOADS.labels(self.node, expert).inc(len(items))
 
     # ------------------------------------------------------------ results
     def _reject_reply(self, reason: str, **info: object) -> None:
@@ -339,38 +360,43 @@ class EdgeNode:
             log.warning("reply dropped; the deadline will fall back", reason=reason, not_logged_since_last=quiet, **info)
 
     def _on_reply(self, message: mqtt.MQTTMessage) -> None:
+        """A hub's answers to frames of this node: each pops its pending frame (only for this run
+        and the expert it was sent to) and becomes its label; anything else is counted, never a label."""
         try:
-            reply = decode_reply(message.payload)
+            _, hub = parse_replies_topic(self.s.prefix, message.topic)
+            reply = decode_replies(message.payload)
         except ProtocolError as exc:
-            return self._reject_reply("malformed-reply", error=str(exc))
-        if not 0 <= reply.label < len(self.pack.manifest.classes):
-            return self._reject_reply("bad-reply-label", label=reply.label)
-        correlation = getattr(getattr(message, "properties", None), "CorrelationData", None)
-        if reply.node != self.node or correlation != correlation_id(self.node, self.run_id, reply.frame_id):
-            # not an answer to a frame of this run: another run of this node, or forged
-            self.stats.late_replies += 1
-            metrics.LATE_REPLIES.labels(self.node).inc()
-            log.debug("reply for another run or node dropped", frame_id=reply.frame_id, hub=reply.hub)
+            return self._reject_reply("malformed-reply", error=str(exc)[:200])
+        if reply.node != self.node or reply.run != self.run_id:
+            # not answers to frames of this run: another run of this node (a restart reuses frame ids), or forged
+            self.stats.late_replies += len(reply)
+            metrics.LATE_REPLIES.labels(self.node).inc(len(reply))
+            log.debug("replies for another run or node dropped", frames=len(reply), hub=hub)
             return None
-        item = self.pending.pop(reply.frame_id, expert=reply.expert)
-        if item is None:
-            self.stats.late_replies += 1
-            metrics.LATE_REPLIES.labels(self.node).inc()
-            log.debug("late or unknown reply dropped", frame_id=reply.frame_id, hub=reply.hub)
-            return
-        rtt_ms = (time.monotonic() - item.t_sent) * 1000
-        self._metric_rtt.observe(rtt_ms)
-        self._publish_label(
-            item,
-            label=reply.label,
-            conf=reply.conf,
-            source="expert",
-            pack_version=reply.pack_version,
-            hub=reply.hub,
-            hub_queue_ms=reply.queue_ms,
-            hub_infer_ms=reply.infer_ms,
-            network_ms=max(0.0, rtt_ms - reply.queue_ms - reply.infer_ms),
-        )
+        if int(reply.labels.max()) >= len(self.pack.manifest.classes):
+            return self._reject_reply("bad-reply-label", label=int(reply.labels.max()))
+        now = time.monotonic()
+        for fid, expert, label, conf, queue_ms in zip(
+            reply.frame_ids.tolist(), reply.experts, reply.labels.tolist(), reply.conf.tolist(), reply.queue_ms.tolist()
+        ):
+            item = self.pending.pop(fid, expert=expert)
+            if item is None:
+                self.stats.late_replies += 1
+                metrics.LATE_REPLIES.labels(self.node).inc()
+                continue
+            rtt_ms = (now - item.t_sent) * 1000
+            self._metric_rtt.observe(rtt_ms)
+            self._publish_label(
+                item,
+                label=label,
+                conf=conf,
+                source="expert",
+                pack_version=reply.pack_version,
+                hub=hub,
+                hub_queue_ms=queue_ms,
+                hub_infer_ms=reply.infer_ms,
+                network_ms=max(0.0, rtt_ms - queue_ms - reply.infer_ms),
+            )
         return None
 
     def _on_deadline(self, item: Offload) -> None:

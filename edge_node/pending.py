@@ -44,10 +44,22 @@ class PendingTable:
         self._thread.start()
 
     def add(self, item: Offload) -> None:
+        self.add_many([item])
+
+    def add_many(self, items: list[Offload]) -> None:
         with self._cond:
-            self._items[item.frame_id] = item
-            heapq.heappush(self._heap, (item.deadline, item.frame_id))
-            self._cond.notify()
+            for item in items:
+                self._items[item.frame_id] = item
+                heapq.heappush(self._heap, (item.deadline, item.frame_id))
+            self._cond.notify_all()
+
+    def wait_room(self, n: int, window: int, stop: threading.Event) -> None:
+        """Block until `n` more fit in `window` waiting frames (all of it when n > window), or
+        until `stop`: a lossless stream waits for its hubs. Replies and deadlines make room."""
+        need = max(0, window - n)
+        with self._cond:
+            while len(self._items) > need and not stop.is_set():
+                self._cond.wait(0.2)
 
     def pop(self, frame_id: int, expert: str | None = None) -> Offload | None:
         """Take a waiting frame (only if it was offloaded to `expert`, when given)."""

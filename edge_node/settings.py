@@ -36,6 +36,12 @@ class EdgeSettings(CommonSettings):
     batch_wait_ms: float = Field(
         2.0, ge=0, description="how long a micro-batch waits to fill when frames are queued (none when the queue is empty)"
     )
+    offload_window: int = Field(
+        256,
+        ge=0,
+        description="files, folders, datasets, recordings: at most this many offloads unanswered; the edge waits for its hubs "
+        "instead of falling back (a replay equals Algorithm 1 at any speed). Live sources keep deadlines only. 0 = no limit",
+    )
     live_queue: int = Field(4, ge=1, description="frames a live source may keep waiting (oldest dropped)")
     max_frame_age_s: float = Field(10.0, gt=0, description="/healthz turns unhealthy when a live source gives no frame this long")
     summary_json: Path | None = Field(

@@ -1,13 +1,14 @@
 """The expert hub: one subscription per expert topic, one inference thread, dynamic batches.
 
 paho's network thread only checks the payload size and enqueues the raw message (on_message
-never blocks, and never decodes an image). The inference thread takes up to max_batch messages,
-waiting at most max_wait after the first, decodes and validates them (bounded: the JPEG header is
-checked before any pixel is decoded), runs the valid ones through
+never blocks, and never decodes an image). A message holds one or more frames of one edge for one
+expert (protocol v2). The inference thread takes messages until it has max_batch frames, waiting
+at most max_wait after the first, decodes and validates each message as a whole (bounded: sizes,
+counts and shape before any pixel; the JPEG header before decoding), runs the valid frames through
 the expert library in one call (a shared trunk runs once for all experts of the batch; each
-expert's tail runs on its own rows) and replies on each frame's Response Topic. `answer(jobs)` is
-that batch's inference and reply payloads alone, with no MQTT (as Triton's `execute`); `_run`
-publishes what it returns.
+expert's tail runs on its own rows) and answers each edge run with one message per batch, on that
+node's replies topic under the hub's own name. `answer(jobs)` is that batch's inference and reply
+payloads alone, with no MQTT (as Triton's `execute`); `_run` publishes what it returns.
 
 Deadlines: a frame carries the milliseconds its edge still waits (`deadline_ms`, at send). The hub
 counts them from the frame's arrival (no clock has to agree with the edge's; the time in the
@@ -16,7 +17,7 @@ whose time left is less than one frame's share of a batch now (`ate_expired_fram
 overload, when the batch at hand could not all be answered in time, it runs the largest batch of
 the frames with the most time left that can be (a batch of n takes about n frames' time) and holds
 the rest for the next: it spends its time on frames that can still make it. Frames without one
-(older edges) keep the MQTT expiry, whole seconds.
+(`--no-frame-deadline`) keep the MQTT expiry, whole seconds.
 
 Pack reload (askexpert/reload.py): a new pack's experts are installed beside the running ones and
 taken between two batches; frames routed with the old pack version are answered by the old
@@ -37,17 +38,17 @@ import paho.mqtt.client as mqtt
 
 from askexpert import metrics
 from askexpert.backends import ExpertLibrary
-from askexpert.batching import fill_batch, put_newest
+from askexpert.batching import put_newest
 from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.ops import StatsPublisher
 from askexpert.pack import Pack
 from askexpert.protocol import (
     LOAD_STALE_INTERVALS,
-    FrameMsg,
+    FrameBatch,
     ProtocolError,
-    ReplyMsg,
-    decode_frame,
+    ReplyBatch,
+    decode_frames,
     frames_filter,
     hub_load_topic,
     parse_frames_topic,
@@ -67,7 +68,7 @@ class Raw:
 
     topic: str
     payload: bytes
-    properties: object
+    expiry_s: int | None  # its MQTT Message Expiry as the broker passed it on (time left there)
     t_arrival: float  # monotonic
 
 
@@ -81,28 +82,37 @@ class Served:
 
 
 @dataclass
-class Job:
-    frame: FrameMsg
+class Part:
+    """One admitted frames message: its frames, the expert and the pack version that answer them."""
+
+    frames: FrameBatch
     expert: str
-    response_topic: str
-    correlation: bytes | None
+    served: Served
     t_arrival: float  # monotonic
-    expires: float | None  # monotonic; the edge has given up on it after this
-    served: Served  # the pack version that answers it
+
+
+@dataclass(slots=True)
+class Job:
+    """One frame of a Part, as the batcher orders and holds it."""
+
+    part: Part
+    i: int  # its row in part.frames
+    expires: float  # monotonic; the edge has given up on it after this (inf: no end known)
 
 
 @dataclass
 class Reply:
-    """One answer, ready to publish."""
+    """One answer message (to one edge run), ready to publish."""
 
     topic: str
     payload: bytes
-    correlation: bytes | None
+    frames: int
 
 
 @dataclass
 class HubStats:
-    received: int = 0
+    received: int = 0  # messages
+    frames: int = 0  # frames in the messages admitted
     answered: int = 0
     rejected: int = 0
     expired: int = 0
@@ -110,14 +120,12 @@ class HubStats:
     batches: int = 0
 
 
-def expiry_of(raw: Raw, frame: FrameMsg) -> float | None:
-    """When the edge stops waiting (monotonic): the frame's own deadline, else the MQTT expiry."""
-    ends = []
-    if expiry := getattr(raw.properties, "MessageExpiryInterval", None):
-        ends.append(raw.t_arrival + expiry)
-    if frame.deadline_ms is not None:
-        ends.append(raw.t_arrival + frame.deadline_ms / 1000)
-    return min(ends, default=None)
+def expiries(raw: Raw, frames: FrameBatch) -> np.ndarray:
+    """When the edge stops waiting for each frame (monotonic): its own deadline, else the MQTT expiry."""
+    end = raw.t_arrival + raw.expiry_s if raw.expiry_s else math.inf
+    if frames.deadline_ms is None:
+        return np.full(len(frames), end)
+    return np.minimum(raw.t_arrival + frames.deadline_ms.astype(np.float64) / 1000, end)
 
 
 class ExpertHub:
@@ -217,95 +225,109 @@ class ExpertHub:
             self._load_publisher.stop()
             self.client.publish(self._load_topic, b"", qos=0, retain=True)  # no capacity left behind
 
-    def _reject(self, reason: str, **info: object) -> None:
+    def _reject(self, reason: str, **info: object) -> list[Job]:
+        """Count and log (at a bounded rate) a message not answered; no jobs come of it."""
         self.stats.rejected += 1
         metrics.REJECTED.labels("hub", reason).inc()
         if (quiet := self._log_throttle.ready(reason)) is not None:
-            log.warning("frame rejected", reason=reason, not_logged_since_last=quiet, **info)
+            log.warning("frames message rejected", reason=reason, not_logged_since_last=quiet, **info)
+        return []
 
     # ------------------------------------------------------------ network thread
     def _on_frame(self, message: mqtt.MQTTMessage) -> None:
         self.stats.received += 1
-        self.load.arrived()
         if len(message.payload) > self.s.max_payload:
-            return self._reject("oversized", bytes=len(message.payload), topic=message.topic[:200])
-        raw = Raw(message.topic, message.payload, getattr(message, "properties", None), time.monotonic())
-        if dropped := put_newest(self._queue, raw):  # overloaded: the oldest frames go
+            self._reject("oversized", bytes=len(message.payload), topic=message.topic[:200])
+            return None
+        expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
+        raw = Raw(message.topic, message.payload, expiry, time.monotonic())
+        if dropped := put_newest(self._queue, raw):  # overloaded: the oldest messages go
             self.stats.dropped += dropped
             metrics.DROPS.labels("hub", "queue-full").inc(dropped)
         return None
 
     # ------------------------------------------------------------ inference thread
-    def _admit(self, raw: Raw) -> Job | None:
-        """Decode and validate one message; None (counted, logged) when it is not a frame to answer."""
+    def _admit(self, raw: Raw) -> list[Job]:
+        """Decode and validate one message: its frames as jobs, or none (counted, logged) when it
+        is not a message to answer. Every check is per message: the topic's node is the one the
+        broker's ACL vouches for, and the answer goes to that node's replies topic only."""
         try:
             expert, sender = parse_frames_topic(self.s.prefix, raw.topic)
-            frame = decode_frame(raw.payload, max_bytes=self.s.max_payload)
-        except (ProtocolError, TypeError, ValueError, OverflowError) as exc:  # whatever a hostile payload causes
+            frames = decode_frames(raw.payload, max_bytes=self.s.max_payload, shape=self.shape)
+        except ProtocolError as exc:
+            return self._reject(exc.reason, error=str(exc)[:200], topic=raw.topic[:200])
+        except (TypeError, ValueError, OverflowError) as exc:  # whatever else a hostile payload causes
             return self._reject("malformed", error=str(exc)[:200], topic=raw.topic[:200])
-        if frame.node != sender:  # the topic's node is what the broker's ACL vouches for
-            return self._reject("node-mismatch", node=frame.node, topic=raw.topic[:200])
-        if frame.pack != self.pack.pack_id:
+        if frames.node != sender:
+            return self._reject("node-mismatch", node=frames.node, topic=raw.topic[:200])
+        if frames.pack != self.pack.pack_id:
             self.stats.rejected += 1
             metrics.REJECTED.labels("hub", "wrong-pack").inc()
-            if frame.pack not in self._warned_packs and len(self._warned_packs) < 32:  # once per pack, bounded
-                self._warned_packs.add(frame.pack)
-                log.error("frame from a different pack ignored", their_pack=frame.pack, our_pack=self.pack.pack_id, node=frame.node)
-            return None
-        if frame.image.shape != self.shape:
-            return self._reject("wrong-shape", shape=frame.image.shape, want=self.shape)
+            if frames.pack not in self._warned_packs and len(self._warned_packs) < 32:  # once per pack, bounded
+                self._warned_packs.add(frames.pack)
+                log.error("frames from a different pack ignored", their_pack=frames.pack, our_pack=self.pack.pack_id, node=frames.node)
+            return []
         if expert not in self.library.keys:
             return self._reject("unknown-expert", expert=expert)
-        response = getattr(raw.properties, "ResponseTopic", None)
-        if not response:
-            return self._reject("no-response-topic", node=frame.node)
-        if response != replies_topic(self.s.prefix, frame.node):  # the hub answers only into the sender's replies
-            return self._reject("foreign-response-topic", node=frame.node, response_topic=response[:200])
-        return Job(
-            frame,
-            expert,
-            response,
-            getattr(raw.properties, "CorrelationData", None),
-            raw.t_arrival,
-            expiry_of(raw, frame),
-            self._pack_for(frame, raw.t_arrival),
-        )
+        self.stats.frames += len(frames)
+        self.load.arrived(len(frames))
+        part = Part(frames, expert, self._pack_for(frames.pack_version, raw.t_arrival), raw.t_arrival)
+        return [Job(part, i, end) for i, end in enumerate(expiries(raw, frames).tolist())]
 
-    def _pack_for(self, frame: FrameMsg, now: float) -> Served:
+    def _pack_for(self, version: str | None, now: float) -> Served:
         """The draining pack for frames its version routed, else the current one (also for frames
         of a version this hub never had: an edge reloaded first; the routing is the same)."""
         draining = self._draining
-        if draining is not None and frame.pack_version == draining.pack.version:
+        if draining is not None and version == draining.pack.version:
             draining.last_used = now
             return draining
         return self.current
 
-    def _batch(self) -> list[Job]:
+    def _gather(self) -> list[Job]:
+        """The frames held from the last batch, then queued messages' frames up to max_batch (the
+        last message's surplus is held for the next). A batch waits for more (max_wait) only while
+        messages are queued behind its first: a lone message never pays the wait."""
+        jobs, self._held = self._held, []
         try:
-            first = self._queue.get_nowait() if self._held else self._queue.get(timeout=0.2)
-            raws, _ = fill_batch(self._queue, first, self.s.max_batch, self.s.max_wait_ms / 1000)
+            raw = self._queue.get_nowait() if jobs else self._queue.get(timeout=0.2)
         except queue.Empty:
-            raws = []
-        jobs, self._held = self._held + [j for j in map(self._admit, raws) if j is not None], []
+            return jobs
+        ends, taken = time.monotonic() + self.s.max_wait_ms / 1000, 1
+        while True:
+            jobs += self._admit(raw)
+            if len(jobs) >= self.s.max_batch:
+                break
+            remaining = ends - time.monotonic()
+            try:
+                raw = self._queue.get(timeout=remaining) if remaining > 0 and taken > 1 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            taken += 1
+        return jobs
+
+    def _batch(self) -> list[Job]:
+        jobs = self._gather()
         now = time.monotonic()
-        if late := [j for j in jobs if j.expires is not None and j.expires - now <= self._frame_s]:
+        if late := [j for j in jobs if j.expires - now <= self._frame_s]:
             self._expired(late)  # not even alone would it be answered in time
-            jobs = [j for j in jobs if j.expires is None or j.expires - now > self._frame_s]
+            jobs = [j for j in jobs if j.expires - now > self._frame_s]
         return self._in_time(jobs, now)
 
     def _in_time(self, jobs: list[Job], now: float) -> list[Job]:
-        """The batch, in arrival order, when all of it can be answered in time (no overload); else
-        the largest batch of the frames with the most time left that can (a batch of n takes about
-        n frames' time), the others held for the next batch, at most max_batch of them (the rest,
-        with the least time left, dropped as late)."""
-        order = sorted(jobs, key=lambda j: math.inf if j.expires is None else j.expires, reverse=True)
+        """The batch, in arrival order, when all of it can be answered in time (no overload): at
+        most max_batch, the rest held. Else the largest batch of the frames with the most time left
+        that can (a batch of n takes about n frames' time), the others held for the next batch, at
+        most max_batch of them (the rest, with the least time left, dropped as late)."""
+        cap = self.s.max_batch
+        if not jobs or min(j.expires for j in jobs) - now > len(jobs) * self._frame_s:
+            self._held = jobs[cap:]
+            return jobs[:cap]
+        order = sorted(jobs, key=lambda j: j.expires, reverse=True)
         n = 0
-        while n < len(order) and (order[n].expires is None or order[n].expires - now > (n + 1) * self._frame_s):
+        while n < min(len(order), cap) and order[n].expires - now > (n + 1) * self._frame_s:
             n += 1
-        if n == len(order):
-            return jobs
-        self._held = order[n : n + self.s.max_batch]
-        if shed := order[n + self.s.max_batch :]:
+        self._held = order[n : n + cap]
+        if shed := order[n + cap :]:
             self._expired(shed)
         return order[:n]
 
@@ -313,7 +335,7 @@ class ExpertHub:
         """Count (by what set the end: the frame's deadline or only the MQTT expiry) and log at a bounded rate."""
         self.stats.expired += len(late)
         metrics.DROPS.labels("hub", "expired").inc(len(late))
-        by_deadline = sum(j.frame.deadline_ms is not None for j in late)
+        by_deadline = sum(j.part.frames.deadline_ms is not None for j in late)
         for by, n in (("deadline", by_deadline), ("expiry", len(late) - by_deadline)):
             if n:
                 metrics.EXPIRED.labels(self.s.hub_id, by).inc(n)
@@ -351,35 +373,39 @@ class ExpertHub:
 
     def answer(self, jobs: list[Job]) -> tuple[list[Reply], float]:
         """One batch's inference and reply payloads, nothing published (as Triton's `execute`):
-        returns the replies, in job order, and the inference time (ms). Jobs of a draining pack run
-        on its experts, the rest on the current pack's."""
+        returns one reply per edge run (and pack version) and the inference time (ms). Jobs of a
+        draining pack run on its experts, the rest on the current pack's."""
         t0 = time.monotonic()
-        probs = np.empty((len(jobs), len(self.pack.manifest.classes)))
-        for served in {id(j.served): j.served for j in jobs}.values():
-            rows = [i for i, j in enumerate(jobs) if j.served is served]
-            images = np.stack([jobs[i].frame.image for i in rows])
-            probs[rows] = softmax(served.library(images, [jobs[i].expert for i in rows]).astype(np.float64))
+        probs = np.empty((len(jobs), len(self.pack.manifest.classes)), np.float32)
+        by_served: dict[int, list[int]] = {}
+        for r, j in enumerate(jobs):
+            by_served.setdefault(id(j.part.served), []).append(r)
+        for rows in by_served.values():
+            images = np.stack([jobs[r].part.frames.images[jobs[r].i] for r in rows])
+            library = jobs[rows[0]].part.served.library
+            probs[rows] = softmax(library(images, [jobs[r].part.expert for r in rows]).astype(np.float64))
         infer_ms = (time.monotonic() - t0) * 1000
         labels = probs.argmax(axis=1)
-        replies = [
-            Reply(
-                j.response_topic,
-                ReplyMsg(
-                    node=j.frame.node,
-                    frame_id=j.frame.frame_id,
-                    label=int(label),
-                    conf=float(p[label]),
-                    expert=j.expert,
-                    hub=self.s.answers_as,
-                    queue_ms=round((t0 - j.t_arrival) * 1000, 3),
-                    infer_ms=round(infer_ms, 3),
-                    batch=len(jobs),
-                    pack_version=j.served.pack.version,
-                ).encode(),
-                j.correlation,
+        conf = probs[np.arange(len(jobs)), labels]
+        queue_ms = np.array([(t0 - j.part.t_arrival) * 1000 for j in jobs])
+        groups: dict[tuple, list[int]] = {}
+        for r, j in enumerate(jobs):
+            groups.setdefault((j.part.frames.node, j.part.frames.run, id(j.part.served)), []).append(r)
+        replies = []
+        for (node, run, _), rows in groups.items():
+            reply = ReplyBatch(
+                node=node,
+                run=run,
+                frame_ids=np.array([jobs[r].part.frames.frame_ids[jobs[r].i] for r in rows]),
+                experts=[jobs[r].part.expert for r in rows],
+                labels=labels[rows],
+                conf=conf[rows],
+                queue_ms=queue_ms[rows],
+                infer_ms=round(infer_ms, 3),
+                batch=len(jobs),
+                pack_version=jobs[rows[0]].part.served.pack.version,
             )
-            for j, label, p in zip(jobs, labels, probs)
-        ]
+            replies.append(Reply(replies_topic(self.s.prefix, node, self.s.answers_as), reply.encode(), len(rows)))
         return replies, infer_ms
 
     def _run(self, jobs: list[Job]) -> None:
@@ -389,9 +415,9 @@ class ExpertHub:
         metrics.BATCH_SIZE.labels("hub", "experts").observe(len(jobs))
         metrics.INFER_MS.labels("hub", "experts").observe(infer_ms)
         for r in replies:
-            self.client.publish(r.topic, r.payload, qos=1, correlation=r.correlation)
-        keys = [j.expert for j in jobs]
-        for key, n in Counter(keys).items():  # per batch, not per frame
+            self.client.publish(r.topic, r.payload, qos=1)
+        keys = Counter(j.part.expert for j in jobs)
+        for key, n in keys.items():  # per batch, not per frame
             metrics.HUB_FRAMES.labels(self.s.hub_id, key).inc(n)
         self.per_expert.update(keys)
         self.stats.answered += len(jobs)

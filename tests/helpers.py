@@ -10,11 +10,12 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from askexpert.localbroker import Broker, spawn, wait_port
-from askexpert.protocol import LabelMsg, decode_label
+from askexpert.protocol import FrameBatch, LabelMsg, decode_label
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
 
@@ -252,3 +253,30 @@ class AedesCluster:
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
+
+
+def frames(
+    node: str,
+    fids: list[int],
+    pack: str,
+    image: np.ndarray,
+    *,
+    run: str = "r1",
+    deadline_ms: float | None = None,
+    version: str | None = None,
+    topk: tuple[int, ...] = (0, 2),
+) -> FrameBatch:
+    """A frames message of `len(fids)` copies of `image` (uint8 H, W, C), as an edge would send them."""
+    n = len(fids)
+    return FrameBatch(
+        node=node,
+        run=run,
+        pack=pack,
+        frame_ids=np.asarray(fids),
+        t_capture=np.full(n, time.time()),
+        topk=np.tile(topk, (n, 1)),
+        topk_p=np.tile(np.linspace(0.4, 0.1, len(topk)), (n, 1)),
+        images=np.repeat(image[None], n, axis=0),
+        deadline_ms=None if deadline_ms is None else np.full(n, deadline_ms),
+        pack_version=version,
+    )

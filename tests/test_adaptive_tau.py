@@ -218,7 +218,7 @@ def _load(**kw) -> bytes:
         b"\xff\xfe",
         b"[]",
         b"not json",
-        _load(v=2),
+        _load(v=1),  # another protocol version
         _load(capacity=-1),
         _load(capacity=float("nan")),
         _load(arrivals=1e300),

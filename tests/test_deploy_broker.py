@@ -275,10 +275,12 @@ def test_edge_cannot_read_another_nodes_replies(clients):
     hub, cam1, cam2 = clients("hub1", "hub"), clients("cam1", "cam1"), clients("cam2", "cam2")
     assert not (hub.rc.is_failure or cam1.rc.is_failure or cam2.rc.is_failure)
     # cam2 tries to eavesdrop on cam1's replies, frames and tau/set: refused or never delivered
-    snoop = [cam2.subscribe(t) for t in ("ate/v1/nodes/cam1/replies", "ate/v1/experts/+/frames/+", "ate/v1/nodes/cam1/tau/set", "ate/v1/#")]
-    assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1  # granted QoS 1
-    hub.publish("ate/v1/nodes/cam1/replies", b"reply-for-cam1")
-    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies", b"reply-for-cam1")]
+    snoop = [
+        cam2.subscribe(t) for t in ("ate/v1/nodes/cam1/replies/+", "ate/v1/experts/+/frames/+", "ate/v1/nodes/cam1/tau/set", "ate/v1/#")
+    ]
+    assert cam1.subscribe("ate/v1/nodes/cam1/replies/+").value == 1  # granted QoS 1
+    hub.publish("ate/v1/nodes/cam1/replies/hub1", b"reply-for-cam1")
+    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies/hub1", b"reply-for-cam1")]
     # Mosquitto 2.0.11 grants the SUBACK and filters on delivery (newer ones may answer 0x87):
     # either way, nothing reaches cam2.
     assert all(rc.is_failure or rc.value <= 2 for rc in snoop)
@@ -289,13 +291,14 @@ def test_edge_cannot_read_another_nodes_replies(clients):
 def test_edge_publishes_frames_hub_receives_and_replies(clients):
     hub, cam1 = clients("hub1", "hub2"), clients("cam1", "cam1b")
     assert hub.subscribe("ate/v1/experts/+/frames/+").value == 1
-    assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1
+    assert cam1.subscribe("ate/v1/nodes/cam1/replies/+").value == 1
     cam1.publish("ate/v1/experts/0-2/frames/cam2", b"frame-as-cam2")  # not its name: dropped by the broker
     cam1.publish("ate/v1/experts/0-2/frames/cam1", b"frame")
     assert hub.got(2.0, n=1) == [("ate/v1/experts/0-2/frames/cam1", b"frame")]
     assert hub.got(0.3) == []
-    hub.publish("ate/v1/nodes/cam1/replies", b"label")
-    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies", b"label")]
+    hub.publish("ate/v1/nodes/cam1/replies/hub2", b"posing-as-hub2")  # hub1 answers only under its own name
+    hub.publish("ate/v1/nodes/cam1/replies/hub1", b"label")
+    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies/hub1", b"label")]
 
 
 def test_edge_may_publish_only_its_own_topics(clients):
@@ -304,7 +307,7 @@ def test_edge_may_publish_only_its_own_topics(clients):
     cam1.publish("ate/v1/nodes/cam1/labels", b"own-label")
     cam1.publish("ate/v1/stats/edge/cam1", b"own-stats")
     cam2.publish("ate/v1/nodes/cam1/labels", b"forged-label")  # dropped by the broker
-    cam2.publish("ate/v1/nodes/cam1/replies", b"forged-reply")
+    cam2.publish("ate/v1/nodes/cam1/replies/cam2", b"forged-reply")
     cam2.publish("ate/v1/nodes/cam1/tau/set", b"0.1")
     cam2.publish("ate/v1/stats/edge/cam2", b"cam2-last")  # allowed; the broker handles it after the forgeries
     got = ops.got(2.0, n=3)
@@ -411,14 +414,14 @@ def test_client_ids_are_user_names_so_no_user_can_take_over_another(clients):
     """cam2 connecting with cam1's client id does not kick cam1 off (the broker uses the user name as
     client id), and two hubs, each its own user, stay connected side by side."""
     cam1 = clients("cam1", "ate-edge-cam1")
-    assert cam1.subscribe("ate/v1/nodes/cam1/replies").value == 1
+    assert cam1.subscribe("ate/v1/nodes/cam1/replies/+").value == 1
     intruder = clients("cam2", "ate-edge-cam1")  # asks for cam1's client id
     hub1, hub2 = clients("hub1", "ate-hub-x"), clients("hub2", "ate-hub-x")
     assert not (intruder.rc.is_failure or hub1.rc.is_failure or hub2.rc.is_failure)
     time.sleep(0.3)
     assert cam1.c.is_connected() and hub1.c.is_connected() and hub2.c.is_connected()
-    hub2.publish("ate/v1/nodes/cam1/replies", b"still here")
-    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies", b"still here")]
+    hub2.publish("ate/v1/nodes/cam1/replies/hub2", b"still here")
+    assert cam1.got(2.0, n=1) == [("ate/v1/nodes/cam1/replies/hub2", b"still here")]
 
 
 # ------------------------------------------------------------------ label consumers with users of their own

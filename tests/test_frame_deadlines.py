@@ -3,34 +3,36 @@ them, serves frames of older edges (no deadline) as before, and bounds what a fr
 
 from __future__ import annotations
 
+import math
 import time
 
 import numpy as np
 import pytest
+from helpers import frames
 from test_hub_robustness import _publisher, _send
 
 from askexpert import metrics
 from askexpert.backends import open_backend
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.protocol import MAX_DEADLINE_MS, FrameMsg, ProtocolError, decode_frame, frames_topic
+from askexpert.protocol import MAX_DEADLINE_MS, FrameBatch, ProtocolError, decode_frames, frames_topic
 from expert_hub.hub import ExpertHub
 from expert_hub.settings import HubSettings
 
 IMAGE = np.zeros((28, 28, 1), np.uint8)
 
 
-def frame(fid: int, pack: str, deadline_ms: float | None, version: str | None = None) -> FrameMsg:
-    return FrameMsg("n", fid, time.time(), pack, [0, 2], [0.4, 0.3], IMAGE, deadline_ms=deadline_ms, pack_version=version)
+def frame(fid: int, pack: str, deadline_ms: float | None, version: str | None = None) -> FrameBatch:
+    return frames("n", [fid], pack, IMAGE, deadline_ms=deadline_ms, version=version)
 
 
 def test_the_deadline_travels_and_is_bounded():
-    assert decode_frame(frame(1, "p", 250.5, "v1").encode()).deadline_ms == 250.5
-    old = decode_frame(frame(1, "p", None).encode())  # an older edge's frame: no field
+    assert decode_frames(frame(1, "p", 250.5, "v1").encode()).deadline_ms.tolist() == [250.5]
+    old = decode_frames(frame(1, "p", None).encode())  # an edge with --no-frame-deadline: no field
     assert old.deadline_ms is None and old.pack_version is None
     for hostile in (MAX_DEADLINE_MS + 1, -1.0, float("nan"), float("inf")):
         with pytest.raises(ProtocolError, match="'dl'"):
-            decode_frame(frame(1, "p", hostile).encode())
+            decode_frames(frame(1, "p", hostile).encode())
 
 
 def test_the_hub_drops_late_frames_before_inference_and_serves_old_ones(tiny_pack, broker):
@@ -59,7 +61,7 @@ def test_the_hub_drops_late_frames_before_inference_and_serves_old_ones(tiny_pac
         pub.loop_stop()
         hub.stop()
         client.stop()
-    assert sorted(r.frame_id for r, _ in replies) == [12, 13]
+    assert sorted(fid for r, _ in replies for fid in r.frame_ids.tolist()) == [12, 13]
     assert {r.pack_version for r, _ in replies} == {pack.version}
     assert (hub.stats.expired, hub.stats.rejected, hub.stats.answered) == (1, 1, 2)
     assert expired._value.get() - before == 1
@@ -68,7 +70,7 @@ def test_the_hub_drops_late_frames_before_inference_and_serves_old_ones(tiny_pac
 def test_under_overload_the_batch_is_what_can_still_make_it(tiny_pack):
     """A batch that could not all be answered in time: the frames with the most time left, as many
     as fit; the others held for the next batch; frames that could not make it even alone dropped."""
-    from expert_hub.hub import Job, Raw
+    from expert_hub.hub import Job, Part, Raw
 
     pack = Pack.load(tiny_pack)
     settings = HubSettings(pack=tiny_pack, hub_id="hs", max_batch=4, stats_interval_s=0)
@@ -77,15 +79,18 @@ def test_under_overload_the_batch_is_what_can_still_make_it(tiny_pack):
 
     def job(fid: int, left_s: float | None) -> Job:
         now = time.monotonic()
-        return Job(frame(fid, pack.pack_id, None), "0-2", "r", None, now, None if left_s is None else now + left_s, hub.current)
+        return Job(Part(frame(fid, pack.pack_id, None), "0-2", hub.current, now), 0, math.inf if left_s is None else now + left_s)
+
+    def fid(j: Job) -> int:
+        return int(j.part.frames.frame_ids[j.i])
 
     in_time = [job(0, 50.0), job(1, None), job(2, 40.0)]
     assert hub._in_time(in_time, time.monotonic()) == in_time  # all fit: arrival order kept
     assert hub._held == []
     jobs = [job(0, 2.5), job(1, 4.5), job(2, 3.5), job(3, 1.5), job(4, 1.2), job(5, None), job(6, 1.3), job(7, 1.1)]
     batch = hub._in_time(jobs, time.monotonic())
-    assert [j.frame.frame_id for j in batch] == [5, 1, 2]  # a batch of 3 takes 3 s: frame 0 (2.5 s left) would not make it
-    assert [j.frame.frame_id for j in hub._held] == [0, 3, 6, 4]  # max_batch of them, most time left first
+    assert [fid(j) for j in batch] == [5, 1, 2]  # a batch of 3 takes 3 s: frame 0 (2.5 s left) would not make it
+    assert [fid(j) for j in hub._held] == [0, 3, 6, 4]  # max_batch of them, most time left first
     assert hub.stats.expired == 1  # frame 7, the one with the least time left beyond those
     hub._queue.put(Raw("x", b"", None, time.monotonic()))  # nothing decodable: only the held frames come back
-    assert {j.frame.frame_id for j in hub._batch()} <= {0, 3, 6, 4}
+    assert {fid(j) for j in hub._batch()} <= {0, 3, 6, 4}

@@ -12,7 +12,7 @@ from helpers import Collector, broker_writable, run_edge, start_hub, stop, wait_
 from askexpert.backends import open_backend
 from askexpert.datasets import load_dataset
 from askexpert.pack import Pack
-from askexpert.protocol import decode_frame, parse_frames_topic
+from askexpert.protocol import decode_frames, decode_replies, parse_frames_topic, parse_replies_topic
 from askexpert.routing import decide
 
 N = 300
@@ -84,7 +84,8 @@ def check_every_frame_labelled_once(tiny_pack, broker) -> None:
     offloaded_on = {}
     for topic, payload in sub.raw:
         if "/frames/" in topic:
-            offloaded_on[decode_frame(payload).frame_id] = parse_frames_topic("ate/v1", topic)[0]
+            for fid in decode_frames(payload).frame_ids.tolist():
+                offloaded_on[fid] = parse_frames_topic("ate/v1", topic)[0]
 
     near_tau = 0
     for m in labels:
@@ -194,6 +195,11 @@ def test_broker_restart_mid_stream(tiny_pack):
     assert all(len(v) == 1 for v in by_frame.values()), "a redelivered label is the same label"
 
 
+def answered_by(topic: str) -> str:
+    """The hub a replies topic names (the one the broker's ACL lets write there)."""
+    return parse_replies_topic("ate/v1", topic)[1]
+
+
 @pytest.mark.slow
 def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
     """Two hubs with --share-group split the frames of two edges: every offloaded frame answered
@@ -201,13 +207,11 @@ def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
     the handler must match)."""
     import threading
 
-    from askexpert.protocol import decode_reply
-
     hubs = [start_hub(tiny_pack, broker.url, "--hub-id", h, "--share-group", "hubs") for h in ("s1", "s2")]
     try:
         for h in ("s1", "s2"):
             wait_hub_online(broker.url, h)
-        sub = Collector(broker.url, "ate/v1/nodes/+/labels", "ate/v1/nodes/+/replies")
+        sub = Collector(broker.url, "ate/v1/nodes/+/labels", "ate/v1/nodes/+/replies/+")
         summaries: dict = {}
 
         def edge(node: str) -> None:
@@ -244,7 +248,7 @@ def test_hubs_in_a_share_group_split_the_frames(tiny_pack, broker):
     for node in ("cam9", "cam10"):
         assert sorted(m.frame_id for m in labels if m.node == node) == list(range(100))
     assert all(m.source == "expert" for m in labels)
-    answered = [decode_reply(p).hub for t, p in sub.raw if t.endswith("/replies")]
+    answered = [answered_by(t) for t, p in sub.raw if "/replies/" in t for _ in decode_replies(p).frame_ids]
     assert len(answered) == 200 and set(answered) == {"s1", "s2"}
     from collections import Counter
 
@@ -264,10 +268,11 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
     import math
 
     import msgpack
+    import numpy as np
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+
+    from askexpert.protocol import ReplyBatch
 
     n = 60
     _, _, experts, expert_labels = offline(tiny_pack, n)
@@ -275,33 +280,20 @@ def test_forged_and_stale_replies_never_become_labels(tiny_pack, broker):
     forged = [0]
 
     def on_frame(client, userdata, msg):
-        f = decode_frame(msg.payload)
-        corr = msg.properties.CorrelationData
-        node, run, fid = corr.decode().split("/")
-        fid = int(fid)
-        bad = {
-            "v": 1,
-            "node": f.node,
-            "frame_id": f.frame_id,
-            "label": (int(expert_labels[fid]) + 1) % 10,
-            "conf": 0.99,
-            "expert": parse_frames_topic("ate/v1", msg.topic)[0],
-            "hub": "forger",
-            "queue_ms": 0.0,
-            "infer_ms": 0.0,
-            "batch": 1,
-        }
-        for corr_i, extra in [
-            (None, {}),
-            (f"{node}/other/{fid}".encode(), {}),
-            (corr, {"conf": math.nan}),
-            (corr, {"expert": "3" if bad["expert"] != "3" else "2"}),
+        f = decode_frames(msg.payload)
+        expert = parse_frames_topic("ate/v1", msg.topic)[0]
+        wrong = ((expert_labels[f.frame_ids] + 1) % 10).astype(int)
+        bad = msgpack.unpackb(
+            ReplyBatch(f.node, f.run, f.frame_ids, [expert] * len(f), wrong, np.full(len(f), 0.99), np.zeros(len(f)), 0.0, 1).encode()
+        )
+        for extra in [
+            {"run": "other"},  # another run's
+            {"run": None},  # no run
+            {"conf": np.full(len(f), np.nan, "<f4").tobytes()},
+            {"experts": ["3" if expert != "3" else "2"]},  # another expert than the frame was sent to
         ]:
-            props = Properties(PacketTypes.PUBLISH)
-            if corr_i is not None:
-                props.CorrelationData = corr_i
-            client.publish(msg.properties.ResponseTopic, msgpack.packb({**bad, **extra}), qos=1, properties=props)
-            forged[0] += 1
+            client.publish(f"ate/v1/nodes/{f.node}/replies/forger", msgpack.packb({**bad, **extra}), qos=1)
+            forged[0] += len(f)
 
     forger.on_message = on_frame
     forger.connect("127.0.0.1", broker.port)
@@ -387,11 +379,9 @@ def test_share_group_failover_after_a_hub_is_killed(tiny_pack, broker):
     every frame sent well after the kill is answered by the survivor."""
     import threading
 
-    from askexpert.protocol import decode_reply
-
     n = 300
     hubs = {h: start_hub(tiny_pack, broker.url, "--hub-id", h, "--share-group", "hubs") for h in ("f1", "f2")}
-    sub = Collector(broker.url, "ate/v1/nodes/cam8/labels", "ate/v1/nodes/cam8/replies", "ate/v1/experts/+/frames/cam8")
+    sub = Collector(broker.url, "ate/v1/nodes/cam8/labels", "ate/v1/nodes/cam8/replies/+", "ate/v1/experts/+/frames/cam8")
     result: dict = {}
     try:
         for h in hubs:
@@ -417,11 +407,11 @@ def test_share_group_failover_after_a_hub_is_killed(tiny_pack, broker):
             )
         )
         t.start()
-        while len([1 for topic, p in list(sub.raw) if topic.endswith("/replies") and decode_reply(p).hub == "f1"]) < 30:
+        while sum(len(decode_replies(p)) for topic, p in list(sub.raw) if "/replies/" in topic and answered_by(topic) == "f1") < 30:
             assert t.is_alive(), "the stream ended before hub f1 had answered 30 frames"
             time.sleep(0.02)
         hubs["f1"].kill()  # -9
-        sent_before_kill = max(decode_frame(p).frame_id for topic, p in list(sub.raw) if "/frames/" in topic)
+        sent_before_kill = max(int(decode_frames(p).frame_ids.max()) for topic, p in list(sub.raw) if "/frames/" in topic)
         t.join(120)
         labels = sub.wait_labels(n)
         sub.close()
@@ -430,9 +420,9 @@ def test_share_group_failover_after_a_hub_is_killed(tiny_pack, broker):
             stop(p)
     assert result["frames"] == n
     assert sorted(m.frame_id for m in labels) == list(range(n)), "exactly one label per frame"
-    answered_by = {decode_reply(p).frame_id: decode_reply(p).hub for topic, p in sub.raw if topic.endswith("/replies")}
+    hub_of = {fid: answered_by(topic) for topic, p in sub.raw if "/replies/" in topic for fid in decode_replies(p).frame_ids.tolist()}
     later = [i for i in range(sent_before_kill + 10, n)]  # sent after the broker saw f1 gone
-    assert later and all(answered_by.get(i) == "f2" for i in later)  # who answered, late or not
+    assert later and all(hub_of.get(i) == "f2" for i in later)  # who answered, late or not
 
 
 def test_a_broker_without_shared_subscriptions_is_reported_by_the_hub(tiny_pack):
@@ -481,32 +471,30 @@ def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
     import msgpack
     import numpy as np
     import paho.mqtt.client as mqtt
+    from helpers import frames
     from paho.mqtt.enums import CallbackAPIVersion
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
     from test_hub_robustness import jpeg_bomb_frame
-
-    from askexpert.protocol import FrameMsg
 
     n = 150
     _, _, experts, expert_labels = offline(tiny_pack, n)
     pack_id = Pack.load(tiny_pack).pack_id
     rng = np.random.default_rng(7)
-    good = FrameMsg("fz", 1, time.time(), pack_id, [0, 2], [0.4, 0.3], np.zeros((28, 28, 1), np.uint8)).encode()
+    good = frames("fz", [1], pack_id, np.zeros((28, 28, 1), np.uint8)).encode()
     base = msgpack.unpackb(good)
     junk = [rng.bytes(int(rng.integers(1, 300))) for _ in range(20)] + [b"", b"\xc1", msgpack.packb([1, 2])]
     junk += [
         msgpack.packb({**base, k: v})
         for k, v in [
             ("shape", [True, 28, 1]),
-            ("fid", -1),
-            ("topk_p", [float("nan")]),
+            ("fid", np.array([-1], "<i8").tobytes()),
+            ("topk_p", np.array([np.nan, 0.1], "<f4").tobytes()),
+            ("n", 2),
             ("pack", "x" * 500),
             ("node", "fz/x"),
             ("img", b"\x00"),
         ]
     ]
-    junk += [jpeg_bomb_frame(pack_id), FrameMsg("fz", 2, time.time(), "f" * 16, [0], [0.5], np.zeros((28, 28, 1), np.uint8)).encode()]
+    junk += [jpeg_bomb_frame(pack_id), frames("fz", [2], "f" * 16, np.zeros((28, 28, 1), np.uint8)).encode()]
     stop_flood = threading.Event()
     sent = [0]
 
@@ -514,14 +502,10 @@ def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
         c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
         c.connect("127.0.0.1", broker.port)
         c.loop_start()
-        props = Properties(PacketTypes.PUBLISH)
-        props.ResponseTopic = "ate/v1/nodes/fz/replies"
-        forged = Properties(PacketTypes.PUBLISH)
-        forged.CorrelationData = b"cam6/x/1"
         while not stop_flood.is_set():
             for payload in junk:
-                c.publish(f"ate/v1/experts/{['0', '0-2', '1-3'][sent[0] % 3]}/frames/fz", payload, qos=0, properties=props)
-                c.publish("ate/v1/nodes/cam6/replies", payload, qos=0, properties=forged)
+                c.publish(f"ate/v1/experts/{['0', '0-2', '1-3'][sent[0] % 3]}/frames/fz", payload, qos=0)
+                c.publish("ate/v1/nodes/cam6/replies/fuzzer", payload, qos=0)
                 sent[0] += 1
             time.sleep(0.01)
         c.disconnect()

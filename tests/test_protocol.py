@@ -1,24 +1,25 @@
-"""Wire protocol v1, routing and settings: small, exact checks."""
+"""Wire protocol v2, routing and settings: small, exact checks."""
 
 from __future__ import annotations
-
-import time
 
 import msgpack
 import numpy as np
 import pytest
+from helpers import frames
 
 from askexpert.protocol import (
-    FrameMsg,
+    MAX_BATCH_FRAMES,
     LabelMsg,
     ProtocolError,
-    ReplyMsg,
-    decode_frame,
+    ReplyBatch,
+    decode_frames,
     decode_label,
-    decode_reply,
+    decode_replies,
     frames_filter,
     frames_topic,
     parse_frames_topic,
+    parse_replies_topic,
+    replies_topic,
 )
 from askexpert.routing import expert_key, parse_expert_key, required_experts, route, topk
 from edge_node.settings import EdgeSettings
@@ -38,6 +39,11 @@ def test_topics_and_share_groups():
     ):
         with pytest.raises(ProtocolError):
             parse_frames_topic("ate/v1", bad)
+    assert replies_topic("ate/v1", "cam1", "hub1") == "ate/v1/nodes/cam1/replies/hub1"
+    assert parse_replies_topic("ate/v1", "ate/v1/nodes/cam1/replies/hub1") == ("cam1", "hub1")
+    for bad in ("ate/v1/nodes/cam1/replies", "ate/v1/nodes/cam1/labels/hub1", "ate/v1/nodes/cam1/replies/a/b"):
+        with pytest.raises(ProtocolError):
+            parse_replies_topic("ate/v1", bad)
 
 
 def test_routing_is_algorithm_1():
@@ -52,35 +58,57 @@ def test_routing_is_algorithm_1():
 
 
 @pytest.mark.parametrize("shape", [(28, 28, 1), (96, 96, 3)])
-def test_frame_round_trip_raw_and_jpeg(shape):
+@pytest.mark.parametrize("n", [1, 5])
+def test_frames_round_trip_raw_and_jpeg(shape, n):
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, shape, dtype=np.uint8) if shape[2] == 1 else np.full(shape, 128, np.uint8)
-    msg = FrameMsg("cam1", 7, time.time(), "pack", [3, 1], [0.5, 0.2], image)
+    msg = frames("cam1", list(range(7, 7 + n)), "pack", image, run="r9", deadline_ms=250.5, version="v1", topk=(3, 1))
     payload = msg.encode()
-    back = decode_frame(payload)
-    assert (back.node, back.frame_id, back.topk, back.pack) == ("cam1", 7, [3, 1], "pack")
-    if shape[2] == 1:  # small frames travel raw: bit-exact
-        assert np.array_equal(back.image, image) and len(payload) < image.nbytes + 200
+    back = decode_frames(payload, shape=shape)
+    assert (back.node, back.run, back.pack, back.pack_version) == ("cam1", "r9", "pack", "v1")
+    assert back.frame_ids.tolist() == list(range(7, 7 + n)) and back.topk.tolist() == [[3, 1]] * n
+    assert back.deadline_ms.tolist() == [250.5] * n and np.allclose(back.t_capture, msg.t_capture)
+    if shape[2] == 1:  # small frames travel raw, in one buffer: bit-exact
+        assert np.array_equal(back.images, msg.images) and len(payload) < n * image.nbytes + 300
     else:  # large frames travel as JPEG: smaller, close
-        assert len(payload) < image.nbytes / 4 and np.abs(back.image.astype(int) - image).max() <= 2
+        assert len(payload) < n * image.nbytes / 4 and np.abs(back.images.astype(int) - msg.images).max() <= 2
 
 
-def test_malformed_and_oversized_frames_raise():
-    good = FrameMsg("n", 1, 0.0, "p", [0], [0.9], np.zeros((4, 4, 1), np.uint8)).encode()
+def test_malformed_oversized_and_unbounded_frames_raise():
+    good = frames("n", [1, 2], "p", np.zeros((4, 4, 1), np.uint8)).encode()
     with pytest.raises(ProtocolError, match="exceeds"):
-        decode_frame(good, max_bytes=10)
+        decode_frames(good, max_bytes=10)
     for bad in (b"", b"\xc1", msgpack.packb([1, 2]), msgpack.packb({"v": 2}), good[:-3]):
         with pytest.raises(ProtocolError):
-            decode_frame(bad)
-    forged = msgpack.unpackb(good)
-    forged["shape"] = [4, 4, 3]  # says more bytes than it carries
-    with pytest.raises(ProtocolError):
-        decode_frame(msgpack.packb(forged))
+            decode_frames(bad)
+    with pytest.raises(ProtocolError) as v1:
+        decode_frames(msgpack.packb({"v": 1, "node": "n"}))
+    assert v1.value.reason == "protocol-version"
+    with pytest.raises(ProtocolError) as shape:  # not what the experts take: refused before any pixel
+        decode_frames(good, shape=(28, 28, 1))
+    assert shape.value.reason == "wrong-shape"
+    base = msgpack.unpackb(good)
+    for key, value in [
+        ("shape", [4, 4, 3]),  # says more bytes than it carries
+        ("n", 3),  # more frames than its arrays hold
+        ("n", MAX_BATCH_FRAMES + 1),
+        ("k", 0),
+        ("fid", np.array([1, -5], "<i8").tobytes()),
+        ("topk_p", np.array([0.4, 0.3, np.nan, 0.1], "<f4").tobytes()),
+        ("img", [b"x", b"y"]),  # a list where the encoding says raw
+    ]:
+        with pytest.raises(ProtocolError):
+            decode_frames(msgpack.packb({**base, key: value}))
+    with pytest.raises(ValueError):  # the sender refuses to build what no receiver takes
+        frames("n", list(range(MAX_BATCH_FRAMES + 1)), "p", np.zeros((4, 4, 1), np.uint8)).encode()
 
 
-def test_reply_and_label_round_trip():
-    r = ReplyMsg("cam1", 5, 3, 0.9, "0-2", "hub1", 0.1, 2.0, 8)
-    assert decode_reply(r.encode()) == r
+def test_replies_and_label_round_trip():
+    r = ReplyBatch("cam1", "r1", np.array([5, 9]), ["0-2", "1"], np.array([3, 4]), np.array([0.9, 0.5]), np.array([0.1, 0.2]), 2.0, 8, "v1")
+    back = decode_replies(r.encode())
+    assert (back.node, back.run, back.experts, back.batch, back.infer_ms, back.pack_version) == ("cam1", "r1", ["0-2", "1"], 8, 2.0, "v1")
+    assert back.frame_ids.tolist() == [5, 9] and back.labels.tolist() == [3, 4]
+    assert np.allclose(back.conf, [0.9, 0.5]) and np.allclose(back.queue_ms, [0.1, 0.2])
     lab = LabelMsg("cam1", 5, 3, "Dress", 0.9, "expert", "0-2", 12.5, 1.0, 1, 0.4, "p", hub="hub1")
     assert decode_label(lab.encode()) == lab
     with pytest.raises(ProtocolError):
@@ -146,7 +174,7 @@ def test_settings_precedence_flag_env_file(tmp_path, monkeypatch):
 
 def _valid_frame(shape=(28, 28, 1)) -> bytes:
     img = np.random.default_rng(0).integers(0, 255, shape, dtype=np.uint8)
-    return FrameMsg("cam1", 7, time.time(), "0c7d1a2b3c4d5e6f", [0, 2], [0.4, 0.3], img).encode()
+    return frames("cam1", [7, 8], "0c7d1a2b3c4d5e6f", img, deadline_ms=500.0).encode()
 
 
 def _mutate(obj, rng):
@@ -182,11 +210,11 @@ def test_fuzzed_frames_decode_or_raise_protocol_error_only(shape):
             b[int(rng.integers(len(b)))] = int(rng.integers(256))
             payload = bytes(b)
         try:
-            f = decode_frame(payload)
+            f = decode_frames(payload)
         except ProtocolError:
             outcomes["rejected"] += 1
             continue
-        assert f.image.shape == shape and f.image.dtype == np.uint8
+        assert f.images.shape[1:] == shape and f.images.dtype == np.uint8 and len(f.images) == len(f.frame_ids) == len(f)
         outcomes["ok"] += 1
     assert outcomes["rejected"] > 2000 and outcomes["ok"] > 0
 
@@ -197,41 +225,31 @@ def test_jpeg_header_is_checked_before_decoding():
 
     big = np.zeros((2000, 2000, 1), np.uint8)  # 2000 x 2000 declared as 96 x 96
     ok, buf = cv2.imencode(".jpg", big)
-    payload = msgpack.packb(
-        {
-            "v": 1,
-            "node": "cam1",
-            "fid": 1,
-            "tc": 1.0,
-            "ts": 1.0,
-            "pack": "0c7d1a2b3c4d5e6f",
-            "topk": [0],
-            "topk_p": [0.5],
-            "enc": "jpeg",
-            "shape": [96, 96, 1],
-            "img": buf.tobytes(),
-        },
-        use_bin_type=True,
-    )
+    base = msgpack.unpackb(frames("cam1", [1], "0c7d1a2b3c4d5e6f", np.zeros((96, 96, 3), np.uint8)).encode())
+    assert base["enc"] == "jpeg"
     with pytest.raises(ProtocolError, match="header says 2000x2000"):
-        decode_frame(payload)
+        decode_frames(msgpack.packb({**base, "img": [buf.tobytes()]}))
 
 
 def test_replies_with_non_finite_or_out_of_range_values_are_refused():
-    good = dict(v=1, node="cam1", frame_id=3, label=2, conf=0.9, expert="0-2", hub="h1", queue_ms=0.1, infer_ms=1.0, batch=4)
-    assert decode_reply(msgpack.packb(good)).conf == 0.9
+    r = ReplyBatch("cam1", "r1", np.array([3]), ["0-2"], np.array([2]), np.array([0.9]), np.array([0.1]), 1.0, 4)
+    good = msgpack.unpackb(r.encode())
+    assert decode_replies(msgpack.packb(good)).conf.tolist() == pytest.approx([0.9])
     for key, bad in [
-        ("conf", float("nan")),
-        ("conf", float("inf")),
-        ("conf", 1.5),
-        ("label", -1),
-        ("frame_id", 2**64 - 1),
-        ("hub", "h/1"),
+        ("conf", np.array([np.nan], "<f4").tobytes()),
+        ("conf", np.array([np.inf], "<f4").tobytes()),
+        ("conf", np.array([1.5], "<f4").tobytes()),
+        ("conf", b"\x00" * 8),  # two values for one frame
+        ("fid", np.array([-1], "<i8").tobytes()),
+        ("ei", b"\x01"),  # an expert index past the list
+        ("experts", ["9-1"]),
         ("node", "x" * 65),
+        ("run", "a/b"),
         ("infer_ms", -1.0),
+        ("n", 0),
     ]:
         with pytest.raises(ProtocolError):
-            decode_reply(msgpack.packb({**good, key: bad}))
+            decode_replies(msgpack.packb({**good, key: bad}))
 
 
 def test_ids_that_go_into_topics_are_validated():
