@@ -2,10 +2,10 @@
 
 Precision (`precision` setting): `auto` is fp16 on CUDA and fp32 on the CPU. `bf16` on the CPU
 runs the models under bf16 autocast where the CPU has native bf16 (AVX-512 BF16, AMX; about 2x
-here) and falls back to fp32, with a warning, where it has not (or `ATE_CPU_BF16=0`). Not the CPU default: in bf16 a
-frame's logits depend on the batch it shares (up to 0.03 here, fp32: 7e-6), so labels near tau can
-differ from an offline replay of the same frames; `bench/precision.py` measures speed and top-1
-agreement with fp32.
+here) and falls back to fp32, with a warning, where it has not or `ATE_CPU_BF16=0` turns it off.
+Not the CPU default: in bf16 a frame's logits depend on the batch it shares (up to 0.03 here, fp32:
+7e-6), so labels near tau can differ from an offline replay of the same frames;
+`bench/precision.py` measures speed and top-1 agreement with fp32.
 """
 
 from __future__ import annotations
