@@ -1,5 +1,5 @@
-"""What this machine's CPU does, read once: the trainer and the torch backend choose bf16 by it,
-the backends their thread counts."""
+"""What this machine's CPU does, read once: the trainer and the torch backend choose bf16 by it
+(unless `ATE_CPU_BF16=0` turns it off), the backends their thread counts."""
 
 from __future__ import annotations
 
@@ -8,10 +8,25 @@ from functools import lru_cache
 from pathlib import Path
 
 
-@lru_cache(maxsize=1)
 def cpu_has_bf16() -> bool:
     """AVX-512 BF16 or AMX: bf16 matmuls run natively (measured here: about 2x for ViT inference,
-    1.15-1.4x for training); elsewhere bf16 is emulated and slower than fp32."""
+    1.15-1.4x for training); elsewhere bf16 is emulated and slower than fp32. False as well when
+    `ATE_CPU_BF16=0` turns CPU bf16 off (`cpu_bf16_switched_off`)."""
+    return _cpu_flags_bf16() and not cpu_bf16_switched_off()
+
+
+def cpu_bf16_switched_off() -> bool:
+    """`ATE_CPU_BF16=0` (or false, no, off): run as on a CPU without native bf16, whatever this one
+    has; the training autocast and the torch backend's `bf16` then run fp32. Why: bf16 results
+    depend on the CPU's kernels (AMX and AVX-512 BF16 round differently) and on batch shapes, so
+    runs meant to be equal (2 ranks against 1 process) are compared in fp32, and a developer on
+    either kind of CPU sees what the other kind would do (`.ci/run` runs the numerics tests so).
+    Read at every call, not cached, so a test can set it."""
+    return os.environ.get("ATE_CPU_BF16", "1").strip().lower() in ("0", "false", "no", "off")
+
+
+@lru_cache(maxsize=1)
+def _cpu_flags_bf16() -> bool:
     try:
         flags = Path("/proc/cpuinfo").read_text()
     except OSError:

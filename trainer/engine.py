@@ -71,7 +71,7 @@ def progress_bar() -> Progress:
 
 
 def autocast(device: torch.device):
-    """bf16 autocast on CUDA, and on CPUs with native bf16; fp32 elsewhere."""
+    """bf16 autocast on CUDA, and on CPUs with native bf16 (unless `ATE_CPU_BF16=0`); fp32 elsewhere."""
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", dtype=torch.bfloat16) if cpu_has_bf16() else nullcontext()

@@ -2,10 +2,10 @@
 
 Precision (`precision` setting): `auto` is fp16 on CUDA and fp32 on the CPU. `bf16` on the CPU
 runs the models under bf16 autocast where the CPU has native bf16 (AVX-512 BF16, AMX; about 2x
-here) and falls back to fp32, with a warning, where it has not. Not the CPU default: in bf16 a
-frame's logits depend on the batch it shares (up to 0.03 here, fp32: 7e-6), so labels near tau can
-differ from an offline replay of the same frames; `bench/precision.py` measures speed and top-1
-agreement with fp32.
+here) and falls back to fp32, with a warning, where it has not or `ATE_CPU_BF16=0` turns it off.
+Not the CPU default: in bf16 a frame's logits depend on the batch it shares (up to 0.03 here, fp32:
+7e-6), so labels near tau can differ from an offline replay of the same frames;
+`bench/precision.py` measures speed and top-1 agreement with fp32.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from askexpert.backends.base import Backend, Classifier, ExpertLibrary, group_rows, to_input
-from askexpert.hardware import cpu_has_bf16
+from askexpert.hardware import cpu_bf16_switched_off, cpu_has_bf16
 from askexpert.log import get_logger
 from askexpert.pack import ExpertEntry, ModelEntry, Pack
 
@@ -35,7 +35,8 @@ def resolve_precision(precision: str, device: str) -> str:
     if precision == "fp16" and not cuda:
         raise ValueError("fp16 runs on CUDA only; on a CPU use bf16 (or fp32)")
     if precision == "bf16" and not cuda and not cpu_has_bf16():
-        log.warning("this CPU has no native bf16 (AVX-512 BF16 or AMX): running fp32")
+        why = "ATE_CPU_BF16=0 turns CPU bf16 off" if cpu_bf16_switched_off() else "this CPU has no native bf16 (AVX-512 BF16 or AMX)"
+        log.warning(f"{why}: running fp32")
         return "fp32"
     return precision
 
