@@ -34,6 +34,20 @@ def _cpu_flags_bf16() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+@lru_cache(maxsize=1)
+def cpu_name() -> str:
+    """The CPU as benchmarks name it beside their figures (speed differs between kinds):
+    its model name, usable cores, and AMX or AVX-512 BF16 where it has them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return f"unknown CPU, {usable_cores()} cores"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "unknown CPU")
+    flags = next((line for line in info.splitlines() if line.startswith("flags")), "")
+    has = "AMX" if "amx_bf16" in flags else "AVX-512 BF16, no AMX" if "avx512_bf16" in flags else "no native bf16"
+    return f"{model}, {usable_cores()} cores, {has}"
+
+
 def usable_cores() -> int:
     """Cores this process may run on (a container's cpuset counts, not the host's cores)."""
     try:

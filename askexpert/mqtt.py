@@ -254,10 +254,12 @@ class MqttClient:
             self._expiries[expiry_s] = props
         return props
 
-    def publish_frames(self, prefix: str, expert: str, frames: FrameBatch, expiry_s: int) -> mqtt.MQTTMessageInfo:
-        """Offload frames to `expert` as the wire protocol says: QoS 1, expiring when the sender
-        stops waiting. One definition for the edge and the benchmarks that stand in for it."""
-        return self.publish(frames_topic(prefix, expert, frames.node), frames.encode(), qos=1, expiry_s=expiry_s)
+    def publish_frames(self, prefix: str, expert: str, frames: FrameBatch, expiry_s: int | None = None) -> mqtt.MQTTMessageInfo:
+        """Offload frames to `expert` as the wire protocol says: QoS 0, the deadline in the frames
+        (a frame lost with a connection falls back at its deadline, as a late one does; paho
+        never re-sends one its edge gave up on), an MQTT expiry only where they carry no deadline
+        (`expiry_s`). One definition for the edge and the benchmarks that stand in for it."""
+        return self.publish(frames_topic(prefix, expert, frames.node), frames.encode(), qos=0, expiry_s=expiry_s)
 
     def flush(self, timeout: float) -> bool:
         """Wait until the broker acknowledged every QoS>0 message published so far."""

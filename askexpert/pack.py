@@ -157,8 +157,9 @@ class Pack:
     def _entries(m: Manifest) -> list[ModelEntry]:
         return [m.generalist, *([m.trunk] if m.trunk else []), *m.experts, *m.baselines.values(), *m.full_experts, *m.compact_experts]
 
-    @property
+    @cached_property
     def pack_id(self) -> str:
+        """The manifest's, hashed once: the hub checks it for every frames message."""
         return self.manifest.pack_id
 
     def verify(self, entries: list[ModelEntry]) -> None:

@@ -302,7 +302,10 @@ def _array(msg: dict, key: str, dtype: str, count: int) -> np.ndarray:
 
 
 def _in_range(key: str, values: np.ndarray, lo: float, hi: float) -> np.ndarray:
-    if values.size and not (lo <= values.min() and values.max() <= hi):  # NaN fails both
+    """`values` when every one is in [lo, hi] (NaN is not); a few are checked in Python, where
+    numpy's per-call cost would be most of a single frame's decoding."""
+    ok = all(lo <= v <= hi for v in values.tolist()) if values.size <= 16 else lo <= values.min() and values.max() <= hi
+    if not ok:
         raise ProtocolError(f"field {key!r} has values outside [{lo}, {hi}]")
     return values
 

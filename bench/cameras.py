@@ -4,7 +4,7 @@ would, through a private Mosquitto.
 Each camera replays the Fashion-MNIST test split from its own offset, its frames spread evenly in
 time (cameras are not in step). A frame whose edge confidence (the pack's generalist, computed
 once) is below the pack's tau goes to the expert Algorithm 1 routes it to, one frame per message
-(protocol v2), with the edges' deadline (--deadline-ms, in the frame and as MQTT expiry); frames
+(protocol v2, QoS 0), with the edges' deadline (--deadline-ms) in the frame; frames
 kept at the edge never touch the network. One hub (`expert-hub run`, its defaults) answers.
 Per N: offloads sent, answered in time, answered late, never answered (dropped by the hub as too
 late, counted by it as expired), round-trip p50/p99 over all cameras and the worst camera's p99,
@@ -37,7 +37,7 @@ from askexpert.datasets import load_dataset
 from askexpert.localbroker import Broker, hub_args, spawn_quiet
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.protocol import FrameBatch, decode_replies, frames_topic
+from askexpert.protocol import FrameBatch, decode_replies
 from askexpert.routing import decide
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
@@ -71,7 +71,7 @@ class Fleet:
     def play(self, cameras: int, fps: float, seconds: float) -> int:
         """Send every camera's offloads for `seconds`; returns the number of offloads sent."""
         n_frames, sent = len(self.images), 0
-        period, expiry = 1.0 / fps, max(1, math.ceil(self.deadline_s))
+        period = 1.0 / fps
         start = time.monotonic() + 0.1
         for j in range(int(seconds * fps)):
             for c in range(cameras):
@@ -95,7 +95,7 @@ class Fleet:
                 )
                 with self.lock:
                     self.sent[(node, j)] = time.monotonic()
-                self.client.publish(frames_topic("ate/v1", str(self.keys[i]), node), frames.encode(), qos=1, expiry_s=expiry)
+                self.client.publish_frames("ate/v1", str(self.keys[i]), frames)
                 sent += 1
         return sent
 

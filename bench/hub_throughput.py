@@ -9,7 +9,10 @@
   `batched`: as a replay-rate edge sends them (protocol v2): each --edge-batch consecutive frames
   grouped by expert, one message per expert;
   `single`: one frame per message, as cameras at camera rates send them.
-Prints one JSON line: the raw rate, and per mode the hub's rate, hub_vs_raw, the hub's mean batch,
+Each mode runs --repeats times, alternating, with the raw loop measured again after every hub run
+(this box's speed drifts from minute to minute: each ratio takes the mean of the raw rates just
+before and after it). Prints one JSON line: the raw rates, and per mode the median run's hub rate,
+hub_vs_raw (and every run's), the hub's mean batch,
 and CPU microseconds per frame of the hub outside inference (its process CPU time less the
 inference time its replies report), of the broker and of the generator (this process, while it
 publishes and reads replies), each from the process's CPU time.
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import threading
 import time
 
@@ -30,7 +34,7 @@ from proc_cpu import cpu_seconds
 
 from askexpert.backends import open_backend
 from askexpert.datasets import load_dataset
-from askexpert.hardware import default_threads
+from askexpert.hardware import cpu_name, default_threads
 from askexpert.localbroker import Broker, hub_args, spawn_quiet
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
@@ -108,7 +112,7 @@ def run_mode(a: argparse.Namespace, broker: Broker, plan: list[tuple[str, bytes,
                 with done:
                     if not done.wait_for(lambda c=count, s=sent: s - answered[0] + c <= a.window, 60):
                         raise TimeoutError(f"no reply for 60 s after {answered[0]} of {n}")
-            client.publish(topic, payload, qos=1, expiry_s=600)
+            client.publish(topic, payload, qos=0)
             sent += count
         with done:
             if not done.wait_for(lambda: answered[0] >= n, 60):
@@ -146,33 +150,49 @@ def main() -> None:
     ap.add_argument("--window", type=int, default=256, help="frames published and not yet answered, at most")
     ap.add_argument("--modes", default="batched,single", help="batched | single | both, comma-separated")
     ap.add_argument("--edge-batch", type=int, default=32, help="batched: frames per edge batch (the edge's --batch-size)")
+    ap.add_argument("--repeats", type=int, default=3, help="hub runs per mode, alternating; the median run is reported")
     a = ap.parse_args()
     pack = Pack.load(a.pack)
     images = load_dataset("fashion-mnist", "test").images[: a.frames]
     backend = open_backend(a.backend, threads=a.threads, precision=a.precision)
     top = decide(backend.classifier(pack, pack.manifest.generalist)(images), pack.manifest.partition, pack.manifest.k)
-    raw = raw_rate(backend.experts(pack, pack.manifest.experts), images, [str(k) for k in top.expert], a.batch)
+    library, keys = backend.experts(pack, pack.manifest.experts), [str(k) for k in top.expert]
+    modes = a.modes.split(",")
+    plans = {
+        mode: [
+            (frames_topic("ate/v1", key, NODE), frames.encode(), len(frames))
+            for key, frames in messages(images, top, pack.pack_id, a.edge_batch if mode == "batched" else 1)
+        ]
+        for mode in modes
+    }
+    # the raw loop before and after every hub run: this box's speed drifts, a ratio takes the raw rates beside it
+    raws = [raw_rate(library, images, keys, a.batch)]
+    runs: dict[str, list[dict]] = {mode: [] for mode in modes}
+    broker = Broker().start()
+    try:
+        for _ in range(a.repeats):
+            for mode in modes:
+                result = run_mode(a, broker, plans[mode], len(images))
+                raws.append(raw_rate(library, images, keys, a.batch))
+                runs[mode].append({**result, "hub_vs_raw": round(result["hub_fps"] / statistics.mean(raws[-2:]), 3)})
+    finally:
+        broker.stop()
     out: dict = {
         "bench": "hub_throughput",
+        "cpu": cpu_name(),
         "frames": len(images),
         "backend": a.backend,
         "precision": a.precision,
         "threads": a.threads or default_threads(),
         "batch": a.batch,
         "window": a.window,
-        "raw_experts_fps": round(raw, 1),
+        "repeats": a.repeats,
+        "raw_experts_fps": round(statistics.median(raws), 1),
+        "raw_runs": [round(r, 1) for r in raws],
     }
-    broker = Broker().start()
-    try:
-        for mode in a.modes.split(","):
-            plan = [
-                (frames_topic("ate/v1", key, NODE), frames.encode(), len(frames))
-                for key, frames in messages(images, top, pack.pack_id, a.edge_batch if mode == "batched" else 1)
-            ]
-            result = run_mode(a, broker, plan, len(images))
-            out[mode] = {**result, "hub_vs_raw": round(result["hub_fps"] / raw, 3)}
-    finally:
-        broker.stop()
+    for mode, results in runs.items():
+        middle = sorted(results, key=lambda r: r["hub_vs_raw"])[len(results) // 2]  # the median run, whole
+        out[mode] = {**middle, "hub_vs_raw_runs": [r["hub_vs_raw"] for r in results]}
     print(json.dumps(out))
 
 

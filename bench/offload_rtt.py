@@ -1,7 +1,7 @@
 """Offload round trip through a real Mosquitto: frame published -> expert reply received.
 
 One request in flight at a time (the latency a single uncertain frame sees): a frames message of
-one frame and its reply, QoS 1 both ways, exactly as the edge does it (protocol v2). Prints one JSON line
+one frame and its reply, QoS 0 both ways, exactly as the edge does it (protocol v2). Prints one JSON line
 with p50/p90/p99/max in milliseconds of the round trip, of the hub's own inference (as its reply
 says), and of the round trip beyond that inference (network, broker, queueing, encoding).
 
@@ -44,7 +44,7 @@ def measure(client: MqttClient, expert: str, pack_id: str, images: np.ndarray, r
         )
         got.clear()
         t0 = time.perf_counter()
-        client.publish_frames("ate/v1", expert, frame, expiry_s=5)
+        client.publish_frames("ate/v1", expert, frame)
         if not got.wait(5):
             raise TimeoutError("no reply within 5 s")
         if i >= 20:

@@ -319,14 +319,13 @@ class EdgeNode:
 
     def _offload(self, sends: dict[str, list[tuple[int, Offload]]], images: np.ndarray, d: Decision, version: str) -> None:
         """Send a batch's offloads, one message per expert (protocol v2); their deadline starts now
-        and travels in the frames (the hub drops a frame once too late to answer). The MQTT expiry,
-        in whole seconds, is never shorter than the deadline: a hub that does not read the frames'
-        own still serves them while the edge waits. A lossless source first waits for room in its
-        offload window."""
+        and travels in the frames (the hub drops a frame once too late to answer); without it
+        (--no-frame-deadline), an MQTT expiry in whole seconds, never shorter than the deadline.
+        A lossless source first waits for room in its offload window."""
         if self._window:
             self.pending.wait_room(sum(map(len, sends.values())), self._window, self.stop_event)
         deadline_ms = min(self.s.deadline_ms, MAX_DEADLINE_MS)
-        expiry_s = max(1, math.ceil(self.s.deadline_s))
+        expiry_s = None if self.s.frame_deadline else max(1, math.ceil(self.s.deadline_s))
         for expert, rows in sends.items():
             for at in range(0, len(rows), MAX_BATCH_FRAMES):
                 chunk = rows[at : at + MAX_BATCH_FRAMES]
