@@ -2,7 +2,7 @@
 
 Runs the other bench scripts one after another (each its own process: thread settings are
 per process), then prints one JSON line: every script's result, and a `targets` table (what was
-measured against what was asked, and whether it was met). About 10 minutes on 2 cores; run it on
+measured against what was asked, and whether it was met). About 20 minutes on 2 cores; run it on
 a quiet machine (nothing else training or testing), as the numbers are speeds.
 
     python bench/limits.py [--pack packs/fashion-mnist] [--quick] [--md docs/results/limits.md]
@@ -12,7 +12,11 @@ a quiet machine (nothing else training or testing), as the numbers are speeds.
   agreement with fp32 on the whole test split (bench/precision.py);
 - the edge pipeline against its raw loop at the same backend, precision, threads and batch
   (bench/edge_throughput.py);
-- the expert hub against its raw expert loop (bench/hub_throughput.py; reported, no target);
+- the expert hub against its raw expert loop, fed batched messages (as replay-rate edges send
+  them) and single-frame messages (as cameras do), with its CPU per frame outside inference
+  (bench/hub_throughput.py);
+- a camera fleet at 30 frames/s each to one hub: the largest fleet it holds with every offload
+  answered in time and p99 <= 100 ms, and 1.5x that fleet (bench/cameras.py);
 - the offload round trip beyond the expert's own inference (bench/offload_rtt.py);
 - paced latency at 200 frames/s, tau 0.8, broker + hub + edge on this machine: the old defaults
   (torch, every core in each process) and the new ones (auto backend, half the cores each)
@@ -25,12 +29,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from askexpert.hardware import cpu_name
+
 HERE = Path(__file__).parent
+# the hub's CPU per frame outside inference with protocol v1 (one frame a message, v5 properties),
+# bench/hub_throughput.py's method on main 82a4e78, this machine (Intel Xeon with AMX, 2 cores)
+V1_OUTSIDE_INFERENCE_US = 237.3
 
 
 def bench(script: str, *args: str) -> dict:
@@ -65,7 +75,9 @@ def main() -> None:
     r["edge_onnx"] = bench(
         "edge_throughput.py", *common, "--threads", "1", "--batch", "64", "--backend", "onnx", "--precisions", "fp32,int8"
     )
-    r["hub"] = bench("hub_throughput.py", *pk, "--frames", "1000" if a.quick else "3000")
+    r["hub"] = bench("hub_throughput.py", *pk, "--frames", "2000" if a.quick else "10000", "--repeats", repeats)
+    fleets = "100,200" if a.quick else "100,150,200,250,300"
+    r["cameras"] = bench("cameras.py", *pk, "--cameras", fleets, "--seconds", "4" if a.quick else "8", "--find-max")
     r["rtt_torch"] = bench("offload_rtt.py", *pk, "--backend", "torch", "--threads", "2")
     r["rtt_auto"] = bench("offload_rtt.py", *pk, "--backend", "auto")
     pace = [*pk, "--fps", "200", "--frames", paced, "--tau", "0.8"]
@@ -99,6 +111,34 @@ def main() -> None:
             )
         )
         t.append(target(f"paced 200/s tau 0.8, edge labels p99 ms ({key})", by["edge"]["latency_ms"]["p99"], "<=", 10.0))
+    hub = r["hub"]
+    t.append(target("hub vs its raw expert loop, batched messages", hub["batched"]["hub_vs_raw"], ">=", 0.8))
+    t.append(target("hub vs its raw expert loop, single-frame messages", hub["single"]["hub_vs_raw"], ">=", 0.5))
+    t.append(
+        target(
+            "hub CPU us per frame outside inference, single-frame messages",
+            hub["single"]["cpu_us_per_frame"]["hub_outside_inference"],
+            "<=",
+            round(V1_OUTSIDE_INFERENCE_US / 3, 1),
+            protocol_v1=V1_OUTSIDE_INFERENCE_US,
+        )
+    )
+    cams = r["cameras"]
+    held = {run["cameras"]: run for run in cams["runs"]}.get(200)
+    t.append(target("cameras at 30/s held by one hub (all in time, p99 <= 100 ms)", cams.get("largest_held") or 0, ">=", 200))
+    if held is not None:
+        t.append(
+            target(
+                "200 cameras: offload round trip p99 ms",
+                held["p99_ms"] or math.inf,
+                "<=",
+                100.0,
+                answered=held["answered_in_time"],
+                sent=held["sent"],
+            )
+        )
+    if "in_time_1_5x_vs_max" in cams:
+        t.append(target("1.5x the largest fleet: answered in time vs at the largest", cams["in_time_1_5x_vs_max"], ">=", 0.9))
     ovl = r["overload"]
     t.append(
         target(
@@ -110,7 +150,8 @@ def main() -> None:
             fixed_tau_fallbacks=ovl["fixed"]["sources"].get("edge-fallback", 0),
         )
     )
-    out = {"bench": "limits", "quick": a.quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "today_fp32_raw_fps": today}
+    out = {"bench": "limits", "quick": a.quick, "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "cpu": cpu_name()}
+    out["today_fp32_raw_fps"] = today
     out |= {"targets": t, "results": r}
     if a.md:
         a.md.write_text(markdown(out))
@@ -128,8 +169,8 @@ def markdown(out: dict) -> str:
     head = [
         f"# Performance at the limit of this machine ({out['date']})",
         "",
-        "`python bench/limits.py --md docs/results/limits.md` on the 2-core x86-64 development machine",
-        f"(AVX-512, AMX), nothing else running. Today's fp32 reference: {out['today_fp32_raw_fps']} frames/s",
+        f"`python bench/limits.py --md docs/results/limits.md` on {out['cpu']},",
+        f"nothing else running. Today's fp32 reference: {out['today_fp32_raw_fps']} frames/s",
         "(torch fp32 generalist, every core, batch 32). Every script's full result is in `limits.json`.",
         "",
     ]

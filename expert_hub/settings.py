@@ -22,8 +22,8 @@ class HubSettings(CommonSettings):
     max_wait_ms: float = Field(
         2.0, ge=0, description="how long a batch waits to fill after its first frame, only when frames are queued behind it"
     )
-    max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frame payloads are rejected")
-    queue_size: int = Field(4096, ge=1, description="frames waiting for inference; beyond this the oldest is dropped")
+    max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frames messages are rejected")
+    queue_size: int = Field(4096, ge=1, description="frames messages waiting for inference; beyond this the oldest is dropped")
     reload_drain_s: float = Field(
         5.0,
         gt=0,

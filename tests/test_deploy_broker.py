@@ -317,6 +317,27 @@ def test_edge_may_publish_only_its_own_topics(clients):
     assert not {b"forged-label", b"forged-reply", b"0.1"} & set(payloads)
 
 
+def test_hub_and_ops_users_publish_only_within_their_roles(clients):
+    """A hub answers, announces and reports only under its own name, and neither a hub nor ops may
+    publish as an edge node under its own name (frames, labels, edge status): no free inference,
+    no phantom nodes, no answers or status in another hub's name."""
+    ops, hub1, hub2 = clients("ops", "ops3"), clients("hub1", "hub1r"), clients("hub2", "hub2r")
+    assert ops.subscribe("ate/v1/#").value == 1
+    for who, name in ((hub1, "hub1"), (ops, "ops")):
+        who.publish(f"ate/v1/experts/0/frames/{name}", b"free-inference")
+        who.publish(f"ate/v1/nodes/{name}/labels", b"phantom-label")
+        who.publish(f"ate/v1/status/edge/{name}", b"phantom-online")
+    hub1.publish("ate/v1/nodes/cam1/replies/hub2", b"as-hub2")
+    hub1.publish("ate/v1/status/hub/hub2", b"hub2-offline")
+    hub1.publish("ate/v1/stats/hub/hub2", b"hub2-stats")
+    hub1.publish("ate/v1/status/hub/hub1", b"hub1-online")  # its own: allowed, and handled after the rest
+    hub2.publish("ate/v1/stats/hub/hub2", b"hub2-own-stats")
+    got = ops.got(2.0, n=2) + ops.got(0.3)
+    payloads = {p for _, p in got}
+    assert {b"hub1-online", b"hub2-own-stats"} <= payloads
+    assert not {b"free-inference", b"phantom-label", b"phantom-online", b"as-hub2", b"hub2-offline", b"hub2-stats"} & payloads
+
+
 def test_ops_sets_tau_and_only_that_node_reads_it(clients):
     ops, cam1, cam2 = clients("ops", "ops2"), clients("cam1", "cam1d"), clients("cam2", "cam2d")
     assert cam1.subscribe("ate/v1/nodes/cam1/tau/set").value == 1
