@@ -58,11 +58,26 @@ class Broker:
     def url(self) -> str:
         return f"mqtt://127.0.0.1:{self.port}"
 
+    @property
+    def log(self) -> Path:
+        """Mosquitto's own log (errors: a persistence folder it cannot write, a bad config line)."""
+        return self.workdir / "mosquitto.log"
+
     def start(self) -> "Broker":
         conf = write_config(self.workdir / "mosquitto.conf", self.port, self.extra_conf)
-        self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        wait_port(self.port, proc=self.proc)
+        with self.log.open("ab") as err:  # a file, never an unread pipe: a full pipe would stall the broker
+            self.proc = subprocess.Popen([MOSQUITTO, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            wait_port(self.port, proc=self.proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"{exc}; mosquitto said: {self.log_tail() or 'nothing'}") from exc
         return self
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log.read_text(errors="replace")[-chars:].strip()
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         if self.proc and self.proc.poll() is None:

@@ -157,6 +157,11 @@ class Pack:
     def _entries(m: Manifest) -> list[ModelEntry]:
         return [m.generalist, *([m.trunk] if m.trunk else []), *m.experts, *m.baselines.values(), *m.full_experts, *m.compact_experts]
 
+    @property
+    def entries(self) -> list[ModelEntry]:
+        """Every checkpoint the manifest names (each file once)."""
+        return list({e.file: e for e in self._entries(self.manifest)}.values())
+
     @cached_property
     def pack_id(self) -> str:
         """The manifest's, hashed once: the hub checks it for every frames message."""

@@ -3,8 +3,9 @@
 An operator replaces the pack at the configured path (best as a symlink swapped with `ln -sfn`, so
 no reader sees half a folder) and sends SIGHUP. The component's `PackReloader` then, on its own
 thread while the old pack keeps serving: loads the manifest, checks that the pack can replace the
-running one (same routing, `pack_id`, and input), verifies every file it will use against its
-sha256, builds and warms up the models (`build`, engines first), and only then hands them to the
+running one (same routing, `pack_id`, and input), verifies every file of the pack against its
+sha256 (not only those it will use: an edge and a hub then accept or refuse the same packs, and no
+component runs a version that is broken on disk), builds and warms up the models (`build`, engines first), and only then hands them to the
 component (`install`), which switches between two batches. Anything wrong refuses the pack whole:
 a clear error in the log and the status (`pack_reload`), `ate_pack_reloads_total{result="refused"}`,
 and the old pack serves on. A new routing (other classes or partition) needs a restart: edges and
@@ -24,7 +25,7 @@ from askexpert import metrics
 from askexpert.log import get_logger
 
 if TYPE_CHECKING:  # askexpert.pack imports torch: the CLIs import this module before their flags are checked
-    from askexpert.pack import ModelEntry, Pack
+    from askexpert.pack import Pack
 
 log = get_logger("askexpert.reload")
 
@@ -46,7 +47,6 @@ def pack_labels(component: str, pack: "Pack") -> dict[str, str]:
 class PackReloader:
     """Loads a new pack beside the running one on request, one load at a time.
 
-    entries(pack): the checkpoints the component will use (verified before any is loaded);
     build(pack): the models, warmed up; install(pack, built): switch to them (between batches; a
     ValueError refuses them);
     on_status(report): publish the reload's outcome (the status message)."""
@@ -56,13 +56,12 @@ class PackReloader:
         component: str,
         path: Path,
         current: "Pack",
-        entries: Callable[["Pack"], list["ModelEntry"]],
         build: Callable[["Pack"], Any],
         install: Callable[["Pack", Any], None],
         on_status: Callable[[dict], None],
     ) -> None:
         self.component, self.path, self.current = component, path, current
-        self._entries, self._build, self._install, self._on_status = entries, build, install, on_status
+        self._build, self._install, self._on_status = build, install, on_status
         self._wanted = threading.Event()
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -95,7 +94,7 @@ class PackReloader:
             if new.version == self.current.version:
                 return self._report("unchanged", new, t0)
             check_replaces(self.current, new)
-            new.verify(self._entries(new))
+            new.verify(new.entries)  # every file, not only this component's: edge and hub accept or refuse the same packs
             self._install(new, self._build(new))
         except (PackError, OSError, RuntimeError, ValueError) as exc:
             return self._report("refused", None, t0, error=str(exc)[:500])

@@ -8,8 +8,10 @@ waits for a component's status use. It publishes nothing: no status, no will, no
 A durable subscriber (`session_expiry_s`) watches its session: one that comes back without its
 session (session present false) has lost what was published while it was away, and says so; one
 whose client id another client uses (a takeover: DISCONNECT 0x8E, or its session gone again and
-again, as Mosquitto 2.0 closes the old connection without a reason) gives up and says why
-(`taken_over`), instead of kicking the other client off once a second forever.
+again on the same broker, as Mosquitto 2.0 closes the old connection without a reason) gives up
+and says why (`taken_over`), instead of kicking the other client off once a second forever. A
+session missing after a failover to another broker of its list is not counted toward a takeover:
+independent brokers do not share sessions, so that loss is said and the subscriber carries on.
 """
 
 from __future__ import annotations
@@ -53,7 +55,8 @@ class Subscriber:
         self.changed = threading.Condition()
         self.sessions_lost = 0  # reconnects of a durable subscriber that found no session on the broker
         self.taken_over: str | None = None  # why it gave up its connection (None: it did not)
-        self._losses: deque[float] = deque(maxlen=TAKEOVER_LOSSES)
+        self._losses: deque[float] = deque(maxlen=TAKEOVER_LOSSES)  # sessions lost on the broker it was connected to before
+        self._last_broker: str | None = None
         # layered on MqttClient's callbacks: components keep reconnecting, a consumer must not
         paho = self.client.client
         self._inner_connect, self._inner_disconnect = paho.on_connect, paho.on_disconnect
@@ -65,10 +68,21 @@ class Subscriber:
         self._inner_connect(client, userdata, flags, reason_code, properties)
         if reason_code.is_failure or self.client.session_expiry_s is None or flags.session_present:
             return
+        broker, before = self.client.broker, self._last_broker
+        self._last_broker = broker
         if self.client.connects <= 1:
             log.info("durable session started: no session on the broker for this client id", client_id=self.client.client_id)
             return
         self.sessions_lost += 1
+        if broker != before:  # a failover: this broker may never have had the session, or lost it while we were away
+            log.warning(
+                "durable session not on this broker after a failover: what was published while moving is gone",
+                client_id=self.client.client_id,
+                broker=broker,
+                previous=before,
+                hint="a consumer that must lose nothing subscribes on every broker of an independent list and dedups (docs/deploy.md)",
+            )
+            return
         now = time.monotonic()
         self._losses.append(now)
         if len(self._losses) == TAKEOVER_LOSSES and now - self._losses[0] <= TAKEOVER_WINDOW_S:

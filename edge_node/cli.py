@@ -63,7 +63,6 @@ class EdgeComponent:
             "edge",
             self.s.pack,
             self.pack,
-            lambda pack: [pack.manifest.generalist],
             lambda pack: self._classifier(backend, pack),
             self.node.install,
             self._on_reload,

@@ -40,16 +40,11 @@ class HubComponent:
             "hub",
             self.s.pack,
             self.pack,
-            lambda pack: self._entries(pack),
             lambda pack: self._library(backend, pack),
             self.hub.install,
             self._on_reload,
         )
         self.hub.start()  # subscribes: frames are answered from here on
-
-    def _entries(self, pack: "Pack") -> list:
-        entries = served_entries(self.s, pack, fatal=False)
-        return [*entries, *([pack.manifest.trunk] if pack.manifest.trunk and any(e.kind == "tail" for e in entries) else [])]
 
     def _library(self, backend: "Backend", pack: "Pack"):
         """The experts this hub serves from `pack`, built (engines first) and warmed up."""

@@ -11,8 +11,9 @@ node's replies topic under the hub's own name. `answer(jobs)` is that batch's in
 payloads alone, with no MQTT (as Triton's `execute`); `_run` publishes what it returns.
 
 Deadlines: a frame carries the milliseconds its edge still waits (`deadline_ms`, at send). The hub
-counts them from the frame's arrival (no clock has to agree with the edge's; the time in the
-network is not counted, so the hub errs toward serving) and, before any inference, drops a frame
+counts them from the frame's arrival, less what the message took on its way beyond the quickest
+of its node's (expert_hub/transit.py: no clock has to agree with the edge's, and a frame held in a
+broker or behind a stalled link is known as late), cut to max_time_left_ms, and, before any inference, drops a frame
 whose time left is less than one frame's share of a batch now (`ate_expired_frames_total`). Under
 overload, when the batch at hand could not all be answered in time, it runs the largest batch of
 the frames with the most time left that can be (a batch of n takes about n frames' time) and holds
@@ -57,9 +58,11 @@ from askexpert.protocol import (
 from askexpert.routing import softmax
 from expert_hub.load import LoadMeter
 from expert_hub.settings import HubSettings
+from expert_hub.transit import TransitClock
 
 log = get_logger("expert_hub")
 SERVICE_SMOOTHING = 0.2  # weight of the newest batch in the hub's estimate of what a frame takes
+MAX_TRACKED_NODES = 10_000  # rate-limit buckets kept: node names come from the network
 
 
 @dataclass
@@ -70,6 +73,7 @@ class Raw:
     payload: bytes
     expiry_s: int | None  # its MQTT Message Expiry as the broker passed it on (time left there)
     t_arrival: float  # monotonic
+    t_wall: float = field(default_factory=time.time)  # the same moment on the wall clock (expert_hub/transit.py)
 
 
 @dataclass
@@ -116,16 +120,29 @@ class HubStats:
     answered: int = 0
     rejected: int = 0
     expired: int = 0
+    capped: int = 0  # frames whose claimed time left was cut to max_time_left_ms
+    rate_limited: int = 0  # frames refused: their node beyond node_rate_limit
     dropped: int = 0
     batches: int = 0
 
 
-def expiries(raw: Raw, frames: FrameBatch) -> np.ndarray:
-    """When the edge stops waiting for each frame (monotonic): its own deadline, else the MQTT expiry."""
-    end = raw.t_arrival + raw.expiry_s if raw.expiry_s else math.inf
+def time_left(raw: Raw, frames: FrameBatch) -> np.ndarray:
+    """Seconds each frame's edge waits from its arrival: its own deadline, else the MQTT expiry."""
+    end = float(raw.expiry_s or math.inf)
     if frames.deadline_ms is None:
         return np.full(len(frames), end)
-    return np.minimum(raw.t_arrival + frames.deadline_ms.astype(np.float64) / 1000, end)
+    return np.minimum(frames.deadline_ms.astype(np.float64) / 1000, end)
+
+
+def turns(jobs: list[Job]) -> list[Job]:
+    """Sender nodes take turns: each node's frames most time left first, then the first of every
+    node, the second of every node, ... (nodes in order of their first frame): one node's flood
+    cannot push another's frames out of a batch."""
+    by_node: dict[str, list[Job]] = {}
+    for j in jobs:
+        by_node.setdefault(j.part.frames.node, []).append(j)
+    queues = [sorted(q, key=lambda j: j.expires, reverse=True) for q in by_node.values()]
+    return [q[i] for i in range(max(map(len, queues), default=0)) for q in queues if i < len(q)]
 
 
 class ExpertHub:
@@ -145,6 +162,8 @@ class ExpertHub:
         self._log_throttle = Throttle()
         self._frame_s = 0.0  # what one frame of a batch takes now (smoothed): batches are sized by it
         self._held: list[Job] = []  # admitted, in time, left out of the last batch to keep it in time
+        self._buckets: dict[str, tuple[float, float]] = {}  # node -> (tokens, when): node_rate_limit
+        self.transit = TransitClock()
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self.load = LoadMeter(settings.hub_id, pack.pack_id, settings.load_interval_s)
         self._load_topic = hub_load_topic(settings.prefix, settings.hub_id)
@@ -271,8 +290,33 @@ class ExpertHub:
             return self._reject("unknown-expert", expert=expert)
         self.stats.frames += len(frames)
         self.load.arrived(len(frames))
+        if (allowed := self._allowance(frames.node, len(frames), raw.t_arrival)) == 0:
+            return []
         part = Part(frames, expert, self._pack_for(frames.pack_version, raw.t_arrival), raw.t_arrival)
-        return [Job(part, i, end) for i, end in enumerate(expiries(raw, frames).tolist())]
+        left, cap = time_left(raw, frames)[:allowed], self.s.max_time_left_ms / 1000
+        if capped := int(np.count_nonzero(left > cap)):  # no sender buys priority by claiming it waits longer
+            self.stats.capped += capped
+            metrics.CAPPED.labels(self.s.hub_id).inc(capped)
+        # the time it spent on its way beyond its node's quickest is gone from what is left
+        late = max(0.0, self.transit.delay(frames.node, frames.t_sent, raw.t_wall, raw.t_arrival))
+        ends = raw.t_arrival - late + np.minimum(left, cap)
+        return [Job(part, i, end) for i, end in enumerate(ends.tolist())]
+
+    def _allowance(self, node: str, n: int, now: float) -> int:
+        """How many of a node's n frames fit its rate limit now (all without one): a token bucket
+        of node_rate_limit frames/s holding at most one second's worth; the rest are counted."""
+        rate = self.s.node_rate_limit
+        if rate is None:
+            return n
+        tokens, since = self._buckets.get(node, (rate, now))
+        tokens = min(rate, tokens + (now - since) * rate)
+        allowed = min(n, int(tokens))
+        if len(self._buckets) < MAX_TRACKED_NODES or node in self._buckets:
+            self._buckets[node] = (tokens - allowed, now)
+        if refused := n - allowed:
+            self.stats.rate_limited += refused
+            metrics.RATE_LIMITED.labels(self.s.hub_id, node).inc(refused)
+        return allowed
 
     def _pack_for(self, version: str | None, now: float) -> Served:
         """The draining pack for frames its version routed, else the current one (also for frames
@@ -315,21 +359,28 @@ class ExpertHub:
 
     def _in_time(self, jobs: list[Job], now: float) -> list[Job]:
         """The batch, in arrival order, when all of it can be answered in time (no overload): at
-        most max_batch, the rest held. Else the largest batch of the frames with the most time left
-        that can (a batch of n takes about n frames' time), the others held for the next batch, at
-        most max_batch of them (the rest, with the least time left, dropped as late)."""
+        most max_batch, the rest held. Else, with sender nodes taking turns (`turns`: each node's
+        frames most time left first), every frame that keeps the batch in time (a batch of n takes
+        about n frames' time); the others held for the next batch, at most max_batch of them in the
+        same turns (the rest dropped as late)."""
         cap = self.s.max_batch
         if not jobs or min(j.expires for j in jobs) - now > len(jobs) * self._frame_s:
             self._held = jobs[cap:]
             return jobs[:cap]
-        order = sorted(jobs, key=lambda j: j.expires, reverse=True)
-        n = 0
-        while n < min(len(order), cap) and order[n].expires - now > (n + 1) * self._frame_s:
-            n += 1
-        self._held = order[n : n + cap]
-        if shed := order[n + cap :]:
+        batch: list[Job] = []
+        rest: list[Job] = []
+        least = math.inf  # the least time left of a frame in the batch
+        for j in turns(jobs):
+            size = len(batch) + 1
+            if size <= cap and min(least, j.expires - now) > size * self._frame_s:
+                batch.append(j)
+                least = min(least, j.expires - now)
+            else:
+                rest.append(j)
+        self._held = rest[:cap]
+        if shed := rest[cap:]:
             self._expired(shed)
-        return order[:n]
+        return batch
 
     def _expired(self, late: list[Job]) -> None:
         """Count (by what set the end: the frame's deadline or only the MQTT expiry) and log at a bounded rate."""

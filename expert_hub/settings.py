@@ -24,6 +24,15 @@ class HubSettings(CommonSettings):
     )
     max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frames messages are rejected")
     queue_size: int = Field(4096, ge=1, description="frames messages waiting for inference; beyond this the oldest is dropped")
+    max_time_left_ms: float = Field(
+        5000.0,
+        gt=0,
+        description="a frame's time left is cut to this (frames without a deadline too): a sender cannot buy priority "
+        "by claiming it waits longer than the fleet's edges do (5x their 1 s default)",
+    )
+    node_rate_limit: float | None = Field(
+        None, gt=0, description="frames per second one sender node may have admitted (a 1 s burst); beyond, refused and counted"
+    )
     reload_drain_s: float = Field(
         5.0,
         gt=0,

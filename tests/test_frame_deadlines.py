@@ -94,3 +94,62 @@ def test_under_overload_the_batch_is_what_can_still_make_it(tiny_pack):
     assert hub.stats.expired == 1  # frame 7, the one with the least time left beyond those
     hub._queue.put(Raw("x", b"", None, time.monotonic()))  # nothing decodable: only the held frames come back
     assert {fid(j) for j in hub._batch()} <= {0, 3, 6, 4}
+
+
+def test_no_node_buys_priority_or_floods_the_others_out(tiny_pack):
+    """A sender claiming 60 s left is cut to the hub's max_time_left_ms (counted); past its
+    node_rate_limit a node's frames are refused at admission (counted); and when a batch cannot
+    all be answered in time, nodes take turns: a flood's frames with more time left do not push
+    another node's frame out of every batch."""
+    from expert_hub.hub import Raw
+
+    pack = Pack.load(tiny_pack)
+    settings = HubSettings(pack=tiny_pack, hub_id="hf", max_batch=4, node_rate_limit=10, stats_interval_s=0)
+    hub = ExpertHub(settings, pack, open_backend("torch").experts(pack, pack.manifest.experts), MqttClient(settings, "hub", "hf"))
+    now = time.monotonic()
+    flood = frames("flood", list(range(25)), pack.pack_id, IMAGE, deadline_ms=60_000.0)
+    jobs = hub._admit(Raw(frames_topic("ate/v1", "0-2", "flood"), flood.encode(), None, now))
+    assert len(jobs) == 10 and hub.stats.rate_limited == 15  # a 1 s burst of 10 frames/s
+    assert hub.stats.capped == 10 and all(j.expires == now + 5.0 for j in jobs)  # 60 s claimed, 5 s kept
+    cam = hub._admit(
+        Raw(frames_topic("ate/v1", "0-2", "cam"), frames("cam", [7], pack.pack_id, IMAGE, deadline_ms=900.0).encode(), None, now)
+    )
+    hub._frame_s = 0.05  # one frame of a batch: 50 ms; a batch of 4 takes 200 ms
+    batch = hub._in_time([*jobs, *cam], now + 0.6)  # the cam frame has 300 ms left, every flood frame 4.4 s
+    assert [j.part.frames.node for j in batch] == ["flood", "cam", "flood", "flood"]
+    assert len(hub._held) == 4 and hub.stats.expired == 3  # of 11 frames: 4 in the batch, 4 held, 3 dropped
+
+
+def test_a_frame_that_was_held_on_its_way_is_known_as_late_whatever_the_clocks():
+    """The hub counts a frame's deadline from its arrival, less what its message took beyond the
+    quickest of its node's: with the edge's clock 100 s behind the hub's, fresh frames keep their
+    whole deadline, and one that waited 10 s behind a stalled link (sent 10 s before it arrived)
+    is known as late; the baseline follows a slow drift."""
+    from expert_hub.transit import TransitClock
+
+    clock = TransitClock()
+    skew = -100.0  # the edge's clock is 100 s behind
+    assert clock.delay("cam", 1000.0 + skew, 1000.003, 0.0) == 0.0  # the first message sets the baseline
+    assert clock.delay("cam", 1001.0 + skew, 1001.001, 1.0) == 0.0  # quicker: a new baseline
+    assert clock.delay("cam", 1002.0 + skew, 1002.004, 2.0) == pytest.approx(0.002)  # 3 ms jitter, less the 1 ms/s creep
+    assert clock.delay("cam", 1003.0 + skew, 1013.001, 3.0) == pytest.approx(9.998)  # held 10 s on its way (less the creep)
+    assert clock.delay("other", 5.0, 1014.0, 4.0) == 0.0  # each node its own baseline
+    assert clock.delay("cam", 4000.0 + skew, 4000.5 + 1.0, 3000.0) == 0.0  # an hour later: a drift of 1 s followed
+
+
+def test_the_hub_drops_a_frame_held_on_its_way_before_inference(tiny_pack):
+    from expert_hub.hub import Raw
+
+    pack = Pack.load(tiny_pack)
+    settings = HubSettings(pack=tiny_pack, hub_id="ht", stats_interval_s=0)
+    hub = ExpertHub(settings, pack, open_backend("torch").experts(pack, pack.manifest.experts), MqttClient(settings, "hub", "ht"))
+    topic, now, wall = frames_topic("ate/v1", "0-2", "cam"), time.monotonic(), time.time()
+    fresh = frames("cam", [1], pack.pack_id, IMAGE, deadline_ms=1000.0)
+    fresh.t_sent = wall - 100.0  # the edge's clock 100 s behind
+    held = frames("cam", [2], pack.pack_id, IMAGE, deadline_ms=1000.0)
+    held.t_sent = wall - 100.0 - 10.0  # sent 10 s before it arrived
+    for f in (fresh, held):
+        hub._queue.put(Raw(topic, f.encode(), None, now, wall))
+    batch = hub._batch()
+    assert [int(j.part.frames.frame_ids[j.i]) for j in batch] == [1]
+    assert hub.stats.expired == 1

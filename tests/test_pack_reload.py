@@ -157,3 +157,27 @@ def test_the_edge_takes_the_new_packs_tau_unless_an_operator_set_one(tiny_pack):
     node.tau.set(0.3, source="mqtt")  # the operator's word stands from here on
     node.install(Pack(pack.root, pack.manifest.model_copy(update={"tau": 0.55})), classifier)
     assert node.tau.value == 0.3
+
+
+@pytest.mark.parametrize("component, broken", [("edge", "expert"), ("hub", "generalist")])
+def test_a_pack_with_any_bad_file_is_refused(tiny_pack, tmp_path, component, broken):
+    """A new version whose file that this component does not run is corrupt on disk (an expert,
+    for the edge; the generalist, for a hub) is refused all the same: edge and hub accept or refuse
+    the same packs, so no label names a version that is broken on disk."""
+    from askexpert.reload import PackReloader
+    from trainer.export import build_random_pack
+
+    v2 = build_random_pack(tmp_path / "v2", seed=1)
+    m = Pack.load(v2).manifest
+    path = v2 / (m.generalist if broken == "generalist" else m.experts[-1]).file
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0xFF
+    path.write_bytes(bytes(data))
+    installed: list = []
+    reports: list = []
+    reloader = PackReloader(
+        component, v2, Pack.load(tiny_pack), lambda pack: "built", lambda pack, built: installed.append(pack), reports.append
+    )
+    reloader.request()
+    reloader.join(30)
+    assert installed == [] and reports[-1]["result"] == "refused" and "corrupt" in reports[-1]["error"], reports

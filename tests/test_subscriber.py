@@ -61,3 +61,29 @@ def test_a_session_lost_once_is_reported_and_the_subscriber_goes_on(broker):
         sub.stop()
     assert (sub.client.connects, sub.sessions_lost, sub.taken_over) == (2, 1, None)
     assert received(sub) == set(range(50))
+
+
+def test_sessions_lost_to_failovers_between_independent_brokers_are_not_a_takeover():
+    """A durable subscriber on `A,B` (no persistence, no shared state): A killed, it moves to B (no
+    session there); A back, B killed, it moves back to A (which lost the session with its restart).
+    Two sessions missing within seconds, each after a failover: said, not read as another client
+    on its id; it keeps receiving on A."""
+    a, b = Broker().start(), Broker().start()
+    sub = Subscriber(CommonSettings(broker=f"{a.url},{b.url}"), "t/labels", ident="durable3", session_expiry_s=600).start()
+    try:
+        for gone, to in ((a, b), (b, a)):
+            gone.proc.kill()
+            gone.proc.wait()
+            deadline = time.monotonic() + 30
+            while not (sub.client.connected.is_set() and sub.client.broker == to.url) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert sub.client.broker == to.url and sub.client.wait_subscribed(10)
+            gone.start()  # back on its port, empty
+        publish(a, range(20))
+        sub.wait_for(lambda: len(received(sub)) == 20, 10)
+    finally:
+        sub.stop()
+        a.stop()
+        b.stop()
+    assert (sub.client.failovers, sub.sessions_lost, sub.taken_over) == (2, 2, None)
+    assert received(sub) == set(range(20))
