@@ -20,6 +20,7 @@ import math
 import re
 import time
 from dataclasses import asdict, dataclass, field
+from functools import lru_cache
 from typing import Any
 
 import cv2
@@ -71,6 +72,7 @@ def frames_filter(prefix: str, expert: str, share_group: str | None = None) -> s
     return f"$share/{share_group}/{topic}" if share_group else topic
 
 
+@lru_cache(maxsize=4096)  # a hub sees the same few topics (experts x nodes) for every message
 def parse_frames_topic(prefix: str, topic: str) -> tuple[str, str]:
     """'<prefix>/experts/0-2/frames/cam1' -> ('0-2', 'cam1') (ProtocolError for anything else)."""
     head = f"{prefix}/experts/"

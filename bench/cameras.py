@@ -5,10 +5,12 @@ Each camera replays the Fashion-MNIST test split from its own offset, its frames
 time (cameras are not in step). A frame whose edge confidence (the pack's generalist, computed
 once) is below the pack's tau goes to the expert Algorithm 1 routes it to, one frame per message
 (protocol v2, QoS 0), with the edges' deadline (--deadline-ms) in the frame; frames
-kept at the edge never touch the network. One hub (`expert-hub run`, its defaults) answers.
+kept at the edge never touch the network. One hub (`expert-hub run`, its defaults) answers, or
+--hubs processes of one share group (how a hub uses several cores).
 Per N: offloads sent, answered in time, answered late, never answered (dropped by the hub as too
 late, counted by it as expired), round-trip p50/p99 over all cameras and the worst camera's p99,
-and the CPU seconds per second of the hub, the broker and this generator.
+the CPU seconds per second of the hub, the broker and this generator, and how far the generator
+fell behind its schedule (its frames are encoded before the clock starts).
 
 With --find-max it then reports the largest N of --cameras that the hub holds (every offload
 answered in time, p99 <= --p99-ms) and runs 1.5x that N: past its capacity the hub should refuse
@@ -34,10 +36,11 @@ from proc_cpu import cpu_seconds
 
 from askexpert.backends import open_backend
 from askexpert.datasets import load_dataset
+from askexpert.hardware import cpu_name
 from askexpert.localbroker import Broker, hub_args, spawn_quiet
 from askexpert.mqtt import MqttClient
 from askexpert.pack import Pack
-from askexpert.protocol import FrameBatch, decode_replies
+from askexpert.protocol import FrameBatch, decode_replies, frames_topic
 from askexpert.routing import decide
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import wait_online
@@ -68,36 +71,46 @@ class Fleet:
                 else:
                     self.late += 1
 
-    def play(self, cameras: int, fps: float, seconds: float) -> int:
-        """Send every camera's offloads for `seconds`; returns the number of offloads sent."""
-        n_frames, sent = len(self.images), 0
-        period = 1.0 / fps
-        start = time.monotonic() + 0.1
+    def plan(self, cameras: int, fps: float, seconds: float, start_wall: float) -> list[tuple[float, str, int, str, bytes]]:
+        """Every camera's offloads as (due, node, frame id, expert, payload), due in seconds from the
+        start: encoded before the clock starts, each frame stamped with its due time on the wall
+        clock, so the generator's CPU per frame is MQTT's alone."""
+        out = []
         for j in range(int(seconds * fps)):
             for c in range(cameras):
-                due = start + (j + c / cameras) * period
-                if (wait := due - time.monotonic()) > 0:
-                    time.sleep(wait)
-                i = (c * 997 + j) % n_frames
+                i = (c * 997 + j) % len(self.images)
                 if not self.offload[i]:
                     continue
-                node = f"cam{c}"
+                due, node = (j + c / cameras) / fps, f"cam{c}"
                 frames = FrameBatch(
                     node,
                     "fleet",
                     self.pack_id,
                     np.array([j]),
-                    np.array([time.time()]),
+                    np.array([start_wall + due]),
                     np.zeros((1, 2), np.int32),
                     np.zeros((1, 2), np.float32),
                     self.images[i : i + 1],
                     np.array([self.deadline_s * 1000]),
+                    t_sent=start_wall + due,
                 )
-                with self.lock:
-                    self.sent[(node, j)] = time.monotonic()
-                self.client.publish_frames("ate/v1", str(self.keys[i]), frames)
-                sent += 1
-        return sent
+                out.append((due, node, j, str(self.keys[i]), frames.encode()))
+        return out
+
+    def play(self, plan: list[tuple[float, str, int, str, bytes]], start_wall: float) -> tuple[int, float]:
+        """Send a plan from `start_wall` on: (offloads sent, the largest lag of a send behind its
+        due time, ms: how far this generator fell behind)."""
+        start = time.monotonic() + (start_wall - time.time())
+        lag = 0.0
+        for due, node, fid, expert, payload in plan:
+            if (wait := start + due - time.monotonic()) > 0:
+                time.sleep(wait)
+            now = time.monotonic()
+            lag = max(lag, now - start - due)
+            with self.lock:
+                self.sent[(node, fid)] = now
+            self.client.publish(frames_topic("ate/v1", expert, node), payload, qos=0)
+        return len(plan), lag * 1000
 
     def reset(self) -> None:
         with self.lock:
@@ -108,9 +121,12 @@ class Fleet:
 
 def run(fleet: Fleet, pids: dict[str, int], cameras: int, a: argparse.Namespace) -> dict:
     fleet.reset()
+    start_wall = time.time() + 1.0 + cameras * a.fps * a.seconds * 30e-6  # after the encoding
+    plan = fleet.plan(cameras, a.fps, a.seconds, start_wall)
+    time.sleep(max(0.0, start_wall - time.time() - 0.05))
     cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
     t0 = time.monotonic()
-    sent = fleet.play(cameras, a.fps, a.seconds)
+    sent, lag_ms = fleet.play(plan, start_wall)
     time.sleep(fleet.deadline_s + 0.5)  # the last answers, or their deadlines
     wall = time.monotonic() - t0
     cpu = {name: round((cpu_seconds(pid) - cpu0[name]) / wall, 3) for name, pid in pids.items()}
@@ -131,6 +147,7 @@ def run(fleet: Fleet, pids: dict[str, int], cameras: int, a: argparse.Namespace)
         "p99_ms": round(float(np.percentile(every, 99)), 1) if in_time else None,
         "worst_camera_p99_ms": round(max(float(np.percentile(v, 99)) for v in rtts.values() if v), 1) if in_time else None,
         "cpu_per_s": cpu,
+        "generator_max_lag_ms": round(lag_ms, 1),
     }
 
 
@@ -149,6 +166,7 @@ def main() -> None:
     ap.add_argument("--p99-ms", type=float, default=100.0, help="--find-max: the largest N must keep p99 at or under this")
     ap.add_argument("--find-max", action="store_true", help="then run 1.5x the largest N held")
     ap.add_argument("--hub-args", default="", help="extra flags for the hub, e.g. '--backend torch --threads 2'")
+    ap.add_argument("--hubs", type=int, default=1, help="hub processes in one share group (a hub across several cores)")
     a = ap.parse_args()
     pack = Pack.load(a.pack)
     tau = pack.manifest.tau if a.tau is None else a.tau
@@ -156,23 +174,30 @@ def main() -> None:
     d = decide(open_backend("onnx").classifier(pack, pack.manifest.generalist)(images), pack.manifest.partition, pack.manifest.k)
     offload = d.offloaded(tau)
     broker = Broker().start()
-    hub = spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, "fleet-hub", *a.hub_args.split()))
+    group = ["--share-group", "fleet"] if a.hubs > 1 else []
+    hubs = [
+        spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, f"fleet-hub{i}", *group, *a.hub_args.split())) for i in range(a.hubs)
+    ]
     client = MqttClient(CommonSettings(broker=broker.url), "edge", "fleet")
     fleet = Fleet(client, images, offload, d.expert, pack.pack_id, a.deadline_ms)
     client.subscribe("ate/v1/nodes/+/replies/+", fleet.on_reply)
     out: dict = {
         "bench": "cameras",
+        "cpu": cpu_name(),
+        "hubs": a.hubs,
         "fps_per_camera": a.fps,
         "tau": tau,
         "alpha": round(float(offload.mean()), 4),
         "deadline_ms": a.deadline_ms,
     }
     try:
-        wait_online(CommonSettings(broker=broker.url), "hub", "fleet-hub")
+        for i in range(a.hubs):
+            wait_online(CommonSettings(broker=broker.url), "hub", f"fleet-hub{i}")
         client.start()
         client.wait_subscribed(10)
-        pids = {"hub": hub.pid, "broker": broker.proc.pid, "generator": os.getpid()}
-        fleet.play(20, a.fps, 1.0)  # warm-up
+        pids = {**{f"hub{i}": h.pid for i, h in enumerate(hubs)}, "broker": broker.proc.pid, "generator": os.getpid()}
+        warm = time.time() + 0.5
+        fleet.play(fleet.plan(20, a.fps, 1.0, warm), warm)  # warm-up
         time.sleep(1.5)
         runs = [run(fleet, pids, int(n), a) for n in a.cameras.split(",")]
         out["runs"] = runs
@@ -188,8 +213,9 @@ def main() -> None:
                 out["largest_held"] = None
     finally:
         client.stop()
-        hub.terminate()
-        hub.wait(10)
+        for h in hubs:
+            h.terminate()
+            h.wait(10)
         broker.stop()
     print(json.dumps(out))
 
