@@ -550,7 +550,8 @@ def test_a_fuzz_burst_during_a_live_stream_changes_no_label(tiny_pack, broker):
 def test_a_partitioned_edge_still_labels_every_frame_once(tiny_pack, broker):
     """The edge's link to the broker stalls for 3 s mid-stream (a relay that stops relaying): frames
     offloaded then fall back at their deadline, late replies change nothing, and every frame ends
-    with exactly one label at the consumer."""
+    with exactly one label at the consumer. The frames held in the link are not answered after it
+    heals (the issue "No edge can starve another", case 6)."""
     import threading
 
     from helpers import PausableProxy
@@ -598,6 +599,9 @@ def test_a_partitioned_edge_still_labels_every_frame_once(tiny_pack, broker):
     assert result["frames"] == n and result["unacknowledged"] == 0
     assert sorted(m.frame_id for m in labels) == list(range(n)), "exactly one label per frame"
     assert result["fallback"] > 0 and result["expert"] > 0  # the partition was felt, and healed
+    # the offloads held in the stalled link reached the hub late: it knew (expert_hub/transit.py)
+    # and dropped them instead of answering; late replies are at most one deadline's worth (50/s x 1 s)
+    assert result["late_replies"] <= 50, result
 
 
 @pytest.mark.slow
