@@ -1,7 +1,8 @@
 """The expert hub: one subscription per expert topic, one inference thread, dynamic batches.
 
-paho's network thread only checks the payload size and enqueues the raw message (on_message
-never blocks, and never decodes an image). A message holds one or more frames of one edge for one
+paho's network thread only checks the payload size and enqueues the raw message in its sender's
+line (expert_hub/fair_queue.py: nodes take turns, and a flood evicts its own messages first;
+on_message never blocks, and never decodes an image). A message holds one or more frames of one edge for one
 expert (protocol v2). The inference thread takes messages until it has max_batch frames, waiting
 at most max_wait after the first, decodes and validates each message as a whole (bounded: sizes,
 counts and shape before any pixel; the JPEG header before decoding), runs the valid frames through
@@ -39,7 +40,6 @@ import paho.mqtt.client as mqtt
 
 from askexpert import metrics
 from askexpert.backends import ExpertLibrary
-from askexpert.batching import put_newest
 from askexpert.log import Throttle, get_logger
 from askexpert.mqtt import MqttClient
 from askexpert.ops import StatsPublisher
@@ -56,6 +56,7 @@ from askexpert.protocol import (
     replies_topic,
 )
 from askexpert.routing import softmax
+from expert_hub.fair_queue import FairQueue
 from expert_hub.load import LoadMeter
 from expert_hub.settings import HubSettings
 from expert_hub.transit import TransitClock
@@ -157,7 +158,7 @@ class ExpertHub:
         self.stats = HubStats()
         self.per_expert: Counter[str] = Counter()
         self.stop_event = threading.Event()
-        self._queue: queue.Queue[Raw] = queue.Queue(maxsize=settings.queue_size)
+        self._queue: FairQueue[Raw] = FairQueue(settings.queue_size, key=lambda raw: raw.topic.rsplit("/", 1)[-1])  # per sender node
         self._warned_packs: set[str] = set()
         self._log_throttle = Throttle()
         self._frame_s = 0.0  # what one frame of a batch takes now (smoothed): batches are sized by it
@@ -260,7 +261,7 @@ class ExpertHub:
             return None
         expiry = getattr(message.properties, "MessageExpiryInterval", None) if message.properties else None
         raw = Raw(message.topic, message.payload, expiry, time.monotonic())
-        if dropped := put_newest(self._queue, raw):  # overloaded: the oldest messages go
+        if dropped := self._queue.put(raw):  # overloaded: the oldest messages of the node that sends the most go
             self.stats.dropped += dropped
             metrics.DROPS.labels("hub", "queue-full").inc(dropped)
         return None
