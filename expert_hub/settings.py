@@ -23,7 +23,11 @@ class HubSettings(CommonSettings):
         2.0, ge=0, description="how long a batch waits to fill after its first frame, only when frames are queued behind it"
     )
     max_payload: int = Field(MAX_FRAME_BYTES, gt=0, description="larger frames messages are rejected")
-    queue_size: int = Field(4096, ge=1, description="frames messages waiting for inference, one line per sender node; beyond this the oldest of the longest line is dropped")
+    queue_size: int = Field(
+        4096,
+        ge=1,
+        description="frames messages waiting for inference, one line per sender node; beyond this the oldest of the longest line is dropped",
+    )
     max_time_left_ms: float = Field(
         5000.0,
         gt=0,
