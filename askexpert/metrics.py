@@ -25,9 +25,7 @@ TAU = Gauge("ate_tau", "Current confidence threshold", ["node"])
 TAU_EFFECTIVE = Gauge("ate_tau_effective", "Threshold the last batch was gated with (adaptive tau: within tau_min..tau)", ["node"])
 EXPIRED = Counter("ate_expired_frames_total", "Frames the hub dropped before inference: their edge stops waiting first", ["hub", "by"])
 CAPPED = Counter("ate_hub_capped_frames_total", "Frames whose time left the hub cut to its max_time_left_ms", ["hub"])
-RATE_LIMITED = Counter(
-    "ate_hub_rate_limited_frames_total", "Frames refused at admission: their node sent beyond node_rate_limit", ["hub", "node"]
-)
+RATE_LIMITED = Counter("ate_hub_rate_limited_frames_total", "Frames refused at admission: their node sent beyond node_rate_limit", ["hub"])
 PACK_INFO = Gauge("ate_pack_info", "1 for the pack (id, version) a component serves with", ["component", "pack", "version"])
 PACK_RELOADS = Counter("ate_pack_reloads_total", "Pack hot reloads, by result (loaded, refused, unchanged)", ["component", "result"])
 MQTT_BROKER = Gauge("ate_mqtt_broker", "1 for the broker of its list a client is connected to, else 0", ["role", "id", "broker"])

@@ -314,9 +314,11 @@ class ExpertHub:
         allowed = min(n, int(tokens))
         if len(self._buckets) < MAX_TRACKED_NODES or node in self._buckets:
             self._buckets[node] = (tokens - allowed, now)
-        if refused := n - allowed:
+        if refused := n - allowed:  # per hub: a label per node name from the network would grow without bound
             self.stats.rate_limited += refused
-            metrics.RATE_LIMITED.labels(self.s.hub_id, node).inc(refused)
+            metrics.RATE_LIMITED.labels(self.s.hub_id).inc(refused)
+            if (quiet := self._log_throttle.ready("rate-limited")) is not None:
+                log.warning("frames beyond the node's rate limit refused", node=node, frames=refused, not_logged_since_last=quiet)
         return allowed
 
     def _pack_for(self, version: str | None, now: float) -> Served:
