@@ -9,7 +9,8 @@
 - Connection runs in paho's network thread with automatic reconnect; a missing broker is retried.
 - A broker list (`--broker mqtt://a:1883,mqtt://b:1883`): paho's own reconnect loop (backoff 1..5 s)
   does the retrying, and `on_pre_connect` (called before every new socket) points it at the next
-  broker after a failed attempt or a lost connection. paho re-sends unacknowledged QoS 1 messages
+  broker after a failed attempt or a lost connection. After a failover the client moves back to
+  the first broker once it has answered for `broker_failback_s` (60 s; 0: never). paho re-sends unacknowledged QoS 1 messages
   (with DUP) on the new connection, so a consumer may see a label twice: it dedups on
   node/run/frame_id (README). The broker in use is in the status, `/healthz` and metrics.
 - In-flight QoS 1 is capped at the Receive Maximum of each CONNACK (MQTT 5 flow control; a broker
@@ -79,6 +80,15 @@ def unresolvable(host: str) -> str | None:
     return None
 
 
+def reachable(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether something accepts a TCP connection there now."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def status_payload(state: str, role: str, ident: str, **extra: object) -> bytes:
     return json.dumps({"state": state, "role": role, "id": ident, "ts": time.time(), **extra}).encode()
 
@@ -140,6 +150,8 @@ class MqttClient:
         self._session: dict = {}  # connect_async's session arguments (persistent session), for every broker
         self._expiries: dict[int, Properties] = {}
         self.client = self._paho_client()
+        self._stopping = threading.Event()
+        self._failback: threading.Thread | None = None
         self._unreachable_since: float | None = None
         self._unreachable_logged = 0.0
 
@@ -182,6 +194,41 @@ class MqttClient:
         first = self.brokers[0]
         self.client.connect_async(first.host, first.port, keepalive=KEEPALIVE_S, **self._session)
         self.client.loop_start()
+        if len(self.brokers) > 1 and self.settings.broker_failback_s > 0:
+            self._failback = threading.Thread(target=self._watch_first, name="mqtt-failback", daemon=True)
+            self._failback.start()
+
+    def _watch_first(self) -> None:
+        """After a failover, back to the first broker of the list once it has answered (a TCP
+        connect) for broker_failback_s without a miss: a broker that flaps does not pull clients
+        back and forth, and a list's first entry (the site broker, the cluster's nearest node)
+        gets its clients back."""
+        period = self.settings.broker_failback_s
+        since: float | None = None
+        while not self._stopping.wait(max(0.1, period / 4)):
+            first = self.brokers[0]
+            if self._at == 0 or not self.connected.is_set() or not reachable(first.host, first.port):
+                since = None
+                continue
+            since = since or time.monotonic()
+            if time.monotonic() - since >= period:
+                self._move_to_first()
+                since = None
+
+    def _move_to_first(self) -> None:
+        """A clean disconnect (no will) and paho's loop started again on the first broker; what was
+        queued at QoS 1 goes out there."""
+        first, before = self.brokers[0], self.broker
+        log.info("mqtt moving back to the first broker", broker=first.url, previous=before)
+        self.client.disconnect()
+        self.client.loop_stop()
+        if self._stopping.is_set():
+            return
+        self._at, self._move_on = 0, False
+        self.failovers += 1
+        metrics.MQTT_FAILOVERS.labels(self.role, self.ident).inc()
+        self.client.connect_async(first.host, first.port, keepalive=KEEPALIVE_S, **self._session)
+        self.client.loop_start()
 
     @property
     def broker(self) -> str:
@@ -205,6 +252,9 @@ class MqttClient:
 
     def stop(self) -> None:
         """Say `offline` (retained), then disconnect cleanly: the will is only for crashes."""
+        self._stopping.set()
+        if self._failback is not None:
+            self._failback.join(timeout=5)
         if self.announce and self.connected.is_set():
             info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance), retain=True)
             try:

@@ -52,6 +52,11 @@ class CommonSettings(BaseSettings):
         description="mqtt://host:port or mqtts://host:port (TLS); several, comma-separated: the first that answers, "
         "the next on loss (a cluster's nodes, or independent brokers)",
     )
+    broker_failback_s: float = Field(
+        60.0,
+        ge=0,
+        description="with several brokers: after a failover, move back to the first once it has answered this long; 0 = stay where it works",
+    )
     prefix: str = Field(DEFAULT_PREFIX, description="topic prefix")
     username: str | None = Field(None, description="broker user name")
     password: str | None = Field(None, description="broker password")

@@ -133,6 +133,44 @@ def test_a_client_takes_the_first_broker_that_answers_and_fails_over(broker):
         second.stop()
 
 
+def test_after_a_failover_a_client_moves_back_to_the_first_broker_once_it_answers_a_while():
+    """A on the list first, killed: the client moves to B. A back: once it has answered for
+    broker_failback_s, the client is on A again, subscribed, and receives what is published there."""
+    a, b = Broker().start(), Broker().start()
+    c = MqttClient(CommonSettings(broker=f"{a.url},{b.url}", broker_failback_s=1.0), "hub", "failback-test")
+    got: list[bytes] = []
+    c.subscribe("t/ping", lambda m: got.append(m.payload))
+    try:
+        c.start()
+        assert c.wait_subscribed(15) and c.broker == a.url
+
+        def on(url: str) -> bool:
+            deadline = time.monotonic() + 30
+            while not (c.connected.is_set() and c.broker == url) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            return c.broker == url and c.wait_subscribed(10)
+
+        a.proc.kill()
+        a.proc.wait()
+        assert on(b.url) and c.failovers == 1
+        a.start()  # back, empty, on its port
+        assert on(a.url) and c.failovers == 2
+        other = MqttClient(CommonSettings(broker=a.url), "listener", "pinger2", announce=False)
+        other.start()
+        assert other.wait_connected(10)
+        other.publish("t/ping", b"on the first again", qos=1)
+        assert other.flush(10)
+        other.stop()
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == [b"on the first again"]
+    finally:
+        c.stop()
+        a.stop()
+        b.stop()
+
+
 def start_edge(pack, brokers: str, node: str, frames: int, metrics_port: int) -> subprocess.Popen:
     args = edge_args(str(pack), brokers, node, frames, "--fps", "100", "--tau", "0.15", "--deadline-ms", "1000")
     return spawn("edge_node.cli", *args, "--metrics-port", str(metrics_port), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
