@@ -101,7 +101,7 @@ class EdgeNode:
         self.tau_effective = self.tau.value  # what the last batch was gated with
         self.k = settings.top_k or m.k
         self.node = settings.node_id
-        self.run_id = secrets.token_hex(4)  # in every label and correlation: frame ids restart with the process
+        self.run_id = secrets.token_hex(4)  # in every label and frames message: frame ids restart with the process
         self.labels_topic = labels_topic(settings.prefix, self.node)
         self.replies_filter = replies_filter(settings.prefix, self.node)
         self.stats = EdgeStats()
