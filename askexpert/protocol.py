@@ -40,6 +40,7 @@ NAME_RE = re.compile(r"[A-Za-z0-9_.:-]{1,64}")  # node, hub and run ids, pack id
 MAX_TOPK = 16
 MAX_DEADLINE_MS = 60_000.0  # a frame may claim at most this much time left: a hostile value is bounded
 MAX_BATCH_FRAMES = 256  # frames in one frames message
+MAX_REPLY_FRAMES = 1024  # answers in one replies message: a hub's max_batch is bounded by it
 MAX_BATCH_PIXELS = 64 * 1024 * 1024  # n * H * W * C of one frames message, checked before decoding
 
 
@@ -406,7 +407,7 @@ MAX_REPLY_BYTES = 256 * 1024
 def decode_replies(payload: bytes, *, max_bytes: int = MAX_REPLY_BYTES) -> ReplyBatch:
     msg = _unpack(payload, max_bytes)
     n = _count(msg, "n")
-    if not 0 < n <= MAX_BATCH_FRAMES * 4:
+    if not 0 < n <= MAX_REPLY_FRAMES:
         raise ProtocolError(f"a reply holds {n} answers")
     keys = _field(msg, "experts", list)
     if not 0 < len(keys) <= 256 or not all(isinstance(key, str) for key in keys):

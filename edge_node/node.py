@@ -334,7 +334,7 @@ class EdgeNode:
                 t_sent = time.monotonic()
                 for item in items:
                     item.t_sent, item.deadline = t_sent, t_sent + self.s.deadline_s
-                self.pending.add_many(items)
+                self.pending.add(items)
                 top = d.topk[idx]
                 frames = FrameBatch(
                     node=self.node,

@@ -43,10 +43,8 @@ class PendingTable:
     def start(self) -> None:
         self._thread.start()
 
-    def add(self, item: Offload) -> None:
-        self.add_many([item])
-
-    def add_many(self, items: list[Offload]) -> None:
+    def add(self, items: list[Offload]) -> None:
+        """Offloads sent together (one frames message): one lock, one wake-up."""
         with self._cond:
             for item in items:
                 self._items[item.frame_id] = item

@@ -111,7 +111,6 @@ class Reply:
 
     topic: str
     payload: bytes
-    frames: int
 
 
 @dataclass
@@ -459,7 +458,7 @@ class ExpertHub:
                 batch=len(jobs),
                 pack_version=jobs[rows[0]].part.served.pack.version,
             )
-            replies.append(Reply(replies_topic(self.s.prefix, node, self.s.answers_as), reply.encode(), len(rows)))
+            replies.append(Reply(replies_topic(self.s.prefix, node, self.s.answers_as), reply.encode()))
         return replies, infer_ms
 
     def _run(self, jobs: list[Job]) -> None:

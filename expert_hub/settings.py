@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from askexpert.protocol import MAX_FRAME_BYTES, MAX_LOAD_INTERVAL_S, NAME_RE, check_name
+from askexpert.protocol import MAX_FRAME_BYTES, MAX_LOAD_INTERVAL_S, MAX_REPLY_FRAMES, NAME_RE, check_name
 from askexpert.settings import CommonSettings
 
 
@@ -18,7 +18,9 @@ class HubSettings(CommonSettings):
         "full", description="full: the pack's whole-ViT experts; compact: its tails on one shared trunk (less memory)"
     )
     share_group: str | None = Field(None, description="subscribe as $share/NAME/... so hubs split the load")
-    max_batch: int = Field(64, ge=1, description="largest inference batch")
+    max_batch: int = Field(
+        64, ge=1, le=MAX_REPLY_FRAMES, description="largest inference batch (its answers to one edge travel in one message)"
+    )
     max_wait_ms: float = Field(
         2.0, ge=0, description="how long a batch waits to fill after its first frame, only when frames are queued behind it"
     )
