@@ -220,6 +220,7 @@ class MqttClient:
         queued at QoS 1 goes out there."""
         first, before = self.brokers[0], self.broker
         log.info("mqtt moving back to the first broker", broker=first.url, previous=before)
+        self._say_offline(moved_to=first.url)
         self.client.disconnect()
         self.client.loop_stop()
         if self._stopping.is_set():
@@ -255,14 +256,21 @@ class MqttClient:
         self._stopping.set()
         if self._failback is not None:
             self._failback.join(timeout=5)
-        if self.announce and self.connected.is_set():
-            info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance), retain=True)
-            try:
-                info.wait_for_publish(timeout=2)
-            except (RuntimeError, ValueError):
-                pass
+        self._say_offline()
         self.client.disconnect()
         self.client.loop_stop()
+
+    def _say_offline(self, **extra: object) -> None:
+        """A retained `offline` on the broker in use, before a clean disconnect (which sends no
+        will): left behind on a broker the client moves away from, its `online` would stay there
+        for good (`moved_to` names where the client went)."""
+        if not (self.announce and self.connected.is_set()):
+            return
+        info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance, **extra), retain=True)
+        try:
+            info.wait_for_publish(timeout=2)
+        except (RuntimeError, ValueError):
+            pass
 
     # ------------------------------------------------------------ messaging
     def subscribe(self, topic_filter: str, handler: Handler, qos: int = 1) -> None:

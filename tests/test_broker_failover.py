@@ -15,9 +15,9 @@ from helpers import AedesCluster, start_hub, stop
 
 from askexpert.localbroker import Broker, edge_args, free_port, spawn
 from askexpert.mqtt import MqttClient
-from askexpert.protocol import DEFAULT_PREFIX, LabelMsg, decode_label, labels_topic
+from askexpert.protocol import DEFAULT_PREFIX, LabelMsg, decode_label, labels_topic, status_topic
 from askexpert.settings import CommonSettings
-from askexpert.subscriber import wait_online
+from askexpert.subscriber import Subscriber, wait_online
 
 
 class LabelLog:
@@ -135,7 +135,8 @@ def test_a_client_takes_the_first_broker_that_answers_and_fails_over(broker):
 
 def test_after_a_failover_a_client_moves_back_to_the_first_broker_once_it_answers_a_while():
     """A on the list first, killed: the client moves to B. A back: once it has answered for
-    broker_failback_s, the client is on A again, subscribed, and receives what is published there."""
+    broker_failback_s, the client is on A again, subscribed, and receives what is published there;
+    on B, the broker it left, its retained status says offline and where it went."""
     a, b = Broker().start(), Broker().start()
     c = MqttClient(CommonSettings(broker=f"{a.url},{b.url}", broker_failback_s=1.0), "hub", "failback-test")
     got: list[bytes] = []
@@ -155,6 +156,10 @@ def test_after_a_failover_a_client_moves_back_to_the_first_broker_once_it_answer
         assert on(b.url) and c.failovers == 1
         a.start()  # back, empty, on its port
         assert on(a.url) and c.failovers == 2
+        left = Subscriber(CommonSettings(broker=b.url), status_topic(DEFAULT_PREFIX, "hub", "failback-test")).start(10)
+        assert left.wait_for(lambda: bool(left.raw), 10)
+        left.stop()
+        assert json.loads(left.raw[-1][1]) | {"ts": 0} == {"state": "offline", "role": "hub", "id": "failback-test", "instance": c.instance, "moved_to": a.url, "ts": 0}
         other = MqttClient(CommonSettings(broker=a.url), "listener", "pinger2", announce=False)
         other.start()
         assert other.wait_connected(10)
