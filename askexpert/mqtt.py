@@ -266,7 +266,9 @@ class MqttClient:
         for good (`moved_to` names where the client went)."""
         if not (self.announce and self.connected.is_set()):
             return
-        info = self.publish(self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance, **extra), retain=True)
+        info = self.publish(
+            self._status_topic, status_payload("offline", self.role, self.ident, instance=self.instance, **extra), retain=True
+        )
         try:
             info.wait_for_publish(timeout=2)
         except (RuntimeError, ValueError):

@@ -159,7 +159,14 @@ def test_after_a_failover_a_client_moves_back_to_the_first_broker_once_it_answer
         left = Subscriber(CommonSettings(broker=b.url), status_topic(DEFAULT_PREFIX, "hub", "failback-test")).start(10)
         assert left.wait_for(lambda: bool(left.raw), 10)
         left.stop()
-        assert json.loads(left.raw[-1][1]) | {"ts": 0} == {"state": "offline", "role": "hub", "id": "failback-test", "instance": c.instance, "moved_to": a.url, "ts": 0}
+        assert json.loads(left.raw[-1][1]) | {"ts": 0} == {
+            "state": "offline",
+            "role": "hub",
+            "id": "failback-test",
+            "instance": c.instance,
+            "moved_to": a.url,
+            "ts": 0,
+        }
         other = MqttClient(CommonSettings(broker=a.url), "listener", "pinger2", announce=False)
         other.start()
         assert other.wait_connected(10)
