@@ -44,3 +44,4 @@ QUALITY_BAND = Gauge(
     "The pack's band for a signal (bound low, expected, high); NaN without one or at another tau",
     ["node", "signal", "bound"],
 )
+HUB_BUSY = Gauge("ate_hub_busy_ratio", "Share of the last load interval the hub spent answering (1: at its capacity)", ["hub"])

@@ -6,7 +6,7 @@ share of answered offloads whose expert label differs from the edge's top-1) mov
 or the expert goes wrong on what it sees. The pack records what both read at its tau on the
 validation split (`QualityBand`, in the manifest); the edge counts them (askexpert/metrics.py)
 and keeps them over sliding windows (`SlidingShare`); a node is out of its band when a full
-window lies outside it. The Prometheus rule `ATEQualityDrift` (deploy/monitoring) applies the
+window lies outside it. The Prometheus rule `ATEQualityDrift` (docker/monitoring/rules.yml) applies the
 same rule to the same gauges.
 
 The band rule: expected share p measured on n_val validation items, a window of n items; the
