@@ -81,3 +81,32 @@ def test_outside_names_the_signal_that_left(signal):
     assert outside(q, **shares) == []
     shares[signal] = getattr(q, signal).high + 0.01
     assert outside(q, **shares) == [signal]
+
+
+def live_stream(pack: Pack, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same per-frame signals as `stored_test_stream`, from the pack's models run as an edge
+    and a hub run them (torch backend)."""
+    from askexpert.backends import open_backend
+
+    m, backend = pack.manifest, open_backend("torch")
+    d = decide(backend.classifier(pack, m.generalist)(images), m.partition, m.k)
+    off = d.offloaded(m.tau)
+    idx = np.flatnonzero(off)
+    labels = np.full(len(images), -1)
+    labels[idx] = backend.experts(pack, m.experts)(images[idx], list(d.expert[idx])).argmax(axis=1)
+    return off, labels != d.edge_label
+
+
+@pytest.mark.slow
+def test_the_shifted_stream_leaves_the_band_within_its_first_full_window_and_the_clean_one_does_not():
+    """The camera-like shift of the issue "The edge learns from its experts" (askexpert/shift.py,
+    its scoring stream) against the same 1500 test images clean."""
+    from askexpert.datasets import load_dataset
+    from askexpert.shift import shift_images
+
+    pack, n = Pack.load(PACK), 1500
+    clean = load_dataset("fashion-mnist", "test").images[:n]
+    assert watch(pack, *live_stream(pack, clean)) == []
+    out = watch(pack, *live_stream(pack, shift_images(clean, "score")))
+    assert out and out[0] < pack.manifest.quality.alpha.window  # frame index: fires within 1000 frames
+    print(f"\nshifted stream out of the band from frame {out[0] + 1} on; {len(out)} of {n} frames out")
