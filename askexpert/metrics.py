@@ -31,3 +31,17 @@ PACK_RELOADS = Counter("ate_pack_reloads_total", "Pack hot reloads, by result (l
 MQTT_BROKER = Gauge("ate_mqtt_broker", "1 for the broker of its list a client is connected to, else 0", ["role", "id", "broker"])
 MQTT_FAILOVERS = Counter("ate_mqtt_failovers_total", "Moves of a client to the next broker of its list", ["role", "id"])
 MQTT_INFLIGHT_CAP = Gauge("ate_mqtt_inflight_cap", "In-flight QoS 1 limit: the broker's Receive Maximum", ["role", "id"])
+GATED = Counter("ate_gated_frames_total", "Frames the edge gated (alpha = offloads / gated)", ["node"])
+EXPERT_ANSWERS = Counter("ate_expert_answers_total", "Offloads an expert answered in time", ["node", "expert"])
+DISAGREEMENTS = Counter(
+    "ate_expert_disagreements_total", "Answered offloads whose expert label differs from the edge's top-1", ["node", "expert"]
+)
+QUALITY_WINDOW = Gauge(
+    "ate_quality_window", "Share over the node's sliding window (signal alpha or disagreement; NaN until full)", ["node", "signal"]
+)
+QUALITY_BAND = Gauge(
+    "ate_quality_band",
+    "The pack's band for a signal (bound low, expected, high); NaN without one or at another tau",
+    ["node", "signal", "bound"],
+)
+HUB_BUSY = Gauge("ate_hub_busy_ratio", "Share of the last load interval the hub spent answering (1: at its capacity)", ["hub"])

@@ -146,6 +146,7 @@ class MqttClient:
         self._at = 0  # index in self.brokers of the broker in use (or being tried)
         self._move_on = False  # the last attempt failed or the connection was lost: try the next broker
         self.failovers = 0  # times the client moved to another broker of the list
+        metrics.MQTT_FAILOVERS.labels(role, ident)  # at 0 until the first: a rate over it exists from the start
         self.receive_maximum: dict[str, int] = {}  # per broker URL, from its last CONNACK
         self._session: dict = {}  # connect_async's session arguments (persistent session), for every broker
         self._expiries: dict[int, Properties] = {}

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, ValidationError, model_validator
 from safetensors.torch import load_file, save_file
 
 from askexpert.models import ExpertTail, SharedTrunk, ViTArch, build_vit
+from askexpert.quality import QualityBand
 from askexpert.routing import expert_key, required_experts
 
 MANIFEST = "manifest.json"
@@ -79,6 +80,7 @@ class Manifest(BaseModel):
     compact_experts: list[ExpertEntry] = Field(default_factory=list, description="tails on the trunk, one per expert")
     training: dict = Field(default_factory=dict)
     reports: dict = Field(default_factory=dict)
+    quality: QualityBand | None = Field(None, description="the label-free signals expected at tau (askexpert/quality.py)")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":

@@ -67,6 +67,8 @@ class PackReloader:
         self._lock = threading.Lock()
         self.last: dict = {}
         metrics.PACK_INFO.labels(**pack_labels(component, current)).set(1)
+        for result in ("loaded", "refused", "unchanged"):
+            metrics.PACK_RELOADS.labels(component, result)  # at 0 until the first: alert rules see them from the start
 
     def request(self) -> None:
         """Ask for a reload (from a signal handler: returns at once). A request during a load runs after it."""

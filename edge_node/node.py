@@ -45,6 +45,7 @@ from askexpert.protocol import (
     parse_replies_topic,
     replies_filter,
 )
+from askexpert.quality import WINDOW_ANSWERS, WINDOW_FRAMES, SlidingShare
 from askexpert.routing import Decision, decide
 from edge_node.adaptive_tau import AdaptiveTau
 from edge_node.pending import Offload, PendingTable
@@ -119,6 +120,26 @@ class EdgeNode:
         self._last_frame = time.monotonic()  # run() resets it; a frozen live source ages it
         metrics.FRAME_AGE_S.labels(self.node).set_function(self.frame_age_s)
         metrics.TAU_EFFECTIVE.labels(self.node).set_function(lambda: self.tau_effective)
+        self._quality_metrics(pack)
+
+    def _quality_metrics(self, pack: Pack) -> None:
+        """The label-free quality signals (askexpert/quality.py): alpha over the last gated frames,
+        the expert's disagreement over the last answers (windows sized as the pack's band states
+        them), and the band of the pack gating now, while it gates at the band's tau."""
+        band = pack.manifest.quality
+        self.alpha_window = SlidingShare(band.alpha.window if band else WINDOW_FRAMES)
+        self.disagreement_window = SlidingShare(band.disagreement.window if band else WINDOW_ANSWERS)
+        self._gated = metrics.GATED.labels(self.node)
+        for signal, window in (("alpha", self.alpha_window), ("disagreement", self.disagreement_window)):
+            metrics.QUALITY_WINDOW.labels(self.node, signal).set_function(window.share)
+            for bound in ("low", "expected", "high"):
+                metrics.QUALITY_BAND.labels(self.node, signal, bound).set_function(lambda s=signal, b=bound: self._band(s, b))
+
+    def _band(self, signal: str, bound: str) -> float:
+        band = self.pack.manifest.quality
+        if band is None or abs(self.tau_effective - band.tau) > 1e-9:
+            return math.nan
+        return getattr(getattr(band, signal), bound)
 
     # ------------------------------------------------------------ public
     @property
@@ -295,6 +316,9 @@ class EdgeNode:
         offloaded = d.offloaded(tau)
         if self.adaptive:
             self.adaptive.record(d.conf, offloaded)
+        self._gated.inc(len(batch))
+        for off in offloaded.tolist():
+            self.alpha_window.add(off)
         sends: dict[str, list[tuple[int, Offload]]] = {}
         for i, frame in enumerate(batch):
             self.stats.frames += 1
@@ -385,6 +409,7 @@ class EdgeNode:
                 continue
             rtt_ms = (now - item.t_sent) * 1000
             self._metric_rtt.observe(rtt_ms)
+            self._count_answer(expert, disagrees=label != item.edge_label)
             self._publish_label(
                 item,
                 label=label,
@@ -397,6 +422,12 @@ class EdgeNode:
                 network_ms=max(0.0, rtt_ms - queue_ms - reply.infer_ms),
             )
         return None
+
+    def _count_answer(self, expert: str, disagrees: bool) -> None:
+        metrics.EXPERT_ANSWERS.labels(self.node, expert).inc()
+        if disagrees:
+            metrics.DISAGREEMENTS.labels(self.node, expert).inc()
+        self.disagreement_window.add(disagrees)
 
     def _on_deadline(self, item: Offload) -> None:
         self._publish_label(item, label=item.edge_label, conf=item.edge_conf, source="edge-fallback")

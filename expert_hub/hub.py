@@ -166,6 +166,8 @@ class ExpertHub:
         self.transit = TransitClock()
         self._thread = threading.Thread(target=self._serve, name="inference", daemon=True)
         self.load = LoadMeter(settings.hub_id, pack.pack_id, settings.load_interval_s)
+        for by in ("deadline", "expiry"):
+            metrics.EXPIRED.labels(settings.hub_id, by)  # at 0 until the first: alert rules see it from the start
         self._load_topic = hub_load_topic(settings.prefix, settings.hub_id)
         self._load_publisher: StatsPublisher | None = None
 

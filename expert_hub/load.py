@@ -12,6 +12,7 @@ import threading
 import time
 from typing import Callable
 
+from askexpert import metrics
 from askexpert.protocol import HubLoad
 
 SMOOTHING = 0.5  # weight of the newest interval in the capacity estimate
@@ -50,4 +51,5 @@ class LoadMeter:
             arrivals, busy = self._arrived / dt, min(1.0, self._busy_s / dt)
             self._arrived, self._answered, self._busy_s, self._since = 0, 0, 0.0, now
         capacity = None if self.capacity is None else round(self.capacity, 3)
+        metrics.HUB_BUSY.labels(self.hub).set(busy)
         return HubLoad(self.hub, self.pack, capacity, round(arrivals, 3), queue, round(busy, 4), self.interval_s)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Installs what a fresh machine lacks: Mosquitto, Redis and Fashion-MNIST from Debian, then the package.
+# Installs what a fresh machine lacks: Mosquitto, Redis, Prometheus and Fashion-MNIST from Debian, then the package.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-python3}
@@ -10,10 +10,16 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=
 command -v redis-server >/dev/null 2>&1 || need_apt+=(redis-server)  # the aedes cluster of the failover test
 [ -f /usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz ] || [ -n "${ATE_FASHION_MNIST_DIR:-}" ] \
   || need_apt+=(dataset-fashion-mnist)
+# Prometheus and promtool for the monitoring test (it starts its own on a free port): the binaries
+# only, no node exporter, and no service of its own holding port 9090.
+command -v promtool >/dev/null 2>&1 || need_apt+=(prometheus)
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing from Debian: ${need_apt[*]}"
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need_apt[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need_apt[@]}"
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]] && [ -d /run/systemd/system ]; then
+    $SUDO systemctl disable --now prometheus || true
+  fi
 fi
 
 # timm needs torchvision, and torchvision must match torch exactly: install the pair together.

@@ -142,10 +142,44 @@ def test_env_example_names_every_required_variable():
     assert not [ln for ln in code if ":?" in ln], "a required ${VAR:?} in a compose file aborts every box, active or not"
 
 
+MONITOR_SECRETS = {"ATE_METRICS_PASSWORD": "m-pw", "ATE_GRAFANA_PASSWORD": "g-pw"}
+MONITORING = {"broker-metrics", "prometheus", "grafana"}
+
+
+@needs_compose
+def test_monitoring_profile_adds_pinned_prometheus_grafana_and_broker_metrics(tmp_path):
+    svcs = services({**SECRETS, **MONITOR_SECRETS}, "--profile", "monitoring", tmp_path=tmp_path)
+    assert set(svcs) == {"broker", "hub-engines", "hub", "edge-engines", "edge"} | MONITORING
+    assert svcs["prometheus"]["image"] == "prom/prometheus:v3.5.0" and svcs["grafana"]["image"] == "grafana/grafana:12.0.1"
+    assert svcs["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"] == "g-pw"
+    metrics_env = svcs["broker-metrics"]["environment"]
+    assert (metrics_env["ATE_USERNAME"], metrics_env["ATE_PASSWORD"], metrics_env["ATE_METRICS_PORT"]) == ("metrics", "m-pw", "9103")
+    assert svcs["broker-metrics"]["image"] == svcs["hub"]["image"]  # runs from the image every hub box has
+    mounts = {v["target"]: v["source"].replace(str(REPO), ".") for v in svcs["prometheus"]["volumes"]}
+    assert mounts["/etc/prometheus/targets"] == "./docker/monitoring/targets/one-box"
+    for svc in ("prometheus", "grafana"):
+        assert {p["host_ip"] for p in svcs[svc]["ports"]} == {"127.0.0.1"}
+    for missing in MONITOR_SECRETS:
+        done = config({**SECRETS, **MONITOR_SECRETS, missing: ""}, "--profile", "monitoring", tmp_path=tmp_path)
+        assert done.returncode != 0 and f"required variable {missing} is missing a value" in done.stderr
+    assert config(SECRETS, tmp_path=tmp_path).returncode == 0  # not asked for without the profile
+
+
+@needs_compose
+def test_two_box_monitoring_runs_on_the_hub_box_and_scrapes_the_edges_by_address(tmp_path):
+    env = {"ATE_HUB_PASSWORD": "h-pw", **MONITOR_SECRETS}
+    svcs = services(env, *TWO, "--profile", "hub-box", "--profile", "monitoring", tmp_path=tmp_path)
+    assert set(svcs) == {"broker", "hub-engines", "hub"} | MONITORING
+    mounts = {v["target"]: v["source"].replace(str(REPO), ".") for v in svcs["prometheus"]["volumes"]}
+    assert mounts["/etc/prometheus/targets"] == "./docker/monitoring/targets/two-box"
+    edges = (REPO / "docker/monitoring/targets/two-box/edges.yml").read_text()
+    assert "edge:9101" not in edges and re.search(r"\d+\.\d+\.\d+\.\d+:9101", edges)
+
+
 @needs_compose
 def test_bind_mounts_exist_in_the_repo_so_docker_never_creates_them(tmp_path):
     """A missing bind source is created by Docker as a root-owned folder (the old passwd trap)."""
-    svcs = services(SECRETS, tmp_path=tmp_path)
+    svcs = services({**SECRETS, **MONITOR_SECRETS}, "--profile", "monitoring", tmp_path=tmp_path)
     binds = [(n, v["source"]) for n, s in svcs.items() for v in s.get("volumes", []) if v["type"] == "bind"]
     assert binds
     for name, src in binds:

@@ -104,6 +104,7 @@ def assemble(run: Run, made: Provenance, size_limit: bool = True) -> Path:
         experts=experts,
         baselines=baselines,
         compact_experts=compact,
+        quality=rep.quality,
         training=_training_record(run, rep, made),
         reports={
             "json": files.PACK_REPORT_JSON,

@@ -128,6 +128,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ox = sub.add_parser("export-onnx", help="ONNX for every model of a pack, checked with onnxruntime")
     ox.add_argument("--pack", required=True)
     ox.add_argument("--onnx-out", required=True)
+    qb = sub.add_parser("quality-band", help="record the label-free quality band of a pack made without one (trainer/band.py)")
+    qb.add_argument("--pack", required=True)
     ns = parser.parse_args(argv)
     if getattr(ns, "recipe", ""):  # parse again with the recipe as defaults, so explicit flags win
         sub.choices[ns.cmd].set_defaults(**RECIPES[ns.recipe])
@@ -166,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
 
         diffs = export_pack_onnx(ns.pack, ns.onnx_out)
         log(f"ONNX parity (max abs diff): {max(diffs.values()):.2e} over {len(diffs)} models -> {ns.onnx_out}")
+        return 0
+    if ns.cmd == "quality-band":
+        from trainer.band import record_band
+
+        log(record_band(ns.pack).model_dump_json(indent=2))
         return 0
     cfg = config_from(ns)
     if ns.cmd == "plan":

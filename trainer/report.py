@@ -17,6 +17,7 @@ import numpy as np
 
 from askexpert.models import ViTArch, build_vit
 from askexpert.paper import PAPER_ALPHA_PCT, PAPER_TOPK
+from askexpert.quality import expected_band
 from askexpert.routing import Decision, decide, routed_logits
 from trainer.claims import claims
 from trainer.results import (
@@ -224,7 +225,10 @@ def build_report(run, ev: Evaluation) -> PackReport:
     experts = expert_rows(ev, masks, gen_name)
     per_expert = einfo.get("seeds_per_expert") or {k: list(range(len(ev.seeds))) for k in keys}
     t3 = table3(cfg, experts, per_expert, len(ev.seeds), gens[gen_name].top1)
-    tau_choice = choose_tau(ev.val[edge], {k: ev.val[f"progressive-{k}"] for k in keys}, ev.y_val, partition, cfg.k, cfg.tau_tolerance)
+    val_experts = {k: ev.val[f"progressive-{k}"] for k in keys}
+    tau_choice = choose_tau(ev.val[edge], val_experts, ev.y_val, partition, cfg.k, cfg.tau_tolerance)
+    val_routed = routed_logits(decide(ev.val[edge], partition, cfg.k), val_experts).argmax(1)
+    quality = expected_band(ev.val[edge], val_routed, partition, cfg.k, cfg.tau if cfg.tau is not None else tau_choice.tau)
     d = decide(ev.test[edge], partition, cfg.k)
     routed = routed_families(d, ev, keys)
     sweep = [system_row(d, tau, routed, ev, edge, keys) for tau in TAUS]
@@ -257,6 +261,7 @@ def build_report(run, ev: Evaluation) -> PackReport:
         premise=run.info("premise") or None,
         subset_teachers=(run.info("subset-teachers") or {}).get("models"),
         expert_training=expert_training(cfg, einfo, len(ev.seeds), per_expert),
+        quality=quality,
     )
 
 

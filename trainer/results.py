@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from askexpert.quality import QualityBand
+
 KINDS = ("progressive", "static", "uniform")  # the method and its two controls
 
 
@@ -191,6 +193,7 @@ class PackReport(BaseModel):
     premise: dict | None  # the premise sweep's record (step premise)
     subset_teachers: dict | None  # the subset teachers' records (step subset-teachers)
     expert_training: dict
+    quality: QualityBand | None = None  # the label-free signals expected at the pack's tau, on validation
 
     def to_json(self) -> dict:
         """The report as JSON data: unset optional parts left out, field names as written."""
