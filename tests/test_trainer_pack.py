@@ -192,25 +192,26 @@ def test_experts_start_as_their_pruned_subset_teacher(tiny):
     from safetensors.torch import load_file
 
     from trainer.cli import config_from
-    from trainer.pipeline import Run
+    from trainer.context import RunContext
     from trainer.prune import compute_importance, prune_vit
+    from trainer.steps.s7_experts import expert_teacher_labels
 
-    run = Run(config_from(parse_args(["experts", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
+    run = RunContext.open(config_from(parse_args(["experts", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
     key = "0-2"
     m_i = run.load_vit("12H", run.expert_teacher_rel(key))
     assert run.expert_teacher_rel(key) != "teacher.safetensors"
     generalist = run.load_vit("12H", "teacher.safetensors")
     assert any(not torch.equal(a, b) for a, b in zip(m_i.state_dict().values(), generalist.state_dict().values()))
-    imp = compute_importance(m_i, run._importance_batches())
+    imp = compute_importance(m_i, run.importance_batches())
     want = prune_vit(m_i, run.arch("12H"), run.arch("4H"), imp).state_dict()
     got = load_file(str(tiny / "work" / "experts" / "init" / f"expert-{key}.safetensors"))
     assert set(got) == set(want) and all(torch.allclose(got[k], want[k]) for k in want)
-    x = run.data.x_train[run._expert_samples()]
-    assert torch.equal(run.expert_teacher_labels(key), run.logits(m_i, x).argmax(1))
+    x = run.data.x_train[run.expert_samples()]
+    assert torch.equal(expert_teacher_labels(run, key), run.logits(m_i, x).argmax(1))
     # every kind of every seed was trained away from that same init
     seed = run.info("experts")["seeds_per_expert"][key][-1]
     for kind in ("progressive", "static", "uniform"):
-        trained = load_file(str(tiny / "work" / run.expert_rel(kind, key, seed)))
+        trained = load_file(str(tiny / "work" / f"experts/{kind}/seed{seed}/expert-{key}.safetensors"))
         assert not torch.equal(trained["head.weight"], got["head.weight"])
 
 
@@ -226,7 +227,7 @@ def test_recipes_are_defaults_that_flags_override():
 def test_every_setting_is_a_flag_with_its_type():
     """The trainer's flags come from Config: a new field is a new flag, typed as the field."""
     from trainer.cli import config_from
-    from trainer.pipeline import Config
+    from trainer.config import Config
 
     ns = parse_args(["pack"])
     assert set(Config.__dataclass_fields__) <= set(vars(ns))
@@ -239,12 +240,13 @@ def test_a_step_reads_its_inputs_from_the_work_folder(tiny, tmp_path):
     """Steps never run each other: a step whose inputs are missing says which step to run; with
     them in the work folder it is done (its record is read back, nothing retrains)."""
     from trainer.cli import config_from
-    from trainer.pipeline import STEPS, Run
+    from trainer.context import RunContext
+    from trainer.pipeline import STEPS, run_step
 
-    fresh = Run(config_from(parse_args(["experts", "--work", str(tmp_path / "w"), *TINY])), log=lambda s: None)
+    fresh = RunContext.open(config_from(parse_args(["experts", "--work", str(tmp_path / "w"), *TINY])), log=lambda s: None)
     with pytest.raises(SystemExit, match="step teacher has not run"):
-        fresh.step_prune()
-    done = Run(config_from(parse_args(["report", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
+        run_step(fresh, "prune")
+    done = RunContext.open(config_from(parse_args(["report", "--work", str(tiny / "work"), *TINY])), log=lambda s: None)
     assert STEPS.index("partition") < STEPS.index("subset-teachers") < STEPS.index("experts") < STEPS.index("report")
     assert done.report().to_json() == json.loads((tiny / "work" / "report.json").read_text())
 

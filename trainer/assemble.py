@@ -13,11 +13,13 @@ import torch
 
 from askexpert.pack import ExpertEntry, InputSpec, Manifest, ModelEntry, Pack, TrunkEntry, write_manifest
 from trainer import workfiles as files
+from trainer.context import RunContext
 from trainer.export import model_entry
-from trainer.pipeline import PACK_FILE_LIMIT, PACK_TOTAL_LIMIT, Run
 from trainer.report_markdown import to_markdown
 from trainer.results import PackReport
 
+PACK_FILE_LIMIT = 32 * 2**20
+PACK_TOTAL_LIMIT = 128 * 2**20
 LOGITS_LIMIT = 4 * 2**20
 
 
@@ -74,7 +76,7 @@ class Provenance:
     table6: dict | None = None
 
 
-def assemble(run: Run, made: Provenance, size_limit: bool = True) -> Path:
+def assemble(run: RunContext, made: Provenance, size_limit: bool = True) -> Path:
     """The pack from a work folder whose report step is done: weights, reports, logits, manifest."""
     cfg, d = run.cfg, run.data
     rep = run.report()
@@ -127,7 +129,7 @@ def _top(rep: PackReport, name: str) -> dict:
     return {"top1": g.top1, "top2": g.top2, "top3": g.top3} if g else {}
 
 
-def _generalist_entries(run: Run, rep: PackReport, out: Path, with_trunk: bool) -> tuple[ModelEntry, TrunkEntry | None, dict]:
+def _generalist_entries(run: RunContext, rep: PackReport, out: Path, with_trunk: bool) -> tuple[ModelEntry, TrunkEntry | None, dict]:
     """The edge generalist, the shared trunk (the expert-shaped generalist) and the baselines."""
     cfg = run.cfg
     edge, exp = cfg.edge_shape, cfg.expert_shape
@@ -145,7 +147,7 @@ def _generalist_entries(run: Run, rep: PackReport, out: Path, with_trunk: bool) 
     return gen, trunk, baselines
 
 
-def _expert_entries(run: Run, rep: PackReport, out: Path, with_compact: bool) -> tuple[list[ExpertEntry], list[ExpertEntry]]:
+def _expert_entries(run: RunContext, rep: PackReport, out: Path, with_compact: bool) -> tuple[list[ExpertEntry], list[ExpertEntry]]:
     """Seed 0's progressive experts (with their controls' scores) and the compact experts."""
     cfg, exp = run.cfg, run.cfg.expert_shape
     experts, compact = [], []
@@ -154,7 +156,7 @@ def _expert_entries(run: Run, rep: PackReport, out: Path, with_compact: bool) ->
         metrics = {"target_top1": e.progressive.target.values[0], "overall_top1": e.progressive.overall.values[0]}
         for kind in ("static", "uniform"):
             metrics |= {f"{kind}_target_top1": e.kind(kind).target.values[0], f"{kind}_overall_top1": e.kind(kind).overall.values[0]}
-        raw = model_entry(run.load_vit(exp, run.expert_rel("progressive", key, 0)), run.arch(exp), out, files.pack_expert(key))
+        raw = model_entry(run.load_vit(exp, files.expert("progressive", key, 0)), run.arch(exp), out, files.pack_expert(key))
         experts.append(ExpertEntry(**raw, subset=subset, metrics=metrics))
         if with_compact:
             tail = run.load_tail(files.compact_expert(key))
@@ -163,7 +165,7 @@ def _expert_entries(run: Run, rep: PackReport, out: Path, with_compact: bool) ->
     return experts, compact
 
 
-def _training_record(run: Run, rep: PackReport, made: Provenance) -> dict:
+def _training_record(run: RunContext, rep: PackReport, made: Provenance) -> dict:
     """The manifest's `training`: how, where and from what the pack was trained."""
     cfg = run.cfg
     fits = {n: run.info(n) for n in ("teacher", "prune", "baselines", "subset-teachers", "experts")}

@@ -10,21 +10,17 @@ from pathlib import Path
 import numpy as np
 
 from askexpert.backends import open_backend
-from askexpert.datasets import load_dataset, train_val_split
 from askexpert.pack import Pack, write_manifest
 from askexpert.quality import QualityBand, expected_band
 from askexpert.routing import decide
-from trainer.pipeline import _subsample
+from trainer.data import validation_split
 
 ALPHA_AGREEMENT_PT = 0.1  # the trainer's fp32 batches and the runtime's may gate a few frames at tau differently
 
 
 def validation_band(pack: Pack) -> QualityBand:
     m = pack.manifest
-    recipe = m.training.get("recipe", {})
-    seed = int(recipe.get("seed", 0))
-    _, val = train_val_split(load_dataset(m.dataset, "train"), float(recipe.get("val_fraction", 0.1)), seed)
-    val = _subsample(val, int(recipe.get("max_val_samples", 0)), seed + 3)
+    val = validation_split(m.dataset, m.training.get("recipe", {}))
     backend = open_backend("torch")
     edge = backend.classifier(pack, m.generalist)(val.images)
     d = decide(edge, m.partition, m.k)

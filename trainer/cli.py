@@ -23,7 +23,7 @@ from rich.console import Console
 from trainer.recipes import DEVIATIONS, RECIPES, TABLE6, overridden
 
 # Help, choices and short names of the trainer's settings; their names, types and defaults come from
-# `trainer.pipeline.Config`, so a new setting is a new field there (and a line here).
+# `trainer.config.Config`, so a new setting is a new field there (and a line here).
 HELP: dict[str, str] = {
     "dataset": "fashion-mnist | cifar100:PATH | folder:PATH",
     "work": "work folder (default runs/<dataset>)",
@@ -81,7 +81,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     """Every field of Config as a flag (--name-with-dashes, its type and default), then the flags of
     the command itself."""
     from askexpert.models import SHAPES
-    from trainer.pipeline import Config
+    from trainer.config import Config
 
     c = Config()
     choices = CHOICES | {f: sorted(SHAPES) for f in ("teacher_shape", "edge_shape")}
@@ -108,7 +108,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def config_from(ns: argparse.Namespace):
-    from trainer.pipeline import Config
+    from trainer.config import Config
 
     kw = {k: v for k, v in vars(ns).items() if k in Config.__dataclass_fields__}
     if ns.epochs:
@@ -190,11 +190,12 @@ def main(argv: list[str] | None = None) -> int:
 def _train(ns: argparse.Namespace, argv: list[str], cfg, log) -> int:
     """The steps of `ns.cmd`; under torchrun every rank runs them and rank 0 writes and prints."""
     from trainer import distributed as dist
-    from trainer.pipeline import STEPS, Run
+    from trainer.context import RunContext
+    from trainer.pipeline import STEPS, run_step, run_until
     from trainer.report_markdown import to_markdown
 
     t0 = time.time()
-    run = Run(cfg, log=log)
+    run = RunContext.open(cfg, log=log)
     record = recipe_record(ns, cfg)
     run.set_info("recipe", record)
     if record["overridden"]:
@@ -202,7 +203,7 @@ def _train(ns: argparse.Namespace, argv: list[str], cfg, log) -> int:
     if ns.recipe == "paper" and not cfg.teacher_init:
         log("recipe paper without --teacher-init: the teachers start from random weights, not the paper's pretrained DeiT-Base")
     if ns.cmd in STEPS:
-        run.run_until(ns.cmd)
+        run_until(run, ns.cmd)
         if ns.cmd == "report" and dist.is_main():
             print(to_markdown(run.report()))
         return 0
@@ -211,7 +212,7 @@ def _train(ns: argparse.Namespace, argv: list[str], cfg, log) -> int:
 
     prev = _previous_wall(run)
     for step in STEPS:
-        run.run_step(step)
+        run_step(run, step)
         _save_wall(run, prev + time.time() - t0)
     wall = time.time() - t0 + prev
     if not dist.is_main():

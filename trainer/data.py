@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
-from askexpert.datasets import LabelledImages
+from askexpert.datasets import LabelledImages, load_dataset, train_val_split
 
 
 @dataclass
@@ -49,3 +50,25 @@ class Data:
             x_test=xte,
             y_test=yte,
         )
+
+
+def to_tensor(d: LabelledImages, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.from_numpy(np.ascontiguousarray(d.images).copy()).permute(0, 3, 1, 2).float().div_(255.0)
+    x = (x - torch.tensor(mean, dtype=torch.float32)[None, :, None, None]) / torch.tensor(std, dtype=torch.float32)[None, :, None, None]
+    return x.contiguous(), torch.from_numpy(d.labels.astype(np.int64))
+
+
+def subsample(d: LabelledImages, n: int, seed: int) -> LabelledImages:
+    """At most `n` images of a split (0: all), a seeded choice kept in order."""
+    if not n or n >= len(d):
+        return d
+    idx = np.sort(np.random.default_rng(seed).permutation(len(d))[:n])
+    return LabelledImages(d.images[idx], d.labels[idx], d.classes, d.superclass, d.superclass_names)
+
+
+def validation_split(dataset: str, recipe: dict) -> LabelledImages:
+    """The validation split of a pack drawn again from its recorded recipe (seed, val_fraction,
+    max_val_samples), as `load_data` drew it: for `trainer` commands on an existing pack."""
+    seed = int(recipe.get("seed", 0))
+    _, val = train_val_split(load_dataset(dataset, "train"), float(recipe.get("val_fraction", 0.1)), seed)
+    return subsample(val, int(recipe.get("max_val_samples", 0)), seed + 3)

@@ -55,8 +55,8 @@ def step_seconds(cfg, shape: str, img: int, chans: int, batch: int) -> float:
     """Seconds of one training step (forward, backward, AdamW) of `shape` on `batch` images at the
     run's image size, on the run's device (bf16 autocast as in training): the fastest of 5 after 2
     warm-up steps, the least disturbed by other work on a shared machine."""
+    from trainer.context import auto_patch
     from trainer.engine import autocast
-    from trainer.pipeline import auto_patch
 
     device = torch.device(cfg.device if cfg.device != "cuda" or torch.cuda.is_available() else "cpu")
     size = cfg.img_size or img
@@ -97,7 +97,7 @@ def plan(cfg, measure_batch: int = 8, log=print) -> str:
         secs = steps * cfg.batch_size * sum(per_image[s] for s in f.models)
         r = rows.setdefault(f.step, [0, f.models, f.epochs, 0, 0.0])
         r[0], r[3], r[4] = r[0] + 1, r[3] + steps, r[4] + secs
-    from trainer.pipeline import auto_patch
+    from trainer.context import auto_patch
 
     lines = [
         f"plan for {cfg.dataset}: {n} training images ({ne} for subset teachers and experts), global batch {cfg.batch_size}, "

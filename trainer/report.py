@@ -86,13 +86,13 @@ def choose_tau(edge: np.ndarray, experts: dict[str, np.ndarray], y: np.ndarray, 
     return TauChoice(tau=tau, val_accuracy=accs, tolerance_pt=tolerance, val_alpha_pct=round(100 * float(d.offloaded(tau).mean()), 2))
 
 
-def generalists(run, ev: Evaluation) -> dict[str, Generalist]:
+def generalists(ctx, ev: Evaluation) -> dict[str, Generalist]:
     """Every generalist, baseline and teacher of the run with its shape and top-k (Tables 2 and 5)."""
     out = {}
     for name, lg in ev.test.items():
         if name.startswith(("generalist-", "baseline-", "teacher-")):
             shape = name.split("-", 1)[1]
-            arch = run.arch(shape)
+            arch = ctx.arch(shape)
             top = {f"top{k}": topk_acc(lg, ev.y, k) for k in (1, 2, 3)}
             out[name] = Generalist(
                 shape=shape,
@@ -213,14 +213,14 @@ def offload_domains(
     return OffloadDomains(**groups, tau=tau)
 
 
-def build_report(run, ev: Evaluation) -> PackReport:
-    """The whole report of a run whose earlier steps are done (partition, experts, ...)."""
-    cfg = run.cfg
-    pinfo, einfo = run.need("partition"), run.need("experts")
+def build_report(ctx, ev: Evaluation) -> PackReport:
+    """The whole report of a run (`trainer.context.RunContext`) whose earlier steps are done."""
+    cfg = ctx.cfg
+    pinfo, einfo = ctx.need("partition"), ctx.need("experts")
     partition, keys = pinfo["partition"], einfo["keys"]
     subset_of = np.array(partition)[ev.y]
     edge, gen_name = f"generalist-{cfg.edge_shape}", f"baseline-{cfg.expert_shape}"
-    gens = generalists(run, ev)
+    gens = generalists(ctx, ev)
     masks = {key: np.isin(subset_of, [int(s) for s in key.split("-")]) for key in keys}
     experts = expert_rows(ev, masks, gen_name)
     per_expert = einfo.get("seeds_per_expert") or {k: list(range(len(ev.seeds))) for k in keys}
@@ -258,8 +258,8 @@ def build_report(run, ev: Evaluation) -> PackReport:
         recall=recall,
         claims=claims(cfg, t3, (at, at_09), gens, experts),
         offload_domains=offload_domains(d, routed["progressive"], ev.test[gen_name], ev.y, subset_of, 0.9),
-        premise=run.info("premise") or None,
-        subset_teachers=(run.info("subset-teachers") or {}).get("models"),
+        premise=ctx.info("premise") or None,
+        subset_teachers=(ctx.info("subset-teachers") or {}).get("models"),
         expert_training=expert_training(cfg, einfo, len(ev.seeds), per_expert),
         quality=quality,
     )
