@@ -62,6 +62,23 @@ class ExpertEntry(ModelEntry):
         return expert_key(self.subset)
 
 
+ExpertForm = Literal["full", "compact"]
+
+
+class ServedForm(BaseModel):
+    """The expert form a hub serves by default (`expert_form: auto`) and why: chosen on the
+    validation split at the pack's tau, never on the test split (trainer/served_form.py)."""
+
+    form: ExpertForm
+    split: Literal["validation"] = "validation"
+    tau: float = Field(ge=0.0, le=1.0)
+    val_items: int = Field(gt=0)
+    val_system_top1: dict[str, float] = Field(description="Algorithm 1's top-1 (%) at tau with each form")
+    per_frame_ms: dict[str, float] = Field(description="inference time of one expert of each form, per frame")
+    measured_on: str = Field(description="the CPU or GPU the times were measured on")
+    rule: str
+
+
 class Manifest(BaseModel):
     format_version: int = FORMAT_VERSION
     name: str
@@ -81,6 +98,7 @@ class Manifest(BaseModel):
     training: dict = Field(default_factory=dict)
     reports: dict = Field(default_factory=dict)
     quality: QualityBand | None = Field(None, description="the label-free signals expected at tau (askexpert/quality.py)")
+    served_form: ServedForm | None = Field(None, description="the expert form hubs serve by default; none: full")
 
     @model_validator(mode="after")
     def _consistent(self) -> "Manifest":
@@ -181,15 +199,23 @@ class Pack:
     def experts(self) -> dict[str, ExpertEntry]:
         return {e.key: e for e in self.manifest.experts}
 
-    def expert_entries(self, form: str = "full") -> list[ExpertEntry]:
-        """The experts a hub serves: the pack's own (`full`), or its compact tails on the shared trunk."""
+    def resolve_form(self, form: str) -> str:
+        """`auto`: the form the manifest chose on validation (packs without a choice: full)."""
+        if form != "auto":
+            return form
+        return self.manifest.served_form.form if self.manifest.served_form else "full"
+
+    def expert_entries(self, form: str = "auto") -> list[ExpertEntry]:
+        """The experts a hub serves: the pack's whole-ViT experts (`full`), its compact tails on the
+        shared trunk (`compact`), or the form the manifest chose on validation (`auto`)."""
+        form = self.resolve_form(form)
         if form == "full":
             return list(self.manifest.experts)
         if form == "compact":
             if not self.manifest.compact_experts:
                 raise PackError(f"pack {self.root} has no compact experts")
             return list(self.manifest.compact_experts)
-        raise PackError(f"unknown expert form {form!r}: full or compact")
+        raise PackError(f"unknown expert form {form!r}: auto, full or compact")
 
     def state_dict(self, entry: ModelEntry) -> dict[str, torch.Tensor]:
         """Weights of one entry, checked against the manifest's sha256, as float32."""

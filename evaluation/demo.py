@@ -141,7 +141,8 @@ def run(a: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     demo = Demo(a, pack, run_dir)
     console.print(
-        f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}), "
+        f"[bold]Ask-the-Expert demo[/]: pack {a.pack} ({len(pack.manifest.experts)} experts, k={pack.manifest.k}, "
+        f"served form {pack.resolve_form('auto')}), "
         f"tau {', '.join(f'{t:g}' for t in taus)}, {a.frames} frames of {a.source}, run folder {run_dir}"
     )
     with capture_signals(interrupted):  # Ctrl-C and SIGTERM unwind alike: every child is stopped
@@ -314,6 +315,7 @@ class Demo:
             edge=_read_json(r.out / SUMMARY),
             offline_accuracy=offline_acc,
             offline_check=self.reference.mode,
+            expert_form=self.pack.resolve_form("auto"),
             replay_s=replay_s,
             date=time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
             machine=_machine(),
@@ -461,7 +463,7 @@ def stored_reference(pack, source: str, frames: int):
     import numpy as np
 
     from askexpert.routing import decide
-    from evaluation.logits import scenarios_from_stored, stored_logits
+    from evaluation.logits import scenarios_from_stored, served_label, stored_logits
 
     src = parse_source(source)
     if (src.kind, src.name, src.split) != ("dataset", pack.manifest.dataset, "test"):
@@ -470,10 +472,11 @@ def stored_reference(pack, source: str, frames: int):
     if z is None:
         return None
     sc = scenarios_from_stored(pack, z)
-    if not sc["specialists"]:
-        return None
     n = min(frames, len(sc["y"]))
-    routed = next(iter(sc["specialists"].values()))[:n]
+    routed = sc["specialists"].get(served_label(pack))
+    if routed is None:
+        return None
+    routed = routed[:n]
     return np.arange(n), decide(sc["edge_logits"][:n], pack.manifest.partition, pack.manifest.k), routed
 
 

@@ -31,7 +31,8 @@ def pack_logits(
 
     Returns {"edge": generalist logits, "routed": each image's routed expert's logits,
     "experts": routed keys, "baselines": {name: logits}}: exactly what Algorithm 1 needs for
-    every tau (routing does not depend on tau), computed with the same backend as the live system.
+    every tau (routing does not depend on tau), computed with the same backend as the live system,
+    with the experts hubs serve by default (the manifest's `served_form`).
     With `tau`, experts run only on the frames offloaded at that tau (the other rows are NaN).
     """
     from askexpert.backends import open_backend
@@ -44,7 +45,7 @@ def pack_logits(
 
     edge = run(be.classifier(pack, m.generalist)) if edge_logits is None else edge_logits
     d = decide(edge, m.partition, m.k)
-    lib = be.experts(pack, m.experts)
+    lib = be.experts(pack, pack.expert_entries("auto"))
     keys = np.asarray(d.expert)
     rows = np.flatnonzero(d.offloaded(tau)) if tau is not None else np.arange(len(images))
     routed = np.full(edge.shape, np.nan, dtype=np.float32)
@@ -105,6 +106,12 @@ def scenarios_from_stored(pack: Pack, z: dict) -> dict:
     return {"edge_logits": edge, "y": z["labels"].astype(np.int64), "edge_name": edge_name, "generalists": gens, "specialists": specs}
 
 
+def served_label(pack: Pack) -> str:
+    """The label `scenarios_from_stored` gives the expert form hubs serve by default."""
+    exp_shape = shape_name(pack.manifest.experts[0].arch) if pack.manifest.experts else "?"
+    return f"{exp_shape} experts" if pack.resolve_form("auto") == "full" else f"{exp_shape} compact experts"
+
+
 def compute_scenarios(pack: Pack, dataset: str, split: str, max_frames: int | None, backend: str, out: Path) -> dict:
     """The sweep's inputs computed with `backend` on a data set split, saved as logits-computed.npz in `out`."""
     from askexpert.datasets import load_dataset
@@ -116,7 +123,6 @@ def compute_scenarios(pack: Pack, dataset: str, split: str, max_frames: int | No
     t = time.monotonic()
     lg = pack_logits(pack, images, backend=backend)
     print(f"computed logits of {n} {dataset}:{split} images in {time.monotonic() - t:.1f} s", file=sys.stderr)
-    exp_shape = shape_name(pack.manifest.experts[0].arch) if pack.manifest.experts else "?"
     np.savez_compressed(
         out / "logits-computed.npz",
         labels=data.labels[:n],
@@ -129,5 +135,5 @@ def compute_scenarios(pack: Pack, dataset: str, split: str, max_frames: int | No
         "y": np.asarray(data.labels[:n]),
         "edge_name": shape_name(pack.manifest.generalist.arch),
         "generalists": lg["baselines"],
-        "specialists": {f"{exp_shape} experts": lg["routed"]},
+        "specialists": {served_label(pack): lg["routed"]},
     }

@@ -42,6 +42,8 @@ def summary_rows(rep: RunScore) -> list[tuple[str, str]]:
     ]
     if rep.tau is not None:
         rows.insert(0, ("tau", f"{rep.tau:g}"))
+    if rep.expert_form is not None:
+        rows.insert(1, ("experts served", rep.expert_form))
     if (o := rep.offline) is not None:
         how = f" ({rep.offline_check})" if rep.offline_check else ""
         verdict = "yes" if o.equal else ("differs within fp16 noise" if rep.offline_check == "stored" else "NO")

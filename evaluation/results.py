@@ -85,6 +85,7 @@ class RunScore(BaseModel):
     edge: dict | None = None  # the edge node's own summary (edge-node --summary-json)
     offline_accuracy: float | None = None
     offline_check: str | None = None  # exact | stored
+    expert_form: str | None = None  # the experts the hub served: full | compact (the demo's hub: the pack's choice)
     replay_s: float | None = None
     date: str | None = None
     machine: str | None = None

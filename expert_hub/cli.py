@@ -84,7 +84,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     if missing := pack.manifest.missing_experts():
         log.warning("pack lacks experts that top-k routing can ask for", missing=missing)
     ignore_sighup()
-    status = {"pack": pack.pack_id, "pack_version": pack.version, "experts": wanted, "expert_form": s.expert_form}
+    status = {"pack": pack.pack_id, "pack_version": pack.version, "experts": wanted, "expert_form": pack.resolve_form(s.expert_form)}
     client = MqttClient(s, "hub", s.hub_id, status)
     return Server(s, client).run(HubComponent(s, pack, client))
 

@@ -14,8 +14,10 @@ from askexpert.settings import CommonSettings
 class HubSettings(CommonSettings):
     hub_id: str = Field(default_factory=socket.gethostname, description="this hub's id")
     experts: list[str] | None = Field(None, description="serve only these experts, e.g. 0,0-2; default all")
-    expert_form: Literal["full", "compact"] = Field(
-        "full", description="full: the pack's whole-ViT experts; compact: its tails on one shared trunk (less memory)"
+    expert_form: Literal["auto", "full", "compact"] = Field(
+        "auto",
+        description="auto: the form the pack chose on its validation split (manifest served_form; full where it has none); "
+        "full: the pack's whole-ViT experts; compact: its tails on one shared trunk (less memory)",
     )
     share_group: str | None = Field(None, description="subscribe as $share/NAME/... so hubs split the load")
     max_batch: int = Field(

@@ -10,7 +10,7 @@ import pytest
 
 from askexpert.pack import Pack
 from askexpert.quality import SlidingShare, band, outside
-from askexpert.routing import decide, routed_logits
+from askexpert.routing import decide
 
 PACK = Path(__file__).resolve().parents[1] / "packs" / "fashion-mnist"
 
@@ -34,14 +34,14 @@ def test_a_window_is_judged_only_when_full():
 
 
 def stored_test_stream(pack: Pack) -> tuple[np.ndarray, np.ndarray]:
-    """Per test frame, offloaded at the pack's tau, and whether its routed expert's label differs from
-    the edge's top-1: from the logits the pack stores for evaluation."""
+    """Per test frame, offloaded at the pack's tau, and whether its routed expert's label (the form
+    hubs serve by default) differs from the edge's top-1: from the logits the pack stores for evaluation."""
+    from evaluation.logits import scenarios_from_stored, served_label, stored_logits
+
     m = pack.manifest
-    with np.load(pack.root / m.reports["logits"]["file"]) as z:
-        edge = z["generalist-3H"].astype(np.float32)
-        experts = {n.removeprefix("progressive-"): z[n].astype(np.float32) for n in z.files if n.startswith("progressive-")}
-    d = decide(edge, m.partition, m.k)
-    return d.offloaded(m.tau), routed_logits(d, experts).argmax(axis=1) != d.edge_label
+    sc = scenarios_from_stored(pack, stored_logits(pack))
+    d = decide(sc["edge_logits"], m.partition, m.k)
+    return d.offloaded(m.tau), sc["specialists"][served_label(pack)].argmax(axis=1) != d.edge_label
 
 
 def watch(pack: Pack, offloaded: np.ndarray, disagrees: np.ndarray) -> list[int]:
@@ -93,7 +93,7 @@ def live_stream(pack: Pack, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     off = d.offloaded(m.tau)
     idx = np.flatnonzero(off)
     labels = np.full(len(images), -1)
-    labels[idx] = backend.experts(pack, m.experts)(images[idx], list(d.expert[idx])).argmax(axis=1)
+    labels[idx] = backend.experts(pack, pack.expert_entries("auto"))(images[idx], list(d.expert[idx])).argmax(axis=1)
     return off, labels != d.edge_label
 
 

@@ -107,6 +107,7 @@ def assemble(run: RunContext, made: Provenance, size_limit: bool = True) -> Path
         baselines=baselines,
         compact_experts=compact,
         quality=rep.quality,
+        served_form=rep.served_form,
         training=_training_record(run, rep, made),
         reports={
             "json": files.PACK_REPORT_JSON,

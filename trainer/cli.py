@@ -3,6 +3,7 @@
   trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist
   trainer teacher|prune|baselines|partition|experts|report|export ... (same flags)
   trainer export-onnx --pack packs/fashion-mnist --onnx-out runs/onnx
+  trainer served-form --pack packs/fashion-mnist   (the expert form hubs serve, chosen on validation)
 
 Every step keeps its results in --work (default runs/<dataset>) and is skipped when they exist;
 re-run the same command to resume after an interruption (fits resume after their last epoch).
@@ -130,6 +131,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ox.add_argument("--onnx-out", required=True)
     qb = sub.add_parser("quality-band", help="record the label-free quality band of a pack made without one (trainer/band.py)")
     qb.add_argument("--pack", required=True)
+    sf = sub.add_parser("served-form", help="choose the expert form hubs serve, on validation, for a pack made without a choice")
+    sf.add_argument("--pack", required=True)
     ns = parser.parse_args(argv)
     if getattr(ns, "recipe", ""):  # parse again with the recipe as defaults, so explicit flags win
         sub.choices[ns.cmd].set_defaults(**RECIPES[ns.recipe])
@@ -173,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.band import record_band
 
         log(record_band(ns.pack).model_dump_json(indent=2))
+        return 0
+    if ns.cmd == "served-form":
+        from trainer.served_form import record_served_form
+
+        log(record_served_form(ns.pack).model_dump_json(indent=2))
         return 0
     cfg = config_from(ns)
     if ns.cmd == "plan":

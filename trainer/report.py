@@ -11,11 +11,13 @@ The results are typed (`trainer.results`); `trainer.claims` turns them into verd
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from askexpert.hardware import cpu_name
 from askexpert.models import ViTArch, build_vit
+from askexpert.pack import ServedForm
 from askexpert.paper import PAPER_ALPHA_PCT, PAPER_TOPK
 from askexpert.quality import expected_band
 from askexpert.routing import Decision, decide, routed_logits
@@ -39,6 +41,9 @@ from trainer.results import (
 )
 
 TAUS = [0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95, 0.99]
+FORM_LOGITS = {"full": "progressive", "compact": "compact"}  # the logits' name of each expert form a hub serves
+FORM_TIE_PT = 0.1  # 6 of the reference pack's 6000 validation frames
+FORM_RULE = f"higher Algorithm 1 top-1 on the validation split at tau; within {FORM_TIE_PT} pt, the lower time per frame of one expert"
 
 
 @dataclass
@@ -52,6 +57,7 @@ class Evaluation:
     seeds: list[dict[str, np.ndarray]]
     val: dict[str, np.ndarray]
     y_val: np.ndarray
+    per_frame_ms: dict[str, float] = field(default_factory=dict)  # one expert of each form ({} without compact experts)
 
 
 def topk_acc(logits: np.ndarray, y: np.ndarray, k: int) -> float:
@@ -84,6 +90,36 @@ def choose_tau(edge: np.ndarray, experts: dict[str, np.ndarray], y: np.ndarray, 
     best = max(accs.values())
     tau = min(t for t, a in accs.items() if a >= best - tolerance)
     return TauChoice(tau=tau, val_accuracy=accs, tolerance_pt=tolerance, val_alpha_pct=round(100 * float(d.offloaded(tau).mean()), 2))
+
+
+def choose_form(
+    edge: np.ndarray, routed: dict[str, np.ndarray], y: np.ndarray, partition, k: int, tau: float, per_frame_ms: dict[str, float]
+) -> ServedForm:
+    """The expert form hubs serve by default, by FORM_RULE. `edge`: the edge generalist's
+    *validation* logits; `routed`: per form, each frame's routed expert's logits (read only where
+    the frame is offloaded at tau); `y`: the validation labels."""
+    d = decide(edge, partition, k)
+    off = d.offloaded(tau)
+    acc = {form: system_acc(d.edge_label, off, r, y) for form, r in routed.items()}
+    close = [form for form in acc if acc[form] >= max(acc.values()) - FORM_TIE_PT]
+    return ServedForm(
+        form=min(close, key=per_frame_ms.__getitem__),
+        tau=tau,
+        val_items=len(y),
+        val_system_top1=acc,
+        per_frame_ms=per_frame_ms,
+        measured_on=cpu_name(),
+        rule=FORM_RULE,
+    )
+
+
+def served_form(ev: Evaluation, edge: str, keys: list[str], partition, k: int, tau: float) -> ServedForm | None:
+    """The choice of `choose_form` for a run with both forms (None without compact experts)."""
+    if not ev.per_frame_ms:
+        return None
+    d = decide(ev.val[edge], partition, k)
+    routed = {form: routed_logits(d, {key: ev.val[f"{kind}-{key}"] for key in keys}) for form, kind in FORM_LOGITS.items()}
+    return choose_form(ev.val[edge], routed, ev.y_val, partition, k, tau, ev.per_frame_ms)
 
 
 def generalists(ctx, ev: Evaluation) -> dict[str, Generalist]:
@@ -227,8 +263,11 @@ def build_report(ctx, ev: Evaluation) -> PackReport:
     t3 = table3(cfg, experts, per_expert, len(ev.seeds), gens[gen_name].top1)
     val_experts = {k: ev.val[f"progressive-{k}"] for k in keys}
     tau_choice = choose_tau(ev.val[edge], val_experts, ev.y_val, partition, cfg.k, cfg.tau_tolerance)
-    val_routed = routed_logits(decide(ev.val[edge], partition, cfg.k), val_experts).argmax(1)
-    quality = expected_band(ev.val[edge], val_routed, partition, cfg.k, cfg.tau if cfg.tau is not None else tau_choice.tau)
+    tau = cfg.tau if cfg.tau is not None else tau_choice.tau
+    served = served_form(ev, edge, keys, partition, cfg.k, tau)
+    served_kind = FORM_LOGITS[served.form] if served else "progressive"
+    val_routed = routed_logits(decide(ev.val[edge], partition, cfg.k), {k: ev.val[f"{served_kind}-{k}"] for k in keys})
+    quality = expected_band(ev.val[edge], val_routed.argmax(1), partition, cfg.k, tau)
     d = decide(ev.test[edge], partition, cfg.k)
     routed = routed_families(d, ev, keys)
     sweep = [system_row(d, tau, routed, ev, edge, keys) for tau in TAUS]
@@ -262,6 +301,7 @@ def build_report(ctx, ev: Evaluation) -> PackReport:
         subset_teachers=(ctx.info("subset-teachers") or {}).get("models"),
         expert_training=expert_training(cfg, einfo, len(ev.seeds), per_expert),
         quality=quality,
+        served_form=served,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from askexpert.pack import ServedForm
 from askexpert.quality import QualityBand
 
 KINDS = ("progressive", "static", "uniform")  # the method and its two controls
@@ -194,6 +195,7 @@ class PackReport(BaseModel):
     subset_teachers: dict | None  # the subset teachers' records (step subset-teachers)
     expert_training: dict
     quality: QualityBand | None = None  # the label-free signals expected at the pack's tau, on validation
+    served_form: ServedForm | None = None  # the expert form hubs serve by default, chosen on validation
 
     def to_json(self) -> dict:
         """The report as JSON data: unset optional parts left out, field names as written."""

@@ -1,5 +1,5 @@
 """Step 8, report: test-split logits of every model (fp16-rounded weights, as in the pack),
-validation logits for the choices made on validation (tau), and the tables and claims of
+validation logits for the choices made on validation (tau, the served expert form), and the tables and claims of
 `trainer.report`; the test logits are kept for the pack."""
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from trainer import workfiles as files
 from trainer.context import RunContext, as_fp16
 from trainer.engine import predict
 from trainer.results import PackReport
+from trainer.served_form import TIMING_FRAMES, time_per_frame_ms
 from trainer.steps.s7_experts import EXPERT_KINDS
 
 
@@ -25,11 +26,14 @@ def run(ctx: RunContext) -> PackReport:
     einfo = ctx.need("experts")
     test, val = _generalist_logits(ctx, einfo["keys"])
     seeds = _expert_logits(ctx, einfo, val)
+    per_frame_ms = {}
     if "compact" in einfo:
-        test |= _compact_logits(ctx, einfo["keys"])
+        test |= _compact_logits(ctx, einfo["keys"], d.x_test)
+        val |= _compact_logits(ctx, einfo["keys"], d.x_val)
+        per_frame_ms = _per_frame_ms(ctx, einfo["keys"][0])
     np_test = {k: v.numpy().astype(np.float32) for k, v in test.items()} | seeds[0]
     np_val = {k: v.numpy().astype(np.float32) for k, v in val.items()}
-    rep = build_report(ctx, Evaluation(np_test, d.y_test.numpy(), seeds, np_val, d.y_val.numpy()))
+    rep = build_report(ctx, Evaluation(np_test, d.y_test.numpy(), seeds, np_val, d.y_val.numpy(), per_frame_ms))
     (ctx.work / files.TEST_LOGITS).parent.mkdir(exist_ok=True)
     if dist.is_main():
         np.savez_compressed(ctx.work / files.TEST_LOGITS, labels=d.y_test.numpy(), **{k: v.astype(np.float16) for k, v in np_test.items()})
@@ -81,12 +85,26 @@ def _expert_logits(ctx: RunContext, einfo: dict, val: dict[str, torch.Tensor]) -
     return seeds
 
 
-def _compact_logits(ctx: RunContext, keys: list[str]) -> dict[str, torch.Tensor]:
-    """Test logits of the compact experts on the shared (fp16-rounded) trunk's tokens."""
-    trunk = as_fp16(ctx.load_vit(ctx.cfg.expert_shape, files.generalist(ctx.cfg.expert_shape))).to(ctx.device)
-    tokens = predict(ctx.trunk_fn(trunk), ctx.data.x_test, 512, ctx.device)
+def _trunk(ctx: RunContext) -> torch.nn.Module:
+    """The shared trunk as in the pack (the expert-shaped generalist, fp16-rounded)."""
+    return as_fp16(ctx.load_vit(ctx.cfg.expert_shape, files.generalist(ctx.cfg.expert_shape))).to(ctx.device)
+
+
+def _compact_logits(ctx: RunContext, keys: list[str], x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logits of the compact experts on `x`, through the shared trunk's tokens."""
+    tokens = predict(ctx.trunk_fn(_trunk(ctx)), x, 512, ctx.device)
     out = {}
     for key in keys:
         tail = as_fp16(ctx.load_tail(files.compact_expert(key))).to(ctx.device)
         out[f"compact-{key}"] = predict(tail, tokens, 512, ctx.device)
     return out
+
+
+@torch.inference_mode()
+def _per_frame_ms(ctx: RunContext, key: str) -> dict[str, float]:
+    """The time per frame of one expert of each form (`key`'s) on validation frames, for the
+    served form's tie-break: the whole ViT, and the shared trunk with its tail."""
+    whole = as_fp16(ctx.load_vit(ctx.cfg.expert_shape, files.expert("progressive", key, 0))).to(ctx.device)
+    trunk, tail = ctx.trunk_fn(_trunk(ctx)), as_fp16(ctx.load_tail(files.compact_expert(key))).to(ctx.device)
+    x = ctx.data.x_val[:TIMING_FRAMES].to(ctx.device)
+    return {"full": time_per_frame_ms(whole, x), "compact": time_per_frame_ms(lambda f: tail(trunk(f)), x)}
