@@ -52,56 +52,45 @@ def cost_models(pack, sc: dict) -> tuple[dict[str, str], dict[str, str]]:
     return gens, experts
 
 
+def _per_frame(p: Profile, model: str, frames: float, batch: int) -> tuple[float, float | None]:
+    """(ms, mJ) per frame of a batch of `batch` frames of which `frames` run `model` on `p`."""
+    e = p.energy_mj(model, frames)
+    return p.latency_ms(model, frames) / batch, None if e is None else e / batch
+
+
+def _point(
+    kind: str, label: str, acc: float, cost: tuple[float, float | None], base: tuple[float, float | None], tau: float | None = None
+) -> dict:
+    """One point of Figure 6: accuracy and per-frame costs, also normalised to Edge-Only 3H (`base`)."""
+    (t, e), (bt, be) = cost, base
+    return {
+        "kind": kind,
+        "label": label,
+        "tau": tau,
+        "accuracy": acc,
+        "T_ms_frame": t,
+        "E_mJ_frame": e,
+        "T_norm_3H": t / bt,
+        "E_norm_3H": None if e is None or not be else e / be,
+    }
+
+
 def system_results(
     res: dict, edge: Profile, near: Profile, gens: Mapping[str, str], experts: Mapping[str, str], *, batch: int, expert_shape: str
 ) -> dict:
     """Figures 5-7 in numbers from a sweep() result and two profiles. Costs per frame."""
     edge_model, taus, alpha = res["edge"], res["taus"], res["alpha"]
     fig5_models = [gens[g] for g in gens if "teacher" not in g] + list(experts.values())
-    fig5 = scenario_costs(
-        edge,
-        near,
-        alpha,
-        batch=batch,
-        edge_model=edge_model,
-        near_models=fig5_models,
-        references={e: expert_shape for e in experts.values()},
-    )
-    base_t, base_e = edge.latency_ms(edge_model, batch) / batch, edge.energy_mj(edge_model, batch)
-    base_e = None if base_e is None else base_e / batch
-
-    def point(kind: str, label: str, acc: float, t: float, e: float | None, tau: float | None = None) -> dict:
-        return {
-            "kind": kind,
-            "label": label,
-            "tau": tau,
-            "accuracy": acc,
-            "T_ms_frame": t,
-            "E_mJ_frame": e,
-            "T_norm_3H": t / base_t,
-            "E_norm_3H": None if e is None or not base_e else e / base_e,
-        }
-
-    def per_frame(v: float | None) -> float | None:
-        return None if v is None else v / batch
-
-    pareto = [point("edge-only", edge_model, res["edge_only"][edge_model], base_t, base_e)]
+    references = {e: expert_shape for e in experts.values()}
+    fig5 = scenario_costs(edge, near, alpha, batch=batch, edge_model=edge_model, near_models=fig5_models, references=references)
+    base = _per_frame(edge, edge_model, batch, batch)
+    pareto = [_point("edge-only", edge_model, res["edge_only"][edge_model], base, base)]
     co: dict[str, tuple[str, dict]] = {}  # scenario label -> (profile model, accuracy per tau)
     for g, model in gens.items():
         if edge.has(model):
-            pareto.append(
-                point("edge-only", g, res["edge_only"][g], edge.latency_ms(model, batch) / batch, per_frame(edge.energy_mj(model, batch)))
-            )
+            pareto.append(_point("edge-only", g, res["edge_only"][g], _per_frame(edge, model, batch, batch), base))
         if near.has(model):
-            pareto.append(
-                point(
-                    "near-edge-only",
-                    g,
-                    res["near_edge_only"][g],
-                    near.latency_ms(model, batch) / batch,
-                    per_frame(near.energy_mj(model, batch)),
-                )
-            )
+            pareto.append(_point("near-edge-only", g, res["near_edge_only"][g], _per_frame(near, model, batch, batch), base))
             co[f"generalist co-inference {edge_model}->{g}"] = (model, res["generalist_coinference"][g])
     for name, model in experts.items():
         if near.has(model):
@@ -110,9 +99,9 @@ def system_results(
     for label, (model, accs) in co.items():
         roi[label] = {}
         for tau in taus:
-            t_n, e_n = near.latency_ms(model, batch * alpha[tau]) / batch, per_frame(near.energy_mj(model, batch * alpha[tau]))
-            e = None if e_n is None or base_e is None else base_e + e_n
-            pareto.append(point("co-inference", label, accs[tau], base_t + t_n, e, tau))
+            t_n, e_n = _per_frame(near, model, batch * alpha[tau], batch)
+            total = (base[0] + t_n, None if e_n is None or base[1] is None else base[1] + e_n)
+            pareto.append(_point("co-inference", label, accs[tau], total, base, tau))
             gain = 100 * (accs[tau] - res["edge_only"][edge_model])
             roi[label][tau] = {
                 "gain_pt": gain,
