@@ -6,9 +6,14 @@ with T_E, T_N the edge's and the near-edge's profiled latency as a function of b
 Communication is not modelled as bandwidth: alpha itself measures the data sent (as the paper does).
 
 A profile is a JSON file (see profiles/): {"device", "role", "models": {"3H": {"latency_ms":
-{"10": 45.5, ...}, "energy_mj": {...}?}}, "power_w": W or null}. T(b) is piecewise linear in b
+{"10": 45.5, ...}, "energy_mj": {...}?}}, "power_w": W or null}, measured ones (written by
+bench/profile_device.py) also "backend", "precision", "threads", "energy_source" (the reader that
+measured energy_mj) and "power_source" (where power_w comes from). T(b) is piecewise linear in b
 through (0, 0) over the measured batch sizes, extended linearly past the largest. E(b) comes from
-energy_mj where measured, else power_w * T(b), else None.
+energy_mj where measured, else power_w * T(b), else None; `energy_source` says which.
+
+A profile with "by_shape": true (the paper's Table 1, DeiT shapes) answers for any model of the
+same head count: "4H/16 expert" is costed as its "4H" row.
 """
 
 from __future__ import annotations
@@ -48,18 +53,40 @@ class Profile:
         d = json.loads(p.read_text())
         return cls(d["device"], d["models"], d.get("power_w"), d.get("role", ""), d)
 
+    def key(self, model: str) -> str:
+        """The profile's row for `model`: its own, or (by_shape profiles) its head count's."""
+        if model in self.models:
+            return model
+        shape = model.split(" ")[0].split("/")[0]
+        if self.meta.get("by_shape") and shape in self.models:
+            return shape
+        raise KeyError(f"profile {self.device!r} has no model {model!r}; it has {sorted(self.models)}")
+
+    def has(self, model: str) -> bool:
+        try:
+            return bool(self.key(model))
+        except KeyError:
+            return False
+
     def latency_ms(self, model: str, batch: float) -> float:
-        if model not in self.models:
-            raise KeyError(f"profile {self.device!r} has no model {model!r}; it has {sorted(self.models)}")
-        return _curve(self.models[model]["latency_ms"], batch) if batch > 0 else 0.0
+        return _curve(self.models[self.key(model)]["latency_ms"], batch) if batch > 0 else 0.0
 
     def energy_mj(self, model: str, batch: float) -> float | None:
         if batch <= 0:
             return 0.0
-        e = self.models[model].get("energy_mj")
+        e = self.models[self.key(model)].get("energy_mj")
         if e:
             return _curve(e, batch)
         return None if self.power_w is None else self.power_w * self.latency_ms(model, batch)
+
+    @property
+    def energy_source(self) -> str | None:
+        """Where this profile's energies come from, or None where it has none."""
+        if any(m.get("energy_mj") for m in self.models.values()):
+            return f"measured: {self.meta.get('energy_source') or 'energy_mj in the profile'}"
+        if self.power_w is not None:
+            return f"{self.power_w:g} W x latency ({self.meta.get('power_source') or 'power_w in the profile'})"
+        return None
 
 
 def estimate(edge: Profile, near: Profile, alpha: float, *, batch: int = 10, edge_model: str = "3H", near_model: str = "4H") -> dict:
@@ -86,20 +113,31 @@ def scenario_costs(
     batch: int = 10,
     edge_model: str = "3H",
     near_models: Sequence[str] = ("4H", "6H"),
+    references: Mapping[str, str] | None = None,
 ) -> dict:
     """The paper's Figure 5 in numbers: Edge-Only, Near-Edge-Only and co-inference per tau,
-    absolute (ms, mJ per batch) and normalised to Edge-Only of the same near-edge model."""
-    out: dict = {"batch": batch, "edge_device": edge.device, "near_device": near.device, "edge_model": edge_model, "models": {}}
+    absolute (ms, mJ per batch) and normalised to Edge-Only of the same near-edge model, or of the
+    generalist `references` names for it (experts are held against their shape's generalist)."""
+    out: dict = {
+        "batch": batch,
+        "edge_device": edge.device,
+        "near_device": near.device,
+        "edge_model": edge_model,
+        "energy_source": {"edge": edge.energy_source, "near_edge": near.energy_source},
+        "models": {},
+    }
     for nm in near_models:
-        if nm not in edge.models or nm not in near.models:
+        ref = (references or {}).get(nm, nm)
+        if not (edge.has(ref) and near.has(ref) and near.has(nm)):
             continue
-        eo_t, eo_e = edge.latency_ms(nm, batch), edge.energy_mj(nm, batch)
-        ne_t, ne_e = near.latency_ms(nm, batch), near.energy_mj(nm, batch)
+        eo_t, eo_e = edge.latency_ms(ref, batch), edge.energy_mj(ref, batch)
+        ne_t, ne_e = near.latency_ms(ref, batch), near.energy_mj(ref, batch)
         rows = {}
         for tau, a in alpha.items():
             est = estimate(edge, near, a, batch=batch, edge_model=edge_model, near_model=nm)
             rows[tau] = {**est, "T_norm": est["T_ms"] / eo_t, "E_norm": None if est["E_mJ"] is None or not eo_e else est["E_mJ"] / eo_e}
         out["models"][nm] = {
+            "reference": ref,
             "edge_only": {"T_ms": eo_t, "E_mJ": eo_e, "T_norm": 1.0, "E_norm": 1.0 if eo_e else None},
             "near_edge_only": {
                 "T_ms": ne_t,
@@ -112,22 +150,26 @@ def scenario_costs(
     return out
 
 
-def costs_markdown(c: dict, taus: Sequence[float]) -> str:
-    """Tables of latency (ms) and energy (mJ) per batch, normalised to Edge-Only in brackets."""
+def costs_markdown(c: dict, taus: Sequence[float], per_frame: bool = False) -> str:
+    """Tables of latency (ms) and energy (mJ) per batch (or per frame: divided by B), normalised to
+    Edge-Only in brackets."""
+    div, unit = (c["batch"], "frame") if per_frame else (1, "batch")
 
     def cell(r: dict) -> str:
-        t = f"{r['T_ms']:.1f} ms ({r['T_norm']:.2f})"
-        e = "" if r.get("E_mJ") is None else f", {r['E_mJ']:.0f} mJ ({r['E_norm']:.2f})"
+        t = f"{r['T_ms'] / div:.{2 if per_frame else 1}f} ms ({r['T_norm']:.2f})"
+        e = "" if r.get("E_mJ") is None else f", {r['E_mJ'] / div:.{2 if per_frame else 0}f} mJ ({r['E_norm']:.2f})"
         return t + e
 
     L = [
         f"Batch B={c['batch']}; edge {c['edge_device']} runs {c['edge_model']}, near-edge {c['near_device']}. "
-        "Cells: latency, energy per batch (normalised to Edge-Only of the same model).",
+        f"Cells: latency, energy per {unit} (normalised to Edge-Only of the reference generalist).",
+        f"Energy: edge {c['energy_source']['edge'] or 'none (no reader, no stated power)'}; "
+        f"near-edge {c['energy_source']['near_edge'] or 'none (no reader, no stated power)'}.",
         "",
     ]
     L += ["| scenario | " + " | ".join(f"tau={t:g}" for t in taus) + " |", "| --- " * (len(taus) + 1) + "|"]
     for nm, m in c["models"].items():
-        L.append(f"| Edge-Only {nm} | " + " | ".join(cell(m["edge_only"]) for _ in taus) + " |")
-        L.append(f"| Near-Edge-Only {nm} | " + " | ".join(cell(m["near_edge_only"]) for _ in taus) + " |")
+        L.append(f"| Edge-Only {m['reference']} | " + " | ".join(cell(m["edge_only"]) for _ in taus) + " |")
+        L.append(f"| Near-Edge-Only {m['reference']} | " + " | ".join(cell(m["near_edge_only"]) for _ in taus) + " |")
         L.append(f"| Co-inference {c['edge_model']}->{nm} | " + " | ".join(cell(m["co_inference"][t]) for t in taus) + " |")
     return "\n".join(L) + "\n"

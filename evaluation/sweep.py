@@ -203,7 +203,8 @@ def plot(res: dict, path: str | Path) -> Path:
 
 
 # ---------------------------------------------------------------------------------------- command
-def plot_costs(costs: dict, taus: list[float], path: Path) -> None:
+def plot_costs(costs: dict, taus: list[float], path: Path, suptitle: str | None = None) -> None:
+    """Figure 5 analogue: latency and energy per tau, normalised to Edge-Only, one panel per near-edge model."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,15 +219,17 @@ def plot_costs(costs: dict, taus: list[float], path: Path) -> None:
         ax.plot(taus, [m["co_inference"][t]["T_norm"] for t in taus], "o-", label=f"latency, {costs['edge_model']}->{nm}")
         if m["co_inference"][taus[0]]["E_norm"] is not None:
             ax.plot(taus, [m["co_inference"][t]["E_norm"] for t in taus], "s-", label=f"energy, {costs['edge_model']}->{nm}")
-            ax.axhline(m["near_edge_only"]["E_norm"], color="tab:orange", ls=":", label="Near-Edge-Only energy")
-        ax.axhline(1.0, color="k", ls="--", label=f"Edge-Only {nm}")
-        ax.axhline(m["near_edge_only"]["T_norm"], color="tab:blue", ls=":", label="Near-Edge-Only latency")
+            ax.axhline(m["near_edge_only"]["E_norm"], color="tab:orange", ls=":", label=f"Near-Edge-Only {m['reference']} energy")
+        ax.axhline(1.0, color="k", ls="--", label=f"Edge-Only {m['reference']}")
+        ax.axhline(m["near_edge_only"]["T_norm"], color="tab:blue", ls=":", label=f"Near-Edge-Only {m['reference']} latency")
         ax.set_xlabel("confidence threshold tau")
         ax.set_ylabel("normalised to Edge-Only")
         ax.set_title(f"{nm}: {costs['edge_device']} + {costs['near_device']}", fontsize=8)
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -237,18 +240,23 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pack", default=str(REFERENCE_PACK), help="model pack (default: the reference pack)")
     p.add_argument("--taus", default=",".join(f"{t:g}" for t in PAPER_TAUS), help="comma-separated thresholds")
     p.add_argument("--out", default=None, help="output folder (default runs/sweep-<time>)")
-    p.add_argument("--compute", action="store_true", help="compute logits with the backend even if the pack stores them")
-    p.add_argument("--dataset", default=None, help="data set for --compute (default: the pack's)")
-    p.add_argument("--split", default="test")
-    p.add_argument("--max-frames", type=int, default=None)
-    p.add_argument("--backend", default="torch")
+    add_logits_args(p)
     p.add_argument("--edge-profile", default="jetson-orin-nano", help="profile name in profiles/ or a JSON path")
     p.add_argument("--near-profile", default="jetson-agx-orin")
     p.add_argument("--batch", type=int, default=10, help="B in T = T_E(B) + T_N(B alpha) (Table 1 uses 10)")
     p.set_defaults(func=run)
 
 
-def _scenarios(pack, a: argparse.Namespace, out: Path) -> tuple[dict, str]:
+def add_logits_args(p: argparse.ArgumentParser) -> None:
+    """Where the scenarios' logits come from (read by `scenarios`)."""
+    p.add_argument("--compute", action="store_true", help="compute logits with the backend even if the pack stores them")
+    p.add_argument("--dataset", default=None, help="data set for --compute (default: the pack's)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--max-frames", type=int, default=None)
+    p.add_argument("--backend", default="torch")
+
+
+def scenarios(pack, a: argparse.Namespace, out: Path) -> tuple[dict, str]:
     """The logits of every scenario and where they came from: the pack's stored test logits, or
     computed with a backend (--compute)."""
     from evaluation.logits import compute_scenarios, scenarios_from_stored, stored_logits
@@ -299,7 +307,7 @@ def run(a: argparse.Namespace) -> int:
     taus = [float(t) for t in a.taus.split(",") if t.strip()]
     out = Path(a.out or f"runs/sweep-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}")
     out.mkdir(parents=True, exist_ok=True)
-    sc, origin = _scenarios(pack, a, out)
+    sc, origin = scenarios(pack, a, out)
     m = pack.manifest
     res = sweep(
         sc["edge_logits"],
