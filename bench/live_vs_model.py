@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--batch", type=int, default=1, help="B of the prediction: the edge's micro-batch at this pace")
     ap.add_argument("--backend", default="auto")
     ap.add_argument("--threads", type=int, default=1, help="inference threads of the edge and of the hub")
-    ap.add_argument("--expert-form", default="full", help="full | compact: what the hub serves")
+    ap.add_argument("--expert-form", default="auto", help="auto (the pack's served form) | full | compact: what the hub serves")
     ap.add_argument("--deadline-ms", type=float, default=1000.0)
     a = ap.parse_args(argv)
 
@@ -90,14 +90,15 @@ def main(argv: list[str] | None = None) -> dict:
     m = Pack.load(a.pack).manifest
     edge_p = Profile.load(a.profile)
     near_p = Profile.load(a.near_profile or a.profile)
-    served = Pack.load(a.pack).expert_entries(a.expert_form)[0]
+    form = Pack.load(a.pack).resolve_form(a.expert_form)
+    served = Pack.load(a.pack).expert_entries(form)[0]
     edge_model = shape_name(m.generalist.arch)
     near_model = f"{shape_name(served.arch)} {'expert' if served.kind == 'vit' else 'compact expert'}"
     taus = [0.0, *sorted(float(t) for t in a.taus.split(",") if t.strip()), 1.0]
     model = ["--backend", a.backend, "--threads", str(a.threads)]
     broker = Broker().start()
     settings = CommonSettings(broker=broker.url)
-    hub = spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, "live-hub", *model, "--expert-form", a.expert_form))
+    hub = spawn_quiet("expert_hub.cli", *hub_args(a.pack, broker.url, "live-hub", *model, "--expert-form", form))
     runs = []
     try:
         wait_online(settings, "hub", "live-hub", timeout=300)
@@ -131,7 +132,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch": a.batch,
         "backend": a.backend,
         "threads": a.threads,
-        "expert_form": a.expert_form,
+        "expert_form": form,
         "models": {"edge": edge_model, "near_edge": near_model},
         "profile": {k: edge_p.meta.get(k) for k in ("device", "backend", "precision", "threads", "source")},
         "runs": runs,
