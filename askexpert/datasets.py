@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from askexpert import shift
+
 FASHION_MNIST_DIR = Path(os.environ.get("ATE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -316,7 +318,31 @@ def train_val_split(data: LabelledImages, val_fraction: float = 0.1, seed: int =
     return take(~val), take(val)
 
 
-LOADERS = {"fashion-mnist": load_fashion_mnist, "cifar100": load_cifar100, "folder": load_image_folder}
+SHIFTED_VAL_FRACTION, SHIFTED_VAL_SEED = 0.1, 0  # the reference pack's recipe: its validation split is `collect`
+
+
+def shifted_fashion_mnist_clean(split: str, root: Path | None = None) -> LabelledImages:
+    """The unshifted images behind a stream of `askexpert.shift` (see its docstring for why these)."""
+    if split == "score":
+        return load_fashion_mnist("test", root)
+    if split == "collect":
+        return train_val_split(load_fashion_mnist("train", root), SHIFTED_VAL_FRACTION, SHIFTED_VAL_SEED)[1]
+    raise DatasetError(f"shifted Fashion-MNIST has splits {sorted(shift.STREAMS)}, not {split!r}")
+
+
+def load_shifted_fashion_mnist(split: str, root: Path | None = None) -> LabelledImages:
+    """`shifted-fashion-mnist`: Fashion-MNIST through `askexpert.shift`'s camera at its SEVERITY,
+    streams `collect` and `score`, made on load (a few seconds)."""
+    clean = shifted_fashion_mnist_clean(split, root)
+    return LabelledImages(shift.shift_images(clean.images, split), clean.labels, clean.classes)
+
+
+LOADERS = {
+    "fashion-mnist": load_fashion_mnist,
+    "shifted-fashion-mnist": load_shifted_fashion_mnist,
+    "cifar100": load_cifar100,
+    "folder": load_image_folder,
+}
 
 
 def load_dataset(name: str, split: str) -> LabelledImages:
