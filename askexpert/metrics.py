@@ -31,3 +31,4 @@ PACK_RELOADS = Counter("ate_pack_reloads_total", "Pack hot reloads, by result (l
 MQTT_BROKER = Gauge("ate_mqtt_broker", "1 for the broker of its list a client is connected to, else 0", ["role", "id", "broker"])
 MQTT_FAILOVERS = Counter("ate_mqtt_failovers_total", "Moves of a client to the next broker of its list", ["role", "id"])
 MQTT_INFLIGHT_CAP = Gauge("ate_mqtt_inflight_cap", "In-flight QoS 1 limit: the broker's Receive Maximum", ["role", "id"])
+COLLECTED = Counter("ate_collected_frames_total", "Offloaded frames a collector kept or skipped, by outcome", ["node", "outcome"])

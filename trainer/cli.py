@@ -3,6 +3,7 @@
   trainer pack --dataset fashion-mnist --subsets 4 --k 2 --out packs/fashion-mnist
   trainer teacher|prune|baselines|partition|experts|report|export ... (same flags)
   trainer export-onnx --pack packs/fashion-mnist --onnx-out runs/onnx
+  trainer learn --pack packs/fashion-mnist --collected DIR --out DIR   (on-site learning: trainer/learn.py)
 
 Every step keeps its results in --work (default runs/<dataset>) and is skipped when they exist;
 re-run the same command to resume after an interruption (fits resume after their last epoch).
@@ -128,6 +129,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     ox = sub.add_parser("export-onnx", help="ONNX for every model of a pack, checked with onnxruntime")
     ox.add_argument("--pack", required=True)
     ox.add_argument("--onnx-out", required=True)
+    from trainer import learn
+
+    learn.add_parser(sub)
     ns = parser.parse_args(argv)
     if getattr(ns, "recipe", ""):  # parse again with the recipe as defaults, so explicit flags win
         sub.choices[ns.cmd].set_defaults(**RECIPES[ns.recipe])
@@ -167,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
         diffs = export_pack_onnx(ns.pack, ns.onnx_out)
         log(f"ONNX parity (max abs diff): {max(diffs.values()):.2e} over {len(diffs)} models -> {ns.onnx_out}")
         return 0
+    if ns.cmd == "learn":
+        from trainer import learn
+
+        return learn.run(ns, log)
     cfg = config_from(ns)
     if ns.cmd == "plan":
         from trainer.plan import plan

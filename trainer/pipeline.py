@@ -113,7 +113,7 @@ class Config:
 
 
 # ----------------------------------------------------------------------------------------------- data
-def _to_tensor(d: LabelledImages, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+def to_tensor(d: LabelledImages, mean: np.ndarray, std: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.from_numpy(np.ascontiguousarray(d.images).copy()).permute(0, 3, 1, 2).float().div_(255.0)
     x = (x - torch.tensor(mean, dtype=torch.float32)[None, :, None, None]) / torch.tensor(std, dtype=torch.float32)[None, :, None, None]
     return x.contiguous(), torch.from_numpy(d.labels.astype(np.int64))
@@ -141,7 +141,7 @@ def load_data(cfg: Config) -> Data:
     pix = train.images.reshape(-1, train.images.shape[-1]).astype(np.float64) / 255.0
     # rounded as written to the manifest, so the runtime's preprocessing is exactly the trainer's
     mean, std = np.round(pix.mean(axis=0), 4), np.round(pix.std(axis=0) + 1e-8, 4)
-    splits = (_to_tensor(train, mean, std), _to_tensor(val, mean, std), _to_tensor(test, mean, std))
+    splits = (to_tensor(train, mean, std), to_tensor(val, mean, std), to_tensor(test, mean, std))
     return Data.of(splits, full, (mean, std), (train.images.shape[1], train.images.shape[-1]))
 
 
