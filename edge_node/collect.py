@@ -143,7 +143,8 @@ class Collector:
         self.sub.stop()
         self.inbox.put(None)
         self.worker.join()
-        self.counts["dropped-queue-full"] += self.sub.dropped
+        if self.sub.dropped:
+            self.counts["dropped-queue-full"] = self.sub.dropped
         self.writer.close({"state": "closed", **self.report()})
         log.info("collection closed", **self.report())
         return self.report()
@@ -218,13 +219,14 @@ class _Inbox(Subscriber):
 
     def __init__(self, s: CollectSettings, inbox: queue.Queue, *topics: str) -> None:
         super().__init__(s, *topics, keep_raw=False)
-        self.inbox, self.dropped = inbox, 0
+        self.inbox, self.node, self.dropped = inbox, s.node_id, 0
 
     def accept(self, topic: str, payload: bytes) -> None:
         try:
             self.inbox.put_nowait((topic, payload))
         except queue.Full:
             self.dropped += 1
+            metrics.COLLECTED.labels(self.node, "dropped-queue-full").inc()
 
 
 # ---------------------------------------------------------------------------------------- command line

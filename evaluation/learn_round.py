@@ -47,8 +47,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--runs", default="runs")
     p.add_argument("--collect-args", default="", help="extra `edge-node collect` flags (sampling rules), e.g. '--per-class 500'")
     p.add_argument("--learn-args", default="", help="extra `trainer learn` flags, e.g. '--epochs 2'")
-    p.add_argument("--swap-fps", type=float, default=1000.0, help="pace of the replay that the swap happens in")
-    p.add_argument("--swap-at", type=int, default=4000, help="swap after this many labels of that replay")
+    p.add_argument("--swap-fps", type=float, default=500.0, help="pace of the replay that the swap happens in")
+    p.add_argument("--swap-at", type=int, default=3000, help="swap after this many labels of that replay")
     p.set_defaults(func=run)
 
 
@@ -61,7 +61,7 @@ def run(a: argparse.Namespace) -> int:
     run_dir.mkdir(parents=True)
     link = run_dir / "pack"
     link.symlink_to(Path(a.pack).resolve())
-    old = Pack.load(link)
+    old = Pack.load(link.resolve())  # the folder itself: the link moves on in the swap
     demo_args = argparse.Namespace(
         pack=str(link), source=SCORE, frames=0, fps=None, deadline_ms=1000.0, backend="auto", offline_check="exact", timeout=600.0
     )

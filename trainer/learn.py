@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from askexpert.collected import Collected, read_collected
-from askexpert.datasets import LabelledImages
+from askexpert.collected import read_collected
+from askexpert.datasets import LabelledImages, load_dataset, train_val_split
 from askexpert.hardware import cpu_name
 from askexpert.pack import Manifest, Pack, save_weights, write_manifest
 from askexpert.routing import decide
 from trainer.engine import FitEnv, FitSpec, Job, fit, predict
-from trainer.pipeline import Config, load_data, to_tensor
+from trainer.pipeline import to_tensor
 from trainer.report import choose_tau, topk_acc
 
 
@@ -47,6 +47,7 @@ class LearnConfig:
     holdout: float = 0.2  # of the collected frames, for tau only
     seed: int = 0
     dataset: str = ""  # the pack's training data (default: the manifest's data set)
+    test_samples: int = 0  # the first N clean test images measure forgetting (0: the whole split)
 
 
 def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -56,18 +57,20 @@ def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray
     return np.sort(order[cut:]), np.sort(order[:cut])
 
 
-def _known(m: Manifest, cfg: LearnConfig):
-    """The pack's own training, validation-free and clean: its recipe's split of its data set."""
+def _known(m: Manifest, cfg: LearnConfig) -> tuple[LabelledImages, LabelledImages]:
+    """What the edge knew: its recipe's training split of its data set (no validation images), and
+    the clean test split, to measure whether it forgot."""
     recipe = m.training.get("recipe") if isinstance(m.training.get("recipe"), dict) else {}
-    data = load_data(Config(dataset=cfg.dataset or m.dataset, val_fraction=recipe.get("val_fraction", 0.1), seed=recipe.get("seed", 0)))
-    if data.mean != m.input.mean or data.std != m.input.std:
-        raise SystemExit(f"{cfg.dataset or m.dataset} normalises as {data.mean}/{data.std}, the pack as {m.input.mean}/{m.input.std}")
-    return data
+    name = cfg.dataset or m.dataset
+    train, _ = train_val_split(load_dataset(name, "train"), recipe.get("val_fraction", 0.1), recipe.get("seed", 0))
+    test = load_dataset(name, "test")
+    n = cfg.test_samples or len(test)
+    return train, LabelledImages(test.images[:n], test.labels[:n], test.classes)
 
 
-def _tensors(col: Collected, m: Manifest, idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    images = LabelledImages(col.images[idx], col.column("label")[idx].astype(np.int64), m.classes)
-    return to_tensor(images, np.asarray(m.input.mean), np.asarray(m.input.std))
+def _tensors(images: np.ndarray, labels: np.ndarray, m: Manifest) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalised as the pack's edge normalises frames."""
+    return to_tensor(LabelledImages(images, labels.astype(np.int64), m.classes), np.asarray(m.input.mean), np.asarray(m.input.std))
 
 
 def recalibrate_tau(edge_logits: np.ndarray, answers: np.ndarray, m: Manifest, alpha: float):
@@ -87,24 +90,25 @@ def learn(cfg: LearnConfig, log=print) -> dict:
     if col.meta.get("pack") != m.pack_id:
         raise SystemExit(f"{cfg.collected} was collected under pack id {col.meta.get('pack')}, not this pack's {m.pack_id}")
     train_idx, hold_idx = _holdout(len(col), cfg.holdout, cfg.seed)
-    known = _known(m, cfg)
-    pick = torch.from_numpy(np.random.default_rng(cfg.seed + 1).permutation(len(known.y_train))[: int(cfg.replay * len(train_idx))])
-    x_col, y_col = _tensors(col, m, train_idx)
-    x = torch.cat([known.x_train[pick], x_col])
-    y = torch.cat([known.y_train[pick], y_col])
+    train, test = _known(m, cfg)
+    pick = np.sort(np.random.default_rng(cfg.seed + 1).permutation(len(train))[: int(cfg.replay * len(train_idx))])
+    x_known, y_known = _tensors(train.images[pick], train.labels[pick], m)
+    x_col, y_col = _tensors(col.images[train_idx], col.column("label")[train_idx], m)
+    x_test, y_test = _tensors(test.images, test.labels, m)
+    x, y = torch.cat([x_known, x_col]), torch.cat([y_known, y_col])
     model = pack.load_generalist()
-    before = predict(model, known.x_test).numpy()
+    before = predict(model, x_test).numpy()
     fill = -torch.tensor(m.input.mean) / torch.tensor(m.input.std)  # a black pixel, as the pack's training pads
     spec = FitSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, aug={"pad": 2, "flip": True, "fill": fill}, seed=cfg.seed)
     log(f"learn: {len(train_idx)} collected frames (expert answers) + {len(pick)} of the pack's training images, {cfg.epochs} epochs")
     fitted = fit([Job("edge", model)], x, y, None, spec, FitEnv(desc="learn", log=log))
     model.eval()
-    after = predict(model, known.x_test).numpy()
-    x_hold, y_hold = _tensors(col, m, hold_idx)
+    after = predict(model, x_test).numpy()
+    x_hold, y_hold = _tensors(col.images[hold_idx], col.column("label")[hold_idx], m)
     counts = col.meta.get("counts", {})
     alpha = counts.get("offloaded", 0) / max(1, counts.get("seen", 0))
     tau = recalibrate_tau(predict(model, x_hold).numpy(), y_hold.numpy(), m, alpha)
-    y_test = known.y_test.numpy()
+    y_test = y_test.numpy()
     record = {
         "config": asdict(cfg),
         "from_version": pack.version,
