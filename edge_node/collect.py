@@ -15,8 +15,8 @@ The rules, checked in this order, each skip counted by reason (meta.json, `ate_c
     full              the folder reached max_frames or max_mib
 
 A frame whose label is not an expert's (the deadline fell back to the edge) has no answer and is
-never kept. Messages are handled on a worker thread, never in the MQTT network thread; the frames
-waiting for their label are bounded (max_pending, oldest dropped and counted).
+never kept. Messages are handled on a worker thread, never in the MQTT network thread (at most 64 MiB of them
+wait); the frames waiting for their label are bounded (max_pending, oldest dropped and counted).
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from askexpert.subscriber import Subscriber
 from edge_node.settings import CollectSettings
 
 log = get_logger("edge_node.collect")
-QUEUE_MESSAGES = 1024  # messages waiting for the worker; beyond it they are dropped and counted
+QUEUE_BYTES = 64 * 2**20  # payloads waiting for the worker (a replay's burst); beyond it they are dropped and counted
 
 
 @dataclass
@@ -127,7 +127,7 @@ class Collector:
         self.labels_topic = labels_topic(s.prefix, s.node_id)
         self.pending: OrderedDict[tuple[str, int], tuple[np.ndarray, str | None]] = OrderedDict()
         self.counts: Counter = Counter()
-        self.inbox: queue.Queue = queue.Queue(maxsize=QUEUE_MESSAGES)
+        self.inbox: queue.Queue = queue.Queue()
         self.sub = _Inbox(s, self.inbox, frames_topic(s.prefix, "+", s.node_id), self.labels_topic)
         self.worker = threading.Thread(target=self._work, name="collect", daemon=True)
 
@@ -155,6 +155,7 @@ class Collector:
     def _work(self) -> None:
         while (item := self.inbox.get()) is not None:
             topic, payload = item
+            self.sub.done(len(payload))
             try:
                 if topic == self.labels_topic:
                     self._on_label(decode_label(payload))
@@ -215,18 +216,28 @@ class Collector:
 
 
 class _Inbox(Subscriber):
-    """Hands every message to the collector's worker; drops (and counts) when it falls behind."""
+    """Hands every message to the collector's worker; drops (and counts) what would queue more
+    than QUEUE_BYTES."""
 
     def __init__(self, s: CollectSettings, inbox: queue.Queue, *topics: str) -> None:
         super().__init__(s, *topics, keep_raw=False)
-        self.inbox, self.node, self.dropped = inbox, s.node_id, 0
+        self.inbox, self.node, self.dropped, self.queued = inbox, s.node_id, 0, 0
+        self._lock = threading.Lock()
 
     def accept(self, topic: str, payload: bytes) -> None:
-        try:
-            self.inbox.put_nowait((topic, payload))
-        except queue.Full:
+        with self._lock:
+            full = self.queued + len(payload) > QUEUE_BYTES
+            self.queued += 0 if full else len(payload)
+        if full:
             self.dropped += 1
             metrics.COLLECTED.labels(self.node, "dropped-queue-full").inc()
+        else:
+            self.inbox.put((topic, payload))
+
+    def done(self, size: int) -> None:
+        """The worker took a payload of `size` bytes off the queue."""
+        with self._lock:
+            self.queued -= size
 
 
 # ---------------------------------------------------------------------------------------- command line

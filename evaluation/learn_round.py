@@ -49,6 +49,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--learn-args", default="", help="extra `trainer learn` flags, e.g. '--epochs 2'")
     p.add_argument("--swap-fps", type=float, default=500.0, help="pace of the replay that the swap happens in")
     p.add_argument("--swap-at", type=int, default=3000, help="swap after this many labels of that replay")
+    p.add_argument("--deadline-ms", type=float, default=5000.0, help="the edges' deadline: long, so a busy box does not fall back")
     p.set_defaults(func=run)
 
 
@@ -63,7 +64,7 @@ def run(a: argparse.Namespace) -> int:
     link.symlink_to(Path(a.pack).resolve())
     old = Pack.load(link.resolve())  # the folder itself: the link moves on in the swap
     demo_args = argparse.Namespace(
-        pack=str(link), source=SCORE, frames=0, fps=None, deadline_ms=1000.0, backend="auto", offline_check="exact", timeout=600.0
+        pack=str(link), source=SCORE, frames=0, fps=None, deadline_ms=a.deadline_ms, backend="auto", offline_check="exact", timeout=600.0
     )
     demo, t0 = Demo(demo_args, old, run_dir), time.monotonic()
     try:
@@ -91,7 +92,7 @@ def run(a: argparse.Namespace) -> int:
         "cpu": cpu_name(),
         "wall_s": round(time.monotonic() - t0, 1),
         "command": "python -m evaluation learn-round "
-        + " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(a).items() if k != "func"),
+        + " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(a).items() if k not in ("func", "command")),
     }
     (run_dir / "round.json").write_text(json.dumps(out, indent=1) + "\n")
     console.print_json(data={k: out[k] for k in ("before", "after_same_tau", "after_new_tau", "targets", "clean_test_top1", "swap")})
@@ -115,6 +116,7 @@ def _numbers(rep: RunScore) -> dict:
         "edge_top1": _pct(rep.edge_only_accuracy),
         "alpha": _pct(rep.alpha),
         "system_top1": _pct(rep.accuracy),
+        "system_top1_offline": _pct(rep.offline_accuracy),  # Algorithm 1 with the same models: the live run without its fallbacks
         "frames": rep.frames,
         "fallbacks": rep.fallbacks,
         "missing": rep.missing,
@@ -186,7 +188,19 @@ def _swap(demo: Demo, link: Path, new, a: argparse.Namespace) -> dict:
     out.mkdir()
     sub = LabelSubscriber(demo.settings, node).start()
     demo.collectors.append(sub)
-    argv = demo.py + ["edge_node.cli", "run", *demo.common, "--node-id", node, "--source", SCORE, "--fps", repr(a.swap_fps)]
+    argv = demo.py + [
+        "edge_node.cli",
+        "run",
+        *demo.common,
+        "--node-id",
+        node,
+        "--source",
+        SCORE,
+        "--fps",
+        repr(a.swap_fps),
+        "--deadline-ms",
+        repr(a.deadline_ms),
+    ]
     edge = demo.children.start("edge-swap", argv, out / "edge.log", demo.env)
     sub.wait(a.swap_at, idle_timeout=120.0, timeout=600.0)
     tmp = link.with_name(".pack-swap")
