@@ -5,7 +5,7 @@
     DIR/frames.jsonl   one line per kept frame: image file, node, run, frame id, the expert's label
                        and confidence, the edge's label and confidence, expert subset, hub, the edge's
                        and the hub's pack versions, capture time
-    DIR/images/*.png   the frames as the expert saw them (lossless)
+    DIR/images/*.png   the frames as the expert saw them (lossless; read back as the same arrays)
 
 Written by `edge-node collect` (edge_node/collect.py) beside an edge, read by `trainer learn`. It is
 bounded (`max_frames`, `max_bytes`): a full folder keeps nothing more. Frames stay where this folder
@@ -70,7 +70,7 @@ class CollectedWriter:
         if self.full():
             return False
         name = f"{IMAGES}/{self.count:07d}.png"
-        ok, png = cv2.imencode(".png", image)
+        ok, png = cv2.imencode(".png", image[..., ::-1] if image.shape[-1] == 3 else image)  # RGB frames, BGR files (OpenCV's)
         if not ok:
             raise CollectedError(f"cannot encode a {image.shape} frame as PNG")
         line = json.dumps({"file": name, **asdict(kept)}) + "\n"
@@ -130,5 +130,5 @@ def read_collected(path: str | Path) -> Collected:
         im = cv2.imread(str(path / row.pop("file")), cv2.IMREAD_UNCHANGED)
         if im is None:
             raise CollectedError(f"{path}: unreadable image of frame {row.get('frame_id')}")
-        images.append(im.reshape(*im.shape[:2], channels))
+        images.append(im[..., ::-1] if channels == 3 else im.reshape(*im.shape[:2], 1))
     return Collected(meta, np.stack(images), [Kept(**row) for row in rows])

@@ -123,3 +123,12 @@ def test_collector_joins_frames_and_labels_over_a_broker(broker, tmp_path):
     assert col.column("frame_id").tolist() == [0, 2] and col.column("label").tolist() == [5, 7]
     assert np.array_equal(col.images, images[[0, 2]])
     assert json.loads((s.out / "meta.json").read_text())["state"] == "closed"
+
+
+def test_colour_frames_read_back_as_the_same_rgb_arrays(tmp_path):
+    rgb = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 3), dtype=np.uint8)
+    w = CollectedWriter(tmp_path / "c", META | {"input": {"size": 8, "channels": 3, "mean": [0.5] * 3, "std": [0.5] * 3}}, 10, 1 << 20)
+    for i, im in enumerate(rgb):
+        w.add(im, kept(frame_id=i))
+    w.close({})
+    assert np.array_equal(read_collected(tmp_path / "c").images, rgb)

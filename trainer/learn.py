@@ -37,17 +37,19 @@ from trainer.report import choose_tau, topk_acc
 
 @dataclass
 class LearnConfig:
+    """A round's learning step (the flags: HELP)."""
+
     pack: str
     collected: str
     out: str
     epochs: int = 4
     lr: float = 2e-4  # a fine-tune: a fifth of the rate the pack's generalists were trained with
     batch_size: int = 128
-    replay: float = 2.0  # training images of the pack per collected frame, each epoch
-    holdout: float = 0.2  # of the collected frames, for tau only
+    replay: float = 2.0
+    holdout: float = 0.2
     seed: int = 0
-    dataset: str = ""  # the pack's training data (default: the manifest's data set)
-    test_samples: int = 0  # the first N clean test images measure forgetting (0: the whole split)
+    dataset: str = ""
+    test_samples: int = 0
 
 
 def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -145,14 +147,26 @@ def write_pack(old: Pack, model: torch.nn.Module, out: Path, tau: float, metrics
     return out
 
 
+HELP = {
+    "epochs": "passes over the collected frames and the replayed training images",
+    "lr": "peak learning rate (a fine-tune)",
+    "batch_size": "mini-batch size",
+    "replay": "the pack's training images per collected frame",
+    "holdout": "share of the collected frames held out for tau, never trained on",
+    "seed": "seed of the hold-out, the replayed images and the batches",
+    "dataset": "the pack's training data set (default: the manifest's)",
+    "test_samples": "the first N clean test images measure forgetting (0: all)",
+}
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser("learn", help="a new edge generalist from collected frames (edge-node collect): a new version of the pack")
     p.add_argument("--pack", required=True, help="the pack the frames were collected under")
     p.add_argument("--collected", required=True, help="the folder `edge-node collect` wrote")
     p.add_argument("--out", required=True, help="a new pack folder")
     for name, default in asdict(LearnConfig("", "", "")).items():
-        if name not in ("pack", "collected", "out"):
-            p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        if name in HELP:
+            p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default, help=f"{HELP[name]} (default {default!r})")
 
 
 def run(ns, log) -> int:
