@@ -12,7 +12,7 @@ The rules, checked in this order, each skip counted by reason (meta.json, `ate_c
     expert-conf       the expert was less sure than min_expert_conf
     class-cap         per_class frames of that expert label are kept already
     rate              more than max_per_s a second (a token bucket holding one second's worth)
-    full              the folder reached max_frames or max_mib
+    full              the folder reached max_kept or max_mib
 
 A frame whose label is not an expert's (the deadline fell back to the edge) has no answer and is
 never kept. Messages are handled on a worker thread, never in the MQTT network thread (at most 64 MiB of them
@@ -259,7 +259,7 @@ def _cmd_collect(args) -> int:
     try:
         rules = rules_from(s, m.classes)
         meta = {"pack": m.pack_id, "classes": m.classes, "input": m.input.model_dump(), "node": s.node_id, "rules": _rules_meta(rules)}
-        writer = CollectedWriter(s.out, meta, s.max_frames, int(s.max_mib * 2**20))
+        writer = CollectedWriter(s.out, meta, s.max_kept, int(s.max_mib * 2**20))
     except (ValueError, CollectedError, OSError) as exc:
         fail(str(exc))
     stop = threading.Event()

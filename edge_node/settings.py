@@ -66,7 +66,7 @@ class CollectSettings(CommonSettings):
 
     node_id: str = Field(description="the edge whose offloaded frames are kept")
     out: Path = Field(description="a new folder for the collected frames (the trainer's `--collected`)")
-    max_frames: int = Field(20000, ge=1, description="keep at most this many frames")
+    max_kept: int = Field(20000, ge=1, description="keep at most this many frames")
     max_mib: float = Field(256.0, gt=0, description="keep at most this many MiB (images and index)")
     edge_conf_min: float = Field(0.0, ge=0.0, le=1.0, description="confidence band: keep frames the edge was at least this sure of")
     edge_conf_max: float = Field(1.0, ge=0.0, le=1.0, description="confidence band: ... and at most this sure of")

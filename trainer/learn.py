@@ -25,10 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from askexpert.collected import read_collected
+from askexpert.collected import CollectedError, read_collected
 from askexpert.datasets import LabelledImages, load_dataset, train_val_split
 from askexpert.hardware import cpu_name
-from askexpert.pack import Manifest, Pack, save_weights, write_manifest
+from askexpert.pack import Manifest, Pack, PackError, save_weights, write_manifest
 from askexpert.routing import decide
 from trainer.engine import FitEnv, FitSpec, Job, fit, predict
 from trainer.pipeline import to_tensor
@@ -173,5 +173,9 @@ def run(ns, log) -> int:
     import json
 
     cfg = LearnConfig(**{k: v for k, v in vars(ns).items() if k in LearnConfig.__dataclass_fields__})
-    print(json.dumps(learn(cfg, log)))
+    try:
+        record = learn(cfg, log)
+    except (CollectedError, PackError) as exc:
+        raise SystemExit(f"error: {exc}") from exc
+    print(json.dumps(record))
     return 0
