@@ -5,7 +5,7 @@ N ?= 10000
 FPS ?= 0
 PACED_FPS ?= 200
 
-.PHONY: install test test-fast demo sweep pack-cpu pack-gpu
+.PHONY: install test test-fast demo sweep learn-round pack-cpu pack-gpu
 
 install:
 	PY=$(PY) bash scripts/install.sh
@@ -26,6 +26,10 @@ demo: install
 
 sweep: install
 	$(PY) -m evaluation sweep --pack packs/fashion-mnist
+
+# One round of on-site learning on the camera-like shifted stream, live (README, "The edge learns from its experts")
+learn-round: install
+	$(PY) -m evaluation learn-round --pack packs/fashion-mnist
 
 # The reference pack (CPU recipe: head dim 16, depth 3, 12H teacher; under 2 h on 2 cores; resumable: run it again after an interruption)
 pack-cpu: install

@@ -13,8 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-from askexpert import shift
-
 FASHION_MNIST_DIR = Path(os.environ.get("ATE_FASHION_MNIST_DIR", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = [
     "T-shirt/top",
@@ -327,14 +325,16 @@ def shifted_fashion_mnist_clean(split: str, root: Path | None = None) -> Labelle
         return load_fashion_mnist("test", root)
     if split == "collect":
         return train_val_split(load_fashion_mnist("train", root), SHIFTED_VAL_FRACTION, SHIFTED_VAL_SEED)[1]
-    raise DatasetError(f"shifted Fashion-MNIST has splits {sorted(shift.STREAMS)}, not {split!r}")
+    raise DatasetError(f"shifted Fashion-MNIST has splits collect and score, not {split!r}")
 
 
 def load_shifted_fashion_mnist(split: str, root: Path | None = None) -> LabelledImages:
     """`shifted-fashion-mnist`: Fashion-MNIST through `askexpert.shift`'s camera at its SEVERITY,
     streams `collect` and `score`, made on load (a few seconds)."""
+    from askexpert.shift import shift_images  # Pillow: only for this data set
+
     clean = shifted_fashion_mnist_clean(split, root)
-    return LabelledImages(shift.shift_images(clean.images, split), clean.labels, clean.classes)
+    return LabelledImages(shift_images(clean.images, split), clean.labels, clean.classes)
 
 
 LOADERS = {

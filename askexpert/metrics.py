@@ -45,3 +45,4 @@ QUALITY_BAND = Gauge(
     ["node", "signal", "bound"],
 )
 HUB_BUSY = Gauge("ate_hub_busy_ratio", "Share of the last load interval the hub spent answering (1: at its capacity)", ["hub"])
+COLLECTED = Counter("ate_collected_frames_total", "Offloaded frames a collector kept or skipped, by outcome", ["node", "outcome"])

@@ -18,6 +18,7 @@ from askexpert.lifecycle import Server
 from askexpert.mqtt import MqttClient
 from askexpert.recording import RecordingError
 from askexpert.reload import PackReloader, ignore_sighup, reload_on_sighup
+from edge_node.collect import add_collect_parser
 from edge_node.recording import add_record_parser
 from edge_node.settings import EdgeSettings
 from edge_node.sources import Source, SourceError, open_source
@@ -120,6 +121,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser, sub = command_parser("edge-node", __doc__, "classify a stream, offload uncertain frames, publish labels", EdgeSettings, cmd_run)
     add_record_parser(sub)
+    add_collect_parser(sub)
     add_build_parser(sub, "build-engine", EdgeSettings, generalist_plan)
     return parser
 

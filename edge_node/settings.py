@@ -59,3 +59,27 @@ class EdgeSettings(CommonSettings):
     def deadline_s(self) -> float:
         """The deadline in seconds, as the clocks and timers that enforce it count."""
         return self.deadline_ms / 1000
+
+
+class CollectSettings(CommonSettings):
+    """`edge-node collect`: what to keep of one edge's offloads, and how much (edge_node/collect.py)."""
+
+    node_id: str = Field(description="the edge whose offloaded frames are kept")
+    out: Path = Field(description="a new folder for the collected frames (the trainer's `--collected`)")
+    max_kept: int = Field(20000, ge=1, description="keep at most this many frames")
+    max_mib: float = Field(256.0, gt=0, description="keep at most this many MiB (images and index)")
+    edge_conf_min: float = Field(0.0, ge=0.0, le=1.0, description="confidence band: keep frames the edge was at least this sure of")
+    edge_conf_max: float = Field(1.0, ge=0.0, le=1.0, description="confidence band: ... and at most this sure of")
+    min_expert_conf: float = Field(0.0, ge=0.0, le=1.0, description="keep only answers the expert gave with at least this confidence")
+    per_class: int = Field(0, ge=0, description="keep at most this many frames per expert label; 0: no cap")
+    max_per_s: float = Field(0.0, ge=0, description="keep at most this many frames a second (bursts of one second's worth); 0: no limit")
+    exclude_classes: str = Field(
+        "", description="comma-separated class names: a frame the expert or the edge called one of them is never kept"
+    )
+    exclude_frames: str = Field("", description="frame id ranges never kept, e.g. 0-99,500-599 (the operator's exclusions)")
+    max_pending: int = Field(4096, ge=1, description="offloaded frames held while their label is awaited (oldest dropped)")
+
+    @field_validator("node_id")
+    @classmethod
+    def _topic_safe(cls, v: str) -> str:
+        return check_name(v)

@@ -204,15 +204,20 @@ class Demo:
         mosq = self.children.start("mosquitto", [MOSQUITTO, "-c", str(conf)], self.run_dir / "mosquitto.log")
         wait_port(self.port, proc=mosq)
 
-        from evaluation.score import load_truth
-
         hub_argv = self.py + ["expert_hub.cli", "run", *self.common, "--hub-id", self.HUB]
         with console.status("starting the expert hub (loading experts)..."):
             self.hub = self.children.start("expert-hub", hub_argv, self.run_dir / "hub.log", self.env)
             wait_hub(self.port, self.HUB, 180, self.children)
-        if parse_source(self.a.source).has_truth:
-            self.truth, self.classes = load_truth(self.a.source)
-        self.reference = Reference(self.pack, self.a, taus, self.truth)
+        self.target(self.a.source, self.pack, taus)
+
+    def target(self, source: str, pack: Pack, taus: list[float]) -> None:
+        """What the next replays play (`source`) and are checked against: its truth, and Algorithm 1
+        offline with `pack` (a round of on-site learning changes both between replays)."""
+        from evaluation.score import load_truth
+
+        self.a.source, self.pack = source, pack
+        self.truth, self.classes = load_truth(source) if parse_source(source).has_truth else (None, None)
+        self.reference = Reference(pack, self.a, taus, self.truth)
 
     def replays(self, taus: list[float]) -> list[RunScore]:
         """One replay per tau (and the live sweep table when several), then the paced one."""

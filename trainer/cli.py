@@ -4,6 +4,7 @@
   trainer teacher|prune|baselines|partition|experts|report|export ... (same flags)
   trainer export-onnx --pack packs/fashion-mnist --onnx-out runs/onnx
   trainer served-form --pack packs/fashion-mnist   (the expert form hubs serve, chosen on validation)
+  trainer learn --pack packs/fashion-mnist --collected DIR --out DIR   (on-site learning: trainer/learn.py)
 
 Every step keeps its results in --work (default runs/<dataset>) and is skipped when they exist;
 re-run the same command to resume after an interruption (fits resume after their last epoch).
@@ -133,6 +134,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     qb.add_argument("--pack", required=True)
     sf = sub.add_parser("served-form", help="choose the expert form hubs serve, on validation, for a pack made without a choice")
     sf.add_argument("--pack", required=True)
+    from trainer import learn
+
+    learn.add_parser(sub)
     ns = parser.parse_args(argv)
     if getattr(ns, "recipe", ""):  # parse again with the recipe as defaults, so explicit flags win
         sub.choices[ns.cmd].set_defaults(**RECIPES[ns.recipe])
@@ -182,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
 
         log(record_served_form(ns.pack).model_dump_json(indent=2))
         return 0
+    if ns.cmd == "learn":
+        from trainer import learn
+
+        return learn.run(ns, log)
     cfg = config_from(ns)
     if ns.cmd == "plan":
         from trainer.plan import plan
