@@ -24,6 +24,7 @@ import json
 
 from askexpert.datasets import load_dataset
 from askexpert.localbroker import Broker, edge_args, edge_summary, hub_args, spawn_edge, spawn_quiet
+from askexpert.log import setup_logging
 from askexpert.settings import CommonSettings
 from askexpert.subscriber import LabelSubscriber, wait_online
 from evaluation.costmodel import Profile
@@ -83,6 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--expert-form", default="auto", help="auto (the pack's served form) | full | compact: what the hub serves")
     ap.add_argument("--deadline-ms", type=float, default=1000.0)
     a = ap.parse_args(argv)
+    setup_logging("warning")  # stdout is the JSON line
 
     from askexpert.models import shape_name
     from askexpert.pack import Pack
