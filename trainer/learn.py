@@ -59,15 +59,16 @@ def _holdout(n: int, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray
     return np.sort(order[cut:]), np.sort(order[:cut])
 
 
-def _known(m: Manifest, cfg: LearnConfig) -> tuple[LabelledImages, LabelledImages]:
-    """What the edge knew: its recipe's training split of its data set (no validation images), and
-    the clean test split, to measure whether it forgot."""
+def _known(m: Manifest, cfg: LearnConfig) -> tuple[LabelledImages, LabelledImages, LabelledImages]:
+    """What the edge knew: its recipe's training split of its data set; and two clean sets to
+    measure whether it forgot: the validation split (what a choice of the learning's settings may
+    look at; a shifted copy of it is the collection stream) and the test split (for the report only)."""
     recipe = m.training.get("recipe") if isinstance(m.training.get("recipe"), dict) else {}
     name = cfg.dataset or m.dataset
-    train, _ = train_val_split(load_dataset(name, "train"), recipe.get("val_fraction", 0.1), recipe.get("seed", 0))
+    train, val = train_val_split(load_dataset(name, "train"), recipe.get("val_fraction", 0.1), recipe.get("seed", 0))
     test = load_dataset(name, "test")
     n = cfg.test_samples or len(test)
-    return train, LabelledImages(test.images[:n], test.labels[:n], test.classes)
+    return train, val, LabelledImages(test.images[:n], test.labels[:n], test.classes)
 
 
 def _tensors(images: np.ndarray, labels: np.ndarray, m: Manifest) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,20 +93,21 @@ def learn(cfg: LearnConfig, log=print) -> dict:
     if col.meta.get("pack") != m.pack_id:
         raise SystemExit(f"{cfg.collected} was collected under pack id {col.meta.get('pack')}, not this pack's {m.pack_id}")
     train_idx, hold_idx = _holdout(len(col), cfg.holdout, cfg.seed)
-    train, test = _known(m, cfg)
+    train, val, test = _known(m, cfg)
     pick = np.sort(np.random.default_rng(cfg.seed + 1).permutation(len(train))[: int(cfg.replay * len(train_idx))])
     x_known, y_known = _tensors(train.images[pick], train.labels[pick], m)
     x_col, y_col = _tensors(col.images[train_idx], col.column("label")[train_idx], m)
     x_test, y_test = _tensors(test.images, test.labels, m)
+    x_val, y_val = _tensors(val.images, val.labels, m)
     x, y = torch.cat([x_known, x_col]), torch.cat([y_known, y_col])
     model = pack.load_generalist()
-    before = predict(model, x_test).numpy()
+    before, val_before = predict(model, x_test).numpy(), predict(model, x_val).numpy()
     fill = -torch.tensor(m.input.mean) / torch.tensor(m.input.std)  # a black pixel, as the pack's training pads
     spec = FitSpec(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, aug={"pad": 2, "flip": True, "fill": fill}, seed=cfg.seed)
     log(f"learn: {len(train_idx)} collected frames (expert answers) + {len(pick)} of the pack's training images, {cfg.epochs} epochs")
     fitted = fit([Job("edge", model)], x, y, None, spec, FitEnv(desc="learn", log=log))
     model.eval()
-    after = predict(model, x_test).numpy()
+    after, val_after = predict(model, x_test).numpy(), predict(model, x_val).numpy()
     x_hold, y_hold = _tensors(col.images[hold_idx], col.column("label")[hold_idx], m)
     counts = col.meta.get("counts", {})
     alpha = counts.get("offloaded", 0) / max(1, counts.get("seen", 0))
@@ -117,6 +119,7 @@ def learn(cfg: LearnConfig, log=print) -> dict:
         "collected": {"frames": len(col), "trained_on": len(train_idx), "held_out": len(hold_idx), "alpha_at_collection": round(alpha, 4)},
         "replay_images": len(pick),
         "fit": fitted,
+        "clean_val_top1": {"before": topk_acc(val_before, y_val.numpy(), 1), "after": topk_acc(val_after, y_val.numpy(), 1)},
         "clean_test_top1": {"before": topk_acc(before, y_test, 1), "after": topk_acc(after, y_test, 1)},
         "tau": tau.model_dump(mode="json")
         | {"rule": "trainer.report.choose_tau on the held-out collected frames, expert answers as truth, tolerance / alpha"},
