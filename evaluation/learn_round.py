@@ -9,11 +9,11 @@ through a symlink (`pack`, as an operator would deploy it):
   2. collect  `edge-node collect` keeps what the edge offloads while it replays the collection
               stream (`...:collect`, disjoint: askexpert/shift.py); the experts' answers are scored
               against the truth here (the accuracy of the targets), never shown to the learner;
-  3. learn    `trainer learn` writes the new pack version (pack-v2/: same routing, new edge, new tau);
+  3. learn    `trainer learn` writes the new pack version (pack-v2/: same routing, new edge, the old tau);
   4. swap     the edge replays the scoring stream paced; midway the symlink is swapped to pack-v2
               and hub and edge get SIGHUP: every frame must get exactly one label, and the labels
               name the new version from the switch on;
-  5. after    the scoring stream again with the new pack, at the old tau and at its new tau.
+  5. after    the scoring stream again with the new pack, at its tau and at the recalibrated one.
 
 Writes round.json (what `docs/results/edge-learning` quotes) and each replay's report.
 """
@@ -73,9 +73,10 @@ def run(a: argparse.Namespace) -> int:
         collected, targets = _collect(demo, run_dir, shlex.split(a.collect_args))
         new = Pack.load(_learn(demo, link, collected, run_dir / "pack-v2", shlex.split(a.learn_args)))
         swap = _swap(demo, link, new, a)
-        demo.target(SCORE, new, [old.manifest.tau, new.manifest.tau])
+        recalibrated = new.manifest.training["learned"][-1]["tau"]["tau"]
+        demo.target(SCORE, new, [old.manifest.tau, recalibrated])
         after_same = _replay(demo, "after-same-tau", old.manifest.tau)
-        after = _replay(demo, "after", new.manifest.tau)
+        after = _replay(demo, "after-recalibrated-tau", recalibrated)
     finally:
         demo.stop()
     out = {
@@ -84,7 +85,7 @@ def run(a: argparse.Namespace) -> int:
         "packs": {"before": old.version, "after": new.version, "pack_id": old.pack_id},
         "before": _numbers(before),
         "after_same_tau": _numbers(after_same),
-        "after_new_tau": _numbers(after),
+        "after_recalibrated_tau": _numbers(after),
         "targets": targets,
         "learn": new.manifest.training["learned"][-1],
         "clean_test_top1": {"before": _clean(old), "after": _clean(new)},
@@ -95,7 +96,9 @@ def run(a: argparse.Namespace) -> int:
         + " ".join(f"--{k.replace('_', '-')} {shlex.quote(str(v))}" for k, v in vars(a).items() if k not in ("func", "command")),
     }
     (run_dir / "round.json").write_text(json.dumps(out, indent=1) + "\n")
-    console.print_json(data={k: out[k] for k in ("before", "after_same_tau", "after_new_tau", "targets", "clean_test_top1", "swap")})
+    console.print_json(
+        data={k: out[k] for k in ("before", "after_same_tau", "after_recalibrated_tau", "targets", "clean_test_top1", "swap")}
+    )
     console.print(f"round folder: {run_dir}")
     ok = all(not r.missing and r.duplicates == 0 for r in (before, after_same, after)) and swap["missing"] == swap["duplicates"] == 0
     return 0 if ok else 1

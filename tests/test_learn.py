@@ -35,7 +35,8 @@ def test_learn_writes_a_new_version_that_reloads(tiny_pack, collected, tmp_path)
     assert new.pack_id == old.pack_id and new.version != old.version
     assert new.manifest.generalist.sha256 != old.manifest.generalist.sha256
     assert [e.sha256 for e in new.manifest.experts] == [e.sha256 for e in old.manifest.experts]
-    assert new.manifest.tau in TAUS and new.manifest.training["learned"][-1]["tau"]["tau"] == new.manifest.tau
+    assert new.manifest.tau == old.manifest.tau  # kept (--tau-rule keep)
+    assert new.manifest.training["learned"][-1]["tau"]["tau"] in TAUS  # the recalibrated one, on record
     assert record["collected"] == {"frames": 40, "trained_on": 32, "held_out": 8, "alpha_at_collection": 0.4}
     assert record["replay_images"] == 32 and record["fit"]["steps"] == 4  # 64 images, batches of 16, one epoch
     link = tmp_path / "pack"
