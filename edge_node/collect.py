@@ -15,7 +15,8 @@ The rules, checked in this order, each skip counted by reason (meta.json, `ate_c
     full              the folder reached max_kept or max_mib
 
 A frame whose label is not an expert's (the deadline fell back to the edge) has no answer and is
-never kept. Messages are handled on a worker thread, never in the MQTT network thread (at most 64 MiB of them
+never kept, nor is a frames message whose images are not the pack's input shape (`malformed`).
+Messages are handled on a worker thread, never in the MQTT network thread (at most 64 MiB of them
 wait); the frames waiting for their label are bounded (max_pending, oldest dropped and counted).
 """
 
@@ -124,6 +125,8 @@ class Collector:
 
     def __init__(self, s: CollectSettings, rules: Rules, writer: CollectedWriter) -> None:
         self.s, self.writer, self.sampler = s, writer, Sampler(rules)
+        spec = writer.meta["input"]  # the pack's: frames of another shape could never be learned from
+        self.shape = (spec["size"], spec["size"], spec["channels"])
         self.labels_topic = labels_topic(s.prefix, s.node_id)
         self.pending: OrderedDict[tuple[str, int], tuple[np.ndarray, str | None]] = OrderedDict()
         self.counts: Counter = Counter()
@@ -169,7 +172,7 @@ class Collector:
                 log.error("could not keep a frame", error=str(exc)[:200])
 
     def _on_frames(self, expert: str, payload: bytes) -> None:
-        batch = decode_frames(payload)
+        batch = decode_frames(payload, shape=self.shape)
         for fid, image in zip(batch.frame_ids.tolist(), batch.images):
             self.pending[(batch.run, fid)] = (image.copy(), batch.pack_version)
             if len(self.pending) > self.s.max_pending:

@@ -108,17 +108,23 @@ def test_collector_joins_frames_and_labels_over_a_broker(broker, tmp_path):
         topk_p=np.full((4, 2), 0.4), images=images, pack_version="v1",
     )  # fmt: skip
     edge.publish_frames(s.prefix, "0-1", frames)
+    wrong = FrameBatch(
+        node="cam1", run="r1", pack="p1", frame_ids=np.array([8]), t_capture=np.zeros(1), topk=np.array([[1, 3]]),
+        topk_p=np.full((1, 2), 0.4), images=np.zeros((1, 32, 32, 1), np.uint8), pack_version="v1",
+    )  # fmt: skip
+    edge.publish_frames(s.prefix, "0-1", wrong)  # not the pack's 28x28x1: never kept, frame 8 not seen
     topic = labels_topic(s.prefix, "cam1")
     for payload in (_label(9, "edge", None), _label(0, "expert", "0-1", 5), _label(1, "edge-fallback", "0-1"),
                     _label(2, "expert", "0-1", 7), _label(3, "expert", "0-1"), _label(8, "expert", "0-1")):  # fmt: skip
         edge.publish(topic, payload, qos=1)
     assert edge.flush(5)
     end = time.monotonic() + 10
-    while sum(collector.counts.values()) < 6 + 5 and time.monotonic() < end:  # 6 labels seen, 5 outcomes of offloads
+    while sum(collector.counts.values()) < 6 + 5 + 1 and time.monotonic() < end:  # 6 labels seen, 5 outcomes, 1 malformed
         time.sleep(0.05)
     report = collector.stop()
     edge.stop()
-    assert report["counts"] == {"seen": 6, "offloaded": 5, "kept": 2, "no-answer": 1, "excluded-frames": 1, "frame-not-seen": 1}
+    expected = {"seen": 6, "offloaded": 5, "kept": 2, "no-answer": 1, "excluded-frames": 1, "frame-not-seen": 1, "malformed": 1}
+    assert report["counts"] == expected
     col = read_collected(s.out)
     assert col.column("frame_id").tolist() == [0, 2] and col.column("label").tolist() == [5, 7]
     assert np.array_equal(col.images, images[[0, 2]])
