@@ -21,8 +21,9 @@ import argparse
 import json
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -162,79 +163,82 @@ def to_json(res: dict) -> str:
     return json.dumps(conv(res), indent=2)
 
 
-def plot(res: dict, path: str | Path) -> Path:
-    """Figure 4 analogue: accuracy vs tau, one panel per near-edge generalist, plus alpha(tau)."""
+@contextmanager
+def figure(path: str | Path, panels: int, figsize: tuple[float, float], suptitle: str | None = None) -> Iterator:
+    """A row of `panels` matplotlib axes (Agg: no screen needed), saved to `path` and closed on exit:
+    every figure of the sweep and of `system-figures` is made so."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, axes = plt.subplots(1, panels, figsize=figsize, squeeze=False)
+    try:
+        yield axes[0]
+        if suptitle:
+            fig.suptitle(suptitle, fontsize=8)
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+    finally:
+        plt.close(fig)
+
+
+def plot(res: dict, path: str | Path) -> Path:
+    """Figure 4 analogue: accuracy vs tau, one panel per near-edge generalist, plus alpha(tau)."""
     taus = res["taus"]
     panels = list(res["generalist_coinference"]) or [None]
-    fig, axes = plt.subplots(1, len(panels) + 1, figsize=(5.2 * (len(panels) + 1), 4.2))
-    for ax, g in zip(axes, panels):
-        ax.axhline(100 * res["edge_only"][res["edge"]], color="grey", ls=":", label=f"Edge-Only {res['edge']}")
-        if g is not None:
-            ax.axhline(100 * res["near_edge_only"][g], color="k", ls="--", label=f"Edge/Near-Edge-Only {g}")
-            ax.plot(taus, [100 * res["generalist_coinference"][g][t] for t in taus], "o-", label=f"Generalist Co-inf. {res['edge']}->{g}")
-        for n, row in res["specialist_coinference"].items():
-            ax.plot(taus, [100 * row[t] for t in taus], "s-", label=f"Specialist Co-inf. {res['edge']}->{n}")
+    with figure(path, len(panels) + 1, (5.2 * (len(panels) + 1), 4.2)) as axes:
+        for ax, g in zip(axes, panels):
+            ax.axhline(100 * res["edge_only"][res["edge"]], color="grey", ls=":", label=f"Edge-Only {res['edge']}")
+            if g is not None:
+                ax.axhline(100 * res["near_edge_only"][g], color="k", ls="--", label=f"Edge/Near-Edge-Only {g}")
+                ax.plot(
+                    taus, [100 * res["generalist_coinference"][g][t] for t in taus], "o-", label=f"Generalist Co-inf. {res['edge']}->{g}"
+                )
+            for n, row in res["specialist_coinference"].items():
+                ax.plot(taus, [100 * row[t] for t in taus], "s-", label=f"Specialist Co-inf. {res['edge']}->{n}")
+            ax.set_xlabel("confidence threshold tau")
+            ax.set_ylabel("accuracy (%)")
+            ax.set_title(f"near-edge {g}" if g else "accuracy")
+            ax.invert_xaxis()
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        ax = axes[-1]
+        ax.plot(taus, [100 * res["alpha"][t] for t in taus], "o-", label="this pack")
+        pt = [t for t in taus if t in PAPER_ALPHA_PCT]
+        ax.plot(pt, [PAPER_ALPHA_PCT[t] for t in pt], "x--", label="paper (CIFAR-100)")
         ax.set_xlabel("confidence threshold tau")
-        ax.set_ylabel("accuracy (%)")
-        ax.set_title(f"near-edge {g}" if g else "accuracy")
+        ax.set_ylabel("offload proportion alpha (%)")
+        ax.set_title("alpha(tau), Table 4")
         ax.invert_xaxis()
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-    ax = axes[-1]
-    ax.plot(taus, [100 * res["alpha"][t] for t in taus], "o-", label="this pack")
-    pt = [t for t in taus if t in PAPER_ALPHA_PCT]
-    ax.plot(pt, [PAPER_ALPHA_PCT[t] for t in pt], "x--", label="paper (CIFAR-100)")
-    ax.set_xlabel("confidence threshold tau")
-    ax.set_ylabel("offload proportion alpha (%)")
-    ax.set_title("alpha(tau), Table 4")
-    ax.invert_xaxis()
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return Path(path)
 
 
-# ---------------------------------------------------------------------------------------- command
 def plot_costs(costs: dict, taus: list[float], path: Path, suptitle: str | None = None) -> None:
     """Figure 5 analogue: latency and energy per tau, normalised to Edge-Only, one panel per near-edge model."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     models = list(costs["models"])
     if not models:
         return
-    fig, axes = plt.subplots(1, len(models), figsize=(5.5 * len(models), 4.2), squeeze=False)
-    for ax, nm in zip(axes[0], models):
-        m = costs["models"][nm]
-        ax.plot(taus, [m["co_inference"][t]["T_norm"] for t in taus], "o-", label=f"latency, {costs['edge_model']}->{nm}")
-        if m["co_inference"][taus[0]]["E_norm"] is not None:
-            ax.plot(taus, [m["co_inference"][t]["E_norm"] for t in taus], "s-", label=f"energy, {costs['edge_model']}->{nm}")
-            ax.axhline(m["near_edge_only"]["E_norm"], color="tab:orange", ls=":", label=f"Near-Edge-Only {m['reference']} energy")
-        ax.axhline(1.0, color="k", ls="--", label=f"Edge-Only {m['reference']}")
-        ax.axhline(m["near_edge_only"]["T_norm"], color="tab:blue", ls=":", label=f"Near-Edge-Only {m['reference']} latency")
-        ax.set_xlabel("confidence threshold tau")
-        ax.set_ylabel("normalised to Edge-Only")
-        ax.set_title(f"{nm}: {costs['edge_device']} + {costs['near_device']}", fontsize=8)
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, len(models), (5.5 * len(models), 4.2), suptitle) as axes:
+        for ax, nm in zip(axes, models):
+            m = costs["models"][nm]
+            ax.plot(taus, [m["co_inference"][t]["T_norm"] for t in taus], "o-", label=f"latency, {costs['edge_model']}->{nm}")
+            if m["co_inference"][taus[0]]["E_norm"] is not None:
+                ax.plot(taus, [m["co_inference"][t]["E_norm"] for t in taus], "s-", label=f"energy, {costs['edge_model']}->{nm}")
+                ax.axhline(m["near_edge_only"]["E_norm"], color="tab:orange", ls=":", label=f"Near-Edge-Only {m['reference']} energy")
+            ax.axhline(1.0, color="k", ls="--", label=f"Edge-Only {m['reference']}")
+            ax.axhline(m["near_edge_only"]["T_norm"], color="tab:blue", ls=":", label=f"Near-Edge-Only {m['reference']} latency")
+            ax.set_xlabel("confidence threshold tau")
+            ax.set_ylabel("normalised to Edge-Only")
+            ax.set_title(f"{nm}: {costs['edge_device']} + {costs['near_device']}", fontsize=8)
+            ax.invert_xaxis()
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
 
 
+# ---------------------------------------------------------------------------------------- command
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="the paper's tau sweep offline, from logits (Table 4, Figure 4, Table 5, costs)")
     p.add_argument("--pack", default=str(REFERENCE_PACK), help="model pack (default: the reference pack)")

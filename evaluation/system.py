@@ -24,7 +24,7 @@ from typing import Mapping
 
 from evaluation import REFERENCE_PACK
 from evaluation.costmodel import Profile, costs_markdown, scenario_costs
-from evaluation.sweep import add_logits_args, plot_costs, scenarios, sweep, to_json
+from evaluation.sweep import add_logits_args, figure, plot_costs, scenarios, sweep, to_json
 
 
 def cost_models(pack, sc: dict) -> tuple[dict[str, str], dict[str, str]]:
@@ -177,53 +177,35 @@ def to_markdown(sysres: dict, rests_on: str, title: str) -> str:
 
 def plot_pareto(sysres: dict, path: Path, suptitle: str) -> None:
     """Figure 6 analogue: accuracy against normalised latency (left) and energy (right)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
-    for ax, key, what in ((axes[0], "T_norm_3H", "latency"), (axes[1], "E_norm_3H", "energy")):
-        pts = [p for p in sysres["fig6"] if p[key] is not None]
-        for kind, marker in (("edge-only", "o"), ("near-edge-only", "^")):
-            for p in (p for p in pts if p["kind"] == kind):
-                ax.plot(p[key], 100 * p["accuracy"], marker, ms=8, label=_name(p))
-        for label in dict.fromkeys(p["label"] for p in pts if p["kind"] == "co-inference"):
-            line = [p for p in pts if p["label"] == label]
-            ax.plot([p[key] for p in line], [100 * p["accuracy"] for p in line], "s-" if "specialist" in label else ".--", label=label)
-        ax.set_xlabel(f"{what} per frame / Edge-Only {sysres['edge_model']}")
-        ax.set_ylabel("accuracy (%)")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle(suptitle, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 2, (12, 5), suptitle) as axes:
+        for ax, key, what in ((axes[0], "T_norm_3H", "latency"), (axes[1], "E_norm_3H", "energy")):
+            pts = [p for p in sysres["fig6"] if p[key] is not None]
+            for kind, marker in (("edge-only", "o"), ("near-edge-only", "^")):
+                for p in (p for p in pts if p["kind"] == kind):
+                    ax.plot(p[key], 100 * p["accuracy"], marker, ms=8, label=_name(p))
+            for label in dict.fromkeys(p["label"] for p in pts if p["kind"] == "co-inference"):
+                line = [p for p in pts if p["label"] == label]
+                ax.plot([p[key] for p in line], [100 * p["accuracy"] for p in line], "s-" if "specialist" in label else ".--", label=label)
+            ax.set_xlabel(f"{what} per frame / Edge-Only {sysres['edge_model']}")
+            ax.set_ylabel("accuracy (%)")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
 
 
 def plot_roi(sysres: dict, path: Path, suptitle: str) -> None:
     """Figure 7 analogue: accuracy gained per added ms (left) and per added mJ (right), per tau."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     taus = sysres["taus"]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
-    for ax, unit in ((axes[0], "ms"), (axes[1], "mJ")):
-        for label, rows in sysres["fig7"].items():
-            ys = [rows[t][f"pt_per_{unit}"] for t in taus]
-            if any(y is not None for y in ys):
-                ax.plot(taus, [float("nan") if y is None else y for y in ys], "s-" if "specialist" in label else "o--", label=label)
-        ax.set_xlabel("confidence threshold tau")
-        ax.set_ylabel(f"accuracy gain (pt) per added {unit} per frame")
-        ax.invert_xaxis()
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=6)
-    fig.suptitle(suptitle, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    with figure(path, 2, (12, 4.5), suptitle) as axes:
+        for ax, unit in ((axes[0], "ms"), (axes[1], "mJ")):
+            for label, rows in sysres["fig7"].items():
+                ys = [rows[t][f"pt_per_{unit}"] for t in taus]
+                if any(y is not None for y in ys):
+                    ax.plot(taus, [float("nan") if y is None else y for y in ys], "s-" if "specialist" in label else "o--", label=label)
+            ax.set_xlabel("confidence threshold tau")
+            ax.set_ylabel(f"accuracy gain (pt) per added {unit} per frame")
+            ax.invert_xaxis()
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=6)
 
 
 # ---------------------------------------------------------------------------------------- command
