@@ -261,3 +261,33 @@ def test_a_step_command_runs_only_the_steps_it_needs():
     assert steps_for(config_from(parse_args(["partition", "--partition", "confusion"])), "partition") == ["teacher", "prune", "partition"]
     everything = ["teacher", "prune", "baselines", "partition", "subset-teachers", "experts", "report"]
     assert steps_for(config_from(parse_args(["report"])), "report") == everything
+
+
+def test_epochs_control_reuses_the_recipes_experts_and_trains_longer_ones_apart(tiny, tmp_path):
+    """`trainer epochs-control`: at the recipe's epochs it scores the experts step's own experts (as
+    the report scores them), at another count it trains progressive and static apart from them, its
+    gap is progressive minus static, and a re-run trains nothing; unknown experts are refused."""
+    import shutil
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    shutil.copytree(tiny / "work", work)
+    recipe_files = {p: p.read_bytes() for p in (work / "experts").rglob("*.safetensors")}
+    argv = ["epochs-control", "--work", str(work), *TINY, "--threads", "2", "--control-experts", "0,0-1", "--control-epochs", "1,2"]
+    assert main([*argv, "--control-out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert sorted(res["fits"]) == ["0-1/epochs2/seed0", "0/epochs2/seed0"]  # epoch 1 is the recipe's: nothing trained
+    assert all(p.read_bytes() == b for p, b in recipe_files.items())
+    longer = sorted(p.relative_to(work / "experts").as_posix() for p in (work / "experts" / "epochs2").rglob("*.safetensors"))
+    assert longer == sorted(f"epochs2/{kind}/seed0/expert-{k}.safetensors" for kind in ("progressive", "static") for k in ("0", "0-1"))
+    report = json.loads((work / "report.json").read_text())
+    for key in ("0", "0-1"):
+        for kind in ("progressive", "static"):
+            assert res["per_expert"]["1"][key][kind]["target"]["values"] == report["experts"][key][kind]["target"]["values"][:1]
+    for e in ("1", "2"):
+        mean, gap = res["mean_over_experts"][e], res["gap_progressive_minus_static"][e]
+        for where in ("target", "overall"):
+            assert gap[where]["mean"] == pytest.approx(mean["progressive"][where]["mean"] - mean["static"][where]["mean"], abs=0.011)
+    assert main([*argv, "--control-out", str(tmp_path / "again")]) == 0
+    assert json.loads((tmp_path / "again" / "results.json").read_text()) == res
+    with pytest.raises(SystemExit, match="unknown"):
+        main([*argv[:-4], "--control-experts", "0,9", "--control-epochs", "1"])

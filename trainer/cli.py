@@ -5,6 +5,7 @@
   trainer export-onnx --pack packs/fashion-mnist --onnx-out runs/onnx
   trainer served-form --pack packs/fashion-mnist   (the expert form hubs serve, chosen on validation)
   trainer learn --pack packs/fashion-mnist --collected DIR --out DIR   (on-site learning: trainer/learn.py)
+  trainer epochs-control --recipe cpu --control-experts 0,2,0-1   (progressive vs static, longer: trainer/epochs_control.py)
 
 Every step keeps its results in --work (default runs/<dataset>) and is skipped when they exist;
 re-run the same command to resume after an interruption (fits resume after their last epoch).
@@ -127,6 +128,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
     for s in (*STEPS, "export", "pack", "plan"):
         _common(sub.add_parser(s, help=f"run the {s} step (and the steps it needs)"))
+    from trainer import epochs_control
+
+    ec = sub.add_parser("epochs-control", help="chosen experts progressive and static at several epoch counts (trainer/epochs_control.py)")
+    _common(ec)
+    epochs_control.add_arguments(ec)
     ox = sub.add_parser("export-onnx", help="ONNX for every model of a pack, checked with onnxruntime")
     ox.add_argument("--pack", required=True)
     ox.add_argument("--onnx-out", required=True)
@@ -196,6 +202,10 @@ def main(argv: list[str] | None = None) -> int:
 
         print(plan(cfg, ns.measure_batch, log))
         return 0
+    if ns.cmd == "epochs-control":
+        from trainer import epochs_control
+
+        return epochs_control.run(ns, cfg, log)
     dist.init_from_env(cfg.device)
     try:
         return _train(ns, argv, cfg, log)

@@ -40,8 +40,9 @@ def expert_init(key: str) -> str:
     return f"experts/init/expert-{key}.safetensors"
 
 
-def expert(kind: str, key: str, seed: int) -> str:
-    return f"experts/{kind}/seed{seed}/expert-{key}.safetensors"
+def expert(kind: str, key: str, seed: int, epochs: int | None = None) -> str:
+    """An expert of one kind and seed; `epochs`: trained for another count than the recipe's."""
+    return f"experts/{f'epochs{epochs}/' if epochs else ''}{kind}/seed{seed}/expert-{key}.safetensors"
 
 
 def compact_expert(key: str) -> str:

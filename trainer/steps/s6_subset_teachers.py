@@ -25,22 +25,9 @@ def run(ctx: RunContext) -> dict:
     keys, subsets = ctx.experts_of()
     ctx.need("prune")
     gen_val = ctx.logits(ctx.load_vit(cfg.expert_shape, files.generalist(cfg.expert_shape)), d.x_val)
-    idx = ctx.expert_samples()
-    x, y = d.x_train[idx], d.y_train[idx]
     part_of = torch.tensor(ctx.need("partition")["partition"])
     for key, sub in zip(keys, subsets) if cfg.teacher_recipe == "per-subset" else []:
-        rel = ctx.expert_teacher_rel(key)
-        if not (ctx.work / rel).is_file():
-            pretrained = cfg.subset_teacher_init == "pretrained" and cfg.teacher_init
-            m = ctx.new_teacher() if pretrained else ctx.load_vit(cfg.teacher_shape, files.TEACHER)
-            job = Job(f"teacher-{key}", m, "progressive", ctx.target_mask(sub), use_teacher=False)
-            spec = ctx.spec(cfg.epochs_subset_teacher, cfg.subset_teacher_lr, teacher=True)
-            ctx.fit([job], x, y, None, spec, f"subset-teacher-{key}", f"teacher M_{key}")
-            ctx.save_model(m, rel)
-            labels = {"train": ctx.logits(m, x).argmax(1).contiguous()}
-            if dist.is_main():
-                save_file(labels, str(ctx.work / files.subset_teacher_labels(key)))
-        m = ctx.load_vit(cfg.teacher_shape, rel)
+        m = subset_teacher(ctx, key, sub)
         lv = ctx.logits(m, d.x_val)
         on_target = torch.isin(part_of[d.y_val], torch.tensor(list(sub)))
         row = {
@@ -57,3 +44,22 @@ def run(ctx: RunContext) -> dict:
         )
     ctx.set_info("subset-teachers", info)
     return info
+
+
+def subset_teacher(ctx: RunContext, key: str, sub: tuple[int, ...]) -> torch.nn.Module:
+    """M_I for expert `key` (target subsets `sub`), fine-tuned and its labels cached when missing;
+    also what the longer-training control (trainer/epochs_control.py) trains for its experts alone."""
+    cfg, rel = ctx.cfg, ctx.expert_teacher_rel(key)
+    if not (ctx.work / rel).is_file():
+        idx = ctx.expert_samples()
+        x, y = ctx.data.x_train[idx], ctx.data.y_train[idx]
+        pretrained = cfg.subset_teacher_init == "pretrained" and cfg.teacher_init
+        m = ctx.new_teacher() if pretrained else ctx.load_vit(cfg.teacher_shape, files.TEACHER)
+        job = Job(f"teacher-{key}", m, "progressive", ctx.target_mask(sub), use_teacher=False)
+        spec = ctx.spec(cfg.epochs_subset_teacher, cfg.subset_teacher_lr, teacher=True)
+        ctx.fit([job], x, y, None, spec, f"subset-teacher-{key}", f"teacher M_{key}")
+        ctx.save_model(m, rel)
+        labels = {"train": ctx.logits(m, x).argmax(1).contiguous()}
+        if dist.is_main():
+            save_file(labels, str(ctx.work / files.subset_teacher_labels(key)))
+    return ctx.load_vit(cfg.teacher_shape, rel)

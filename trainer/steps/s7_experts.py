@@ -46,25 +46,37 @@ def run(ctx: RunContext) -> dict:
         "init_val_top1": {},
     }
     for key, sub in zip(keys, subsets):
-        init = expert_init(ctx, key)
-        info["init_val_top1"][key] = ctx.acc(ctx.logits(init, d.x_val), d.y_val)
-        ty = expert_teacher_labels(ctx, key)
+        info["init_val_top1"][key] = ctx.acc(ctx.logits(expert_init(ctx, key), d.x_val), d.y_val)
         for s in seeds[key]:
-            if all((ctx.work / files.expert(kind, key, s)).is_file() for kind in EXPERT_KINDS):
-                continue
-            jobs = [Job(kind, copy.deepcopy(init), kind, ctx.target_mask(sub)) for kind in EXPERT_KINDS]
-            spec = ctx.spec(cfg.epochs_expert, cfg.expert_lr, seed=cfg.seed + 1000 * s)
-            desc = f"expert {key} seed {s} ({'+'.join(EXPERT_KINDS)})"
-            fits[f"{key}/seed{s}"] = ctx.fit(jobs, x, y, ty, spec, f"experts/{key}/seed{s}", desc)
-            for j in jobs:
-                ctx.save_model(j.model, files.expert(j.name, key, s))
-            ctx.set_info("expert-fits", fits)
+            if (fit := train_kinds(ctx, key, sub, s, EXPERT_KINDS, cfg.epochs_expert, x, y)) is not None:
+                fits[f"{key}/seed{s}"] = fit
+                ctx.set_info("expert-fits", fits)
     info["fits"] = fits
     info["wall_s"] = round(sum(f["wall_s"] for f in fits.values()), 1)
     if cfg.compact_experts:
         info["compact"] = _compact_experts(ctx, keys, subsets, x, y)
     ctx.set_info("experts", info)
     return info
+
+
+def train_kinds(ctx: RunContext, key: str, sub, seed: int, kinds, epochs: int, x: torch.Tensor, y: torch.Tensor) -> dict | None:
+    """One seed of expert `key` in each of `kinds`, trained together on the same batches (`x`, `y`:
+    `expert_samples`) from the same init and M_I's labels, for `epochs`: the recipe's, or another
+    count (the longer-training control, trainer/epochs_control.py), whose files are kept apart.
+    Returns the fit's summary; None when every kind's weights exist."""
+    cfg = ctx.cfg
+    other = None if epochs == cfg.epochs_expert else epochs
+    rel = {kind: files.expert(kind, key, seed, other) for kind in kinds}
+    if all((ctx.work / r).is_file() for r in rel.values()):
+        return None
+    init = expert_init(ctx, key)
+    jobs = [Job(kind, copy.deepcopy(init), kind, ctx.target_mask(sub)) for kind in kinds]
+    spec = ctx.spec(epochs, cfg.expert_lr, seed=cfg.seed + 1000 * seed)
+    name = f"experts/{f'epochs{other}/' if other else ''}{key}/seed{seed}"
+    fit = ctx.fit(jobs, x, y, expert_teacher_labels(ctx, key), spec, name, f"expert {key} seed {seed} ({'+'.join(kinds)}, {epochs} epochs)")
+    for j in jobs:
+        ctx.save_model(j.model, rel[j.name])
+    return fit
 
 
 def expert_teacher_labels(ctx: RunContext, key: str) -> torch.Tensor:
