@@ -36,6 +36,7 @@ USERS = {
     "cam2": "cam2-pw",
     "labels-archive": "archive-pw",
     "labels-dash": "dash-pw",
+    "collect-cam1": "collect-pw",
 }
 # Warnings the shipped config makes Mosquitto log on purpose; each is explained in docs/deploy.md.
 INTENDED_WARNINGS = ["ACL pattern 'ate/v1/hubs/+/load' does not contain '%c' or '%u'."]
@@ -132,6 +133,7 @@ def test_runs_as_its_own_user_on_files_only_it_reads(shipped):
     acl = (root / "auth" / "acl").read_text()
     assert acl.startswith((CONF_DIR / "acl").read_text())
     assert re.findall(r"^user (labels-\S+)$", acl, re.M) == ["labels-archive", "labels-dash"]
+    assert re.findall(r"^user (collect-\S+)$", acl, re.M) == ["collect-cam1"]
 
 
 def unexpected_warnings(log: str) -> list[str]:
@@ -336,6 +338,25 @@ def test_hub_and_ops_users_publish_only_within_their_roles(clients):
     payloads = {p for _, p in got}
     assert {b"hub1-online", b"hub2-own-stats"} <= payloads
     assert not {b"free-inference", b"phantom-label", b"phantom-online", b"as-hub2", b"hub2-offline", b"hub2-stats"} & payloads
+
+
+def test_a_collector_reads_its_nodes_frames_and_labels_and_nothing_else(clients):
+    """`collect-cam1` (edge-node collect for cam1) gets cam1's offloaded frames and labels, not
+    cam2's, no replies, and publishes nothing: not as cam1, nor as an edge named after itself."""
+    col, cam1, cam2, ops = clients("collect-cam1", "col"), clients("cam1", "cam1g"), clients("cam2", "cam2g"), clients("ops", "ops4")
+    assert not col.rc.is_failure and ops.subscribe("ate/v1/#").value == 1
+    for t in ("ate/v1/experts/+/frames/+", "ate/v1/nodes/+/labels", "ate/v1/nodes/cam1/replies/+"):
+        col.subscribe(t)
+    cam2.publish("ate/v1/experts/0/frames/cam2", b"cam2-frame")
+    cam2.publish("ate/v1/nodes/cam2/labels", b"cam2-label")
+    col.publish("ate/v1/nodes/cam1/labels", b"forged-by-collector")
+    col.publish("ate/v1/experts/0/frames/collect-cam1", b"free-inference")
+    cam1.publish("ate/v1/experts/0-1/frames/cam1", b"cam1-frame")
+    cam1.publish("ate/v1/nodes/cam1/labels", b"cam1-label")  # handled after everything above
+    got = col.got(2.0, n=2) + col.got(0.3)
+    assert got == [("ate/v1/experts/0-1/frames/cam1", b"cam1-frame"), ("ate/v1/nodes/cam1/labels", b"cam1-label")]
+    seen = {p for _, p in ops.got(2.0, n=4) + ops.got(0.3)}
+    assert b"cam1-label" in seen and not {b"forged-by-collector", b"free-inference"} & seen
 
 
 def test_ops_sets_tau_and_only_that_node_reads_it(clients):

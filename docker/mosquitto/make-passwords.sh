@@ -6,19 +6,21 @@
 #
 # Users: `hub1`..`hub4` (one per expert hub, named as its hub id), `ops` (operators: mosquitto_sub,
 # tau/set), `labels-<name>` (one per application that consumes labels: a dashboard, an archive, the
-# scorer; read-only), and one user per edge node named exactly as its --node-id / ATE_NODE_ID
-# (the ACL's %u patterns rely on it). One user is one connection. Empty passwords are refused.
+# scorer; read-only), `collect-<node>` (`edge-node collect` for that node: reads its offloaded
+# frames and its labels, nothing else; frames are pixels), and one user per edge node named exactly
+# as its --node-id / ATE_NODE_ID (the ACL's %u patterns rely on it). One user is one connection.
+# Empty passwords are refused.
 # Writes auth/passwd and auth/acl (docker/mosquitto/acl, then a read-only block for every
-# labels-<name> user in the password file, old and new), mode 0600, owned by the broker's
-# user (uid and gid 1883 in the eclipse-mosquitto image; BROKER_UID / BROKER_GID override, NO_CHOWN=1
-# keeps yours), so Mosquitto 2.0.16+ loads them without "world readable" / "owner is not mosquitto"
+# labels-<name> and collect-<node> user in the password file, old and new), mode 0600, owned by
+# the broker's user (uid and gid 1883 in the eclipse-mosquitto image; BROKER_UID / BROKER_GID
+# override, NO_CHOWN=1 keeps yours), so Mosquitto 2.0.16+ loads them without "world readable" / "owner is not mosquitto"
 # warnings. The chown uses sudo when not run as root. AUTH_DIR overrides the folder. Uses the host's
 # mosquitto_passwd when installed, else the eclipse-mosquitto image.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 dir="${AUTH_DIR:-$here/auth}"
 uid="${BROKER_UID:-1883}"
-[ $# -gt 0 ] || { sed -n '2,17p' "$0"; exit 2; }
+[ $# -gt 0 ] || { sed -n '2,18p' "$0"; exit 2; }
 MOSQUITTO_IMAGE="${MOSQUITTO_IMAGE:-eclipse-mosquitto:2.0.20}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -60,9 +62,23 @@ topic deny ate/v1/status/edge/$1
 topic deny ate/v1/stats/edge/$1
 EOF
 }
+collector_acl() {  # edge-node collect for node $2: that node's offloaded frames and its labels, nothing else
+  cat <<EOF
+
+# ----------------------------------------------------------------- collector $1 of node $2 (make-passwords.sh)
+user $1
+topic read ate/v1/experts/+/frames/$2
+topic read ate/v1/nodes/$2/labels
+topic deny ate/v1/experts/+/frames/$1
+topic deny ate/v1/nodes/$1/#
+topic deny ate/v1/status/edge/$1
+topic deny ate/v1/stats/edge/$1
+EOF
+}
 {
   cat "$here/acl"
   for user in $(awk -F: '/^labels-/ {print $1}' "$tmp/passwd"); do consumer_acl "$user"; done
+  for user in $(awk -F: '/^collect-./ {print $1}' "$tmp/passwd"); do collector_acl "$user" "${user#collect-}"; done
 } > "$tmp/acl"
 
 for f in passwd acl; do
