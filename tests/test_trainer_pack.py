@@ -287,6 +287,9 @@ def test_epochs_control_reuses_the_recipes_experts_and_trains_longer_ones_apart(
         mean, gap = res["mean_over_experts"][e], res["gap_progressive_minus_static"][e]
         for where in ("target", "overall"):
             assert gap[where]["mean"] == pytest.approx(mean["progressive"][where]["mean"] - mean["static"][where]["mean"], abs=0.011)
+    table = (out / "results.md").read_text()
+    gap2 = res["gap_progressive_minus_static"]["2"]["overall"]
+    assert "| 2 | " in table and f"| {gap2['mean']:.2f} ± {gap2['std']:.2f} |" in table
     assert main([*argv, "--control-out", str(tmp_path / "again")]) == 0
     assert json.loads((tmp_path / "again" / "results.json").read_text()) == res
     with pytest.raises(SystemExit, match="unknown"):

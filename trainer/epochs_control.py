@@ -51,8 +51,9 @@ def run(ns, cfg, log) -> int:
     out = Path(ns.control_out) if ns.control_out else ctx.work
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(record, indent=2) + "\n")
-    print(json.dumps(record["gap_progressive_minus_static"], indent=2))
-    log(f"epochs control written to {out / 'results.json'}")
+    (out / "results.md").write_text(to_markdown(record))
+    print(to_markdown(record))
+    log(f"epochs control written to {out / 'results.json'} and results.md")
     return 0
 
 
@@ -129,3 +130,41 @@ def score(ctx: RunContext, experts: list[str], sub_of: dict, epochs: list[int], 
         "mean_over_experts": mean,
         "gap_progressive_minus_static": gap,
     }
+
+
+def to_markdown(record: dict) -> str:
+    """The record's tables: per epoch count, the kinds' mean over the experts and the gap, then
+    every expert's own numbers (mean ± std over seeds, test split)."""
+
+    def pm(st: dict) -> str:
+        return f"{st['mean']:.2f} ± {st['std']:.2f}"
+
+    n = len(record["seeds"])
+    lines = [
+        f"Experts {', '.join(record['experts'])}; seeds {', '.join(map(str, record['seeds']))} (mean ± std over seeds); "
+        f"test split; {record['machine']}.",
+        "",
+        "| epochs | progressive target | static target | gap target | progressive overall | static overall | gap overall |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in map(str, record["epochs"]):
+        m, g = record["mean_over_experts"][e], record["gap_progressive_minus_static"][e]
+        lines.append(
+            f"| {e} | {pm(m['progressive']['target'])} | {pm(m['static']['target'])} | {pm(g['target'])} "
+            f"| {pm(m['progressive']['overall'])} | {pm(m['static']['overall'])} | {pm(g['overall'])} |"
+        )
+    lines += [
+        "",
+        f"Per expert ({n} seed{'s' if n > 1 else ''}):",
+        "",
+        "| expert | epochs | progressive target | static target | progressive overall | static overall |",
+    ]
+    lines.append("| --- | --- | --- | --- | --- | --- |")
+    for key in record["experts"]:
+        for e in map(str, record["epochs"]):
+            r = record["per_expert"][e][key]
+            lines.append(
+                f"| {key} | {e} | {pm(r['progressive']['target'])} | {pm(r['static']['target'])} "
+                f"| {pm(r['progressive']['overall'])} | {pm(r['static']['overall'])} |"
+            )
+    return "\n".join(lines) + "\n"
