@@ -273,7 +273,7 @@ def test_epochs_control_reuses_the_recipes_experts_and_trains_longer_ones_apart(
     shutil.copytree(tiny / "work", work)
     recipe_files = {p: p.read_bytes() for p in (work / "experts").rglob("*.safetensors")}
     argv = ["epochs-control", "--work", str(work), *TINY, "--threads", "2", "--control-experts", "0,0-1", "--control-epochs", "1,2"]
-    assert main([*argv, "--control-out", str(out)]) == 0
+    assert main([*argv, "--control-out", str(out), "--control-pack", str(tiny / "pack")]) == 0
     res = json.loads((out / "results.json").read_text())
     assert sorted(res["fits"]) == ["0-1/epochs2/seed0", "0/epochs2/seed0"]  # epoch 1 is the recipe's: nothing trained
     assert all(p.read_bytes() == b for p, b in recipe_files.items())
@@ -287,10 +287,15 @@ def test_epochs_control_reuses_the_recipes_experts_and_trains_longer_ones_apart(
         mean, gap = res["mean_over_experts"][e], res["gap_progressive_minus_static"][e]
         for where in ("target", "overall"):
             assert gap[where]["mean"] == pytest.approx(mean["progressive"][where]["mean"] - mean["static"][where]["mean"], abs=0.011)
+    system = res["system_at_pack_tau"]
+    assert system["1"]["these_experts"]["mean"] == pytest.approx(
+        system["1"]["pack_experts"], abs=0.51
+    )  # the pack's own (fp16 logits there)
+    assert 0 < system["1"]["offloaded_to_these_pct"] <= system["1"]["alpha_pct"]
     table = (out / "results.md").read_text()
     gap2 = res["gap_progressive_minus_static"]["2"]["overall"]
     assert "| 2 | " in table and f"| {gap2['mean']:.2f} ± {gap2['std']:.2f} |" in table
-    assert main([*argv, "--control-out", str(tmp_path / "again")]) == 0
+    assert main([*argv, "--control-out", str(tmp_path / "again"), "--control-pack", str(tiny / "pack")]) == 0
     assert json.loads((tmp_path / "again" / "results.json").read_text()) == res
     with pytest.raises(SystemExit, match="unknown"):
         main([*argv[:-4], "--control-experts", "0,9", "--control-epochs", "1"])
